@@ -1,0 +1,138 @@
+#pragma once
+/// \file Exact softmax attention, tiled with an online softmax (Milakov & Gimelshein 2018; Dao et al. 2022,
+/// FlashAttention): scores are made one (query block × key block) tile at a time and never stored whole,
+/// so memory is O(n·d) per thread however long the sequence.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "polyformer/attention/mask.hpp"
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/dot.hpp"
+#include "polyformer/kernels/exp.hpp"
+#include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/reduce.hpp"
+
+namespace polyformer {
+
+/// softmax(scale·Q·Kᵀ + mask)·V per head, exact, computed in tiles. Owns per-thread tile buffers;
+/// one forward at a time per object.
+class FullAttention {
+ public:
+  static constexpr bool supports_causal = true;
+  static constexpr const char* name = "full";
+
+  /// Tile sizes: rows of queries and of keys per tile.
+  struct Tiles {
+    Index query_block = 128;
+    Index key_block = 256;
+  };
+
+  FullAttention() = default;
+  explicit FullAttention(Tiles tiles) : tiles_(tiles) {
+    if (tiles.query_block < 1 || tiles.key_block < 1)
+      throw config_error(detail::cat("FullAttention: tiles are (", tiles.query_block, ", ", tiles.key_block,
+                                     "), expected both >= 1"));
+  }
+
+  const Tiles& tiles() const noexcept { return tiles_; }
+
+  /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d), for one sequence.
+  void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
+    const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
+    const Index q_blocks = (n_q + bq - 1) / bq;
+    const Index tasks = s.n_heads * q_blocks;
+    const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
+    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    parallel_for(tasks, t, [&](Index task, int thread) {
+      const Index h = task / q_blocks, q0 = (task % q_blocks) * bq;
+      const Index kvh = s.kv_head(h);
+      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, block(k, 0, kvh * dh, n_k, dh),
+                block(v, 0, kvh * dh, n_k, dh), mask, block(out, q0, h * dh, std::min(bq, n_q - q0), dh),
+                scratch_[static_cast<std::size_t>(thread)]);
+    });
+  }
+
+ private:
+  struct Scratch {
+    Matrix scores;                  // (query_block, key_block)
+    Matrix acc;                     // (query_block, head_dim): unnormalized output
+    std::vector<float> row_max;     // running max of each row's scores
+    std::vector<float> row_sum;     // running sum of exp(score − row_max)
+    std::vector<float> correction;  // exp(old max − new max) of the current tile
+  };
+
+  /// One head, one block of queries (rows q0.. of the sequence), all keys in tiles.
+  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, ConstMatrixView kh, ConstMatrixView vh,
+                 const AttentionMask& mask, MatrixView outh, Scratch& w) const {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index nq = qh.rows(), n_k = kh.rows(), dh = s.head_dim, bk = tiles_.key_block;
+    ensure_shape(w.scores, tiles_.query_block, bk);
+    ensure_shape(w.acc, tiles_.query_block, dh);
+    w.row_max.assign(static_cast<std::size_t>(nq), neg_inf);
+    w.row_sum.assign(static_cast<std::size_t>(nq), 0.0f);
+    w.correction.resize(static_cast<std::size_t>(nq));
+    MatrixView acc = block(view(w.acc), 0, 0, nq, dh);
+    acc.setZero();
+    // The last query of the block sees the most keys (causal); keys past it are never visited.
+    const Index key_limit = nq > 0 ? mask.key_end(q0 + nq - 1, n_k) : 0;
+    for (Index k0 = 0; k0 < key_limit; k0 += bk) {
+      const Index nk = std::min(bk, key_limit - k0);
+      MatrixView sc = block(view(w.scores), 0, 0, nq, nk);
+      kernels::gemm(qh, block(kh, k0, 0, nk, dh), kernels::Transpose::yes, sc, s.scale, 0.0f, 1);
+      bool rescale = false;
+      for (Index i = 0; i < nq; ++i) {
+        float* row = sc.data() + i * sc.outerStride();
+        if (mask.additive) kernels::add(mask.additive + (q0 + i) * mask.additive_stride + k0, row, std::size_t(nk));
+        if (mask.key_padding)
+          for (Index j = 0; j < nk; ++j)
+            if (mask.key_padding[k0 + j] != 0.0f) row[j] = neg_inf;
+        const Index visible = std::clamp<Index>(mask.key_end(q0 + i, n_k) - k0, 0, nk);
+        std::fill(row + visible, row + nk, neg_inf);
+        float& m = w.row_max[std::size_t(i)];
+        const float m_new = std::max(m, kernels::reduce_max(row, std::size_t(nk)));
+        float corr = 1.0f;
+        if (m_new == neg_inf) {
+          std::fill(row, row + nk, 0.0f);  // nothing visible yet: contributes nothing
+        } else {
+          corr = m == neg_inf ? 0.0f : std::exp(m - m_new);
+          const float sum = kernels::exp_shifted_sum(row, std::size_t(nk), m_new);
+          w.row_sum[std::size_t(i)] = w.row_sum[std::size_t(i)] * corr + sum;
+          m = m_new;
+        }
+        w.correction[std::size_t(i)] = corr;
+        rescale |= corr != 1.0f;
+      }
+      if (rescale)
+        for (Index i = 0; i < nq; ++i)
+          if (w.correction[std::size_t(i)] != 1.0f)
+            kernels::scale(acc.data() + i * acc.outerStride(), w.correction[std::size_t(i)], std::size_t(dh));
+      kernels::gemm(cview(sc), block(vh, k0, 0, nk, dh), kernels::Transpose::no, acc, 1.0f, 1.0f, 1);
+    }
+    for (Index i = 0; i < nq; ++i) {
+      const float l = w.row_sum[std::size_t(i)];
+      float* dst = outh.data() + i * outh.outerStride();
+      if (l > 0.0f) {
+        const float* src = acc.data() + i * acc.outerStride();
+        const float inv = 1.0f / l;
+        for (Index j = 0; j < dh; ++j) dst[j] = src[j] * inv;
+      } else {
+        std::fill(dst, dst + dh, 0.0f);  // a query that sees no key
+      }
+    }
+  }
+
+  Tiles tiles_{};
+  std::vector<Scratch> scratch_;
+};
+
+static_assert(AttentionPolicy<FullAttention>);
+
+}  // namespace polyformer

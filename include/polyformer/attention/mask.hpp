@@ -1,0 +1,99 @@
+#pragma once
+/// \file Attention shapes and masks: what a block asks of attention (MaskSpec, for a whole batch) and
+/// what a policy sees (AttentionMask, for one sequence).
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <span>
+
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/tensor.hpp"
+
+namespace polyformer {
+
+/// Head layout of one attention call. Query head h reads key/value head h / (n_heads / n_kv_heads)
+/// (grouped-query attention, Ainslie et al. 2023); n_kv_heads == n_heads is multi-head attention.
+struct AttentionShape {
+  Index n_heads = 1;
+  Index n_kv_heads = 1;
+  Index head_dim = 1;
+  float scale = 1.0f;  ///< score multiplier, usually 1/√head_dim
+
+  /// The key/value head that query head h reads.
+  Index kv_head(Index h) const noexcept { return h / (n_heads / n_kv_heads); }
+
+  /// Throws config_error unless the head counts are consistent.
+  void validate(const char* func) const {
+    if (n_heads < 1 || n_kv_heads < 1 || head_dim < 1)
+      throw config_error(detail::cat(func, ": heads (", n_heads, ", kv ", n_kv_heads, ", dim ", head_dim,
+                                     "), expected all >= 1"));
+    if (n_heads % n_kv_heads != 0)
+      throw config_error(detail::cat(func, ": n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads));
+  }
+};
+
+/// The mask of one sequence as an attention policy sees it. A key j is visible to query i when
+/// j < n_valid_keys, key_padding[j] == 0 (if given), j <= i + causal_offset (if causal), and the
+/// additive mask, added to the scaled score, is not −inf. A query that sees no key outputs zeros.
+struct AttentionMask {
+  bool causal = false;
+  Index causal_offset = 0;             ///< query i sits at key position i + causal_offset (cache decoding)
+  const float* additive = nullptr;     ///< (n_q, n_k) added to the scaled scores, or null
+  Index additive_stride = 0;           ///< row stride of `additive`
+  const float* key_padding = nullptr;  ///< (n_k), nonzero = padded key, or null
+  Index n_valid_keys = std::numeric_limits<Index>::max();  ///< keys at or past this are padded
+
+  /// Last key (exclusive) that query i may see, from causality and n_valid_keys alone.
+  Index key_end(Index i, Index n_k) const noexcept {
+    Index end = n_valid_keys < n_k ? n_valid_keys : n_k;
+    if (causal && i + causal_offset + 1 < end) end = i + causal_offset + 1;
+    return end < 0 ? 0 : end;
+  }
+};
+
+/// A block's masks for a batch of sequences laid out as (batch·seq, d) rows. All fields optional.
+struct MaskSpec {
+  bool causal = false;                          ///< query i sees keys j <= i
+  std::optional<ConstMatrixView> additive;      ///< (n_q, n_k), the same for every sequence (torch attn_mask)
+  std::optional<ConstMatrixView> key_padding;   ///< (batch, n_k), nonzero = padded key (torch key_padding_mask)
+  std::span<const Index> key_lengths;           ///< (batch): keys at or past length[b] are padded
+
+  /// The causal mask of a decoder's self-attention.
+  static MaskSpec causal_mask() {
+    MaskSpec m;
+    m.causal = true;
+    return m;
+  }
+
+  /// Throws shape_error unless the masks fit `batch` sequences of n_q queries and n_k keys.
+  void validate(const char* func, Index batch, Index n_q, Index n_k) const {
+    if (additive) check_shape(*additive, n_q, n_k, func, "attention mask");
+    if (key_padding) check_shape(*key_padding, batch, n_k, func, "key padding mask");
+    if (!key_lengths.empty()) {
+      if (static_cast<Index>(key_lengths.size()) != batch)
+        throw shape_error(detail::cat(func, ": key lengths has shape ", detail::shape_str(key_lengths.size()),
+                                      ", expected ", detail::shape_str(batch)));
+      for (std::size_t b = 0; b < key_lengths.size(); ++b)
+        if (key_lengths[b] < 0 || key_lengths[b] > n_k)
+          throw shape_error(detail::cat(func, ": key length of sequence ", b, " is ", key_lengths[b],
+                                        ", expected 0..", n_k));
+    }
+  }
+
+  /// The mask of sequence b.
+  AttentionMask for_sequence(Index b) const noexcept {
+    AttentionMask m;
+    m.causal = causal;
+    if (additive) {
+      m.additive = additive->data();
+      m.additive_stride = additive->outerStride();
+    }
+    if (key_padding) m.key_padding = key_padding->data() + b * key_padding->outerStride();
+    if (!key_lengths.empty()) m.n_valid_keys = key_lengths[static_cast<std::size_t>(b)];
+    return m;
+  }
+};
+
+}  // namespace polyformer

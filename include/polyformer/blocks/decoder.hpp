@@ -1,0 +1,76 @@
+#pragma once
+/// \file A stack of decoder layers over a shared memory, with an optional position policy and final norm,
+/// as torch.nn.TransformerDecoder.
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "polyformer/blocks/decoder_layer.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/layers/position.hpp"
+
+namespace polyformer {
+
+/// Layers applied in order; x (batch·seq, d_model) and memory (batch·mem, d_model) → y (batch·seq, d_model).
+template <typename Layer, typename Position = NoPosition>
+class Decoder {
+ public:
+  using layer_type = Layer;
+  using norm_type = typename Layer::norm_type;
+
+  Decoder() = default;
+  explicit Decoder(std::vector<Layer> layers, std::optional<norm_type> final_norm = std::nullopt,
+                   Position position = Position{})
+      : layers_(std::move(layers)), final_norm_(std::move(final_norm)), position_(std::move(position)) {
+    if (layers_.empty()) throw config_error("Decoder: no layers, expected at least 1");
+    for (std::size_t i = 1; i < layers_.size(); ++i)
+      if (layers_[i].d_model() != layers_[0].d_model())
+        throw shape_error(detail::cat("Decoder: layer ", i, " has d_model ", layers_[i].d_model(), ", expected ",
+                                      layers_[0].d_model()));
+    if (final_norm_ && final_norm_->dim() != d_model())
+      throw shape_error(detail::cat("Decoder: final norm has dim ", final_norm_->dim(), ", expected ", d_model()));
+  }
+
+  Index d_model() const noexcept { return layers_.front().d_model(); }
+  std::vector<Layer>& layers() noexcept { return layers_; }
+  std::optional<norm_type>& final_norm() noexcept { return final_norm_; }
+
+  /// y from x and memory; y must not alias x.
+  void forward(ConstMatrixView x, ConstMatrixView memory, Index batch, const DecoderMasks& masks, MatrixView y,
+               const Context& ctx) {
+    check_cols(x, d_model(), "Decoder::forward", "x");
+    check_shape(y, x.rows(), d_model(), "Decoder::forward", "y");
+    ConstMatrixView input = x;
+    if constexpr (Position::enabled) {
+      input_ = x;
+      position_.add(view(input_), batch);
+      input = cview(input_);
+    }
+    ensure_shape(buffer_, x.rows(), x.cols());
+    const std::size_t n = layers_.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool to_y = (n - 1 - i) % 2 == 0;
+      MatrixView out = to_y ? y : view(buffer_);
+      layers_[i].forward(i == 0 ? input : (to_y ? cview(buffer_) : cview(y)), memory, batch, masks, out, ctx);
+    }
+    if (final_norm_) final_norm_->forward(cview(y), y);
+  }
+
+  /// Convenience: returns y.
+  Matrix forward(const Matrix& x, const Matrix& memory, Index batch = 1, const DecoderMasks& masks = {},
+                 const Context& ctx = {}) {
+    Matrix y(x.rows(), x.cols());
+    forward(cview(x), cview(memory), batch, masks, view(y), ctx);
+    return y;
+  }
+
+ private:
+  std::vector<Layer> layers_;
+  std::optional<norm_type> final_norm_;
+  [[no_unique_address]] Position position_{};
+  Matrix buffer_, input_;
+};
+
+}  // namespace polyformer

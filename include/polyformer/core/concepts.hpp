@@ -1,0 +1,68 @@
+#pragma once
+/// \file The policy contracts. A block is composed from policies chosen at compile time; each policy
+/// kind is a C++20 concept here, so a wrong type fails with a message naming the missing expression.
+
+#include <concepts>
+#include <cstddef>
+
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/tensor.hpp"
+
+namespace polyformer {
+
+struct AttentionShape;
+struct AttentionMask;
+
+/// A linear map y (n, out) = f(x (n, in)): Dense, and later MoE, LoRA<Inner>, Int8.
+template <typename L>
+concept LinearPolicy = std::movable<L> && requires(const L& l, ConstMatrixView x, MatrixView y, const Context& ctx) {
+  { l.in_features() } -> std::convertible_to<Index>;
+  { l.out_features() } -> std::convertible_to<Index>;
+  { l.has_bias() } -> std::convertible_to<bool>;
+  l.forward(x, y, ctx);
+};
+
+/// A row-wise normalization (LayerNorm, RMSNorm): y (n, d) = norm(x (n, d)).
+template <typename N>
+concept NormPolicy = std::movable<N> && requires(const N& norm, ConstMatrixView x, MatrixView y) {
+  { norm.dim() } -> std::convertible_to<Index>;
+  norm.forward(x, y);
+};
+
+/// A plain element-wise activation: apply(x, y, n), y may alias x.
+template <typename A>
+concept PlainActivation = requires(const float* x, float* y, std::size_t n) {
+  requires !A::gated;
+  A::apply(x, y, n);
+};
+
+/// A gated activation (SwiGLU): y = act(gate) ⊙ up.
+template <typename A>
+concept GatedActivation = requires(const float* gate, const float* up, float* y, std::size_t n) {
+  requires A::gated;
+  A::apply(gate, up, y, n);
+};
+
+/// An FFN activation policy: plain or gated.
+template <typename A>
+concept ActivationPolicy = PlainActivation<A> || GatedActivation<A>;
+
+/// A rotary position policy applied to query and key rows inside attention (NoRotary, RoPE).
+template <typename R>
+concept RotaryPolicy = requires(const R& r, float* rows, Index n_rows, Index row_stride, Index n_heads,
+                                Index head_dim, Index first_position) {
+  r.apply(rows, n_rows, row_stride, n_heads, head_dim, first_position);
+};
+
+/// The score/softmax/value part of attention: out (n_q, heads·d) from q (n_q, heads·d),
+/// k and v (n_k, kv_heads·d), one sequence at a time. `supports_causal` says whether a causal mask can
+/// be honoured (decoders require it at compile time).
+template <typename P>
+concept AttentionPolicy = std::default_initializable<P> &&
+    requires(P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+             const AttentionMask& mask, MatrixView out, const Context& ctx) {
+  { P::supports_causal } -> std::convertible_to<bool>;
+  p.forward(shape, q, k, v, mask, out, ctx);
+};
+
+}  // namespace polyformer

@@ -1,0 +1,135 @@
+#pragma once
+/// \file Element-wise activations: ReLU, GELU (erf and tanh forms), SiLU, SwiGLU. All take
+/// x (n) → y (n) and may run in place (x == y).
+///
+/// Sources: GELU, Hendrycks & Gimpel 2016 (arXiv:1606.08415), exact form 0.5·x·(1 + erf(x/√2)) and
+/// tanh approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as `torch.nn.GELU` (approximate=
+/// 'none' / 'tanh'); SiLU, Elfwing, Uchibe & Doya 2017 (arXiv:1702.03118), x·σ(x); SwiGLU, Shazeer
+/// 2020 (arXiv:2002.05202), silu(gate)·up, the FFN of llama2.c's `run.c`.
+/// Rewrites used for accuracy (own derivations):
+/// - 1 + erf(z) = erfc(-z), so exact GELU is 0.5·x·erfc(-x/√2): one erfc call, and no cancellation
+///   for negative x where 1 + erf(z) would lose the small result.
+/// - 0.5·(1 + tanh(u)) = σ(2u) = 1 / (1 + e^(-2u)), so tanh-GELU is x / (1 + e^(-2u)), which saturates
+///   cleanly (e^(-2u) → +inf gives -0, → 0 gives x) with a single exp.
+
+#include <cmath>
+#include <cstddef>
+#include <xsimd/xsimd.hpp>
+
+#include "polyformer/kernels/exp.hpp"
+#include "polyformer/kernels/simd.hpp"
+
+namespace polyformer::kernels {
+
+namespace detail {
+
+inline constexpr float sqrt1_2 = 0.70710678118654752440f;   // 1/√2
+inline constexpr float sqrt2_pi = 0.79788456080286535588f;  // √(2/π)
+inline constexpr float gelu_tanh_c = 0.044715f;
+
+/// Applies `f` (batch → batch) to x (n) → y (n), with a masked tail; x may equal y.
+template <class Arch, class F>
+inline void map(const float* x, float* y, std::size_t n, F f) noexcept {
+  using B = batch_f<Arch>;
+  constexpr std::size_t L = B::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) f(B::load_unaligned(x + i)).store_unaligned(y + i);
+  if (i < n) store_partial<Arch>(f(load_partial<Arch>(x + i, n - i, 0.0f)), y + i, n - i);
+}
+
+/// 0.5·x·erfc(-x/√2) lane-wise; xsimd's erfc (Boost.SIMD rational fits) is ≈ 2e-7 relative.
+template <class Arch>
+inline batch_f<Arch> gelu_erf_batch(batch_f<Arch> x) noexcept {
+  using B = batch_f<Arch>;
+  return B(0.5f) * x * xsimd::erfc(x * B(-sqrt1_2));
+}
+
+/// x / (1 + e^(-2u)), u = √(2/π)·(x + 0.044715·x³), lane-wise.
+template <class Arch>
+inline batch_f<Arch> gelu_tanh_batch(batch_f<Arch> x) noexcept {
+  using B = batch_f<Arch>;
+  const B x2 = x * x;
+  const B m2u = x * xsimd::fma(x2, B(-2.0f * sqrt2_pi * gelu_tanh_c), B(-2.0f * sqrt2_pi));  // -2u
+  return x / (B(1.0f) + exp_batch<Arch>(m2u));
+}
+
+/// x·σ(x) = x / (1 + e^(-x)) lane-wise.
+template <class Arch>
+inline batch_f<Arch> silu_batch(batch_f<Arch> x) noexcept {
+  using B = batch_f<Arch>;
+  return x / (B(1.0f) + exp_batch<Arch>(-x));
+}
+
+}  // namespace detail
+
+/// y = max(x, 0) (scalar twin); NaN stays NaN.
+inline void relu_scalar(const float* x, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i];
+}
+
+/// y = max(x, 0); NaN stays NaN; x may equal y.
+template <class Arch = xsimd::default_arch>
+inline void relu(const float* x, float* y, std::size_t n) noexcept {
+  using B = batch_f<Arch>;
+  // select rather than xsimd::max: x86 max returns the second operand for NaN, this keeps NaN.
+  detail::map<Arch>(x, y, n, [](B v) { return xsimd::select(v < B(0.0f), B(0.0f), v); });
+}
+
+/// y = 0.5·x·(1 + erf(x/√2)) (scalar twin, float std::erfc).
+inline void gelu_erf_scalar(const float* x, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * std::erfc(-x[i] * detail::sqrt1_2);
+}
+
+/// y = 0.5·x·(1 + erf(x/√2)), the exact GELU; ≈ 4e-7 abs / 1.2e-6 rel against double; x may equal y.
+template <class Arch = xsimd::default_arch>
+inline void gelu_erf(const float* x, float* y, std::size_t n) noexcept {
+  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::gelu_erf_batch<Arch>(v); });
+}
+
+/// y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (scalar twin, via the σ(2u) form and std::exp).
+inline void gelu_tanh_scalar(const float* x, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float u = detail::sqrt2_pi * (v + detail::gelu_tanh_c * v * v * v);
+    y[i] = v / (1.0f + std::exp(-2.0f * u));
+  }
+}
+
+/// y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), the tanh-approximate GELU; x may equal y.
+template <class Arch = xsimd::default_arch>
+inline void gelu_tanh(const float* x, float* y, std::size_t n) noexcept {
+  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::gelu_tanh_batch<Arch>(v); });
+}
+
+/// y = x·σ(x) (scalar twin, std::exp).
+inline void silu_scalar(const float* x, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+/// y = x·σ(x) = x / (1 + e^(-x)) (SiLU / swish-1); x may equal y.
+template <class Arch = xsimd::default_arch>
+inline void silu(const float* x, float* y, std::size_t n) noexcept {
+  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::silu_batch<Arch>(v); });
+}
+
+/// y = silu(gate)·up (scalar twin); gate, up, y: (n); y may equal gate or up.
+inline void swiglu_scalar(const float* gate, const float* up, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+/// y = silu(gate)·up, the SwiGLU gating of a Llama FFN; gate, up, y: (n); y may equal gate or up.
+template <class Arch = xsimd::default_arch>
+inline void swiglu(const float* gate, const float* up, float* y, std::size_t n) noexcept {
+  using B = batch_f<Arch>;
+  constexpr std::size_t L = B::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L)
+    (detail::silu_batch<Arch>(B::load_unaligned(gate + i)) * B::load_unaligned(up + i)).store_unaligned(y + i);
+  if (i < n) {
+    const std::size_t r = n - i;
+    const B v = detail::silu_batch<Arch>(load_partial<Arch>(gate + i, r, 0.0f)) * load_partial<Arch>(up + i, r, 0.0f);
+    store_partial<Arch>(v, y + i, r);
+  }
+}
+
+}  // namespace polyformer::kernels

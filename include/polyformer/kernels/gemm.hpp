@@ -1,0 +1,105 @@
+#pragma once
+/// \file The single GEMM entry point. Every matrix product in polyformer goes through `gemm`, so the
+/// backend (OpenBLAS sgemm when POLYFORMER_USE_OPENBLAS is defined, Eigen otherwise) is chosen here
+/// and benchmarked in bench/bench_gemm.cpp.
+
+#include <algorithm>
+
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+
+#ifdef POLYFORMER_USE_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace polyformer::kernels {
+
+/// Whether the right-hand operand is used as stored or transposed.
+enum class Transpose : bool { no = false, yes = true };
+
+/// Name of the backend compiled in ("openblas" or "eigen").
+inline const char* gemm_backend() noexcept {
+#ifdef POLYFORMER_USE_OPENBLAS
+  return "openblas";
+#else
+  return "eigen";
+#endif
+}
+
+namespace detail {
+
+/// The backends run single-threaded: polyformer splits work over its own threads (parallel.hpp), so
+/// nested pools never fight over the two cores.
+inline void make_backend_single_threaded() noexcept {
+  static const bool once = [] {
+#ifdef POLYFORMER_USE_OPENBLAS
+    openblas_set_num_threads(1);
+#endif
+    Eigen::setNbThreads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+/// C = alpha·A·op(B) + beta·C on the calling thread.
+inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha,
+                        float beta) noexcept {
+  if (c.rows() == 0 || c.cols() == 0) return;
+#ifdef POLYFORMER_USE_OPENBLAS
+  const auto ld = [](auto& m) { return static_cast<blasint>(std::max<Index>(1, m.outerStride())); };
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, tb == Transpose::yes ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(c.rows()), static_cast<blasint>(c.cols()), static_cast<blasint>(a.cols()), alpha,
+              a.data(), ld(a), b.data(), ld(b), beta, c.data(), ld(c));
+#else
+  if (a.cols() == 0) {
+    if (beta == 0.0f) c.setZero(); else c *= beta;
+    return;
+  }
+  if (beta == 0.0f) {
+    if (tb == Transpose::yes) c.noalias() = alpha * (a * b.transpose());
+    else c.noalias() = alpha * (a * b);
+  } else {
+    if (beta != 1.0f) c *= beta;
+    if (tb == Transpose::yes) c.noalias() += alpha * (a * b.transpose());
+    else c.noalias() += alpha * (a * b);
+  }
+#endif
+}
+
+}  // namespace detail
+
+/// C (m, n) = alpha · A (m, k) · op(B) + beta · C, where op(B) is B (k, n) or, with Transpose::yes, Bᵀ for
+/// B (n, k) — the nn.Linear layout. Split over `threads` threads by columns of C (rows when C is narrow).
+/// Shapes are the caller's contract (checked with POLYFORMER_ASSERT only).
+inline void gemm(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha = 1.0f,
+                 float beta = 0.0f, int threads = 1) {
+  POLYFORMER_ASSERT(a.rows() == c.rows());
+  POLYFORMER_ASSERT((tb == Transpose::yes ? b.cols() : b.rows()) == a.cols());
+  POLYFORMER_ASSERT((tb == Transpose::yes ? b.rows() : b.cols()) == c.cols());
+  detail::make_backend_single_threaded();
+  const Index m = c.rows(), n = c.cols(), k = a.cols();
+  // Below ~1 MFLOP a second thread costs more than it saves.
+  const int t = (2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) < 1e6)
+                    ? 1 : effective_threads(threads);
+  if (t == 1) {
+    detail::gemm_serial(a, b, tb, c, alpha, beta);
+    return;
+  }
+  constexpr Index granule = 16;  // a multiple of every SIMD width; keeps column panels aligned
+  if (n >= granule * t) {
+    const Index panels = (n + granule - 1) / granule;
+    parallel_chunks(t, t, [&](Index begin, Index, int) {
+      const Index c0 = std::min(n, panels * begin / t * granule);
+      const Index c1 = std::min(n, panels * (begin + 1) / t * granule);
+      if (c1 <= c0) return;
+      const ConstMatrixView bj = tb == Transpose::yes ? block(b, c0, 0, c1 - c0, k) : block(b, 0, c0, k, c1 - c0);
+      detail::gemm_serial(a, bj, tb, block(c, 0, c0, m, c1 - c0), alpha, beta);
+    });
+  } else {
+    parallel_chunks(m, t, [&](Index r0, Index r1, int) {
+      detail::gemm_serial(block(a, r0, 0, r1 - r0, k), b, tb, block(c, r0, 0, r1 - r0, n), alpha, beta);
+    });
+  }
+}
+
+}  // namespace polyformer::kernels

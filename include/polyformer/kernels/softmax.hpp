@@ -1,0 +1,73 @@
+#pragma once
+/// \file Numerically stable in-place softmax of one row, with an optional additive mask.
+///
+/// Algorithm: the max-subtracted softmax softmax(x)_i = e^(x_i - m) / Σ_j e^(x_j - m), m = max_j x_j
+/// (Goodfellow, Bengio & Courville, "Deep Learning", §4.1; PyTorch's `aten/src/ATen/native/cpu/
+/// SoftMaxKernel.cpp` does the same three passes: max, exp-and-sum, scale). A row whose entries are
+/// all -inf (fully masked) has no finite max; it is defined here as all zeros instead of 0/0 = NaN
+/// (a query that may attend to nothing contributes nothing).
+
+#include <cstddef>
+#include <cmath>
+#include <limits>
+#include <xsimd/xsimd.hpp>
+
+#include "polyformer/kernels/dot.hpp"
+#include "polyformer/kernels/exp.hpp"
+#include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/simd.hpp"
+
+namespace polyformer::kernels {
+
+/// In place x = softmax(x + additive_mask) over n entries (scalar twin, std::exp); mask may be null.
+inline void softmax_scalar(float* x, std::size_t n, const float* additive_mask = nullptr) noexcept {
+  // x, additive_mask: (n)
+  if (additive_mask != nullptr)
+    for (std::size_t i = 0; i < n; ++i) x[i] += additive_mask[i];
+  const float m = reduce_max_scalar(x, n);
+  if (m == -std::numeric_limits<float>::infinity()) {  // fully masked (or empty) row
+    for (std::size_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  const float sum = exp_shifted_sum_scalar(x, n, m);  // >= 1: the max entry contributes e^0
+  const float inv = 1.0f / sum;
+  for (std::size_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+/// In place x = softmax(x + additive_mask) over n entries; -inf entries give 0, a fully masked row
+/// gives all zeros (never NaN). additive_mask (n) may be null; NaN or +inf in x give NaN.
+template <class Arch = xsimd::default_arch>
+inline void softmax(float* x, std::size_t n, const float* additive_mask = nullptr) noexcept {
+  using B = batch_f<Arch>;
+  constexpr std::size_t L = B::size;
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  // x, additive_mask: (n)
+  float m;
+  if (additive_mask != nullptr) {
+    // Pass 1 fused: apply the mask and track the max in the same sweep.
+    B mb(ninf);
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) {
+      const B v = B::load_unaligned(x + i) + B::load_unaligned(additive_mask + i);
+      v.store_unaligned(x + i);
+      mb = xsimd::max(mb, v);
+    }
+    if (i < n) {
+      const std::size_t r = n - i;
+      const B v = load_partial<Arch>(x + i, r, ninf) + load_partial<Arch>(additive_mask + i, r, 0.0f);
+      store_partial<Arch>(v, x + i, r);
+      mb = xsimd::max(mb, v);
+    }
+    m = hmax<Arch>(mb);
+  } else {
+    m = reduce_max<Arch>(x, n);
+  }
+  if (m == ninf) {  // fully masked (or empty) row: zeros rather than 0/0
+    for (std::size_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  const float sum = exp_shifted_sum<Arch>(x, n, m);  // >= 1: the max entry contributes e^0
+  scale<Arch>(x, 1.0f / sum, n);
+}
+
+}  // namespace polyformer::kernels

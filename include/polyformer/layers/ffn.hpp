@@ -1,0 +1,88 @@
+#pragma once
+/// \file Position-wise feed-forward network: down(act(up(x))) or, gated, down(act(gate(x), up(x))).
+
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/layers/activation.hpp"
+
+namespace polyformer {
+
+/// FFN over linear policy `Lin` and activation `Act`. Plain: y = down(act(up x)) — torch's linear1 (up)
+/// and linear2 (down). Gated (SwiGLU): y = down(act(gate x, up x)) — Llama's w1 (gate), w3 (up), w2 (down).
+/// The object owns its hidden buffer, sized once per number of rows.
+template <LinearPolicy Lin, ActivationPolicy Act>
+class FeedForward {
+ public:
+  using linear_type = Lin;
+  using activation_type = Act;
+  static constexpr bool gated = Act::gated;
+
+  FeedForward() = default;
+
+  /// Plain FFN from its two projections: up (d → hidden), down (hidden → d).
+  FeedForward(Lin up, Lin down) requires(!gated) : up_(std::move(up)), down_(std::move(down)) { check(); }
+  /// Gated FFN: gate and up (d → hidden), down (hidden → d).
+  FeedForward(Lin gate, Lin up, Lin down) requires(gated)
+      : gate_(std::move(gate)), up_(std::move(up)), down_(std::move(down)) { check(); }
+
+  Index dim() const noexcept { return up_.in_features(); }
+  Index hidden_dim() const noexcept { return up_.out_features(); }
+  Lin& up() noexcept { return up_; }
+  Lin& down() noexcept { return down_; }
+  Lin& gate() noexcept requires(gated) { return gate_; }
+  const Lin& up() const noexcept { return up_; }
+  const Lin& down() const noexcept { return down_; }
+  const Lin& gate() const noexcept requires(gated) { return gate_; }
+
+  /// y (n, d) = FFN(x (n, d)). y must not alias x.
+  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) {
+    check_cols(x, dim(), "FeedForward::forward", "x");
+    check_shape(y, x.rows(), dim(), "FeedForward::forward", "y");
+    const Index n = x.rows(), h = hidden_dim();
+    ensure_shape(hidden_, n, h);
+    up_.forward(x, view(hidden_), ctx);
+    const int act_threads = n * h >= (1 << 15) ? ctx.threads : 1;
+    if constexpr (gated) {
+      ensure_shape(gate_out_, n, h);
+      gate_.forward(x, view(gate_out_), ctx);
+      parallel_chunks(n, act_threads, [&](Index r0, Index r1, int) {
+        Act::apply(gate_out_.data() + r0 * h, hidden_.data() + r0 * h, hidden_.data() + r0 * h,
+                   static_cast<std::size_t>((r1 - r0) * h));
+      });
+    } else {
+      parallel_chunks(n, act_threads, [&](Index r0, Index r1, int) {
+        Act::apply(hidden_.data() + r0 * h, hidden_.data() + r0 * h, static_cast<std::size_t>((r1 - r0) * h));
+      });
+    }
+    down_.forward(cview(hidden_), y, ctx);
+  }
+
+  /// The activated hidden state of the last forward (n, hidden) — kept for a backward pass.
+  const Matrix& hidden() const noexcept { return hidden_; }
+
+ private:
+  void check() const {
+    if (down_.in_features() != up_.out_features() || down_.out_features() != up_.in_features())
+      throw shape_error(detail::cat("FeedForward: up maps ", up_.in_features(), " -> ", up_.out_features(),
+                                    " but down maps ", down_.in_features(), " -> ", down_.out_features(),
+                                    ", expected down to map ", up_.out_features(), " -> ", up_.in_features()));
+    if constexpr (gated) {
+      if (gate_.in_features() != up_.in_features() || gate_.out_features() != up_.out_features())
+        throw shape_error(detail::cat("FeedForward: gate maps ", gate_.in_features(), " -> ", gate_.out_features(),
+                                      ", expected ", up_.in_features(), " -> ", up_.out_features()));
+    }
+  }
+
+  [[no_unique_address]] std::conditional_t<gated, Lin, std::monostate> gate_{};
+  Lin up_{}, down_{};
+  Matrix hidden_;    // (n, hidden)
+  Matrix gate_out_;  // (n, hidden), gated only
+};
+
+}  // namespace polyformer

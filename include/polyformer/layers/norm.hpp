@@ -1,0 +1,98 @@
+#pragma once
+/// \file Norm policies: LayerNorm (Ba et al. 2016, as torch.nn.LayerNorm) and RMSNorm (Zhang & Sennrich 2019).
+
+#include <utility>
+
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/norm.hpp"
+
+namespace polyformer {
+
+/// Where a layer normalizes: before each sublayer (pre-norm, x + f(norm(x))) or after the residual
+/// (post-norm, norm(x + f(x))), the two wirings of torch's `norm_first`.
+enum class NormPlacement { pre, post };
+
+namespace detail {
+inline void check_norm_args(const char* func, Index dim, float eps) {
+  if (dim < 1) throw config_error(cat(func, ": dim is ", dim, ", expected >= 1"));
+  if (!(eps >= 0.0f)) throw config_error(cat(func, ": eps is ", eps, ", expected >= 0"));
+}
+template <typename M>
+void check_norm_rows(const char* func, const M& x, Index dim) {
+  check_cols(x, dim, func, "x");
+}
+}  // namespace detail
+
+/// y = (x − mean) / sqrt(var + eps) · gamma + beta over each row, biased variance.
+class LayerNorm {
+ public:
+  LayerNorm() = default;
+  /// gamma = 1, beta = 0.
+  explicit LayerNorm(Index dim, float eps = 1e-5f) : gamma_(Vector::Ones(dim)), beta_(Vector::Zero(dim)), eps_(eps) {
+    detail::check_norm_args("LayerNorm", dim, eps);
+  }
+  LayerNorm(Vector gamma, Vector beta, float eps = 1e-5f)
+      : gamma_(std::move(gamma)), beta_(std::move(beta)), eps_(eps) {
+    detail::check_norm_args("LayerNorm", gamma_.size(), eps);
+    if (beta_.size() != gamma_.size())
+      throw shape_error(detail::cat("LayerNorm: beta has shape ", detail::shape_str(beta_.size()), ", expected ",
+                                    detail::shape_str(gamma_.size())));
+  }
+
+  Index dim() const noexcept { return gamma_.size(); }
+  float eps() const noexcept { return eps_; }
+  Vector& gamma() noexcept { return gamma_; }
+  Vector& beta() noexcept { return beta_; }
+  const Vector& gamma() const noexcept { return gamma_; }
+  const Vector& beta() const noexcept { return beta_; }
+
+  /// y (n, dim) = LayerNorm(x (n, dim)); y may alias x.
+  void forward(ConstMatrixView x, MatrixView y) const {
+    detail::check_norm_rows("LayerNorm::forward", x, dim());
+    check_shape(y, x.rows(), dim(), "LayerNorm::forward", "y");
+    for (Index r = 0; r < x.rows(); ++r)
+      kernels::layer_norm(x.data() + r * x.outerStride(), y.data() + r * y.outerStride(), gamma_.data(),
+                          beta_.data(), static_cast<std::size_t>(dim()), eps_);
+  }
+
+ private:
+  Vector gamma_, beta_;
+  float eps_ = 1e-5f;
+};
+
+/// y = x / sqrt(mean(x²) + eps) · gamma over each row.
+class RMSNorm {
+ public:
+  RMSNorm() = default;
+  explicit RMSNorm(Index dim, float eps = 1e-5f) : gamma_(Vector::Ones(dim)), eps_(eps) {
+    detail::check_norm_args("RMSNorm", dim, eps);
+  }
+  explicit RMSNorm(Vector gamma, float eps = 1e-5f) : gamma_(std::move(gamma)), eps_(eps) {
+    detail::check_norm_args("RMSNorm", gamma_.size(), eps);
+  }
+
+  Index dim() const noexcept { return gamma_.size(); }
+  float eps() const noexcept { return eps_; }
+  Vector& gamma() noexcept { return gamma_; }
+  const Vector& gamma() const noexcept { return gamma_; }
+
+  /// y (n, dim) = RMSNorm(x (n, dim)); y may alias x.
+  void forward(ConstMatrixView x, MatrixView y) const {
+    detail::check_norm_rows("RMSNorm::forward", x, dim());
+    check_shape(y, x.rows(), dim(), "RMSNorm::forward", "y");
+    for (Index r = 0; r < x.rows(); ++r)
+      kernels::rms_norm(x.data() + r * x.outerStride(), y.data() + r * y.outerStride(), gamma_.data(),
+                        static_cast<std::size_t>(dim()), eps_);
+  }
+
+ private:
+  Vector gamma_;
+  float eps_ = 1e-5f;
+};
+
+static_assert(NormPolicy<LayerNorm>);
+static_assert(NormPolicy<RMSNorm>);
+
+}  // namespace polyformer

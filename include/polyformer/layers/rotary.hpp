@@ -1,0 +1,73 @@
+#pragma once
+/// \file Rotary position policies applied to query and key rows inside attention: NoRotary and RoPE
+/// (Su et al. 2021, RoFormer).
+
+#include <cmath>
+#include <vector>
+
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/tensor.hpp"
+
+namespace polyformer {
+
+/// No rotation (absolute or no positions).
+struct NoRotary {
+  static constexpr bool enabled = false;
+  void apply(float*, Index, Index, Index, Index, Index) const noexcept {}
+};
+
+/// Which coordinates form a rotated pair within a head.
+enum class RotaryStyle {
+  interleaved,  ///< (2i, 2i+1): Meta's Llama and llama2.c
+  half_split,   ///< (i, i + d/2): GPT-NeoX and Hugging Face's rotate_half
+};
+
+/// Rotates pair i of each head by angle pos·θ^(−2i/d). Frequencies are computed in float as llama2.c's
+/// run.c does, so a Llama checkpoint reproduces its reference output.
+template <RotaryStyle Style = RotaryStyle::interleaved>
+class RoPE {
+ public:
+  static constexpr bool enabled = true;
+  static constexpr RotaryStyle style = Style;
+
+  explicit RoPE(float theta = 10000.0f) : theta_(theta) {
+    if (!(theta > 1.0f)) throw config_error(detail::cat("RoPE: theta is ", theta, ", expected > 1"));
+  }
+
+  float theta() const noexcept { return theta_; }
+
+  /// Rotates n_rows rows (row r at position first_position + r), each holding n_heads heads of head_dim.
+  void apply(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
+    const Index half = head_dim / 2;
+    std::vector<float> cos_t(static_cast<std::size_t>(half)), sin_t(static_cast<std::size_t>(half));
+    for (Index r = 0; r < n_rows; ++r) {
+      const float pos = static_cast<float>(first_position + r);
+      for (Index i = 0; i < half; ++i) {
+        const float freq = 1.0f / std::pow(theta_, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+        const float angle = pos * freq;
+        cos_t[std::size_t(i)] = std::cos(angle);
+        sin_t[std::size_t(i)] = std::sin(angle);
+      }
+      float* row = rows + r * row_stride;
+      for (Index h = 0; h < n_heads; ++h) {
+        float* x = row + h * head_dim;
+        for (Index i = 0; i < half; ++i) {
+          const Index a = Style == RotaryStyle::interleaved ? 2 * i : i;
+          const Index b = Style == RotaryStyle::interleaved ? 2 * i + 1 : i + half;
+          const float x0 = x[a], x1 = x[b], c = cos_t[std::size_t(i)], s = sin_t[std::size_t(i)];
+          x[a] = x0 * c - x1 * s;
+          x[b] = x0 * s + x1 * c;
+        }
+      }
+    }
+  }
+
+ private:
+  float theta_ = 10000.0f;
+};
+
+static_assert(RotaryPolicy<NoRotary>);
+static_assert(RotaryPolicy<RoPE<RotaryStyle::interleaved>> && RotaryPolicy<RoPE<RotaryStyle::half_split>>);
+
+}  // namespace polyformer

@@ -1,0 +1,57 @@
+#pragma once
+// Helpers shared by the test files: where the shared data lives, random matrices, comparisons.
+
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/io/safetensors.hpp"
+
+#ifndef POLYFORMER_SHARED_DIR
+#define POLYFORMER_SHARED_DIR "../shared"
+#endif
+#ifndef POLYFORMER_EXTRA_REFERENCE_DIR
+#define POLYFORMER_EXTRA_REFERENCE_DIR "reference-extra"
+#endif
+
+namespace pft {
+
+using polyformer::Index;
+using polyformer::Matrix;
+
+/// Absolute path of a file under shared/; fails the test with a clear message when it is missing.
+inline std::string shared_path(const std::string& relative) {
+  const std::string path = std::string(POLYFORMER_SHARED_DIR) + "/" + relative;
+  if (!std::filesystem::exists(path))
+    FAIL("shared data missing: " << path << " — configure with -DPOLYFORMER_SHARED_DIR=/path/to/shared");
+  return path;
+}
+
+/// Entries (rows, cols) drawn from N(0, scale²) with a fixed seed.
+inline Matrix random_matrix(Index rows, Index cols, unsigned seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  Matrix m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+  return m;
+}
+
+/// A tensor of any rank viewed as a matrix whose columns are its last dimension.
+inline Matrix as_rows(const polyformer::io::FloatTensor& t) {
+  const Index cols = t.shape.empty() ? 1 : static_cast<Index>(t.shape.back());
+  const Index rows = cols ? static_cast<Index>(t.data.size()) / cols : 0;
+  return Eigen::Map<const Matrix>(t.data.data(), rows, cols);
+}
+
+/// max |a − b|, infinity when shapes differ.
+template <typename A, typename B>
+double max_abs_diff(const A& a, const B& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
+  if (a.size() == 0) return 0.0;
+  return (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
+}
+
+}  // namespace pft

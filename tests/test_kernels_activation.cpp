@@ -1,0 +1,124 @@
+#include "polyformer/kernels/activation.hpp"
+
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numbers>
+#include <vector>
+
+#include "kernels_testing.hpp"
+
+namespace k = polyformer::kernels;
+namespace kt = polyformer::kernels::testing;
+
+namespace {
+
+using Kernel = void (*)(const float*, float*, std::size_t);
+
+/// Runs `simd` and `scalar` out of place and `simd` in place over inputs uniform in [lo, hi) at
+/// every tail length; checks both against `ref` (double) within `tol(x, ref)`.
+template <class Ref, class Tol>
+void check_unary(Kernel simd, Kernel scalar, float lo, float hi, Ref ref, Tol tol) {
+  for (std::size_t n : kt::lengths()) {
+    CAPTURE(n);
+    const auto in = kt::random_vec(n, lo, hi, static_cast<std::uint32_t>(1300 + n));
+    const kt::Guarded x(n, in);
+    kt::Guarded y(n), ys(n), inplace(n, in);
+    simd(x.data(), y.data(), n);
+    scalar(x.data(), ys.data(), n);
+    simd(inplace.data(), inplace.data(), n);
+    for (std::size_t i = 0; i < n; ++i) {
+      CAPTURE(in[i]);
+      const double r = ref(static_cast<double>(in[i]));
+      const double t = tol(static_cast<double>(in[i]), r);
+      CHECK(std::fabs(y[i] - r) <= t);
+      CHECK(std::fabs(ys[i] - r) <= t);
+      CHECK(std::fabs(y[i] - ys[i]) <= 2.0 * t);
+      CHECK(inplace[i] == y[i]);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("kernels/relu: exact at every tail length", "[kernels][activation]") {
+  check_unary(
+      k::relu<>, k::relu_scalar, -4.0f, 4.0f, [](double x) { return x < 0 ? 0.0 : x; },
+      [](double, double) { return 0.0; });
+  float in[3] = {std::numeric_limits<float>::quiet_NaN(), -0.0f, -1.0f}, out[3];
+  k::relu(in, out, 3);
+  CHECK(std::isnan(out[0]));
+  CHECK(out[2] == 0.0f);
+}
+
+TEST_CASE("kernels/gelu_erf: within 1e-6 of double at every tail length", "[kernels][activation]") {
+  // The brief's bound: 1e-6 absolute over [-8, 8] (≈ 1 ulp at |y| = 8; xsimd's erfc is ≈ 2e-7
+  // relative, measured max ≈ 4e-7 absolute). The erfc(-x/√2) form also keeps the relative error
+  // small for negative x (no 1 + erf cancellation): ≤ 8 ulp there.
+  check_unary(
+      k::gelu_erf<>, k::gelu_erf_scalar, -8.0f, 8.0f,
+      [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); },
+      [](double, double r) { return std::min(1e-6, 8.0 * 2.0 * kt::u * std::fabs(r) + 1e-30); });
+}
+
+TEST_CASE("kernels/gelu_tanh: matches the tanh formula in double at every tail length", "[kernels][activation]") {
+  // y = x / (1 + E), E = e^(-2u): u has ≈ 3 roundings, so E's argument errs by ≈ 3·|2u|·u, E by that
+  // plus 2 ulp, and y by E's relative error times E/(1+E) ≤ 1, plus 2 roundings.
+  check_unary(
+      k::gelu_tanh<>, k::gelu_tanh_scalar, -8.0f, 8.0f,
+      [](double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x))); },
+      [](double x, double r) {
+        const double two_u = std::fabs(2.0 * std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * x * x * x));
+        return (3.0 * two_u + 8.0) * 2.0 * kt::u * std::fabs(r) + 1e-30;
+      });
+}
+
+TEST_CASE("kernels/silu: matches double at every tail length", "[kernels][activation]") {
+  // y = x / (1 + e^(-x)): e^(-x) errs by ≤ 2 ulp + |x|·u (the negation is exact), y adds 2 roundings.
+  check_unary(
+      k::silu<>, k::silu_scalar, -20.0f, 20.0f, [](double x) { return x / (1.0 + std::exp(-x)); },
+      [](double x, double r) { return (std::fabs(x) + 8.0) * 2.0 * kt::u * std::fabs(r) + 1e-30; });
+}
+
+TEST_CASE("kernels/swiglu: matches double at every tail length, in place on gate or up", "[kernels][activation]") {
+  for (std::size_t n : kt::lengths()) {
+    CAPTURE(n);
+    const auto vg = kt::random_vec(n, -10.0f, 10.0f, static_cast<std::uint32_t>(1400 + n));
+    const auto vu = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(1500 + n));
+    const kt::Guarded gate(n, vg), up(n, vu);
+    kt::Guarded y(n), ys(n), on_gate(n, vg), on_up(n, vu);
+    k::swiglu(gate.data(), up.data(), y.data(), n);
+    k::swiglu_scalar(gate.data(), up.data(), ys.data(), n);
+    k::swiglu(on_gate.data(), up.data(), on_gate.data(), n);
+    k::swiglu(gate.data(), on_up.data(), on_up.data(), n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double x = vg[i];
+      const double r = x / (1.0 + std::exp(-x)) * vu[i];
+      // silu's bound (see the silu test) plus one more rounding for the product.
+      const double tol = (std::fabs(x) + 10.0) * 2.0 * kt::u * std::fabs(r) + 1e-30;
+      CHECK(std::fabs(y[i] - r) <= tol);
+      CHECK(std::fabs(ys[i] - r) <= tol);
+      CHECK(std::fabs(y[i] - ys[i]) <= 2.0 * tol);
+      CHECK(on_gate[i] == y[i]);
+      CHECK(on_up[i] == y[i]);
+    }
+  }
+}
+
+TEST_CASE("kernels/activations: saturation far from 0", "[kernels][activation]") {
+  const std::vector<float> in = {-100.0f, -30.0f, 30.0f, 100.0f, 1e6f};
+  const std::size_t n = in.size();
+  std::vector<float> a(n), b(n), c(n);
+  k::gelu_erf(in.data(), a.data(), n);
+  k::gelu_tanh(in.data(), b.data(), n);
+  k::silu(in.data(), c.data(), n);
+  for (std::size_t i = 0; i < n; ++i) {
+    CAPTURE(in[i]);
+    const float expect = in[i] > 0 ? in[i] : 0.0f;
+    CHECK(a[i] == expect);
+    CHECK(b[i] == expect);
+    if (in[i] > 0 || in[i] < -90.0f) CHECK(c[i] == expect);  // silu(-30) ≈ -2.8e-12, not 0
+  }
+}

@@ -93,8 +93,9 @@ Options parse(int argc, char** argv) {
 void complete(Options& o, const pf::io::SafetensorsFile& w) {
   const auto meta = [&](const char* key) { return w.metadata_value(key); };
   if (o.module.empty()) {
-    const auto m = meta("module");
+    auto m = meta("module");
     if (!m) throw usage_error("--module not given and the weights file has no 'module' metadata");
+    if (m->rfind("torch.nn.", 0) == 0) m = m->substr(9);
     if (*m == "TransformerEncoderLayer" || *m == "encoder_layer") o.module = "encoder_layer";
     else if (*m == "TransformerDecoderLayer" || *m == "decoder_layer") o.module = "decoder_layer";
     else if (*m == "Transformer" || *m == "transformer") o.module = "transformer";

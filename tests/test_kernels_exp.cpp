@@ -14,7 +14,7 @@ namespace kt = polyformer::kernels::testing;
 
 namespace {
 constexpr float inf = std::numeric_limits<float>::infinity();
-constexpr float nan = std::numeric_limits<float>::quiet_NaN();
+constexpr float qnan = std::numeric_limits<float>::quiet_NaN();
 
 // Tolerance: the Cephes polynomial with exact Cody–Waite reduction stays within 1 ulp of the
 // correctly rounded result (≈ 1.01 ulp measured exhaustively over [-87, 88] with FMA); without FMA
@@ -69,7 +69,7 @@ TEST_CASE("kernels/exp: strided sweep of all floats in [-87, 88] within 2 ulp", 
 }
 
 TEST_CASE("kernels/exp: special values", "[kernels][exp]") {
-  const std::vector<float> in = {-inf, inf,   nan,     -100.0f, 88.5f,  88.7f, 88.72283f, 88.7229f, 89.0f,
+  const std::vector<float> in = {-inf, inf,   qnan,     -100.0f, 88.5f,  88.7f, 88.72283f, 88.7229f, 89.0f,
                                  1e30f, -1e30f, -87.3f, -87.4f,  -95.0f, -103.0f, -104.0f, -110.0f,
                                  0.0f,  -0.0f,  1.0f,   -1.0f,   1e-30f, -1e-30f};
   const std::size_t n = in.size();
@@ -99,7 +99,7 @@ TEST_CASE("kernels/exp: special values", "[kernels][exp]") {
 TEST_CASE("kernels/exp: exp_batch on special lanes", "[kernels][exp]") {
   using B = k::batch_f<xsimd::default_arch>;
   alignas(64) float in[B::size], out[B::size];
-  const float specials[] = {-inf, inf, nan, -100.0f, 88.5f, 0.0f, -87.5f, 88.0f};
+  const float specials[] = {-inf, inf, qnan, -100.0f, 88.5f, 0.0f, -87.5f, 88.0f};
   for (std::size_t i = 0; i < B::size; ++i) in[i] = specials[i % 8];
   k::exp_batch(B::load_aligned(in)).store_aligned(out);
   for (std::size_t i = 0; i < B::size; ++i) {

@@ -100,7 +100,7 @@ TEST_CASE("kernels/layer_norm: constant row gives beta (variance 0, eps keeps it
   const kt::Guarded x(n, std::vector<float>(n, 3.25f)), b(n, kt::random_vec(n, -1.0f, 1.0f, 950));
   kt::Guarded y(n);
   k::layer_norm(x.data(), y.data(), nullptr, b.data(), n, 1e-5f);
-  for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == b[i]);  // mean of equal values is exact
+  for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == b[i]);  // the sum of equal dyadic values and sum / n are exact here
 }
 
 TEST_CASE("kernels/rms_norm: matches scalar twin and double at every tail length", "[kernels][norm]") {

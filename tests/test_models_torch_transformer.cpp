@@ -12,6 +12,7 @@
 
 namespace pf = polyformer;
 using pf::NormPlacement;
+using pf::Matrix;
 
 namespace {
 
@@ -27,6 +28,7 @@ struct Meta {
 Meta read_meta(const pf::io::SafetensorsFile& f) {
   Meta m;
   m.module = f.metadata().at("module");
+  if (m.module.rfind("torch.nn.", 0) == 0) m.module = m.module.substr(9);
   m.activation = f.metadata().at("activation");
   m.norm_first = f.metadata().at("norm_first") == "True";
   m.nhead = std::stol(f.metadata().at("nhead"));

@@ -56,8 +56,8 @@ struct AttentionMask {
 /// A block's masks for a batch of sequences laid out as (batch·seq, d) rows. All fields optional.
 struct MaskSpec {
   bool causal = false;                          ///< query i sees keys j <= i
-  std::optional<ConstMatrixView> additive;      ///< (n_q, n_k), the same for every sequence (torch attn_mask)
-  std::optional<ConstMatrixView> key_padding;   ///< (batch, n_k), nonzero = padded key (torch key_padding_mask)
+  std::optional<ConstMatrixRef> additive;       ///< (n_q, n_k), the same for every sequence (torch attn_mask)
+  std::optional<ConstMatrixRef> key_padding;    ///< (batch, n_k), nonzero = padded key (torch key_padding_mask)
   std::span<const Index> key_lengths;           ///< (batch): keys at or past length[b] are padded
 
   /// The causal mask of a decoder's self-attention.
@@ -69,8 +69,8 @@ struct MaskSpec {
 
   /// Throws shape_error unless the masks fit `batch` sequences of n_q queries and n_k keys.
   void validate(const char* func, Index batch, Index n_q, Index n_k) const {
-    if (additive) check_shape(*additive, n_q, n_k, func, "attention mask");
-    if (key_padding) check_shape(*key_padding, batch, n_k, func, "key padding mask");
+    if (additive) check_shape(additive->view(), n_q, n_k, func, "attention mask");
+    if (key_padding) check_shape(key_padding->view(), batch, n_k, func, "key padding mask");
     if (!key_lengths.empty()) {
       if (static_cast<Index>(key_lengths.size()) != batch)
         throw shape_error(detail::cat(func, ": key lengths has shape ", detail::shape_str(key_lengths.size()),
@@ -87,10 +87,10 @@ struct MaskSpec {
     AttentionMask m;
     m.causal = causal;
     if (additive) {
-      m.additive = additive->data();
-      m.additive_stride = additive->outerStride();
+      m.additive = additive->data;
+      m.additive_stride = additive->stride;
     }
-    if (key_padding) m.key_padding = key_padding->data() + b * key_padding->outerStride();
+    if (key_padding) m.key_padding = key_padding->data + b * key_padding->stride;
     if (!key_lengths.empty()) m.n_valid_keys = key_lengths[static_cast<std::size_t>(b)];
     return m;
   }

@@ -42,12 +42,11 @@ class Decoder {
                const Context& ctx) {
     check_cols(x, d_model(), "Decoder::forward", "x");
     check_shape(y, x.rows(), d_model(), "Decoder::forward", "y");
-    ConstMatrixView input = x;
     if constexpr (Position::enabled) {
       input_ = x;
       position_.add(view(input_), batch);
-      input = cview(input_);
     }
+    const ConstMatrixView input = Position::enabled ? cview(input_) : x;
     ensure_shape(buffer_, x.rows(), x.cols());
     const std::size_t n = layers_.size();
     for (std::size_t i = 0; i < n; ++i) {

@@ -43,12 +43,11 @@ class Encoder {
   void forward(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, const Context& ctx) {
     check_cols(x, d_model(), "Encoder::forward", "x");
     check_shape(y, x.rows(), d_model(), "Encoder::forward", "y");
-    ConstMatrixView input = x;
     if constexpr (Position::enabled) {
       input_ = x;
       position_.add(view(input_), batch);
-      input = cview(input_);
     }
+    const ConstMatrixView input = Position::enabled ? cview(input_) : x;
     // Ping-pong between y and one buffer so the last layer writes y.
     ensure_shape(buffer_, x.rows(), x.cols());
     const std::size_t n = layers_.size();

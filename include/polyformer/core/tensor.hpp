@@ -37,6 +37,18 @@ inline ConstMatrixView block(ConstMatrixView m, Index row, Index col, Index rows
   return ConstMatrixView(m.data() + row * m.outerStride() + col, rows, cols, Eigen::OuterStride<>(m.outerStride()));
 }
 
+/// A re-seatable read-only view (an Eigen::Map cannot be assigned to point elsewhere), for optional inputs
+/// such as masks.
+struct ConstMatrixRef {
+  const float* data = nullptr;
+  Index rows = 0, cols = 0, stride = 0;
+
+  ConstMatrixRef() = default;
+  ConstMatrixRef(const ConstMatrixView& v) : data(v.data()), rows(v.rows()), cols(v.cols()), stride(v.outerStride()) {}
+  ConstMatrixRef(const Matrix& m) : data(m.data()), rows(m.rows()), cols(m.cols()), stride(m.cols()) {}
+  ConstMatrixView view() const { return ConstMatrixView(data, rows, cols, Eigen::OuterStride<>(stride)); }
+};
+
 /// Resizes only when the shape changes, so a workspace sized once is reused without allocation.
 inline void ensure_shape(Matrix& m, Index rows, Index cols) {
   if (m.rows() != rows || m.cols() != cols) m.resize(rows, cols);

@@ -445,6 +445,11 @@ class SafetensorsFile {
       }
       return true;
     };
+    // nlohmann's lexer takes a NUL byte for the end of input and would ignore the rest of the header.
+    // JSON never contains a raw NUL (control characters in strings must be escaped), so reject it.
+    if (const void* nul = std::memchr(bytes_.data() + 8, 0, static_cast<std::size_t>(n)))
+      fail(detail::cat("header (", n, " bytes) is not valid JSON: NUL byte at header offset ",
+                       static_cast<const unsigned char*>(nul) - (bytes_.data() + 8)));
     json header;
     try {
       const auto* first = reinterpret_cast<const char*>(bytes_.data() + 8);

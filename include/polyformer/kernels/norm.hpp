@@ -20,13 +20,13 @@ namespace polyformer::kernels {
 inline void layer_norm_scalar(const float* x, float* y, const float* gamma, const float* beta, std::size_t n,
                               float eps) noexcept {
   if (n == 0) return;
-  const float inv_n = 1.0f / static_cast<float>(n);
+  const auto nf = static_cast<float>(n);
   float sum = 0.0f;
   for (std::size_t i = 0; i < n; ++i) sum += x[i];
-  const float mean = sum * inv_n;
+  const float mean = sum / nf;
   float ss = 0.0f;
   for (std::size_t i = 0; i < n; ++i) ss += (x[i] - mean) * (x[i] - mean);
-  const float rstd = 1.0f / std::sqrt(ss * inv_n + eps);
+  const float rstd = 1.0f / std::sqrt(ss / nf + eps);
   for (std::size_t i = 0; i < n; ++i) {
     const float g = gamma != nullptr ? gamma[i] : 1.0f;
     const float b = beta != nullptr ? beta[i] : 0.0f;
@@ -74,8 +74,8 @@ inline void layer_norm(const float* x, float* y, const float* gamma, const float
   using B = batch_f<Arch>;
   constexpr std::size_t L = B::size;
   if (n == 0) return;
-  const float inv_n = 1.0f / static_cast<float>(n);
-  const float mean = reduce_sum<Arch>(x, n) * inv_n;
+  const auto nf = static_cast<float>(n);
+  const float mean = reduce_sum<Arch>(x, n) / nf;  // divide, not multiply by 1/n: one rounding
   // Pass 2: Σ (x - mean)²; padding lanes hold `mean`, so they add exactly 0.
   const B mb(mean);
   B s0(0.0f), s1(0.0f);
@@ -95,7 +95,7 @@ inline void layer_norm(const float* x, float* y, const float* gamma, const float
     const B d = load_partial<Arch>(x + i, n - i, mean) - mb;
     s1 = xsimd::fma(d, d, s1);
   }
-  const float var = hsum<Arch>(s0 + s1) * inv_n;
+  const float var = hsum<Arch>(s0 + s1) / nf;
   const float rstd = 1.0f / std::sqrt(var + eps);
   // Pass 3 reads x[i] before writing y[i] at the same index, so x == y is safe.
   if (gamma != nullptr && beta != nullptr) {

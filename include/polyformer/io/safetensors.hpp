@@ -260,7 +260,12 @@ inline std::vector<unsigned char> read_file(const std::string& path) {
 #else
   std::ifstream in(path, std::ios::binary);
   if (!in) throw format_error(cat(prefix(path), "cannot open"));
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<unsigned char> bytes;
+  try {  // libstdc++ throws from underflow() for a directory, for example
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure& e) {
+    throw format_error(cat(prefix(path), "cannot read: ", e.what()));
+  }
   if (in.bad()) throw format_error(cat(prefix(path), "cannot read"));
   return bytes;
 #endif

@@ -1,0 +1,66 @@
+// Full (exact, tiled) attention alone: softmax(QKᵀ/√d)·V for 12 heads × 64 at n tokens, no mask, no
+// projections — FullAttention::forward on q, k, v (n, 768). The peer is bench/peers/libtorch_attention.cpp.
+// peak_MB shows the tiled policy's O(n·d) memory: a materialized n×n score matrix per head would be
+// 12·n²·4 bytes (12 GiB at n = 16384).
+//
+//   bench_attention --benchmark_filter='threads:1/'
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+
+#include "counters.hpp"
+#include "memory.hpp"
+#include "polyformer/polyformer.hpp"
+
+namespace pf = polyformer;
+
+namespace {
+
+constexpr pf::Index n_heads = 12, head_dim = 64;
+
+void BM_attention(benchmark::State& state) {
+  const pf::Index n = state.range(0), width = n_heads * head_dim;
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  pf::AttentionShape shape;
+  shape.n_heads = shape.n_kv_heads = n_heads;
+  shape.head_dim = head_dim;
+  shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
+  pf::Matrix out(n, width);
+  const pf::AttentionMask mask{};
+  pf::FullAttention attention;
+  const bench::PeakMemory memory;
+  // Warm-up (sizes the tile buffers) only where an iteration is short; the large sizes run once.
+  if (n < 8192) attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ctx);
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ctx);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double nd = static_cast<double>(n);
+  clock.report(state, 4.0 * nd * nd * static_cast<double>(head_dim * n_heads));
+  memory.report(state);
+}
+
+// The large sizes take seconds per call (≈ 10 s or more at n = 16384 on one thread): one iteration each.
+void small_sizes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n", "threads"});
+  for (int threads : {1, 2})
+    for (int n : {1024, 2048, 4096}) b->Args({n, threads});
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+void large_sizes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n", "threads"});
+  for (int threads : {1, 2})
+    for (int n : {8192, 16384}) b->Args({n, threads});
+  b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
+}
+
+}  // namespace
+
+BENCHMARK(BM_attention)->Apply(small_sizes);
+BENCHMARK(BM_attention)->Apply(large_sizes);
+
+BENCHMARK_MAIN();

@@ -51,11 +51,20 @@ class FullAttention {
     const Index tasks = s.n_heads * q_blocks;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
     if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    // Keys transposed once per call and stored tile by tile, (key_blocks·kv_heads·d, key_block), so every
+    // score tile is a plain Q·Kᵀ micro-kernel product over a contiguous panel (rows n_k apart would alias
+    // in L1 when n_k is a multiple of 1024).
+    const Index bk = tiles_.key_block, k_blocks = (n_k + bk - 1) / bk, kd = k.cols();
+    ensure_shape(keys_t_, k_blocks * kd, bk);
+    parallel_for(k_blocks, t, [&](Index kb, int) {
+      const Index k0 = kb * bk, nk = std::min(bk, n_k - k0);
+      block(view(keys_t_), kb * kd, 0, kd, nk) = block(k, k0, 0, nk, kd).transpose();
+    });
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index h = task / q_blocks, q0 = (task % q_blocks) * bq;
       const Index kvh = s.kv_head(h);
-      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, block(k, 0, kvh * dh, n_k, dh),
-                block(v, 0, kvh * dh, n_k, dh), mask, block(out, q0, h * dh, std::min(bq, n_q - q0), dh),
+      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, kvh * dh, block(v, 0, kvh * dh, n_k, dh), n_k,
+                mask, block(out, q0, h * dh, std::min(bq, n_q - q0), dh),
                 scratch_[static_cast<std::size_t>(thread)]);
     });
   }
@@ -69,11 +78,13 @@ class FullAttention {
     std::vector<float> correction;  // exp(old max − new max) of the current tile
   };
 
-  /// One head, one block of queries (rows q0.. of the sequence), all keys in tiles.
-  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, ConstMatrixView kh, ConstMatrixView vh,
+  /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles; the head's keys
+  /// are rows kt_row.. of each packed key tile.
+  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, Index kt_row, ConstMatrixView vh, Index n_k,
                  const AttentionMask& mask, MatrixView outh, Scratch& w) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index nq = qh.rows(), n_k = kh.rows(), dh = s.head_dim, bk = tiles_.key_block;
+    const Index nq = qh.rows(), dh = s.head_dim, bk = tiles_.key_block;
+    const Index kd = keys_t_.rows() / ((n_k + bk - 1) / bk);  // kv_heads·d rows per packed tile
     ensure_shape(w.scores, tiles_.query_block, bk);
     ensure_shape(w.acc, tiles_.query_block, dh);
     w.row_max.assign(static_cast<std::size_t>(nq), neg_inf);
@@ -86,7 +97,8 @@ class FullAttention {
     for (Index k0 = 0; k0 < key_limit; k0 += bk) {
       const Index nk = std::min(bk, key_limit - k0);
       MatrixView sc = block(view(w.scores), 0, 0, nq, nk);
-      kernels::gemm(qh, block(kh, k0, 0, nk, dh), kernels::Transpose::yes, sc, s.scale, 0.0f, 1);
+      kernels::gemm(qh, block(cview(keys_t_), (k0 / bk) * kd + kt_row, 0, dh, nk), kernels::Transpose::no, sc,
+                    s.scale, 0.0f, 1);
       bool rescale = false;
       for (Index i = 0; i < nq; ++i) {
         float* row = sc.data() + i * sc.outerStride();
@@ -131,6 +143,7 @@ class FullAttention {
 
   Tiles tiles_{};
   std::vector<Scratch> scratch_;
+  Matrix keys_t_;  // (key_blocks·kv_heads·d, key_block): keys transposed, tile by tile
 };
 
 static_assert(AttentionPolicy<FullAttention>);

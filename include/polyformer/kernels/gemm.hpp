@@ -1,12 +1,15 @@
 #pragma once
 /// \file The single GEMM entry point. Every matrix product in polyformer goes through `gemm`, so the
-/// backend (OpenBLAS sgemm when POLYFORMER_USE_OPENBLAS is defined, Eigen otherwise) is chosen here
-/// and benchmarked in bench/bench_gemm.cpp.
+/// backend is chosen here, per shape, and benchmarked in bench/bench_gemm.cpp: small untransposed
+/// products (attention tiles) run on polyformer's own register-blocked micro-kernels (small_gemm.hpp),
+/// where a BLAS call's packing costs more than it saves; the rest on OpenBLAS sgemm when
+/// POLYFORMER_USE_OPENBLAS is defined, Eigen otherwise.
 
 #include <algorithm>
 
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/small_gemm.hpp"
 
 #ifdef POLYFORMER_USE_OPENBLAS
 #include <cblas.h>
@@ -41,10 +44,22 @@ inline void make_backend_single_threaded() noexcept {
   (void)once;
 }
 
+/// Whether a product is small enough for the micro-kernels: all of B and a strip of A stay in L1/L2.
+inline bool use_small_gemm(Index m, Index n, Index k, Transpose tb) noexcept {
+  return tb == Transpose::no && k <= 1024 && n <= 512 && static_cast<double>(m) * static_cast<double>(n) <= 65536.0;
+}
+
 /// C = alpha·A·op(B) + beta·C on the calling thread.
 inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha,
                         float beta) noexcept {
   if (c.rows() == 0 || c.cols() == 0) return;
+  if (use_small_gemm(c.rows(), c.cols(), a.cols(), tb)) {
+    if (beta != 0.0f && beta != 1.0f) c *= beta;
+    const auto u = [](Index x) { return static_cast<std::size_t>(x); };
+    small_gemm(u(c.rows()), u(c.cols()), u(a.cols()), alpha, a.data(), u(a.outerStride()), b.data(),
+               u(b.outerStride()), beta != 0.0f, c.data(), u(c.outerStride()));
+    return;
+  }
 #ifdef POLYFORMER_USE_OPENBLAS
   const auto ld = [](auto& m) { return static_cast<blasint>(std::max<Index>(1, m.outerStride())); };
   cblas_sgemm(CblasRowMajor, CblasNoTrans, tb == Transpose::yes ? CblasTrans : CblasNoTrans,

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Runs polyformer's benchmarks and their libtorch peers with the thread settings that keep the peers
+# honest (shared/MACHINE.md), writes Google Benchmark JSON to a results folder, and prints a table.
+# Builds nothing: configure and build first (see bench/README.md).
+#
+#   bench/compare.sh BUILD_DIR [RESULTS_DIR]
+#
+# Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
+# attention n >= 8192, libtorch attention n = 4096; default 1), THREADS (default "1 2"),
+# AREAS (default "gemm encoder_layer attention"), SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of
+# OpenBLAS sgemm, defaults 100 / 196 from shared/MACHINE.md) for the "% of sgemm" line.
+#
+# Each (area, thread count) runs polyformer then its peer, back to back, so both see the same machine
+# load. Every bench is a separate invocation per thread count (--benchmark_filter), with:
+#   polyformer:   OPENBLAS_NUM_THREADS=1 (polyformer calls sgemm single-threaded and runs its own threads)
+#   libtorch, 1:  OPENBLAS_NUM_THREADS=1
+#   libtorch, 2:  OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
+set -euo pipefail
+
+if [[ $# -lt 1 || ! -d $1 ]]; then
+  echo "usage: $0 BUILD_DIR [RESULTS_DIR]" >&2
+  exit 2
+fi
+BUILD=$(cd "$1" && pwd)
+BIN=$BUILD/bench
+RESULTS=${2:-$BUILD/bench-results/$(date +%Y%m%d-%H%M%S)}
+REPS=${REPS:-3}
+SLOW_REPS=${SLOW_REPS:-1}
+THREADS=${THREADS:-"1 2"}
+AREAS=${AREAS:-"gemm encoder_layer attention"}
+PYTHON=/usr/bin/python3
+[[ -x $PYTHON ]] || PYTHON=python3
+mkdir -p "$RESULTS"
+LOG=$RESULTS/console.log
+: >"$LOG"
+{ echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
+
+# run BINARY TAG THREADS REPS FILTER — one invocation, JSON to $RESULTS/TAG.t<THREADS>.json
+run() {
+  local binary=$1 tag=$2 t=$3 reps=$4 filter=$5
+  local exe=$BIN/$binary
+  if [[ ! -x $exe ]]; then
+    echo "  (skipping $binary: not built)" | tee -a "$LOG"
+    return 0
+  fi
+  local -a env_vars=("OPENBLAS_NUM_THREADS=1")
+  if [[ $binary == libtorch_* ]]; then
+    env_vars=("OPENBLAS_NUM_THREADS=$t")
+    [[ $t -gt 1 ]] && env_vars+=("OMP_WAIT_POLICY=PASSIVE")
+  fi
+  local -a args=("--benchmark_filter=$filter" "--benchmark_repetitions=$reps"
+                 "--benchmark_out=$RESULTS/$tag.t$t.json" "--benchmark_out_format=json")
+  [[ $reps -gt 1 ]] && args+=("--benchmark_report_aggregates_only=true")
+  echo "  ${env_vars[*]} $binary ${args[*]}" | tee -a "$LOG"
+  env "${env_vars[@]}" "$exe" "${args[@]}" >>"$LOG" 2>&1 || echo "  ($binary exited with $?)" | tee -a "$LOG"
+}
+
+for t in $THREADS; do
+  for area in $AREAS; do
+    echo "== $area, $t thread(s)"
+    case $area in
+      gemm)
+        run bench_gemm gemm "$t" "$REPS" "threads:$t/" ;;
+      encoder_layer)
+        run bench_encoder_layer encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
+        run libtorch_encoder_layer libtorch_encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
+        run bench_encoder_layer encoder_layer_slow "$t" "$SLOW_REPS" "n:2048/threads:$t/"
+        run libtorch_encoder_layer libtorch_encoder_layer_slow "$t" "$SLOW_REPS" "n:2048/threads:$t/" ;;
+      attention)
+        run bench_attention attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
+        run libtorch_attention libtorch_attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
+        run bench_attention attention_slow "$t" "$SLOW_REPS" "n:(4096|8192|16384)/threads:$t/"
+        run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/" ;;
+      *) echo "unknown area $area" >&2; exit 2 ;;
+    esac
+  done
+done
+echo "# load after: $(cat /proc/loadavg)" >>"$LOG"
+
+SGEMM_CEILING_1T=${SGEMM_CEILING_1T:-100} SGEMM_CEILING_2T=${SGEMM_CEILING_2T:-196} \
+"$PYTHON" - "$RESULTS" <<'PY' | tee "$RESULTS/table.md"
+import glob, json, os, re, statistics, sys
+
+results = sys.argv[1]
+# polyformer benchmark -> its peers
+PEERS = {
+    "gemm_entry": ["gemm_eigen"],
+    "encoder_layer": ["libtorch_encoder_layer", "libtorch_encoder_layer_fused"],
+    "attention": ["libtorch_attention_sdpa", "libtorch_attention_matmul"],
+}
+OURS = ["gemm_entry", "encoder_layer", "encoder_layer_gemms", "attention"]
+
+# (family, args) -> list of (kind, counters); kind is "median" or "iteration"
+runs = {}
+for path in sorted(glob.glob(os.path.join(results, "*.json"))):
+    with open(path) as f:
+        data = json.load(f)
+    for b in data.get("benchmarks", []):
+        if b.get("error_occurred"):
+            continue
+        kind = b.get("aggregate_name", "iteration") if b.get("run_type") == "aggregate" else "iteration"
+        if kind not in ("median", "iteration"):
+            continue
+        name = b.get("run_name", b["name"])
+        parts = name.split("/")
+        family = parts[0][3:] if parts[0].startswith("BM_") else parts[0]
+        args = "/".join(p for p in parts[1:] if ":" in p and not p.startswith(("iterations:", "repeats:")))
+        c = {k: b.get(k) for k in ("ms", "GFLOP/s", "peak_MB", "extra_MB")}
+        if c["ms"] is None:
+            continue
+        runs.setdefault((family, args), []).append((kind, c))
+
+def pick(family, args):
+    """Median aggregate when there is one, else the median of the single runs."""
+    rs = runs.get((family, args))
+    if not rs:
+        return None
+    med = [c for k, c in rs if k == "median"]
+    if med:
+        return med[0]
+    cs = [c for k, c in rs]
+    return {k: statistics.median(c[k] for c in cs) for k in cs[0] if all(c[k] is not None for c in cs)}
+
+def key(args):
+    d = dict(p.split(":") for p in args.split("/"))
+    return (int(d.get("threads", 0)),) + tuple(int(v) for k, v in d.items() if k != "threads")
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+print("| case | threads | polyformer ms | GFLOP/s | peak MB | peer | peer ms | GFLOP/s | peak MB | peer/polyformer |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for fam in ["gemm_entry", "encoder_layer", "attention"]:
+    cases = sorted({a for (f, a) in runs if f == fam}, key=key)
+    for args in cases:
+        ours = pick(fam, args)
+        d = dict(p.split(":") for p in args.split("/"))
+        t = d.pop("threads")
+        case = fam + " " + " ".join(f"{k}={v}" for k, v in d.items())
+        peers = [(p, pick(p, args)) for p in PEERS.get(fam, [])]
+        peers = [(p, c) for p, c in peers if c] or [("—", None)]
+        for p, c in peers:
+            ratio = c["ms"] / ours["ms"] if c else None
+            print(f"| {case} | {t} | {fmt(ours['ms'], '.2f')} | {fmt(ours['GFLOP/s'], '.1f')} | "
+                  f"{fmt(ours['peak_MB'], '.0f')} | {p} | {fmt(c and c['ms'], '.2f')} | "
+                  f"{fmt(c and c['GFLOP/s'], '.1f')} | {fmt(c and c['peak_MB'], '.0f')} | {fmt(ratio, '.2f')} |")
+
+ceil = {1: float(os.environ["SGEMM_CEILING_1T"]), 2: float(os.environ["SGEMM_CEILING_2T"])}
+gemms = sorted({a for (f, a) in runs if f == "encoder_layer_gemms"}, key=key)
+if gemms:
+    print()
+    print("| encoder layer GEMMs alone | threads | ms | GFLOP/s | % of sgemm ceiling | % of layer time |")
+    print("|---|---|---|---|---|---|")
+    for args in gemms:
+        g, layer = pick("encoder_layer_gemms", args), pick("encoder_layer", args)
+        d = dict(p.split(":") for p in args.split("/"))
+        t = int(d["threads"])
+        share = 100 * g["ms"] / layer["ms"] if layer else None
+        pct = 100 * g["GFLOP/s"] / ceil[t] if t in ceil else None
+        print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(pct, '.0f')} | {fmt(share, '.0f')} |")
+    print(f"\nsgemm ceiling: {ceil[1]:.0f} / {ceil[2]:.0f} GFLOP/s on 1 / 2 threads (OpenBLAS, shared/MACHINE.md)")
+print(f"\nms are medians over repetitions (single runs for the slow sizes); peak MB = VmHWM of the process "
+      f"during that benchmark (MiB, libraries included). JSON and console output: {results}")
+PY

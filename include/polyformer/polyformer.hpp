@@ -13,6 +13,8 @@
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/norm.hpp"
 #include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/simd.hpp"
+#include "polyformer/kernels/small_gemm.hpp"
 #include "polyformer/kernels/softmax.hpp"
 
 #include "polyformer/layers/activation.hpp"

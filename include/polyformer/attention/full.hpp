@@ -60,10 +60,15 @@ class FullAttention {
       const Index k0 = kb * bk, nk = std::min(bk, n_k - k0);
       block(view(keys_t_), kb * kd, 0, kd, nk) = block(k, k0, 0, nk, kd).transpose();
     });
+    // Values head by head, (kv_heads·n_k, d), so a value tile's rows are d floats apart (not heads·d).
+    ensure_shape(values_, s.n_kv_heads * n_k, dh);
+    parallel_for(s.n_kv_heads, t, [&](Index g, int) {
+      block(view(values_), g * n_k, 0, n_k, dh) = block(v, 0, g * dh, n_k, dh);
+    });
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index h = task / q_blocks, q0 = (task % q_blocks) * bq;
       const Index kvh = s.kv_head(h);
-      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, kvh * dh, block(v, 0, kvh * dh, n_k, dh), n_k,
+      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, kvh * dh, block(cview(values_), kvh * n_k, 0, n_k, dh), n_k,
                 mask, block(out, q0, h * dh, std::min(bq, n_q - q0), dh),
                 scratch_[static_cast<std::size_t>(thread)]);
     });
@@ -71,6 +76,7 @@ class FullAttention {
 
  private:
   struct Scratch {
+    Matrix queries;                 // (query_block, head_dim): the block's queries, scaled
     Matrix scores;                  // (query_block, key_block)
     Matrix acc;                     // (query_block, head_dim): unnormalized output
     std::vector<float> row_max;     // running max of each row's scores
@@ -86,6 +92,9 @@ class FullAttention {
     const Index nq = qh.rows(), dh = s.head_dim, bk = tiles_.key_block;
     const Index kd = keys_t_.rows() / ((n_k + bk - 1) / bk);  // kv_heads·d rows per packed tile
     ensure_shape(w.scores, tiles_.query_block, bk);
+    ensure_shape(w.queries, tiles_.query_block, dh);
+    MatrixView qs = block(view(w.queries), 0, 0, nq, dh);
+    qs = qh * s.scale;  // contiguous rows for the micro-kernel, scale applied once
     ensure_shape(w.acc, tiles_.query_block, dh);
     w.row_max.assign(static_cast<std::size_t>(nq), neg_inf);
     w.row_sum.assign(static_cast<std::size_t>(nq), 0.0f);
@@ -97,8 +106,8 @@ class FullAttention {
     for (Index k0 = 0; k0 < key_limit; k0 += bk) {
       const Index nk = std::min(bk, key_limit - k0);
       MatrixView sc = block(view(w.scores), 0, 0, nq, nk);
-      kernels::gemm(qh, block(cview(keys_t_), (k0 / bk) * kd + kt_row, 0, dh, nk), kernels::Transpose::no, sc,
-                    s.scale, 0.0f, 1);
+      kernels::gemm(cview(qs), block(cview(keys_t_), (k0 / bk) * kd + kt_row, 0, dh, nk), kernels::Transpose::no,
+                    sc, 1.0f, 0.0f, 1);
       bool rescale = false;
       for (Index i = 0; i < nq; ++i) {
         float* row = sc.data() + i * sc.outerStride();
@@ -144,6 +153,7 @@ class FullAttention {
   Tiles tiles_{};
   std::vector<Scratch> scratch_;
   Matrix keys_t_;  // (key_blocks·kv_heads·d, key_block): keys transposed, tile by tile
+  Matrix values_;  // (kv_heads·n_k, d): values head by head
 };
 
 static_assert(AttentionPolicy<FullAttention>);

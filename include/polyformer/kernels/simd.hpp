@@ -8,6 +8,14 @@
 #include <cstddef>
 #include <xsimd/xsimd.hpp>
 
+/// Keeps a register-blocked micro-kernel out of its caller, so the register allocator sees the kernel's
+/// loop alone (inlined into a large caller, g++ 12 spills the accumulators).
+#if defined(__GNUC__) || defined(__clang__)
+#define POLYFORMER_NOINLINE __attribute__((noinline))
+#else
+#define POLYFORMER_NOINLINE
+#endif
+
 namespace polyformer::kernels {
 
 /// A batch of floats for the architecture `Arch`.

@@ -24,10 +24,13 @@ inline void small_gemm_scalar(std::size_t m, std::size_t n, std::size_t k, float
 
 namespace detail {
 
-/// One MR × (NV·lanes) block of C; `tail` < lanes means the last vector covers only `tail` columns.
-template <class Arch, int MR, int NV>
-inline void small_gemm_block(std::size_t k, float alpha, const float* a, std::size_t lda, const float* b,
-                             std::size_t ldb, bool accumulate, float* c, std::size_t ldc, std::size_t tail) noexcept {
+/// One MR × (NV·lanes) block of C. With Tail, the last vector covers only `tail` (< lanes) columns; the
+/// full-width instantiation has no tail logic at all, so its accumulators stay in registers.
+/// Every branch is on a template parameter: a run-time flag in the epilogue keeps g++ from unrolling it,
+/// and the accumulator array then lives on the stack instead of in registers (3× slower).
+template <class Arch, int MR, int NV, bool Tail, bool Accumulate>
+POLYFORMER_NOINLINE void small_gemm_block(std::size_t k, float alpha, const float* a, std::size_t lda, const float* b,
+                             std::size_t ldb, float* c, std::size_t ldc, std::size_t tail) noexcept {
   using B = batch_f<Arch>;
   constexpr std::size_t W = B::size;
   B acc[MR][NV];
@@ -40,7 +43,7 @@ inline void small_gemm_block(std::size_t k, float alpha, const float* a, std::si
     B bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      bv[v] = (v == NV - 1 && tail) ? load_partial<Arch>(brow + v * W, tail, 0.0f) : B::load_unaligned(brow + v * W);
+      bv[v] = (Tail && v == NV - 1) ? load_partial<Arch>(brow + v * W, tail, 0.0f) : B::load_unaligned(brow + v * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const B ar(a[r * lda + p]);
@@ -54,30 +57,36 @@ inline void small_gemm_block(std::size_t k, float alpha, const float* a, std::si
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       float* dst = c + r * ldc + v * W;
-      if (v == NV - 1 && tail) {
+      if (Tail && v == NV - 1) {
         B out = acc[r][v] * al;
-        if (accumulate) out += load_partial<Arch>(dst, tail, 0.0f);
+        if constexpr (Accumulate) out += load_partial<Arch>(dst, tail, 0.0f);
         store_partial<Arch>(out, dst, tail);
       } else {
         B out = acc[r][v] * al;
-        if (accumulate) out += B::load_unaligned(dst);
+        if constexpr (Accumulate) out += B::load_unaligned(dst);
         out.store_unaligned(dst);
       }
     }
 }
 
 /// All columns of an MR-row strip.
+template <class Arch, int MR, bool Acc>
+inline void small_gemm_rows(std::size_t n, std::size_t k, float alpha, const float* a, std::size_t lda,
+                            const float* b, std::size_t ldb, float* c, std::size_t ldc) noexcept {
+  constexpr std::size_t W = batch_f<Arch>::size;
+  std::size_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) small_gemm_block<Arch, MR, 2, false, Acc>(k, alpha, a, lda, b + j, ldb, c + j, ldc, 0);
+  const std::size_t rest = n - j;
+  if (rest > W) small_gemm_block<Arch, MR, 2, true, Acc>(k, alpha, a, lda, b + j, ldb, c + j, ldc, rest - W);
+  else if (rest == W) small_gemm_block<Arch, MR, 1, false, Acc>(k, alpha, a, lda, b + j, ldb, c + j, ldc, 0);
+  else if (rest > 0) small_gemm_block<Arch, MR, 1, true, Acc>(k, alpha, a, lda, b + j, ldb, c + j, ldc, rest);
+}
+
 template <class Arch, int MR>
 inline void small_gemm_rows(std::size_t n, std::size_t k, float alpha, const float* a, std::size_t lda,
                             const float* b, std::size_t ldb, bool accumulate, float* c, std::size_t ldc) noexcept {
-  constexpr std::size_t W = batch_f<Arch>::size;
-  std::size_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W)
-    small_gemm_block<Arch, MR, 2>(k, alpha, a, lda, b + j, ldb, accumulate, c + j, ldc, 0);
-  const std::size_t rest = n - j;
-  if (rest > W) small_gemm_block<Arch, MR, 2>(k, alpha, a, lda, b + j, ldb, accumulate, c + j, ldc, rest - W);
-  else if (rest == W) small_gemm_block<Arch, MR, 1>(k, alpha, a, lda, b + j, ldb, accumulate, c + j, ldc, 0);
-  else if (rest > 0) small_gemm_block<Arch, MR, 1>(k, alpha, a, lda, b + j, ldb, accumulate, c + j, ldc, rest);
+  if (accumulate) small_gemm_rows<Arch, MR, true>(n, k, alpha, a, lda, b, ldb, c, ldc);
+  else small_gemm_rows<Arch, MR, false>(n, k, alpha, a, lda, b, ldb, c, ldc);
 }
 
 }  // namespace detail

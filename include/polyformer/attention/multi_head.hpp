@@ -117,7 +117,7 @@ class MultiHeadAttention {
 
   Lin q_proj_{}, k_proj_{}, v_proj_{}, o_proj_{};
   Attn attention_{};
-  [[no_unique_address]] Rot rotary_{};
+  Rot rotary_{};
   AttentionShape shape_{};
   Matrix q_, k_, v_, ctx_;
 };

@@ -69,7 +69,7 @@ class Encoder {
  private:
   std::vector<Layer> layers_;
   std::optional<norm_type> final_norm_;
-  [[no_unique_address]] Position position_{};
+  Position position_{};
   Matrix buffer_, input_;
 };
 

@@ -79,7 +79,7 @@ class FeedForward {
     }
   }
 
-  [[no_unique_address]] std::conditional_t<gated, Lin, std::monostate> gate_{};
+  std::conditional_t<gated, Lin, std::monostate> gate_{};
   Lin up_{}, down_{};
   Matrix hidden_;    // (n, hidden)
   Matrix gate_out_;  // (n, hidden), gated only

@@ -6,19 +6,29 @@
 #   bench/compare.sh BUILD_DIR [RESULTS_DIR]
 #
 # Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
-# attention n >= 8192, libtorch attention n = 4096; default 1), THREADS (default "1 2"),
-# AREAS (default "gemm encoder_layer attention"), SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of
+# attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention"),
+# PF_OMP_WAIT_POLICY (default PASSIVE, see below), SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of
 # OpenBLAS sgemm, defaults 100 / 196 from shared/MACHINE.md) for the "% of sgemm" line.
 #
 # Each (area, thread count) runs polyformer then its peer, back to back, so both see the same machine
 # load. Every bench is a separate invocation per thread count (--benchmark_filter), with:
-#   polyformer:   OPENBLAS_NUM_THREADS=1 (polyformer calls sgemm single-threaded and runs its own threads)
-#   libtorch, 1:  OPENBLAS_NUM_THREADS=1
-#   libtorch, 2:  OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
+#   polyformer, 1:  OPENBLAS_NUM_THREADS=1 (polyformer calls sgemm single-threaded and runs its own threads)
+#   polyformer, 2:  OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=$PF_OMP_WAIT_POLICY (default PASSIVE, as the peer:
+#                   with libgomp's default spinning, 2 threads are ~4x slower than 1 whenever another process
+#                   holds a core; PF_OMP_WAIT_POLICY= (empty) leaves libgomp's default)
+#   libtorch, 1:    OPENBLAS_NUM_THREADS=1
+#   libtorch, 2:    OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 set -euo pipefail
 
+TABLE_ONLY=0
+if [[ ${1:-} == --table ]]; then  # compare.sh --table RESULTS_DIR: only print the table of earlier results
+  TABLE_ONLY=1
+  shift
+  [[ $# -eq 1 && -d $1 ]] || { echo "usage: $0 --table RESULTS_DIR" >&2; exit 2; }
+  set -- "$1" "$1"
+fi
 if [[ $# -lt 1 || ! -d $1 ]]; then
-  echo "usage: $0 BUILD_DIR [RESULTS_DIR]" >&2
+  echo "usage: $0 BUILD_DIR [RESULTS_DIR]   or   $0 --table RESULTS_DIR" >&2
   exit 2
 fi
 BUILD=$(cd "$1" && pwd)
@@ -28,12 +38,12 @@ REPS=${REPS:-3}
 SLOW_REPS=${SLOW_REPS:-1}
 THREADS=${THREADS:-"1 2"}
 AREAS=${AREAS:-"gemm encoder_layer attention"}
+PF_OMP_WAIT_POLICY=${PF_OMP_WAIT_POLICY-PASSIVE}
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || PYTHON=python3
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
 LOG=$RESULTS/console.log
-: >"$LOG"
-{ echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
 
 # run BINARY TAG THREADS REPS FILTER — one invocation, JSON to $RESULTS/TAG.t<THREADS>.json
 run() {
@@ -47,6 +57,8 @@ run() {
   if [[ $binary == libtorch_* ]]; then
     env_vars=("OPENBLAS_NUM_THREADS=$t")
     [[ $t -gt 1 ]] && env_vars+=("OMP_WAIT_POLICY=PASSIVE")
+  elif [[ $t -gt 1 && -n $PF_OMP_WAIT_POLICY ]]; then
+    env_vars+=("OMP_WAIT_POLICY=$PF_OMP_WAIT_POLICY")
   fi
   local -a args=("--benchmark_filter=$filter" "--benchmark_repetitions=$reps"
                  "--benchmark_out=$RESULTS/$tag.t$t.json" "--benchmark_out_format=json")
@@ -55,6 +67,9 @@ run() {
   env "${env_vars[@]}" "$exe" "${args[@]}" >>"$LOG" 2>&1 || echo "  ($binary exited with $?)" | tee -a "$LOG"
 }
 
+if [[ $TABLE_ONLY == 0 ]]; then
+: >"$LOG"
+{ echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
 for t in $THREADS; do
   for area in $AREAS; do
     echo "== $area, $t thread(s)"
@@ -76,6 +91,7 @@ for t in $THREADS; do
   done
 done
 echo "# load after: $(cat /proc/loadavg)" >>"$LOG"
+fi  # TABLE_ONLY
 
 SGEMM_CEILING_1T=${SGEMM_CEILING_1T:-100} SGEMM_CEILING_2T=${SGEMM_CEILING_2T:-196} \
 "$PYTHON" - "$RESULTS" <<'PY' | tee "$RESULTS/table.md"
@@ -149,15 +165,20 @@ ceil = {1: float(os.environ["SGEMM_CEILING_1T"]), 2: float(os.environ["SGEMM_CEI
 gemms = sorted({a for (f, a) in runs if f == "encoder_layer_gemms"}, key=key)
 if gemms:
     print()
-    print("| encoder layer GEMMs alone | threads | ms | GFLOP/s | % of sgemm ceiling | % of layer time |")
-    print("|---|---|---|---|---|---|")
+    print("| encoder layer GEMMs alone | threads | ms | GFLOP/s | % of sgemm ceiling | % of gemm_entry this run | % of layer time |")
+    print("|---|---|---|---|---|---|---|")
     for args in gemms:
         g, layer = pick("encoder_layer_gemms", args), pick("encoder_layer", args)
         d = dict(p.split(":") for p in args.split("/"))
         t = int(d["threads"])
         share = 100 * g["ms"] / layer["ms"] if layer else None
         pct = 100 * g["GFLOP/s"] / ceil[t] if t in ceil else None
-        print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(pct, '.0f')} | {fmt(share, '.0f')} |")
+        # the best of BM_gemm_entry's shapes at this thread count, measured in this run
+        entry = [pick("gemm_entry", a) for (f, a) in runs if f == "gemm_entry" and a.endswith(f"threads:{t}")]
+        best = max((e["GFLOP/s"] for e in entry if e), default=None)
+        here = 100 * g["GFLOP/s"] / best if best else None
+        print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(pct, '.0f')} | {fmt(here, '.0f')} | "
+              f"{fmt(share, '.0f')} |")
     print(f"\nsgemm ceiling: {ceil[1]:.0f} / {ceil[2]:.0f} GFLOP/s on 1 / 2 threads (OpenBLAS, shared/MACHINE.md)")
 print(f"\nms are medians over repetitions (single runs for the slow sizes); peak MB = VmHWM of the process "
       f"during that benchmark (MiB, libraries included). JSON and console output: {results}")

@@ -1,7 +1,7 @@
 // One BERT-base encoder layer (d_model 768, 12 heads, FFN 3072, ReLU, post-norm, random weights, batch 1)
 // at n tokens, as torch.nn.TransformerEncoderLayer computes it; the peer is bench/peers/libtorch_encoder_layer.cpp.
 // BM_encoder_layer_gemms times the layer's six matrix products alone (Q, K, V, output, FFN up and down,
-// through kernels::gemm), so the layer's time splits into GEMMs and the rest (attention, norms, ...).
+// through Dense::forward: packed weights, bias fused), so the layer's time splits into GEMMs and the rest (attention, norms, ...).
 //
 //   bench_encoder_layer --benchmark_filter='threads:1/'
 
@@ -65,23 +65,23 @@ void BM_encoder_layer(benchmark::State& state) {
 
 void BM_encoder_layer_gemms(benchmark::State& state) {
   const pf::Index n = state.range(0);
-  const int threads = static_cast<int>(state.range(1));
-  using pf::kernels::Transpose;
+  const pf::Context ctx{static_cast<int>(state.range(1))};
   const pf::Matrix x = pf::Matrix::Random(n, d_model);
-  std::array<pf::Matrix, 4> w_attn;  // (d, d) each: Q, K, V, output
-  for (auto& w : w_attn) w = pf::Matrix::Random(d_model, d_model);
-  const pf::Matrix w_up = pf::Matrix::Random(d_ffn, d_model), w_down = pf::Matrix::Random(d_model, d_ffn);
+  const auto dense = [](pf::Index in, pf::Index out) {
+    return pf::Dense(pf::Matrix::Random(out, in), pf::Vector::Random(out));
+  };
+  std::array<pf::Dense, 4> attn{dense(d_model, d_model), dense(d_model, d_model), dense(d_model, d_model),
+                                dense(d_model, d_model)};  // Q, K, V, output
+  const pf::Dense up = dense(d_model, d_ffn), down = dense(d_ffn, d_model);
   std::array<pf::Matrix, 4> proj;  // (n, d) each
   for (auto& p : proj) p = pf::Matrix::Zero(n, d_model);
   pf::Matrix hidden = pf::Matrix::Zero(n, d_ffn), out = pf::Matrix::Zero(n, d_model);
   const bench::PeakMemory memory;
   auto run = [&] {
-    for (int i = 0; i < 3; ++i)
-      pf::kernels::gemm(pf::cview(x), pf::cview(w_attn[i]), Transpose::yes, pf::view(proj[i]), 1.0f, 0.0f, threads);
-    pf::kernels::gemm(pf::cview(proj[2]), pf::cview(w_attn[3]), Transpose::yes, pf::view(proj[3]), 1.0f, 0.0f,
-                      threads);
-    pf::kernels::gemm(pf::cview(proj[3]), pf::cview(w_up), Transpose::yes, pf::view(hidden), 1.0f, 0.0f, threads);
-    pf::kernels::gemm(pf::cview(hidden), pf::cview(w_down), Transpose::yes, pf::view(out), 1.0f, 0.0f, threads);
+    for (int i = 0; i < 3; ++i) attn[std::size_t(i)].forward(pf::cview(x), pf::view(proj[std::size_t(i)]), ctx);
+    attn[3].forward(pf::cview(proj[2]), pf::view(proj[3]), ctx);
+    up.forward(pf::cview(proj[3]), pf::view(hidden), ctx);
+    down.forward(pf::cview(hidden), pf::view(out), ctx);
   };
   run();  // warm-up
   const bench::LoopClock clock;
@@ -91,7 +91,7 @@ void BM_encoder_layer_gemms(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   clock.report(state, gemm_flops(static_cast<double>(n)));
-  memory.report(state, pf::kernels::gemm_backend());
+  memory.report(state, "packed weights");
 }
 
 void sizes(benchmark::internal::Benchmark* b) {

@@ -12,6 +12,7 @@
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/norm.hpp"
+#include "polyformer/kernels/packed_gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
 #include "polyformer/kernels/simd.hpp"
 #include "polyformer/kernels/small_gemm.hpp"

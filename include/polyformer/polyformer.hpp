@@ -26,6 +26,7 @@
 #include "polyformer/linear/dense.hpp"
 
 #include "polyformer/attention/full.hpp"
+#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/multi_head.hpp"
 
@@ -35,5 +36,11 @@
 #include "polyformer/blocks/encoder_decoder.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 
+#include "polyformer/io/llama2c.hpp"
 #include "polyformer/io/safetensors.hpp"
+#include "polyformer/io/tokenizer.hpp"
+#include "polyformer/models/llama.hpp"
 #include "polyformer/models/torch_transformer.hpp"
+
+#include "polyformer/generate/generator.hpp"
+#include "polyformer/generate/sampler.hpp"

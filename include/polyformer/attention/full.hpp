@@ -45,6 +45,10 @@ class FullAttention {
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d), for one sequence.
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    if (q.rows() <= few_queries) {
+      forward_few_queries(s, q, k, v, mask, out, ctx);
+      return;
+    }
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
     const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
     const Index q_blocks = (n_q + bq - 1) / bq;
@@ -75,6 +79,45 @@ class FullAttention {
   }
 
  private:
+  /// Up to this many queries (incremental decoding) skip the tiles: packing every key for a handful of
+  /// queries would cost more than the product itself.
+  static constexpr Index few_queries = 4;
+
+  /// Each (query, head) on its own: scores against the keys as stored, softmax, weighted sum of values.
+  void forward_few_queries(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                           const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, tasks = n_q * s.n_heads;
+    // A thread pays for itself from about a million multiply-adds (OpenMP wake-up is tens of µs).
+    const double work = static_cast<double>(tasks) * static_cast<double>(n_k) * static_cast<double>(dh);
+    const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
+    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    for (int i = 0; i < t; ++i) {
+      std::vector<float>& sc = scratch_[std::size_t(i)].key_scores;
+      if (sc.size() < std::size_t(n_k)) sc.resize(std::max(std::size_t(n_k), 2 * sc.size()));  // amortized growth
+    }
+    parallel_for(tasks, t, [&](Index task, int thread) {
+      const Index i = task / s.n_heads, h = task % s.n_heads, g = s.kv_head(h);
+      const float* qi = q.data() + i * q.outerStride() + h * dh;
+      float* dst = out.data() + i * out.outerStride() + h * dh;
+      float* row = scratch_[std::size_t(thread)].key_scores.data();
+      const Index visible = mask.key_end(i, n_k);
+      for (Index j = 0; j < visible; ++j)
+        row[j] = s.scale * kernels::dot(qi, k.data() + j * k.outerStride() + g * dh, std::size_t(dh));
+      if (mask.additive) kernels::add(mask.additive + i * mask.additive_stride, row, std::size_t(visible));
+      if (mask.key_padding)
+        for (Index j = 0; j < visible; ++j)
+          if (mask.key_padding[j] != 0.0f) row[j] = neg_inf;
+      std::fill(dst, dst + dh, 0.0f);
+      const float m = kernels::reduce_max(row, std::size_t(visible));
+      if (visible == 0 || m == neg_inf) return;  // a query that sees no key
+      const float sum = kernels::exp_shifted_sum(row, std::size_t(visible), m);
+      for (Index j = 0; j < visible; ++j)
+        if (row[j] != 0.0f) kernels::axpy(row[j], v.data() + j * v.outerStride() + g * dh, dst, std::size_t(dh));
+      kernels::scale(dst, 1.0f / sum, std::size_t(dh));
+    });
+  }
+
   struct Scratch {
     Matrix queries;                 // (query_block, head_dim): the block's queries, scaled
     Matrix scores;                  // (query_block, key_block)
@@ -82,6 +125,7 @@ class FullAttention {
     std::vector<float> row_max;     // running max of each row's scores
     std::vector<float> row_sum;     // running sum of exp(score − row_max)
     std::vector<float> correction;  // exp(old max − new max) of the current tile
+    std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
   };
 
   /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles; the head's keys

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "polyformer/attention/full.hpp"
+#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/multi_head.hpp"
 #include "polyformer/core/concepts.hpp"
@@ -49,27 +50,17 @@ class EncoderLayer {
   void forward(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, const Context& ctx) {
     check_cols(x, d_model(), "EncoderLayer::forward", "x");
     check_shape(y, x.rows(), d_model(), "EncoderLayer::forward", "y");
-    const Index n = x.rows(), d = d_model();
-    ensure_shape(attn_out_, n, d);
-    ensure_shape(hidden_, n, d);
-    ensure_shape(ffn_out_, n, d);
-    if constexpr (Placement == NormPlacement::post) {
-      self_attn_.forward(x, batch, mask, view(attn_out_), ctx);
-      hidden_ = x + attn_out_;
-      norm1_.forward(cview(hidden_), view(hidden_));
-      ffn_.forward(cview(hidden_), view(ffn_out_), ctx);
-      y = hidden_ + ffn_out_;
-      norm2_.forward(cview(y), y);
-    } else {
-      ensure_shape(normed1_, n, d);
-      ensure_shape(normed2_, n, d);
-      norm1_.forward(x, view(normed1_));
-      self_attn_.forward(cview(normed1_), batch, mask, view(attn_out_), ctx);
-      hidden_ = x + attn_out_;
-      norm2_.forward(cview(hidden_), view(normed2_));
-      ffn_.forward(cview(normed2_), view(ffn_out_), ctx);
-      y = hidden_ + ffn_out_;
-    }
+    run(x, y, ctx, [&](ConstMatrixView in, MatrixView out) { self_attn_.forward(in, batch, mask, out, ctx); });
+  }
+
+  /// Incremental causal forward of one sequence, the block of a decoder-only model (GPT, Llama): x (n_new,
+  /// d_model) holds the positions after those in `cache`, which gains their keys and values. y must not
+  /// alias x.
+  void forward_cached(ConstMatrixView x, KVCache& cache, MatrixView y, const Context& ctx) {
+    static_assert(Attn::supports_causal, "EncoderLayer::forward_cached: the attention policy cannot mask causally");
+    check_cols(x, d_model(), "EncoderLayer::forward_cached", "x");
+    check_shape(y, x.rows(), d_model(), "EncoderLayer::forward_cached", "y");
+    run(x, y, ctx, [&](ConstMatrixView in, MatrixView out) { self_attn_.forward_cached(in, cache, out, ctx); });
   }
 
   /// Convenience: returns y for x (batch·seq, d_model).
@@ -80,6 +71,32 @@ class EncoderLayer {
   }
 
  private:
+  /// The residual wiring around `attend(in, out)`, the self-attention sublayer.
+  template <typename Attend>
+  void run(ConstMatrixView x, MatrixView y, const Context& ctx, Attend&& attend) {
+    const Index n = x.rows(), d = d_model();
+    ensure_shape(attn_out_, n, d);
+    ensure_shape(hidden_, n, d);
+    ensure_shape(ffn_out_, n, d);
+    if constexpr (Placement == NormPlacement::post) {
+      attend(x, view(attn_out_));
+      hidden_ = x + attn_out_;
+      norm1_.forward(cview(hidden_), view(hidden_));
+      ffn_.forward(cview(hidden_), view(ffn_out_), ctx);
+      y = hidden_ + ffn_out_;
+      norm2_.forward(cview(y), y);
+    } else {
+      ensure_shape(normed1_, n, d);
+      ensure_shape(normed2_, n, d);
+      norm1_.forward(x, view(normed1_));
+      attend(cview(normed1_), view(attn_out_));
+      hidden_ = x + attn_out_;
+      norm2_.forward(cview(hidden_), view(normed2_));
+      ffn_.forward(cview(normed2_), view(ffn_out_), ctx);
+      y = hidden_ + ffn_out_;
+    }
+  }
+
   Attention self_attn_{};
   FFN ffn_{};
   Norm norm1_{}, norm2_{};

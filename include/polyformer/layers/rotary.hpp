@@ -37,17 +37,37 @@ class RoPE {
 
   float theta() const noexcept { return theta_; }
 
+  /// The cos and sin of (position, pair) for positions [0, max_positions) of heads of head_dim, computed
+  /// once so that apply() does no trigonometry and no allocation for those positions.
+  void reserve(Index max_positions, Index head_dim) {
+    const Index half = head_dim / 2;
+    std::vector<float> cos_t(static_cast<std::size_t>(max_positions * half)), sin_t(cos_t.size());
+    for (Index p = 0; p < max_positions; ++p) angles(p, head_dim, cos_t.data() + p * half, sin_t.data() + p * half);
+    cos_ = std::move(cos_t);
+    sin_ = std::move(sin_t);
+    table_positions_ = max_positions;
+    table_head_dim_ = head_dim;
+  }
+
   /// Rotates n_rows rows (row r at position first_position + r), each holding n_heads heads of head_dim.
   void apply(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
     const Index half = head_dim / 2;
-    std::vector<float> cos_t(static_cast<std::size_t>(half)), sin_t(static_cast<std::size_t>(half));
+    const bool tabled = head_dim == table_head_dim_ && first_position >= 0 && first_position + n_rows <= table_positions_;
+    std::vector<float> cos_row, sin_row;
+    if (!tabled) {
+      cos_row.resize(static_cast<std::size_t>(half));
+      sin_row.resize(static_cast<std::size_t>(half));
+    }
     for (Index r = 0; r < n_rows; ++r) {
-      const float pos = static_cast<float>(first_position + r);
-      for (Index i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(theta_, static_cast<float>(2 * i) / static_cast<float>(head_dim));
-        const float angle = pos * freq;
-        cos_t[std::size_t(i)] = std::cos(angle);
-        sin_t[std::size_t(i)] = std::sin(angle);
+      const float* c_t = nullptr;
+      const float* s_t = nullptr;
+      if (tabled) {
+        c_t = cos_.data() + (first_position + r) * half;
+        s_t = sin_.data() + (first_position + r) * half;
+      } else {
+        angles(first_position + r, head_dim, cos_row.data(), sin_row.data());
+        c_t = cos_row.data();
+        s_t = sin_row.data();
       }
       float* row = rows + r * row_stride;
       for (Index h = 0; h < n_heads; ++h) {
@@ -55,7 +75,7 @@ class RoPE {
         for (Index i = 0; i < half; ++i) {
           const Index a = Style == RotaryStyle::interleaved ? 2 * i : i;
           const Index b = Style == RotaryStyle::interleaved ? 2 * i + 1 : i + half;
-          const float x0 = x[a], x1 = x[b], c = cos_t[std::size_t(i)], s = sin_t[std::size_t(i)];
+          const float x0 = x[a], x1 = x[b], c = c_t[i], s = s_t[i];
           x[a] = x0 * c - x1 * s;
           x[b] = x0 * s + x1 * c;
         }
@@ -64,6 +84,19 @@ class RoPE {
   }
 
  private:
+  /// cos and sin of pos·θ^(−2i/d) for the head_dim/2 pairs of one position, in float as run.c computes them.
+  void angles(Index position, Index head_dim, float* cos_out, float* sin_out) const {
+    const float pos = static_cast<float>(position);
+    for (Index i = 0; i < head_dim / 2; ++i) {
+      const float freq = 1.0f / std::pow(theta_, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+      const float angle = pos * freq;
+      cos_out[i] = std::cos(angle);
+      sin_out[i] = std::sin(angle);
+    }
+  }
+
+  std::vector<float> cos_, sin_;  // (table_positions_, table_head_dim_ / 2) each
+  Index table_positions_ = 0, table_head_dim_ = 0;
   float theta_ = 10000.0f;
 };
 

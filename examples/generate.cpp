@@ -1,0 +1,120 @@
+// generate: text from a llama2.c checkpoint (legacy, version 1 or 2) and its tokenizer, as llama2.c's run.c
+// prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr.
+//
+//   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
+//            [--topk K] [--seed S] [--threads N]
+//
+// --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
+// greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
+
+#include <charconv>
+#include <cstdlib>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "polyformer/polyformer.hpp"
+
+namespace pf = polyformer;
+
+namespace {
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr const char* usage =
+    "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
+    "                [--topp P] [--topk K] [--seed S] [--threads N]\n";
+
+struct Options {
+  std::string model, tokenizer, prompt;
+  long long steps = 256;
+  float temperature = 1.0f, top_p = 0.9f;
+  long long top_k = 0, threads = 1;
+  unsigned long long seed = 0;
+  bool seed_given = false;
+};
+
+template <typename T>
+T parse_number(const std::string& flag, const std::string& value) {
+  T v{};
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (value.empty() || ec != std::errc() || end != value.data() + value.size())
+    throw usage_error(flag + " expects " + (std::is_floating_point_v<T> ? "a number" : "an integer") + ", got '" +
+                      value + "'");
+  return v;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw usage_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--model") o.model = value();
+    else if (a == "--tokenizer") o.tokenizer = value();
+    else if (a == "--prompt") o.prompt = value();
+    else if (a == "--steps") o.steps = parse_number<long long>(a, value());
+    else if (a == "--temperature") o.temperature = parse_number<float>(a, value());
+    else if (a == "--topp") o.top_p = parse_number<float>(a, value());
+    else if (a == "--topk") o.top_k = parse_number<long long>(a, value());
+    else if (a == "--seed") {
+      o.seed = parse_number<unsigned long long>(a, value());
+      o.seed_given = true;
+    } else if (a == "--threads") o.threads = parse_number<long long>(a, value());
+    else if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    } else {
+      throw usage_error("unknown option '" + a + "'");
+    }
+  }
+  if (o.model.empty()) throw usage_error("--model is required");
+  if (o.tokenizer.empty()) throw usage_error("--tokenizer is required");
+  if (o.steps < 0) throw usage_error("--steps is " + std::to_string(o.steps) + ", expected >= 0");
+  if (o.threads < 1 || o.threads > 1024) throw usage_error("--threads is " + std::to_string(o.threads) + ", expected 1..1024");
+  if (o.top_k < 0 || o.top_k > (1 << 30)) throw usage_error("--topk is " + std::to_string(o.top_k) + ", expected >= 0");
+  if (o.seed_given && o.seed == 0) throw usage_error("--seed is 0, expected nonzero");
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    auto model = pf::load_llama2c(o.model);
+    const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
+    pf::SamplerOptions sampling;
+    sampling.temperature = o.temperature;
+    sampling.top_p = o.top_p;
+    sampling.top_k = static_cast<int>(o.top_k);
+    sampling.seed = o.seed_given ? o.seed
+                                 : static_cast<unsigned long long>(
+                                       std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+    pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
+    const auto stats = pf::generate(
+        model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler,
+        [](std::string_view piece) {
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        },
+        pf::Context{static_cast<int>(o.threads)});
+    std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
+                 static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
+                 static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+    return 0;
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "generate: %s\n%s", e.what(), usage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "generate: %s\n", e.what());
+    return 2;
+  }
+}

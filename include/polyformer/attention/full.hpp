@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
@@ -54,7 +55,6 @@ class FullAttention {
     const Index q_blocks = (n_q + bq - 1) / bq;
     const Index tasks = s.n_heads * q_blocks;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
-    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
     // Keys transposed once per call and stored tile by tile, (key_blocks·kv_heads·d, key_block), so every
     // score tile is a plain Q·Kᵀ micro-kernel product over a contiguous panel (rows n_k apart would alias
     // in L1 when n_k is a multiple of 1024).
@@ -69,16 +69,118 @@ class FullAttention {
     parallel_for(s.n_kv_heads, t, [&](Index g, int) {
       block(view(values_), g * n_k, 0, n_k, dh) = block(v, 0, g * dh, n_k, dh);
     });
-    parallel_for(tasks, t, [&](Index task, int thread) {
-      const Index h = task / q_blocks, q0 = (task % q_blocks) * bq;
-      const Index kvh = s.kv_head(h);
-      tile_loop(s, block(q, q0, h * dh, std::min(bq, n_q - q0), dh), q0, kvh * dh, block(cview(values_), kvh * n_k, 0, n_k, dh), n_k,
-                mask, block(out, q0, h * dh, std::min(bq, n_q - q0), dh),
-                scratch_[static_cast<std::size_t>(thread)]);
+    run_tiles(s, q, n_k, mask, out, t, [&](Index g) {
+      return HeadKeys{KeyTiles{keys_t_.data() + g * dh * bk, bk, kd * bk}, block(cview(values_), g * n_k, 0, n_k, dh)};
+    });
+  }
+
+  /// The cache's state type: decoding with FullAttention keeps every key and value.
+  using State = KVCache;
+
+  /// Incremental attention of one sequence: appends k_new and v_new (n_new, kv_heads·d; keys already
+  /// rotated) to `cache` as positions cache.size().., then each query row i of q (n_new, heads·d) attends
+  /// causally to the cached positions up to its own. out (n_new, heads·d).
+  void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
+                      KVCache& cache, MatrixView out, const Context& ctx) {
+    if (cache.n_kv_heads() != s.n_kv_heads || cache.head_dim() != s.head_dim)
+      throw shape_error(detail::cat("FullAttention::forward_cached: the cache holds ", cache.n_kv_heads(),
+                                    " kv heads of ", cache.head_dim(), ", expected ", s.n_kv_heads, " of ", s.head_dim));
+    AttentionMask mask;
+    mask.causal = true;
+    mask.causal_offset = cache.size();
+    cache.append(k_new, v_new);
+    const Index n_q = q.rows(), n_k = cache.size();
+    if (n_q <= few_queries) {
+      decode(s, q, cache, mask, out, ctx);
+      return;
+    }
+    const Index bq = std::min(tiles_.query_block, n_q), tasks = s.n_heads * ((n_q + bq - 1) / bq);
+    const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
+    const Index bk = tiles_.key_block;
+    run_tiles(s, q, n_k, mask, out, t, [&](Index g) {
+      const ConstMatrixView kt = cache.keys_t(g);
+      return HeadKeys{KeyTiles{kt.data(), kt.outerStride(), bk}, cache.values(g)};
     });
   }
 
  private:
+  /// Where one head's transposed key tiles are: the tile of keys k0..k0+bk (k0 a multiple of bk) is the
+  /// (head_dim, ≤ bk) block at base + (k0 / bk)·block_jump, rows row_stride floats apart.
+  struct KeyTiles {
+    const float* base;
+    Index row_stride;
+    Index block_jump;
+  };
+  struct HeadKeys {
+    KeyTiles keys;
+    ConstMatrixView values;  // (n_k, head_dim)
+  };
+
+  /// Every (head, query block) task over `t` threads; keys_of(g) gives kv head g's keys and values.
+  template <typename KeysOf>
+  void run_tiles(const AttentionShape& s, ConstMatrixView q, Index n_k, const AttentionMask& mask, MatrixView out,
+                 int t, KeysOf&& keys_of) {
+    const Index n_q = q.rows(), dh = s.head_dim;
+    const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
+    const Index q_blocks = (n_q + bq - 1) / bq;
+    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    parallel_for(s.n_heads * q_blocks, t, [&](Index task, int thread) {
+      const Index h = task / q_blocks, q0 = (task % q_blocks) * bq, rows = std::min(bq, n_q - q0);
+      const HeadKeys hk = keys_of(s.kv_head(h));
+      tile_loop(s, block(q, q0, h * dh, rows, dh), q0, hk.keys, hk.values, n_k, mask, block(out, q0, h * dh, rows, dh),
+                scratch_[static_cast<std::size_t>(thread)]);
+    });
+  }
+
+  /// Few queries against the cache, one task per (query, kv head): the score rows of the heads that share
+  /// the kv head are one small product Q_g·Kᵀ over the transposed keys (vectorized over keys, run to a whole
+  /// number of vectors), then each row's softmax, then head_dim dot products with the transposed values.
+  void decode(const AttentionShape& s, ConstMatrixView q, const KVCache& cache, const AttentionMask& mask,
+              MatrixView out, const Context& ctx) {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index n_q = q.rows(), n_k = cache.size(), dh = s.head_dim, group = s.n_heads / s.n_kv_heads;
+    const Index tasks = n_q * s.n_kv_heads, width_max = cache.padded_size();
+    const double work = static_cast<double>(n_q * s.n_heads) * static_cast<double>(n_k) * static_cast<double>(dh);
+    const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
+    reserve_key_scores(t, group * width_max);
+    parallel_for(tasks, t, [&](Index task, int thread) {
+      const Index i = task / s.n_kv_heads, g = task % s.n_kv_heads;
+      const Index visible = mask.key_end(i, n_k), width = std::min((visible + 15) / 16 * 16, width_max);
+      float* dst = out.data() + i * out.outerStride() + g * group * dh;  // the group's heads are adjacent
+      if (visible == 0) {
+        std::fill(dst, dst + group * dh, 0.0f);  // a query that sees no key
+        return;
+      }
+      MatrixView scores(scratch_[std::size_t(thread)].key_scores.data(), group, width, Eigen::OuterStride<>(width));
+      const ConstMatrixView qg(q.data() + i * q.outerStride() + g * group * dh, group, dh, Eigen::OuterStride<>(dh));
+      kernels::gemm(qg, cache.keys_t(g, width), kernels::Transpose::no, scores, s.scale, 0.0f, 1);
+      const ConstMatrixView vt = cache.values_t(g, width);
+      for (Index r = 0; r < group; ++r) {
+        float* row = scores.data() + r * width;
+        std::fill(row + visible, row + width, neg_inf);
+        const float sum = softmax_numerators(row, width);
+        for (Index d = 0; d < dh; ++d)
+          dst[r * dh + d] = kernels::dot(row, vt.data() + d * vt.outerStride(), std::size_t(width)) / sum;
+      }
+    });
+  }
+
+  /// In place e^(x − max) over row[0, n); returns their sum (0 when nothing is visible).
+  static float softmax_numerators(float* row, Index n) noexcept {
+    const float m = kernels::reduce_max(row, std::size_t(n));
+    if (n == 0 || m == -std::numeric_limits<float>::infinity()) return 0.0f;
+    return kernels::exp_shifted_sum(row, std::size_t(n), m);
+  }
+
+  /// Per-thread score rows of at least n_k floats for `t` threads (amortized growth, no per-token allocation).
+  void reserve_key_scores(int t, Index n_k) {
+    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    for (int i = 0; i < t; ++i) {
+      std::vector<float>& sc = scratch_[std::size_t(i)].key_scores;
+      if (sc.size() < std::size_t(n_k)) sc.resize(std::max(std::size_t(n_k), 2 * sc.size()));
+    }
+  }
+
   /// Up to this many queries (incremental decoding) skip the tiles: packing every key for a handful of
   /// queries would cost more than the product itself.
   static constexpr Index few_queries = 4;
@@ -91,11 +193,7 @@ class FullAttention {
     // A thread pays for itself from about a million multiply-adds (OpenMP wake-up is tens of µs).
     const double work = static_cast<double>(tasks) * static_cast<double>(n_k) * static_cast<double>(dh);
     const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
-    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
-    for (int i = 0; i < t; ++i) {
-      std::vector<float>& sc = scratch_[std::size_t(i)].key_scores;
-      if (sc.size() < std::size_t(n_k)) sc.resize(std::max(std::size_t(n_k), 2 * sc.size()));  // amortized growth
-    }
+    reserve_key_scores(t, n_k);
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index i = task / s.n_heads, h = task % s.n_heads, g = s.kv_head(h);
       const float* qi = q.data() + i * q.outerStride() + h * dh;
@@ -109,9 +207,8 @@ class FullAttention {
         for (Index j = 0; j < visible; ++j)
           if (mask.key_padding[j] != 0.0f) row[j] = neg_inf;
       std::fill(dst, dst + dh, 0.0f);
-      const float m = kernels::reduce_max(row, std::size_t(visible));
-      if (visible == 0 || m == neg_inf) return;  // a query that sees no key
-      const float sum = kernels::exp_shifted_sum(row, std::size_t(visible), m);
+      const float sum = softmax_numerators(row, visible);
+      if (sum == 0.0f) return;  // a query that sees no key
       for (Index j = 0; j < visible; ++j)
         if (row[j] != 0.0f) kernels::axpy(row[j], v.data() + j * v.outerStride() + g * dh, dst, std::size_t(dh));
       kernels::scale(dst, 1.0f / sum, std::size_t(dh));
@@ -128,13 +225,11 @@ class FullAttention {
     std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
   };
 
-  /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles; the head's keys
-  /// are rows kt_row.. of each packed key tile.
-  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, Index kt_row, ConstMatrixView vh, Index n_k,
-                 const AttentionMask& mask, MatrixView outh, Scratch& w) const {
+  /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles from `keys`.
+  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, const KeyTiles& keys, ConstMatrixView vh,
+                 Index n_k, const AttentionMask& mask, MatrixView outh, Scratch& w) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index nq = qh.rows(), dh = s.head_dim, bk = tiles_.key_block;
-    const Index kd = keys_t_.rows() / ((n_k + bk - 1) / bk);  // kv_heads·d rows per packed tile
     ensure_shape(w.scores, tiles_.query_block, bk);
     ensure_shape(w.queries, tiles_.query_block, dh);
     MatrixView qs = block(view(w.queries), 0, 0, nq, dh);
@@ -150,8 +245,8 @@ class FullAttention {
     for (Index k0 = 0; k0 < key_limit; k0 += bk) {
       const Index nk = std::min(bk, key_limit - k0);
       MatrixView sc = block(view(w.scores), 0, 0, nq, nk);
-      kernels::gemm(cview(qs), block(cview(keys_t_), (k0 / bk) * kd + kt_row, 0, dh, nk), kernels::Transpose::no,
-                    sc, 1.0f, 0.0f, 1);
+      const ConstMatrixView key_tile(keys.base + (k0 / bk) * keys.block_jump, dh, nk, Eigen::OuterStride<>(keys.row_stride));
+      kernels::gemm(cview(qs), key_tile, kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
       bool rescale = false;
       for (Index i = 0; i < nq; ++i) {
         float* row = sc.data() + i * sc.outerStride();
@@ -200,6 +295,6 @@ class FullAttention {
   Matrix values_;  // (kv_heads·n_k, d): values head by head
 };
 
-static_assert(AttentionPolicy<FullAttention>);
+static_assert(AttentionPolicy<FullAttention> && IncrementalAttention<FullAttention>);
 
 }  // namespace polyformer

@@ -1,27 +1,39 @@
 #pragma once
 /// \file The key/value cache of one self-attention layer for incremental decoding: keys and values of every
 /// position seen so far, in buffers allocated once for `capacity` positions, so decoding a token allocates
-/// nothing.
+/// nothing. Laid out for attention over many keys at once: keys transposed per head (a score row is a
+/// sum of head_dim vectorized row updates, and a prefill tile is a plain product), values both per head
+/// row-major (for prefill tiles) and transposed (so one query's weighted sum is head_dim dot products).
+
+#include <algorithm>
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
 
 namespace polyformer {
 
-/// Keys (after rotary positions) and values of positions [0, size()), rows of kv_heads·head_dim floats.
+/// Keys (after rotary positions) and values of positions [0, size()) of one sequence.
 class KVCache {
  public:
   KVCache() = default;
-  /// Room for `capacity` positions of `kv_dim` = kv_heads·head_dim features.
-  KVCache(Index capacity, Index kv_dim) : keys_(capacity, kv_dim), values_(capacity, kv_dim) {
-    if (capacity < 1 || kv_dim < 1)
-      throw config_error(detail::cat("KVCache: capacity ", capacity, ", kv_dim ", kv_dim, ", expected both >= 1"));
-    keys_.setZero();
-    values_.setZero();
+  /// Room for `capacity` positions of `n_kv_heads` heads of `head_dim` features.
+  KVCache(Index capacity, Index n_kv_heads, Index head_dim)
+      : n_kv_heads_(n_kv_heads), head_dim_(head_dim), capacity_(capacity) {
+    if (capacity < 1 || n_kv_heads < 1 || head_dim < 1)
+      throw config_error(detail::cat("KVCache: capacity ", capacity, ", kv heads ", n_kv_heads, ", head_dim ",
+                                     head_dim, ", expected all >= 1"));
+    // Transposed rows padded to 16 floats, and kept off multiples of 4 KiB apart (L1 set aliasing).
+    Index stride = (capacity + 15) / 16 * 16;
+    if (stride % 1024 == 0) stride += 16;
+    keys_t_ = Matrix::Zero(n_kv_heads * head_dim, stride);
+    values_t_ = Matrix::Zero(n_kv_heads * head_dim, stride);
+    values_ = Matrix::Zero(n_kv_heads * capacity, head_dim);
   }
 
-  Index capacity() const noexcept { return keys_.rows(); }
-  Index kv_dim() const noexcept { return keys_.cols(); }
+  Index capacity() const noexcept { return capacity_; }
+  Index n_kv_heads() const noexcept { return n_kv_heads_; }
+  Index head_dim() const noexcept { return head_dim_; }
+  Index kv_dim() const noexcept { return n_kv_heads_ * head_dim_; }
   /// Positions held.
   Index size() const noexcept { return size_; }
   /// Forgets every position (the buffers stay).
@@ -29,24 +41,45 @@ class KVCache {
 
   /// Throws config_error unless `n` more positions fit.
   void check_room(Index n, const char* func) const {
-    if (n < 0 || size_ + n > capacity())
-      throw config_error(detail::cat(func, ": the KV cache holds ", size_, " of ", capacity(),
+    if (n < 0 || size_ + n > capacity_)
+      throw config_error(detail::cat(func, ": the KV cache holds ", size_, " of ", capacity_,
                                      " positions, cannot append ", n));
   }
 
-  /// Rows [size(), size() + n): where the next n positions' keys and values are written.
-  MatrixView next_keys(Index n) { return block(view(keys_), size_, 0, n, kv_dim()); }
-  MatrixView next_values(Index n) { return block(view(values_), size_, 0, n, kv_dim()); }
-  /// Marks n written positions as held.
-  void commit(Index n) noexcept { size_ += n; }
+  /// Appends positions size().. from k and v (n, kv_heads·head_dim). Throws when they do not fit.
+  void append(ConstMatrixView k, ConstMatrixView v) {
+    check_shape(k, k.rows(), kv_dim(), "KVCache::append", "keys");
+    check_shape(v, k.rows(), kv_dim(), "KVCache::append", "values");
+    const Index n = k.rows();
+    check_room(n, "KVCache::append");
+    for (Index g = 0; g < n_kv_heads_; ++g) {
+      block(view(values_), g * capacity_ + size_, 0, n, head_dim_) = block(v, 0, g * head_dim_, n, head_dim_);
+      block(view(keys_t_), g * head_dim_, size_, head_dim_, n) = block(k, 0, g * head_dim_, n, head_dim_).transpose();
+      block(view(values_t_), g * head_dim_, size_, head_dim_, n) = block(v, 0, g * head_dim_, n, head_dim_).transpose();
+    }
+    size_ += n;
+  }
 
-  /// Keys and values of positions [0, n) (n defaults to size()).
-  ConstMatrixView keys(Index n = -1) const { return block(view(keys_), 0, 0, n < 0 ? size_ : n, kv_dim()); }
-  ConstMatrixView values(Index n = -1) const { return block(view(values_), 0, 0, n < 0 ? size_ : n, kv_dim()); }
+  /// Columns the transposed views may span: size() rounded up to 16 (the columns past size() hold finite
+  /// values — zeros, or positions of an earlier sequence — for kernels that run over whole vectors).
+  Index padded_size() const noexcept { return std::min<Index>((size_ + 15) / 16 * 16, keys_t_.cols()); }
+
+  /// Keys of kv head g, transposed: (head_dim, cols) with cols = size() by default, up to padded_size().
+  ConstMatrixView keys_t(Index g, Index cols = -1) const {
+    return block(view(keys_t_), g * head_dim_, 0, head_dim_, cols < 0 ? size_ : cols);
+  }
+  /// Values of kv head g: (size(), head_dim), rows head_dim apart.
+  ConstMatrixView values(Index g) const { return block(view(values_), g * capacity_, 0, size_, head_dim_); }
+  /// Values of kv head g, transposed: (head_dim, cols) as keys_t.
+  ConstMatrixView values_t(Index g, Index cols = -1) const {
+    return block(view(values_t_), g * head_dim_, 0, head_dim_, cols < 0 ? size_ : cols);
+  }
 
  private:
-  Matrix keys_, values_;  // (capacity, kv_dim)
-  Index size_ = 0;
+  Index n_kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, size_ = 0;
+  Matrix keys_t_;    // (kv_heads·head_dim, stride): row g·head_dim + i is feature i of kv head g, by position
+  Matrix values_t_;  // (kv_heads·head_dim, stride), the same for values
+  Matrix values_;    // (kv_heads·capacity, head_dim): kv head g's values at rows g·capacity + position
 };
 
 }  // namespace polyformer

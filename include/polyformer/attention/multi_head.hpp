@@ -6,7 +6,6 @@
 #include <cmath>
 #include <utility>
 
-#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
@@ -77,35 +76,34 @@ class MultiHeadAttention {
     run("MultiHeadAttention::forward (cross)", x, batch, memory, mask, y, ctx, false);
   }
 
-  /// Incremental causal self-attention of one sequence: x (n_new, d_model) holds positions cache.size()
-  /// onwards; their keys and values (keys after rotary) are appended to `cache`, and each new position
-  /// attends to every cached position up to its own. y (n_new, d_model). Prefill is one call with the whole
-  /// prompt, decoding one call per token.
-  void forward_cached(ConstMatrixView x, KVCache& cache, MatrixView y, const Context& ctx) {
+  /// The per-sequence decoding state of this module (a KV cache for FullAttention), for `capacity` positions.
+  auto make_state(Index capacity) const requires IncrementalAttention<Attn> {
+    return typename Attn::State(capacity, shape_.n_kv_heads, shape_.head_dim);
+  }
+
+  /// Incremental causal self-attention of one sequence: x (n_new, d_model) holds positions state.size()
+  /// onwards; their keys (after rotary) and values join `state`, and each new position attends to every
+  /// held position up to its own. y (n_new, d_model). Prefill is one call with the whole prompt, decoding
+  /// one call per token.
+  template <typename State>
+    requires IncrementalAttention<Attn> && std::same_as<State, typename Attn::State>
+  void forward_cached(ConstMatrixView x, State& state, MatrixView y, const Context& ctx) {
     const char* func = "MultiHeadAttention::forward_cached";
     ctx.validate(func);
     check_cols(x, d_model(), func, "x");
     check_shape(y, x.rows(), d_model(), func, "y");
     const Index n = x.rows(), qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-    if (cache.kv_dim() != kvd)
-      throw shape_error(detail::cat(func, ": the KV cache holds rows of ", cache.kv_dim(), " features, expected ", kvd));
-    cache.check_room(n, func);
-    const Index first_position = cache.size();
-    ensure_shape(q_, n, qd);
-    ensure_shape(ctx_, n, qd);
-    MatrixView new_keys = cache.next_keys(n), new_values = cache.next_values(n);
+    const Index first_position = state.size();
+    for (Matrix* m : {&q_, &ctx_}) ensure_shape(*m, n, qd);
+    for (Matrix* m : {&k_, &v_}) ensure_shape(*m, n, kvd);
     q_proj_.forward(x, view(q_), ctx);
-    k_proj_.forward(x, new_keys, ctx);
-    v_proj_.forward(x, new_values, ctx);
+    k_proj_.forward(x, view(k_), ctx);
+    v_proj_.forward(x, view(v_), ctx);
     if constexpr (Rot::enabled) {
       rotary_.apply(q_.data(), n, qd, shape_.n_heads, shape_.head_dim, first_position);
-      rotary_.apply(new_keys.data(), n, new_keys.outerStride(), shape_.n_kv_heads, shape_.head_dim, first_position);
+      rotary_.apply(k_.data(), n, kvd, shape_.n_kv_heads, shape_.head_dim, first_position);
     }
-    cache.commit(n);
-    AttentionMask mask;
-    mask.causal = true;
-    mask.causal_offset = first_position;
-    attention_.forward(shape_, cview(q_), cache.keys(), cache.values(), mask, view(ctx_), ctx);
+    attention_.forward_cached(shape_, cview(q_), cview(k_), cview(v_), state, view(ctx_), ctx);
     o_proj_.forward(cview(ctx_), y, ctx);
   }
 

@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "polyformer/attention/full.hpp"
-#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/multi_head.hpp"
 #include "polyformer/core/concepts.hpp"
@@ -56,8 +55,10 @@ class EncoderLayer {
   /// Incremental causal forward of one sequence, the block of a decoder-only model (GPT, Llama): x (n_new,
   /// d_model) holds the positions after those in `cache`, which gains their keys and values. y must not
   /// alias x.
-  void forward_cached(ConstMatrixView x, KVCache& cache, MatrixView y, const Context& ctx) {
-    static_assert(Attn::supports_causal, "EncoderLayer::forward_cached: the attention policy cannot mask causally");
+  template <typename State>
+  void forward_cached(ConstMatrixView x, State& cache, MatrixView y, const Context& ctx) {
+    static_assert(IncrementalAttention<Attn>, "EncoderLayer::forward_cached: the attention policy cannot decode "
+                                              "incrementally (it does not model IncrementalAttention)");
     check_cols(x, d_model(), "EncoderLayer::forward_cached", "x");
     check_shape(y, x.rows(), d_model(), "EncoderLayer::forward_cached", "y");
     run(x, y, ctx, [&](ConstMatrixView in, MatrixView out) { self_attn_.forward_cached(in, cache, out, ctx); });

@@ -65,4 +65,16 @@ concept AttentionPolicy = std::default_initializable<P> &&
   p.forward(shape, q, k, v, mask, out, ctx);
 };
 
+/// An attention policy that can decode incrementally: it names the per-sequence state it keeps (`State`,
+/// e.g. a KV cache built from (capacity, kv_heads, head_dim)) and `forward_cached` appends new positions'
+/// keys and values (n_new, kv_heads·d) to it while its queries (n_new, heads·d) attend causally.
+template <typename P>
+concept IncrementalAttention = AttentionPolicy<P> && std::constructible_from<typename P::State, Index, Index, Index> &&
+    requires(P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+             typename P::State& state, MatrixView out, const Context& ctx) {
+  { state.size() } -> std::convertible_to<Index>;
+  state.clear();
+  p.forward_cached(shape, q, k, v, state, out, ctx);
+};
+
 }  // namespace polyformer

@@ -88,12 +88,17 @@ POLYFORMER_NOINLINE void packed_block(std::size_t k, const float* a, std::size_t
                                       const float* bias, float* c, std::size_t ldc) noexcept {
   using B = batch_f<Arch>;
   constexpr std::size_t W = B::size, NR = NV * W;
-  B acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
+  // Few rows leave too few independent accumulators to hide the FMA latency (a matrix-vector product
+  // would wait 4 cycles per step): split k over U interleaved accumulator sets, summed at the end.
+  constexpr int U = R == 1 ? 4 : (R == 2 ? 2 : 1);
+  B acc[U][R][NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = B(0.0f);
-  for (std::size_t p = 0; p < k; ++p) {
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[u][r][v] = B(0.0f);
+  const auto step = [&](std::size_t p, B(&sums)[R][NV]) {
     B bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = B::load_unaligned(panel + p * NR + v * W);
@@ -101,15 +106,22 @@ POLYFORMER_NOINLINE void packed_block(std::size_t k, const float* a, std::size_t
     for (int r = 0; r < R; ++r) {
       const B ar(a[r * lda + p]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(ar, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) sums[r][v] = xsimd::fma(ar, bv[v], sums[r][v]);
     }
-  }
+  };
+  std::size_t p = 0;
+  for (; p + U <= k; p += U)
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) step(p + std::size_t(u), acc[u]);
+  for (; p < k; ++p) step(p, acc[0]);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       float* dst = c + r * ldc + v * W;
-      B out = acc[r][v];
+      B out = acc[0][r][v];
+#pragma GCC unroll 4
+      for (int u = 1; u < U; ++u) out += acc[u][r][v];
       if constexpr (Bias) out += B::load_unaligned(bias + v * W);
       if constexpr (Accumulate) out += B::load_unaligned(dst);
       out.store_unaligned(dst);

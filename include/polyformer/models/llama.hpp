@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "polyformer/attention/full.hpp"
-#include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
@@ -25,7 +24,7 @@ namespace polyformer {
 /// A decoder-only Llama model over attention policy `Attn` and linear policy `Lin`. It owns one KV cache per
 /// layer, sized for config.seq_len positions when built, so generating allocates nothing per token.
 /// One sequence at a time; forward() appends positions, reset() starts a new sequence.
-template <AttentionPolicy Attn = FullAttention, LinearPolicy Lin = Dense>
+template <IncrementalAttention Attn = FullAttention, LinearPolicy Lin = Dense>
 class Llama {
  public:
   using Layer = EncoderLayer<Attn, Lin, RMSNorm, SwiGLU, NormPlacement::pre, RoPE<RotaryStyle::interleaved>>;
@@ -50,7 +49,7 @@ class Llama {
                                     classifier_.out_features(), ", expected ", config_.dim, " -> ", config_.vocab_size));
     caches_.reserve(layers_.size());
     for (auto& layer : layers_) {
-      caches_.emplace_back(config_.seq_len, config_.kv_dim());
+      caches_.push_back(layer.self_attn().make_state(config_.seq_len));
       layer.self_attn().reserve_positions(config_.seq_len);
     }
     logits_.resize(1, config_.vocab_size);
@@ -109,7 +108,7 @@ class Llama {
   std::vector<Layer> layers_;
   RMSNorm final_norm_{};
   Lin classifier_{};
-  std::vector<KVCache> caches_;  // one per layer, (seq_len, kv_dim)
+  std::vector<typename Attn::State> caches_;  // one per layer, for seq_len positions
   Matrix x_, y_, normed_, logits_;
 };
 

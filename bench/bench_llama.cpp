@@ -1,0 +1,234 @@
+// Llama decoding and prefill (models/llama.hpp) on two models:
+// - stories260K (shared/models, llama2.c format): greedy generation of 256 positions from BOS, as the peers
+//   run it (llama2.c's run.c -t 0 -n 256, llama.cpp); counters tok/s (all 256 positions over the whole
+//   loop, sampling included) and decode_tok/s (positions after the prefill);
+// - a synthetic Llama of ≈ 110M parameters (dim 768, 12 layers, 12 heads, hidden 2048, vocab 32000, random
+//   weights): decoding reads every weight once per token, so BM_llama110m_decode reports the weight bytes
+//   it streams per second (weight_GB/s) against a STREAM triad (a[i] = b[i] + s·c[i], 12 bytes per
+//   element, arrays 8× the L3) run in the same benchmark on the same threads (triad_GB/s, pct_of_triad);
+//   BM_llama110m_prefill runs a prompt of n tokens as one batch: GFLOP/s, against the packed GEMM of the
+//   FFN's shape (512×768→2048) measured in the same benchmark (pct_of_gemm).
+//
+//   bench_llama --benchmark_filter='threads:1/'
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "counters.hpp"
+#include "memory.hpp"
+#include "polyformer/polyformer.hpp"
+
+namespace pf = polyformer;
+
+#ifndef POLYFORMER_SHARED_DIR
+#define POLYFORMER_SHARED_DIR "../shared"
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// ---- stories260K ----
+
+void BM_stories260k_generate(benchmark::State& state) {
+  const std::string dir = std::string(POLYFORMER_SHARED_DIR) + "/models/";
+  std::unique_ptr<pf::Llama<>> model;
+  std::unique_ptr<pf::io::Tokenizer> tokenizer;
+  try {
+    model = std::make_unique<pf::Llama<>>(pf::load_llama2c(dir + "stories260K.bin"));
+    tokenizer = std::make_unique<pf::io::Tokenizer>(pf::io::Tokenizer::read(dir + "tok512.bin", 512));
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  const pf::Context ctx{static_cast<int>(state.range(0))};
+  constexpr pf::Index steps = 256;
+  pf::SamplerOptions greedy;
+  greedy.temperature = 0.0f;
+  std::size_t bytes = 0;
+  const auto sink = [&](std::string_view piece) { bytes += piece.size(); };
+  pf::Sampler sampler(512, greedy);
+  pf::generate(*model, *tokenizer, "", steps, sampler, sink, ctx);  // warm-up
+  double decode_seconds = 0, decoded = 0, positions = 0;
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    const auto stats = pf::generate(*model, *tokenizer, "", steps, sampler, sink, ctx);
+    decode_seconds += stats.decode_seconds;
+    decoded += static_cast<double>(stats.decoded_tokens);
+    positions += static_cast<double>(stats.prefill_tokens + stats.decoded_tokens);
+  }
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  const double ms = state.counters["ms"];
+  state.counters["tok/s"] = benchmark::Counter(positions / static_cast<double>(state.iterations()) / (ms * 1e-3));
+  state.counters["decode_tok/s"] = benchmark::Counter(decode_seconds > 0 ? decoded / decode_seconds : 0);
+  benchmark::DoNotOptimize(bytes);
+}
+
+// ---- synthetic ≈ 110M Llama ----
+
+pf::io::LlamaConfig config_110m() {
+  pf::io::LlamaConfig c;
+  c.dim = 768;
+  c.hidden_dim = 2048;
+  c.n_layers = 12;
+  c.n_heads = 12;
+  c.n_kv_heads = 12;
+  c.vocab_size = 32000;
+  c.seq_len = 1024;
+  c.shared_classifier = true;
+  return c;
+}
+
+/// The model, built once per process (≈ 2 s): random N(0, 0.02²)-like weights, norms of one.
+pf::Llama<>& model_110m() {
+  static pf::Llama<> model = [] {
+    std::srand(7);
+    pf::io::LlamaWeights w;
+    w.config = config_110m();
+    const auto& c = w.config;
+    const auto random = [](pf::Index rows, pf::Index cols) { return pf::Matrix(pf::Matrix::Random(rows, cols) * 0.035f); };
+    w.token_embedding = random(c.vocab_size, c.dim);
+    for (pf::Index l = 0; l < c.n_layers; ++l) {
+      w.attn_norm.push_back(pf::Vector::Ones(c.dim));
+      w.ffn_norm.push_back(pf::Vector::Ones(c.dim));
+      w.wq.push_back(random(c.dim, c.dim));
+      w.wk.push_back(random(c.kv_dim(), c.dim));
+      w.wv.push_back(random(c.kv_dim(), c.dim));
+      w.wo.push_back(random(c.dim, c.dim));
+      w.w1.push_back(random(c.hidden_dim, c.dim));
+      w.w2.push_back(random(c.dim, c.hidden_dim));
+      w.w3.push_back(random(c.hidden_dim, c.dim));
+    }
+    w.final_norm = pf::Vector::Ones(c.dim);
+    return pf::make_llama(std::move(w));
+  }();
+  return model;
+}
+
+/// Bytes of weights one decoded token reads: every packed matrix (the classifier included), one embedding row.
+double weight_bytes_per_token(pf::Llama<>& model) {
+  const auto packed = [](const pf::Dense& d) {
+    const auto& p = d.packed_weight();
+    return static_cast<double>(p.panels() * p.rows() * pf::kernels::PackedMatrix::panel_width) * 4.0;
+  };
+  double bytes = packed(model.classifier()) + static_cast<double>(model.config().dim) * 4.0;
+  for (auto& layer : model.layers()) {
+    auto& a = layer.self_attn();
+    auto& f = layer.ffn();
+    bytes += packed(a.q_proj()) + packed(a.k_proj()) + packed(a.v_proj()) + packed(a.o_proj()) + packed(f.gate()) +
+             packed(f.up()) + packed(f.down());
+    bytes += 2.0 * static_cast<double>(model.config().dim) * 4.0;  // the two norms' gains
+  }
+  return bytes;
+}
+
+/// Best-of-5 STREAM triad bandwidth (GB/s) on `threads` threads, arrays of 64 MiB each.
+double triad_gbps(int threads) {
+  const std::size_t n = std::size_t{16} << 20;
+  static std::vector<float> a(n, 0.0f), b(n, 1.0f), c(n, 2.0f);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    pf::parallel_chunks(static_cast<pf::Index>(n), threads, [&](pf::Index i0, pf::Index i1, int) {
+      for (pf::Index i = i0; i < i1; ++i) a[std::size_t(i)] = b[std::size_t(i)] + 3.0f * c[std::size_t(i)];
+    });
+    const double s = seconds_since(t0);
+    benchmark::DoNotOptimize(a.data());
+    best = std::max(best, 12.0 * static_cast<double>(n) / s * 1e-9);
+  }
+  return best;
+}
+
+void BM_stream_triad(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  double best = 0;
+  for (auto _ : state) best = std::max(best, triad_gbps(threads));
+  state.counters["triad_GB/s"] = benchmark::Counter(best);
+}
+
+void BM_llama110m_decode(benchmark::State& state) {
+  const pf::Context ctx{static_cast<int>(state.range(0))};
+  pf::Llama<>& model = model_110m();
+  constexpr int tokens = 32;  // per iteration: BOS, then 31 greedy tokens
+  const auto run = [&] {
+    model.reset();
+    int token = 1;
+    for (int i = 0; i < tokens; ++i) token = pf::Sampler::argmax(model.forward(std::span<const int>(&token, 1), ctx));
+    return token;
+  };
+  run();  // warm-up
+  const double triad = triad_gbps(ctx.threads);
+  const bench::PeakMemory memory;
+  const bench::LoopClock clock;
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  const double seconds_per_token = state.counters["ms"] * 1e-3 / tokens;
+  const double gbps = weight_bytes_per_token(model) / seconds_per_token * 1e-9;
+  state.counters["tok/s"] = benchmark::Counter(1.0 / seconds_per_token);
+  state.counters["weight_GB/s"] = benchmark::Counter(gbps);
+  state.counters["triad_GB/s"] = benchmark::Counter(triad);
+  state.counters["pct_of_triad"] = benchmark::Counter(100.0 * gbps / triad);
+  memory.report(state);
+}
+
+/// GFLOP/s of the packed GEMM (512×768 · 768→2048, the FFN's gate) on `threads` threads, best of 5.
+double gemm_gflops(int threads) {
+  const pf::Matrix a = pf::Matrix::Random(512, 768), w = pf::Matrix::Random(2048, 768);
+  const auto packed = pf::kernels::PackedMatrix::pack_transposed(w.data(), 2048, 768, 768);
+  pf::Matrix c(512, 2048);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    pf::kernels::gemm(pf::cview(a), packed, pf::view(c), nullptr, false, threads);
+    best = std::max(best, 2.0 * 512 * 768 * 2048 / seconds_since(t0) * 1e-9);
+  }
+  return best;
+}
+
+void BM_llama110m_prefill(benchmark::State& state) {
+  const pf::Index n = state.range(0);
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  pf::Llama<>& model = model_110m();
+  const auto& c = model.config();
+  std::vector<int> prompt(static_cast<std::size_t>(n));
+  for (pf::Index i = 0; i < n; ++i) prompt[std::size_t(i)] = static_cast<int>((i * 7919) % c.vocab_size);
+  const auto run = [&] {
+    model.reset();
+    return pf::Sampler::argmax(model.forward(prompt, ctx));
+  };
+  run();  // warm-up: sizes the workspaces
+  const double gemm = gemm_gflops(ctx.threads);
+  const bench::LoopClock clock;
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  // Per layer: 2n·(4d² (q, k, v, o with kv = d) + 3·d·hidden) for the projections, 2n²d for causal QKᵀ and PV;
+  // the classifier runs for the last position only.
+  const double d = static_cast<double>(c.dim), h = static_cast<double>(c.hidden_dim), nn = static_cast<double>(n);
+  const double flops = static_cast<double>(c.n_layers) * (2 * nn * (4 * d * d + 3 * d * h) + 2 * nn * nn * d) +
+                       2 * d * static_cast<double>(c.vocab_size);
+  clock.report(state, flops);
+  state.counters["tok/s"] = benchmark::Counter(nn / (state.counters["ms"] * 1e-3));
+  state.counters["gemm_GFLOP/s"] = benchmark::Counter(gemm);
+  state.counters["pct_of_gemm"] = benchmark::Counter(100.0 * state.counters["GFLOP/s"] / gemm);
+}
+
+}  // namespace
+
+BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_stream_triad)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_llama110m_decode)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0);
+BENCHMARK(BM_llama110m_prefill)->ArgNames({"n", "threads"})->Args({16, 1})->Args({512, 1})->Args({16, 2})
+    ->Args({512, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();

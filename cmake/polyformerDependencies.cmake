@@ -27,19 +27,12 @@ if(POLYFORMER_USE_OPENBLAS AND NOT TARGET polyformer_openblas)
   endif()
 endif()
 
-if(NOT DEFINED POLYFORMER_USE_OPENMP)
-  set(POLYFORMER_USE_OPENMP ON)
-endif()
-if(POLYFORMER_USE_OPENMP)
-  find_package(OpenMP COMPONENTS CXX QUIET)
-endif()
+# Threads: polyformer's own pool (core/parallel.hpp) runs on std::thread.
+find_dependency(Threads)
 
 # Adds the optional dependencies that were found to an interface target.
 function(polyformer_link_optional_dependencies target)
   if(TARGET polyformer_openblas)
     target_link_libraries(${target} INTERFACE $<BUILD_INTERFACE:polyformer_openblas>)
-  endif()
-  if(TARGET OpenMP::OpenMP_CXX)
-    target_link_libraries(${target} INTERFACE $<BUILD_INTERFACE:OpenMP::OpenMP_CXX>)
   endif()
 endfunction()

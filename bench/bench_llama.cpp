@@ -118,8 +118,7 @@ pf::Llama<>& model_110m() {
 /// Bytes of weights one decoded token reads: every packed matrix (the classifier included), one embedding row.
 double weight_bytes_per_token(pf::Llama<>& model) {
   const auto packed = [](const pf::Dense& d) {
-    const auto& p = d.packed_weight();
-    return static_cast<double>(p.panels() * p.rows() * pf::kernels::PackedMatrix::panel_width) * 4.0;
+    return static_cast<double>(d.packed_weight().size()) * 4.0;
   };
   double bytes = packed(model.classifier()) + static_cast<double>(model.config().dim) * 4.0;
   for (auto& layer : model.layers()) {

@@ -34,8 +34,15 @@ TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded"
   REQUIRE(p.panels() == 2);
   for (std::size_t r = 0; r < kk; ++r)
     for (std::size_t j = 0; j < n; ++j) REQUIRE(p.at(r, j) == w[j * ldw + r]);
-  for (std::size_t r = 0; r < kk; ++r)  // padding of the last panel
-    for (std::size_t j = 3; j < NR; ++j) REQUIRE(p.panel(1)[r * NR + j] == 0.0f);
+  // The last panel holds 3 columns in one vector's width, zero-padded; it is stored right after the first.
+  constexpr std::size_t W = k::PackedMatrix::vector_width;
+  REQUIRE(p.panel_cols(0) == NR);
+  REQUIRE(p.panel_cols(1) == W);
+  REQUIRE(p.size() == (NR + W) * kk);
+  for (std::size_t r = 0; r < kk; ++r) {
+    for (std::size_t j = 0; j < 3; ++j) REQUIRE(p.panel(1)[r * W + j] == w[(NR + j) * ldw + r]);
+    for (std::size_t j = 3; j < W; ++j) REQUIRE(p.panel(1)[r * W + j] == 0.0f);
+  }
 }
 
 TEST_CASE("kernels/packed_gemm: equals the scalar twin and float64 at every tail", "[kernels][gemm]") {

@@ -27,11 +27,15 @@ struct PackedTile {
   static constexpr std::size_t panel_width = static_cast<std::size_t>(vectors) * batch_f<Arch>::size;
 };
 
-/// B (k, n) packed in column panels for the default architecture of this build.
+/// B (k, n) packed in column panels for the default architecture of this build: every panel panel_width
+/// columns wide except the last, which is only as wide as the whole vectors its columns need (so a
+/// 64-column weight is a 48- and a 16-column panel under AVX-512, not two of 48).
 class PackedMatrix {
  public:
-  /// Columns per panel in this build (48 with AVX-512, 16 with AVX2, 8 with SSE2).
+  /// Columns per full panel in this build (48 with AVX-512, 16 with AVX2, 8 with SSE2).
   static constexpr std::size_t panel_width = PackedTile<xsimd::default_arch>::panel_width;
+  /// Columns of one vector; every panel is a whole number of them wide.
+  static constexpr std::size_t vector_width = batch_f<xsimd::default_arch>::size;
 
   PackedMatrix() = default;
 
@@ -41,9 +45,10 @@ class PackedMatrix {
     for (std::size_t panel = 0; panel < p.panels(); ++panel) {
       float* dst = p.data_.data() + panel * k * panel_width;
       const std::size_t col0 = panel * panel_width, cols = std::min(panel_width, n - col0);
+      const std::size_t width = p.panel_cols(panel);
       for (std::size_t j = 0; j < cols; ++j) {
         const float* src = w + (col0 + j) * ldw;
-        for (std::size_t r = 0; r < k; ++r) dst[r * panel_width + j] = src[r];
+        for (std::size_t r = 0; r < k; ++r) dst[r * width + j] = src[r];
       }
     }
     return p;
@@ -52,19 +57,28 @@ class PackedMatrix {
   std::size_t rows() const noexcept { return k_; }  ///< k
   std::size_t cols() const noexcept { return n_; }  ///< n
   std::size_t panels() const noexcept { return (n_ + panel_width - 1) / panel_width; }
-  /// Panel p: k rows of panel_width floats, columns p·panel_width onwards.
+  /// Stored width of panel p: panel_width, or for the last panel its columns rounded up to whole vectors.
+  std::size_t panel_cols(std::size_t p) const noexcept {
+    const std::size_t cols = std::min(panel_width, n_ - p * panel_width);
+    return (cols + vector_width - 1) / vector_width * vector_width;
+  }
+  /// Panel p: k rows of panel_cols(p) floats, columns p·panel_width onwards.
   const float* panel(std::size_t p) const noexcept { return data_.data() + p * k_ * panel_width; }
+  /// Floats stored (the bytes a product streams are 4× this).
+  std::size_t size() const noexcept { return data_.size(); }
   /// B(r, j), for tests and the scalar twin.
   float at(std::size_t r, std::size_t j) const noexcept {
-    return panel(j / panel_width)[r * panel_width + j % panel_width];
+    const std::size_t p = j / panel_width;
+    return panel(p)[r * panel_cols(p) + j % panel_width];
   }
 
  private:
-  PackedMatrix(std::size_t k, std::size_t n)
-      : k_(k), n_(n), data_((n + panel_width - 1) / panel_width * panel_width * k, 0.0f) {}
+  PackedMatrix(std::size_t k, std::size_t n) : k_(k), n_(n) {
+    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width + panel_cols(panels() - 1)) * k, 0.0f);
+  }
 
   std::size_t k_ = 0, n_ = 0;
-  std::vector<float, Eigen::aligned_allocator<float>> data_;  // panels() · k · panel_width
+  std::vector<float, Eigen::aligned_allocator<float>> data_;  // full panels, then the last one
 };
 
 /// Plain triple loop over the packed layout, the reference for packed_gemm.
@@ -128,29 +142,46 @@ POLYFORMER_NOINLINE void packed_block(std::size_t k, const float* a, std::size_t
     }
 }
 
+/// R rows of C from one panel `nv` vectors wide holding `cols` valid columns from column col0.
+template <class Arch, int R, int NV, bool Accumulate, bool Bias>
+void packed_panel(const float* a, std::size_t lda, std::size_t k, const float* panel, std::size_t col0, std::size_t cols,
+                  const float* bias, float* c, std::size_t ldc) noexcept {
+  constexpr std::size_t NR = static_cast<std::size_t>(NV) * batch_f<Arch>::size;
+  if (cols == NR) {
+    packed_block<Arch, R, NV, Accumulate, Bias>(k, a, lda, panel, bias + (Bias ? col0 : 0), c + col0, ldc);
+    return;
+  }
+  // Columns short of a whole vector: the kernel writes a full tile, the valid columns are copied out.
+  alignas(64) float tile[R * NR];
+  packed_block<Arch, R, NV, false, false>(k, a, lda, panel, nullptr, tile, NR);
+  for (int r = 0; r < R; ++r)
+    for (std::size_t j = 0; j < cols; ++j) {
+      float s = tile[std::size_t(r) * NR + j];
+      if constexpr (Bias) s += bias[col0 + j];
+      float& dst = c[std::size_t(r) * ldc + col0 + j];
+      dst = Accumulate ? dst + s : s;
+    }
+}
+
 /// R rows of C over panels [p0, p1).
 template <class Arch, int R, bool Accumulate, bool Bias>
 void packed_strip(const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0, std::size_t p1,
                   const float* bias, float* c, std::size_t ldc) noexcept {
   constexpr int NV = PackedTile<Arch>::vectors;
-  constexpr std::size_t NR = PackedTile<Arch>::panel_width;
+  constexpr std::size_t NR = PackedTile<Arch>::panel_width, W = batch_f<Arch>::size;
   const std::size_t k = b.rows(), n = b.cols();
   for (std::size_t p = p0; p < p1; ++p) {
     const std::size_t col0 = p * NR, cols = std::min(NR, n - col0);
-    if (cols == NR) {
-      packed_block<Arch, R, NV, Accumulate, Bias>(k, a, lda, b.panel(p), bias + (Bias ? col0 : 0), c + col0, ldc);
-      continue;
+    const float* panel = b.panel(p);
+    switch (b.panel_cols(p) / W) {  // only the last panel is narrower than NV vectors
+      case 1: packed_panel<Arch, R, 1, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc); break;
+      case 2:
+        if constexpr (NV >= 2) packed_panel<Arch, R, 2, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc);
+        break;
+      default:
+        if constexpr (NV >= 3) packed_panel<Arch, R, NV, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc);
+        break;
     }
-    // The last, partial panel: the kernel writes a full tile, the valid columns are copied out.
-    alignas(64) float tile[R * NR];
-    packed_block<Arch, R, NV, false, false>(k, a, lda, b.panel(p), nullptr, tile, NR);
-    for (int r = 0; r < R; ++r)
-      for (std::size_t j = 0; j < cols; ++j) {
-        float s = tile[std::size_t(r) * NR + j];
-        if constexpr (Bias) s += bias[col0 + j];
-        float& dst = c[std::size_t(r) * ldc + col0 + j];
-        dst = Accumulate ? dst + s : s;
-      }
   }
 }
 

@@ -6,16 +6,14 @@
 #   bench/compare.sh BUILD_DIR [RESULTS_DIR]
 #
 # Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
-# attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention"),
-# PF_OMP_WAIT_POLICY (default PASSIVE, see below), SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of
-# OpenBLAS sgemm, defaults 100 / 196 from shared/MACHINE.md) for the "% of sgemm" line.
+# attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention llama"),
+# SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of OpenBLAS sgemm, defaults 100 / 196 from shared/MACHINE.md)
+# for the "% of sgemm" line.
 #
 # Each (area, thread count) runs polyformer then its peer, back to back, so both see the same machine
 # load. Every bench is a separate invocation per thread count (--benchmark_filter), with:
-#   polyformer, 1:  OPENBLAS_NUM_THREADS=1 (polyformer calls sgemm single-threaded and runs its own threads)
-#   polyformer, 2:  OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=$PF_OMP_WAIT_POLICY (default PASSIVE, as the peer:
-#                   with libgomp's default spinning, 2 threads are ~4x slower than 1 whenever another process
-#                   holds a core; PF_OMP_WAIT_POLICY= (empty) leaves libgomp's default)
+#   polyformer:     OPENBLAS_NUM_THREADS=1 (polyformer calls sgemm single-threaded and runs its own thread pool,
+#                   core/parallel.hpp; it does not use OpenMP, so OMP_* settings do not apply to it)
 #   libtorch, 1:    OPENBLAS_NUM_THREADS=1
 #   libtorch, 2:    OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 set -euo pipefail
@@ -37,8 +35,7 @@ RESULTS=${2:-$BUILD/bench-results/$(date +%Y%m%d-%H%M%S)}
 REPS=${REPS:-3}
 SLOW_REPS=${SLOW_REPS:-1}
 THREADS=${THREADS:-"1 2"}
-AREAS=${AREAS:-"gemm encoder_layer attention"}
-PF_OMP_WAIT_POLICY=${PF_OMP_WAIT_POLICY-PASSIVE}
+AREAS=${AREAS:-"gemm encoder_layer attention llama"}
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || PYTHON=python3
 mkdir -p "$RESULTS"
@@ -57,8 +54,6 @@ run() {
   if [[ $binary == libtorch_* ]]; then
     env_vars=("OPENBLAS_NUM_THREADS=$t")
     [[ $t -gt 1 ]] && env_vars+=("OMP_WAIT_POLICY=PASSIVE")
-  elif [[ $t -gt 1 && -n $PF_OMP_WAIT_POLICY ]]; then
-    env_vars+=("OMP_WAIT_POLICY=$PF_OMP_WAIT_POLICY")
   fi
   local -a args=("--benchmark_filter=$filter" "--benchmark_repetitions=$reps"
                  "--benchmark_out=$RESULTS/$tag.t$t.json" "--benchmark_out_format=json")
@@ -86,6 +81,8 @@ for t in $THREADS; do
         run libtorch_attention libtorch_attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
         run bench_attention attention_slow "$t" "$SLOW_REPS" "n:(4096|8192|16384)/threads:$t/"
         run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/" ;;
+      llama)  # no peer binary here: llama2.c and llama.cpp are not packaged; shared/MACHINE.md has their figures
+        run bench_llama llama "$t" "$REPS" "threads:$t/" ;;
       *) echo "unknown area $area" >&2; exit 2 ;;
     esac
   done
@@ -100,11 +97,11 @@ import glob, json, os, re, statistics, sys
 results = sys.argv[1]
 # polyformer benchmark -> its peers
 PEERS = {
-    "gemm_entry": ["gemm_eigen"],
+    "gemm_packed": ["gemm_entry", "gemm_eigen"],
     "encoder_layer": ["libtorch_encoder_layer", "libtorch_encoder_layer_fused"],
     "attention": ["libtorch_attention_sdpa", "libtorch_attention_matmul"],
 }
-OURS = ["gemm_entry", "encoder_layer", "encoder_layer_gemms", "attention"]
+OURS = ["gemm_packed", "encoder_layer", "encoder_layer_gemms", "attention"]
 
 # (family, args) -> list of (kind, counters); kind is "median" or "iteration"
 runs = {}
@@ -120,8 +117,9 @@ for path in sorted(glob.glob(os.path.join(results, "*.json"))):
         name = b.get("run_name", b["name"])
         parts = name.split("/")
         family = parts[0][3:] if parts[0].startswith("BM_") else parts[0]
-        args = "/".join(p for p in parts[1:] if ":" in p and not p.startswith(("iterations:", "repeats:")))
-        c = {k: b.get(k) for k in ("ms", "GFLOP/s", "peak_MB", "extra_MB")}
+        args = "/".join(p for p in parts[1:] if ":" in p and not p.startswith(("iterations:", "repeats:", "min_time:")))
+        c = {k: b.get(k) for k in ("ms", "GFLOP/s", "peak_MB", "extra_MB", "tok/s", "decode_tok/s", "weight_GB/s",
+                                   "triad_GB/s", "pct_of_triad", "gemm_GFLOP/s", "pct_of_gemm")}
         if c["ms"] is None:
             continue
         runs.setdefault((family, args), []).append((kind, c))
@@ -146,7 +144,7 @@ def fmt(x, spec):
 
 print("| case | threads | polyformer ms | GFLOP/s | peak MB | peer | peer ms | GFLOP/s | peak MB | peer/polyformer |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for fam in ["gemm_entry", "encoder_layer", "attention"]:
+for fam in ["gemm_packed", "encoder_layer", "attention"]:
     cases = sorted({a for (f, a) in runs if f == fam}, key=key)
     for args in cases:
         ours = pick(fam, args)
@@ -180,6 +178,31 @@ if gemms:
         print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(pct, '.0f')} | {fmt(here, '.0f')} | "
               f"{fmt(share, '.0f')} |")
     print(f"\nsgemm ceiling: {ceil[1]:.0f} / {ceil[2]:.0f} GFLOP/s on 1 / 2 threads (OpenBLAS, shared/MACHINE.md)")
+
+llama = sorted((f, a) for (f, a) in runs if f.startswith(("stories260k", "llama110m")))
+if llama:
+    # The peers' figures from shared/MACHINE.md (measured there, not in this run): run.c and llama.cpp decode
+    # stories260K at ~5,000 tok/s on 1 thread; llama.cpp F32 decodes the 110M model at ~43 / ~63 tok/s and
+    # prefills 16 tokens at ~250 / ~440 tok/s on 1 / 2 threads.
+    MACHINE_PEER = {("stories260k_generate", 1): 5000, ("stories260k_generate", 2): 6500,
+                    ("llama110m_decode", 1): 43, ("llama110m_decode", 2): 63,
+                    ("llama110m_prefill", 1): 250, ("llama110m_prefill", 2): 440}
+    print()
+    print("| llama case | threads | ms | tok/s | decode tok/s | weight GB/s | triad GB/s | % of triad | GFLOP/s | "
+          "% of packed GEMM | shared/MACHINE.md peer tok/s | tok/s ÷ peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for fam, args in sorted(llama, key=lambda fa: (fa[0], key(fa[1]))):
+        c = pick(fam, args)
+        d = dict(p.split(":") for p in args.split("/"))
+        t = int(d.pop("threads"))
+        case = fam + " " + " ".join(f"{k}={v}" for k, v in d.items())
+        peer = MACHINE_PEER.get((fam, t)) if fam != "llama110m_prefill" or d.get("n") == "16" else None
+        ratio = c.get("tok/s") / peer if peer and c.get("tok/s") else None
+        print(f"| {case} | {t} | {fmt(c.get('ms'), '.2f')} | {fmt(c.get('tok/s'), '.0f')} | "
+              f"{fmt(c.get('decode_tok/s'), '.0f')} | {fmt(c.get('weight_GB/s'), '.1f')} | "
+              f"{fmt(c.get('triad_GB/s'), '.1f')} | {fmt(c.get('pct_of_triad'), '.0f')} | "
+              f"{fmt(c.get('GFLOP/s'), '.1f')} | {fmt(c.get('pct_of_gemm'), '.0f')} | {fmt(peer, '.0f')} | "
+              f"{fmt(ratio, '.1f')} |")
 print(f"\nms are medians over repetitions (single runs for the slow sizes); peak MB = VmHWM of the process "
       f"during that benchmark (MiB, libraries included). JSON and console output: {results}")
 PY

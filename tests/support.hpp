@@ -3,9 +3,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/safetensors.hpp"
@@ -28,6 +32,25 @@ inline std::string shared_path(const std::string& relative) {
   if (!std::filesystem::exists(path))
     FAIL("shared data missing: " << path << " — configure with -DPOLYFORMER_SHARED_DIR=/path/to/shared");
   return path;
+}
+
+/// The whole file as bytes; fails the test when it cannot be opened.
+inline std::vector<unsigned char> read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE(f);
+  return std::vector<unsigned char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+/// The whole file as text ("" when it cannot be opened).
+inline std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+/// The little-endian u32 at byte `at`, decoded here so tests do not lean on the readers under test.
+inline std::uint32_t u32_at(const std::vector<unsigned char>& b, std::size_t at) {
+  return std::uint32_t(b[at]) | (std::uint32_t(b[at + 1]) << 8) | (std::uint32_t(b[at + 2]) << 16) |
+         (std::uint32_t(b[at + 3]) << 24);
 }
 
 /// Entries (rows, cols) drawn from N(0, scale²) with a fixed seed.

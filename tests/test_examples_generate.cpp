@@ -19,24 +19,20 @@ std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("polyformer_test_generate_" + name)).string();
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 /// Runs generate with `args`; stdout and stderr go to files; returns the exit code.
 int run(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
   const std::string out_path = temp_path("stdout.txt"), err_path = temp_path("stderr.txt");
   const std::string cmd = std::string(POLYFORMER_GENERATE) + " " + args + " >" + out_path + " 2>" + err_path;
   const int status = std::system(cmd.c_str());
-  if (out) *out = read_text(out_path);
-  if (err) *err = read_text(err_path);
+  if (out) *out = pft::read_text(out_path);
+  if (err) *err = pft::read_text(err_path);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /// A copy of `src` cut to `bytes` bytes.
 std::string truncated_copy(const std::string& src, std::size_t bytes, const std::string& name) {
-  std::string data = read_text(src);
+  std::string data = pft::read_text(src);
   data.resize(bytes);
   const std::string path = temp_path(name);
   std::ofstream(path, std::ios::binary) << data;
@@ -56,7 +52,7 @@ TEST_CASE("examples/generate: greedy output equals run.c's golden text", "[examp
     REQUIRE(run("--model " + model + " --tokenizer " + tok + " --temperature 0 --steps 256 --threads 2 --prompt '" +
                     prompt + "'",
                 &out, &err) == 0);
-    CHECK(out == read_text(pft::shared_path("models/golden/" + file + ".txt")));
+    CHECK(out == pft::read_text(pft::shared_path("models/golden/" + file + ".txt")));
     CHECK(err.find("tok/s") != std::string::npos);
   }
 }

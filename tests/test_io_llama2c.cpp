@@ -53,19 +53,9 @@ constexpr std::size_t kRope = kFinal + 64;             // 260032, S*head = 4096
 constexpr std::size_t kEnd = kRope + 512 * 8;          // 264128
 static_assert(28 + 4 * kEnd == kStoriesBytes, "offsets disagree with the README's size check");
 
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f);
-  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
 // Little-endian decoding and encoding, written here so the expectations do not lean on the reader.
-std::uint32_t u32_at(const Bytes& b, std::size_t at) {
-  return std::uint32_t(b[at]) | (std::uint32_t(b[at + 1]) << 8) | (std::uint32_t(b[at + 2]) << 16) |
-         (std::uint32_t(b[at + 3]) << 24);
-}
-std::int32_t i32_at(const Bytes& b, std::size_t at) { return std::bit_cast<std::int32_t>(u32_at(b, at)); }
-float f32_at(const Bytes& b, std::size_t at) { return std::bit_cast<float>(u32_at(b, at)); }
+std::int32_t i32_at(const Bytes& b, std::size_t at) { return std::bit_cast<std::int32_t>(pft::u32_at(b, at)); }
+float f32_at(const Bytes& b, std::size_t at) { return std::bit_cast<float>(pft::u32_at(b, at)); }
 
 void put_u32(Bytes& out, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<unsigned char>(v >> (8 * i)));
@@ -353,14 +343,14 @@ TEST_CASE("io/llama2c: stories260K.bin loads with the README config", "[io][llam
   CHECK(c.rope_theta == 10000.0f);
   CHECK_NOTHROW(c.validate("stories260K"));
 
-  const Bytes bytes = read_bytes(path);
+  const Bytes bytes = pft::read_bytes(path);
   REQUIRE(bytes.size() == kStoriesBytes);
   check_shapes(w, raw_from_legacy(bytes), true);
 }
 
 TEST_CASE("io/llama2c: stories260K values match floats read at hand-computed offsets", "[io][llama2c]") {
   const std::string path = pft::shared_path("models/stories260K.bin");
-  const Bytes bytes = read_bytes(path);
+  const Bytes bytes = pft::read_bytes(path);
   REQUIRE(bytes.size() == kStoriesBytes);
   const auto at = [&](std::size_t i) { return f32_at(bytes, 28 + 4 * i); };
   const LlamaWeights w = pf::io::read_llama2c(path);
@@ -411,7 +401,7 @@ TEST_CASE("io/llama2c: stories260K values match floats read at hand-computed off
 TEST_CASE("io/llama2c: parse_llama2c on the bytes matches read_llama2c on the path", "[io][llama2c]") {
   const std::string path = pft::shared_path("models/stories260K.bin");
   const LlamaWeights a = pf::io::read_llama2c(path);
-  const LlamaWeights b = parse_llama2c(read_bytes(path), "copy");
+  const LlamaWeights b = parse_llama2c(pft::read_bytes(path), "copy");
   CHECK(mismatches(flatten(a.token_embedding), flatten(b.token_embedding)) == 0);
   CHECK(mismatches(flatten(a.w2), flatten(b.w2)) == 0);
   CHECK(mismatches(flatten(a.final_norm), flatten(b.final_norm)) == 0);
@@ -419,7 +409,7 @@ TEST_CASE("io/llama2c: parse_llama2c on the bytes matches read_llama2c on the pa
 
 TEST_CASE("io/llama2c: a legacy file with negative vocab_size loads the classifier after the RoPE tables",
           "[io][llama2c]") {
-  Bytes bytes = read_bytes(pft::shared_path("models/stories260K.bin"));
+  Bytes bytes = pft::read_bytes(pft::shared_path("models/stories260K.bin"));
   REQUIRE(bytes.size() == kStoriesBytes);
   const RawModel m = raw_from_legacy(bytes);
   set_i32(bytes, 20, -512);  // vocab_size field: negative means "classifier stored"
@@ -447,7 +437,7 @@ TEST_CASE("io/llama2c: a legacy file with negative vocab_size loads the classifi
 // Version 1 (fp32) and version 2 (Q8_0) files written here
 
 TEST_CASE("io/llama2c: a version-1 file reproduces every weight exactly", "[io][llama2c]") {
-  RawModel m = raw_from_legacy(read_bytes(pft::shared_path("models/stories260K.bin")));
+  RawModel m = raw_from_legacy(pft::read_bytes(pft::shared_path("models/stories260K.bin")));
   const bool shared = GENERATE(true, false);
   INFO("shared classifier " << shared);
   if (!shared) {
@@ -493,7 +483,7 @@ TEST_CASE("io/llama2c: a version-2 file dequantizes to q * scale of our own quan
     bool shared;
     std::int32_t group;
   };
-  const RawModel stories = raw_from_legacy(read_bytes(pft::shared_path("models/stories260K.bin")));
+  const RawModel stories = raw_from_legacy(pft::read_bytes(pft::shared_path("models/stories260K.bin")));
   RawModel stories_cls = stories;
   std::mt19937 rng(5);
   stories_cls.classifier = random_floats(stories.V() * stories.D(), rng);
@@ -545,7 +535,7 @@ TEST_CASE("io/llama2c: rejects a file shorter than the 28-byte legacy header", "
 }
 
 TEST_CASE("io/llama2c: rejects a truncated or overlong stories260K", "[io][llama2c]") {
-  const Bytes bytes = read_bytes(pft::shared_path("models/stories260K.bin"));
+  const Bytes bytes = pft::read_bytes(pft::shared_path("models/stories260K.bin"));
   REQUIRE(bytes.size() == kStoriesBytes);
   const auto cut = [&](std::size_t n) { return Bytes(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n)); };
   SECTION("last float missing") {

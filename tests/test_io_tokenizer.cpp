@@ -32,16 +32,6 @@ using Bytes = std::vector<unsigned char>;
 using Ids = std::vector<int>;
 using Vocab = std::vector<std::pair<std::string, float>>;  // (piece, score) by id
 
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f);
-  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-std::uint32_t u32_at(const Bytes& b, std::size_t at) {
-  return std::uint32_t(b[at]) | (std::uint32_t(b[at + 1]) << 8) | (std::uint32_t(b[at + 2]) << 16) |
-         (std::uint32_t(b[at + 3]) << 24);
-}
 
 void put_u32(Bytes& out, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<unsigned char>(v >> (8 * i)));
@@ -52,13 +42,13 @@ void put_f32(Bytes& out, float v) { put_u32(out, std::bit_cast<std::uint32_t>(v)
 /// Our own reading of a tokenizer file holding exactly `n` records (format in shared/models/README.md).
 Vocab read_vocab_here(const Bytes& b, int n, std::int32_t* max_len) {
   REQUIRE(b.size() >= 4);
-  *max_len = std::bit_cast<std::int32_t>(u32_at(b, 0));
+  *max_len = std::bit_cast<std::int32_t>(pft::u32_at(b, 0));
   std::size_t at = 4;
   Vocab v;
   for (int i = 0; i < n; ++i) {
     REQUIRE(at + 8 <= b.size());
-    const float score = std::bit_cast<float>(u32_at(b, at));
-    const auto len = static_cast<std::size_t>(std::bit_cast<std::int32_t>(u32_at(b, at + 4)));
+    const float score = std::bit_cast<float>(pft::u32_at(b, at));
+    const auto len = static_cast<std::size_t>(std::bit_cast<std::int32_t>(pft::u32_at(b, at + 4)));
     at += 8;
     REQUIRE(at + len <= b.size());
     v.emplace_back(std::string(reinterpret_cast<const char*>(b.data() + at), len), score);
@@ -157,7 +147,7 @@ Ids cat(Ids a, const Ids& b) {
 TEST_CASE("io/tokenizer: tok512.bin holds the pieces and scores stored in the file", "[io][tokenizer]") {
   const std::string path = pft::shared_path("models/tok512.bin");
   std::int32_t max_len = 0;
-  const Vocab want = read_vocab_here(read_bytes(path), 512, &max_len);
+  const Vocab want = read_vocab_here(pft::read_bytes(path), 512, &max_len);
   const Tokenizer t = Tokenizer::read(path, 512);
   CHECK(t.vocab_size() == 512);
   CHECK(max_len == 7);
@@ -206,7 +196,7 @@ TEST_CASE("io/tokenizer: bos and eos flags", "[io][tokenizer]") {
 TEST_CASE("io/tokenizer: characters missing from tok512 fall back to byte tokens", "[io][tokenizer]") {
   const std::string path = pft::shared_path("models/tok512.bin");
   std::int32_t max_len = 0;
-  const Vocab vocab = read_vocab_here(read_bytes(path), 512, &max_len);
+  const Vocab vocab = read_vocab_here(pft::read_bytes(path), 512, &max_len);
   std::map<std::string, int> id_of;
   for (std::size_t i = 0; i < vocab.size(); ++i) id_of.emplace(vocab[i].first, int(i));
   REQUIRE(id_of.count(" ") == 1);

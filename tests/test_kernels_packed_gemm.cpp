@@ -9,25 +9,21 @@
 
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/packed_gemm.hpp"
+#include "kernels_testing.hpp"
 
 namespace {
 
+using polyformer::kernels::testing::random_vec;
+
 namespace k = polyformer::kernels;
 
-std::vector<float> random_vector(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 }  // namespace
 
 TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded", "[kernels][gemm]") {
   constexpr std::size_t NR = k::PackedMatrix::panel_width;
   const std::size_t n = NR + 3, kk = 5, ldw = kk + 2;
-  const auto w = random_vector(n * ldw, 1);
+  const auto w = random_vec(n * ldw, -1.0f, 1.0f, 1);
   const auto p = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw);
   REQUIRE(p.rows() == kk);
   REQUIRE(p.cols() == n);
@@ -56,9 +52,9 @@ TEST_CASE("kernels/packed_gemm: equals the scalar twin and float64 at every tail
           INFO("m " << m << " n " << n << " k " << kk << " accumulate " << accumulate << " bias " << with_bias);
           const std::size_t lda = kk + 3, ldw = kk + 1, ldc = n + 2;  // guard columns past every row end
           const unsigned seed = static_cast<unsigned>(m * 1000 + n * 10 + kk);
-          const auto a = random_vector(m * lda, seed), w = random_vector(n * ldw, seed + 1);
-          const auto bias = random_vector(n, seed + 3);
-          auto c = random_vector(m * ldc, seed + 2);
+          const auto a = random_vec(m * lda, -1.0f, 1.0f, seed), w = random_vec(n * ldw, -1.0f, 1.0f, seed + 1);
+          const auto bias = random_vec(n, -1.0f, 1.0f, seed + 3);
+          auto c = random_vec(m * ldc, -1.0f, 1.0f, seed + 2);
           const auto c_old = c;
           auto c_ref = c;
           const auto b = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw);

@@ -149,10 +149,6 @@ pf::io::LlamaConfig small_config() {
   return c;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 }  // namespace
 
@@ -244,7 +240,7 @@ TEST_CASE("models/llama: greedy generation reproduces llama2.c run.c byte for by
                                      {"empty", ""}})
     for (int threads : {1, 2}) {
       INFO(file << ", threads " << threads);
-      const std::string want = read_text(pft::shared_path("models/golden/" + file + ".txt"));
+      const std::string want = pft::read_text(pft::shared_path("models/golden/" + file + ".txt"));
       REQUIRE(!want.empty());
       pf::SamplerOptions greedy;
       greedy.temperature = 0.0f;

@@ -168,3 +168,39 @@ TEST_CASE("attention/full: a fully masked or fully padded query gives zeros, nev
   CHECK(out.row(5).cwiseAbs().maxCoeff() == 0.0f);
   CHECK(out.row(4).cwiseAbs().maxCoeff() > 0.0f);
 }
+
+TEST_CASE("attention/full: forward_cached over a reused KV cache equals the oracle", "[attention][kv_cache]") {
+  const Index heads = 4, kv_heads = 2, dh = 24, n = 37;
+  const pf::AttentionShape shape{heads, kv_heads, dh, 1.0f / std::sqrt(static_cast<float>(dh))};
+  pf::FullAttention attn;
+  pf::KVCache cache(64, kv_heads, dh);
+  // An earlier sequence leaves NaN behind in the buffers; a new sequence must never read it.
+  const Matrix poison = Matrix::Constant(40, kv_heads * dh, std::numeric_limits<float>::quiet_NaN());
+  cache.append(pf::cview(poison), pf::cview(poison));
+  cache.clear();
+  const Matrix q = pft::random_matrix(n, heads * dh, 21), k = pft::random_matrix(n, kv_heads * dh, 22),
+               v = pft::random_matrix(n, kv_heads * dh, 23);
+  OracleMask causal;
+  causal.causal = true;
+  const Matrix want = oracle(q, k, v, heads, kv_heads, dh, causal);
+  // Chunks of 1..4 decode, longer ones prefill through the tiles.
+  Index at = 0;
+  for (Index chunk : {3, 1, 9, 4, 20}) {
+    Matrix out(chunk, heads * dh);
+    attn.forward_cached(shape, pf::block(pf::cview(q), at, 0, chunk, heads * dh),
+                        pf::block(pf::cview(k), at, 0, chunk, kv_heads * dh),
+                        pf::block(pf::cview(v), at, 0, chunk, kv_heads * dh), cache, pf::view(out), pf::Context{2});
+    INFO("chunk of " << chunk << " at " << at);
+    REQUIRE(out.allFinite());
+    CHECK((out - want.middleRows(at, chunk)).cwiseAbs().maxCoeff() < tol);
+    at += chunk;
+  }
+  CHECK(cache.size() == n);
+  // The padding the whole-vector kernels read is zero.
+  for (Index g = 0; g < kv_heads; ++g) {
+    CHECK(cache.values_t(g, cache.padded_size()).rightCols(cache.padded_size() - n).isZero(0.0f));
+    CHECK(cache.keys_t(g, cache.padded_size()).rightCols(cache.padded_size() - n).isZero(0.0f));
+  }
+  REQUIRE_THROWS_WITH(cache.append(pf::cview(poison), pf::cview(poison)),
+                      Catch::Contains("holds 37 of 64 positions, cannot append 40"));
+}

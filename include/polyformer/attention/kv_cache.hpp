@@ -58,10 +58,15 @@ class KVCache {
       block(view(values_t_), g * head_dim_, size_, head_dim_, n) = block(v, 0, g * head_dim_, n, head_dim_).transpose();
     }
     size_ += n;
+    // Columns up to padded_size() are read by whole-vector kernels: keep them zero, whatever an earlier
+    // sequence left there (they share cache lines with the columns just written).
+    const Index pad_end = padded_size();
+    if (pad_end > size_)
+      for (Matrix* m : {&keys_t_, &values_t_}) block(view(*m), 0, size_, m->rows(), pad_end - size_).setZero();
   }
 
-  /// Columns the transposed views may span: size() rounded up to 16 (the columns past size() hold finite
-  /// values — zeros, or positions of an earlier sequence — for kernels that run over whole vectors).
+  /// Columns the transposed views may span: size() rounded up to 16 (the columns past size() hold zeros),
+  /// for kernels that run over whole vectors.
   Index padded_size() const noexcept { return std::min<Index>((size_ + 15) / 16 * 16, keys_t_.cols()); }
 
   /// Keys of kv head g, transposed: (head_dim, cols) with cols = size() by default, up to padded_size().

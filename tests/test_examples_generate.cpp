@@ -9,14 +9,17 @@
 #include <iterator>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "support.hpp"
 
 #ifdef POLYFORMER_GENERATE
 namespace {
 
+/// A temporary file of this process (ctest runs test cases in parallel processes).
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("polyformer_test_generate_" + name)).string();
+  return (std::filesystem::temp_directory_path() /
+          ("polyformer_test_generate_" + std::to_string(::getpid()) + "_" + name)).string();
 }
 
 

@@ -125,7 +125,7 @@ TEST_CASE("io/safetensors: write then read round-trips shapes, values, order and
   const std::string path = temp_path("roundtrip");
   polyformer::io::write_safetensors(path, tensors, meta);
 
-  const auto bytes = polyformer::io::detail::read_file(path);
+  const auto bytes = polyformer::io::detail::read_file(path, "safetensors");
   CHECK(bytes == polyformer::io::serialize_safetensors(tensors, meta));
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[static_cast<std::size_t>(i)];
@@ -234,7 +234,7 @@ TEST_CASE("io/safetensors: reads every reference file in the shared dir") {
 
     // Back to back in header order, covering the whole data section; reading through the in-memory
     // fallback gives the same floats as the map.
-    const auto bytes = polyformer::io::detail::read_file(p.string());
+    const auto bytes = polyformer::io::detail::read_file(p.string(), "safetensors");
     const auto copy = SafetensorsFile::from_bytes(bytes, "copy");
     CHECK_FALSE(copy.is_memory_mapped());
     std::uint64_t offset = 0;
@@ -322,7 +322,7 @@ TEST_CASE("io/safetensors: a missing tensor names the file and the tensor") {
 }
 
 TEST_CASE("io/safetensors: a truncated reference file is rejected") {
-  const auto bytes = polyformer::io::detail::read_file(kEncoderFile);
+  const auto bytes = polyformer::io::detail::read_file(kEncoderFile, "safetensors");
   REQUIRE(bytes.size() == 170132);
   const auto cut = [&](std::size_t n) {
     return SafetensorsFile::from_bytes(std::vector<unsigned char>(bytes.begin(), bytes.begin() + static_cast<long>(n)),

@@ -15,7 +15,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <span>
 #include <string>
@@ -23,6 +22,7 @@
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/io/file.hpp"
 
 namespace polyformer::io {
 
@@ -291,11 +291,7 @@ inline LlamaWeights parse_llama2c(std::span<const unsigned char> bytes, const st
 
 /// Reads and parses a llama2.c checkpoint file.
 inline LlamaWeights read_llama2c(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw format_error(detail::cat("llama2c: ", path, ": cannot open"));
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw format_error(detail::cat("llama2c: ", path, ": read error"));
-  return parse_llama2c(bytes, path);
+  return parse_llama2c(detail::read_file(path, "llama2c"), path);
 }
 
 }  // namespace polyformer::io

@@ -12,7 +12,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "polyformer/core/error.hpp"
+#include "polyformer/io/file.hpp"
 
 namespace polyformer::io {
 
@@ -34,11 +34,7 @@ class Tokenizer {
   /// Reads `path` holding `vocab_size` records. Throws format_error for a file that is too short, has a
   /// negative length or trailing bytes, config_error for vocab_size < 3.
   static Tokenizer read(const std::string& path, int vocab_size) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw format_error(detail::cat("tokenizer: ", path, ": cannot open"));
-    std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (f.bad()) throw format_error(detail::cat("tokenizer: ", path, ": read error"));
-    return parse(bytes, vocab_size, path);
+    return parse(detail::read_file(path, "tokenizer"), vocab_size, path);
   }
 
   /// Parses tokenizer bytes held in memory; `label` names them in messages.

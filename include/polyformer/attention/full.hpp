@@ -76,6 +76,10 @@ class FullAttention {
 
   /// The cache's state type: decoding with FullAttention keeps every key and value.
   using State = KVCache;
+  /// A cache for `capacity` positions.
+  State make_state(Index capacity, Index n_kv_heads, Index head_dim) const {
+    return State(capacity, n_kv_heads, head_dim);
+  }
 
   /// Incremental attention of one sequence: appends k_new and v_new (n_new, kv_heads·d; keys already
   /// rotated) to `cache` as positions cache.size().., then each query row i of q (n_new, heads·d) attends

@@ -77,8 +77,8 @@ class MultiHeadAttention {
   }
 
   /// The per-sequence decoding state of this module (a KV cache for FullAttention), for `capacity` positions.
-  auto make_state(Index capacity) const requires IncrementalAttention<Attn> {
-    return typename Attn::State(capacity, shape_.n_kv_heads, shape_.head_dim);
+  auto make_state(Index capacity) requires IncrementalAttention<Attn> {
+    return attention_.make_state(capacity, shape_.n_kv_heads, shape_.head_dim);
   }
 
   /// Incremental causal self-attention of one sequence: x (n_new, d_model) holds positions state.size()

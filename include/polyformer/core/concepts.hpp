@@ -65,13 +65,15 @@ concept AttentionPolicy = std::default_initializable<P> &&
   p.forward(shape, q, k, v, mask, out, ctx);
 };
 
-/// An attention policy that can decode incrementally: it names the per-sequence state it keeps (`State`,
-/// e.g. a KV cache built from (capacity, kv_heads, head_dim)) and `forward_cached` appends new positions'
-/// keys and values (n_new, kv_heads·d) to it while its queries (n_new, heads·d) attend causally.
+/// An attention policy that can decode incrementally: it makes the per-sequence state it keeps (`State`: a
+/// KV cache, a window of recent keys, or recurrent sums) with make_state(capacity, kv_heads, head_dim), and
+/// `forward_cached` appends new positions' keys and values (n_new, kv_heads·d) to it while its queries
+/// (n_new, heads·d) attend causally. state.size() is the number of positions seen.
 template <typename P>
-concept IncrementalAttention = AttentionPolicy<P> && std::constructible_from<typename P::State, Index, Index, Index> &&
+concept IncrementalAttention = AttentionPolicy<P> &&
     requires(P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-             typename P::State& state, MatrixView out, const Context& ctx) {
+             typename P::State& state, MatrixView out, const Context& ctx, Index n) {
+  { p.make_state(n, n, n) } -> std::same_as<typename P::State>;
   { state.size() } -> std::convertible_to<Index>;
   state.clear();
   p.forward_cached(shape, q, k, v, state, out, ctx);

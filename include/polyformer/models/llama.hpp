@@ -112,10 +112,12 @@ class Llama {
   Matrix x_, y_, normed_, logits_;
 };
 
-/// A Llama over dense float weights (FullAttention, Dense) from a parsed llama2.c checkpoint. A shared
-/// classifier is a Dense copy of the embedding.
-inline Llama<> make_llama(io::LlamaWeights w) {
-  using Model = Llama<>;
+/// A Llama over dense float weights from a parsed llama2.c checkpoint, every layer's attention a copy of
+/// `attention` (FullAttention by default; any IncrementalAttention policy, e.g. SlidingWindow for a bounded
+/// cache). A shared classifier is a Dense copy of the embedding.
+template <IncrementalAttention Attn = FullAttention>
+Llama<Attn> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) {
+  using Model = Llama<Attn>;
   using Layer = Model::Layer;
   const io::LlamaConfig& c = w.config;
   c.validate("make_llama");
@@ -124,7 +126,7 @@ inline Llama<> make_llama(io::LlamaWeights w) {
   for (std::size_t l = 0; l < static_cast<std::size_t>(c.n_layers); ++l) {
     typename Layer::Attention attn(Dense(std::move(w.wq[l])), Dense(std::move(w.wk[l])), Dense(std::move(w.wv[l])),
                                    Dense(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
-                                   FullAttention{}, RoPE<RotaryStyle::interleaved>(c.rope_theta));
+                                   attention, RoPE<RotaryStyle::interleaved>(c.rope_theta));
     typename Layer::FFN ffn(Dense(std::move(w.w1[l])), Dense(std::move(w.w3[l])), Dense(std::move(w.w2[l])));
     layers.emplace_back(std::move(attn), std::move(ffn), RMSNorm(std::move(w.attn_norm[l]), c.norm_eps),
                         RMSNorm(std::move(w.ffn_norm[l]), c.norm_eps));
@@ -134,7 +136,10 @@ inline Llama<> make_llama(io::LlamaWeights w) {
                std::move(classifier));
 }
 
-/// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama.
-inline Llama<> load_llama2c(const std::string& path) { return make_llama(io::read_llama2c(path)); }
+/// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over attention policy `attention`.
+template <IncrementalAttention Attn = FullAttention>
+Llama<Attn> load_llama2c(const std::string& path, const Attn& attention = Attn{}) {
+  return make_llama(io::read_llama2c(path), attention);
+}
 
 }  // namespace polyformer

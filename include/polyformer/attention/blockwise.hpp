@@ -1,0 +1,92 @@
+#pragma once
+/// \file Blockwise attention (Qiu et al. 2020, BlockBERT): the sequence is cut into blocks of B positions and a
+/// query sees the keys of its own block, and optionally of the previous one. O(n·B·d) time.
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "polyformer/attention/local_tile.hpp"
+#include "polyformer/attention/mask.hpp"
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+
+namespace polyformer {
+
+/// Query i (at position i + mask.causal_offset) sees key j when both lie in the same block of `block`
+/// positions, or, with `previous_block`, j lies in the block before i's.
+class Blockwise {
+ public:
+  static constexpr bool supports_causal = true;
+  static constexpr const char* name = "blockwise";
+
+  Blockwise() = default;
+  explicit Blockwise(Index block, bool previous_block = false) : block_(block), previous_(previous_block) {
+    if (block < 1) throw config_error(detail::cat("Blockwise: block is ", block, ", expected >= 1"));
+  }
+
+  Index block_size() const noexcept { return block_; }
+  bool previous_block() const noexcept { return previous_; }
+
+  /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d).
+  void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
+    // Tasks: (head, block, first query of a slice of at most query_slice queries of that block).
+    tasks_.clear();
+    if (n_q > 0) {
+      const Index first_block = off / block_, last_block = (off + n_q - 1) / block_;
+      for (Index h = 0; h < s.n_heads; ++h)
+        for (Index b = first_block; b <= last_block; ++b) {
+          const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
+          for (Index i0 = i_begin; i0 < i_end; i0 += query_slice) tasks_.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
+        }
+    }
+    const Index span = (previous_ ? 2 : 1) * block_;
+    const double work = double(n_q) * double(s.n_heads) * double(std::min(span, n_k)) * double(dh);
+    const int t = work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), Index(tasks_.size())));
+    if (static_cast<int>(tiles_.size()) < t) tiles_.resize(std::size_t(t));
+    for (int i = 0; i < t; ++i) tiles_[std::size_t(i)].reserve(query_slice, std::min(span, std::max<Index>(n_k, 1)), dh);
+    parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task_index, int thread) {
+      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+      const Task& task = tasks_[std::size_t(task_index)];
+      detail::LocalTile& tile = tiles_[std::size_t(thread)];
+      const Index h = task.head, g = s.kv_head(h), nq = task.i_end - task.i0;
+      const Index j0 = std::clamp<Index>((previous_ ? task.block - 1 : task.block) * block_, 0, n_k);
+      const Index j1 = std::clamp<Index>((task.block + 1) * block_, j0, n_k);
+      tile.query_rows(nq) = block(q, task.i0, h * dh, nq, dh) * s.scale;
+      tile.key_cols(j1 - j0) = block(k, j0, g * dh, j1 - j0, dh).transpose();
+      tile.value_rows(j1 - j0) = block(v, j0, g * dh, j1 - j0, dh);
+      tile.attend(nq, j1 - j0, [&](Index r, float* row) {
+        const Index i = task.i0 + r, end = std::clamp<Index>(mask.key_end(i, n_k) - j0, 0, j1 - j0);
+        std::fill(row + end, row + (j1 - j0), neg_inf);
+        if (mask.key_padding || mask.additive)
+          for (Index c = 0; c < end; ++c) {
+            if (mask.key_padding && mask.key_padding[j0 + c] != 0.0f) row[c] = neg_inf;
+            else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j0 + c];
+          }
+      });
+      for (Index r = 0; r < nq; ++r) {
+        const float* src = tile.out_row(r);
+        std::copy(src, src + dh, out.data() + (task.i0 + r) * out.outerStride() + h * dh);
+      }
+    });
+  }
+
+ private:
+  static constexpr Index query_slice = 128;  // queries per tile: bounds the score tile for large blocks
+  struct Task {
+    Index head, block, i0, i_end;
+  };
+  Index block_ = 64;
+  bool previous_ = false;
+  std::vector<Task> tasks_;
+  std::vector<detail::LocalTile> tiles_;
+};
+
+static_assert(AttentionPolicy<Blockwise>);
+
+}  // namespace polyformer

@@ -1,0 +1,224 @@
+#pragma once
+/// \file Locality-sensitive-hashing attention (Reformer; Kitaev et al. 2020, §2): queries and keys share one
+/// projection, the keys being the unit-length queries. Each of n_hashes rounds hashes every position by a
+/// random rotation (bucket = argmax over [xR; −xR], Andoni et al. 2015), sorts positions by (bucket,
+/// position), cuts the sorted order into chunks of `chunk`, and lets each chunk attend to itself and the
+/// chunk before it. A position never attends to itself unless it has no other key. The rounds' outputs are
+/// combined with weights softmax over their log-sum-exps, i.e. as one softmax over the union of the rounds'
+/// keys (a key found by several rounds counts once per round). Seeded: the same seed gives the same buckets.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "polyformer/attention/local_tile.hpp"
+#include "polyformer/attention/mask.hpp"
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/gemm.hpp"
+
+namespace polyformer {
+
+/// The hashing of LSH attention.
+struct LSHOptions {
+  Index n_hashes = 4;            ///< rounds of hashing
+  Index chunk = 64;              ///< chunk length of the sorted order
+  Index n_buckets = 0;           ///< 1 (everything in one bucket), an even number, or 0: 2·⌈n / chunk⌉ per call
+  std::uint64_t seed = 0x5eed;   ///< the random rotations' seed
+};
+
+/// Reformer's LSH attention over shared query-keys: the `k` input is not read (the keys are the normalized
+/// queries), so it needs self-attention (n_q = n_k).
+class LSHAttention {
+ public:
+  static constexpr bool supports_causal = true;
+  static constexpr const char* name = "lsh";
+
+  LSHAttention() = default;
+  explicit LSHAttention(LSHOptions options) : opt_(options) {
+    const char* func = "LSHAttention";
+    if (opt_.n_hashes < 1) throw config_error(detail::cat(func, ": n_hashes is ", opt_.n_hashes, ", expected >= 1"));
+    if (opt_.chunk < 1) throw config_error(detail::cat(func, ": chunk is ", opt_.chunk, ", expected >= 1"));
+    if (opt_.n_buckets < 0 || (opt_.n_buckets > 1 && opt_.n_buckets % 2 != 0))
+      throw config_error(detail::cat(func, ": n_buckets is ", opt_.n_buckets, ", expected 0 (automatic), 1 or even"));
+  }
+
+  const LSHOptions& options() const noexcept { return opt_; }
+
+  /// The buckets the last forward used: n_buckets, and bucket of every position for head h, round r.
+  Index last_n_buckets() const noexcept { return n_buckets_; }
+  std::span<const int> buckets(Index h, Index r) const {
+    const std::size_t n = std::size_t(n_);
+    return {buckets_.data() + std::size_t(h * opt_.n_hashes + r) * n, n};
+  }
+  /// The rotation of head h, round r (head_dim, n_buckets / 2) of the last forward.
+  const Matrix& rotation(Index h, Index r) const { return rotations_[std::size_t(h * opt_.n_hashes + r)]; }
+
+  /// out (n, heads·d) from q (n, heads·d) and v (n, kv_heads·d); k (n, kv_heads·d) is only checked for its
+  /// length.
+  void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    const char* func = "LSHAttention::forward";
+    if (q.rows() != k.rows())
+      throw shape_error(detail::cat(func, ": ", q.rows(), " queries and ", k.rows(),
+                                    " keys, expected equal (shared query-key attention is self-attention)"));
+    const Index n = q.rows(), dh = s.head_dim, H = opt_.n_hashes, C = opt_.chunk;
+    n_ = n;
+    n_buckets_ = opt_.n_buckets ? opt_.n_buckets : std::max<Index>(2, 2 * ((n + C - 1) / C));
+    prepare_rotations(s.n_heads, dh);
+    buckets_.resize(std::size_t(s.n_heads * H * n));
+    order_.resize(std::size_t(H * n));
+    if (n == 0) return;
+    ensure_shape(keys_, n, dh);
+    ensure_shape(round_out_, H * n, dh);
+    round_lse_.resize(std::size_t(H * n));
+    const Index chunks = (n + C - 1) / C;
+    const int t = effective_threads(ctx.threads);
+    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
+    for (auto& w : work_) w.tile.reserve(C, 2 * C, dh);
+    for (Index h = 0; h < s.n_heads; ++h) {
+      const Index g = s.kv_head(h);
+      // Shared query-keys: unit-length queries (a zero query stays zero).
+      for (Index i = 0; i < n; ++i) {
+        const auto qi = block(q, i, h * dh, 1, dh);
+        const float norm = qi.norm();
+        block(view(keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
+      }
+      parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) { hash_round(h, r, work_[std::size_t(thread)]); });
+      parallel_for(H * chunks, t, [&](Index task, int thread) {
+        attend_chunk(s, h, g, task / chunks, task % chunks, q, v, mask, work_[std::size_t(thread)]);
+      });
+      // Combine the rounds: weights softmax over each round's log-sum-exp.
+      parallel_chunks(n, t, [&](Index i0, Index i1, int) {
+        constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+        for (Index i = i0; i < i1; ++i) {
+          float m = neg_inf;
+          for (Index r = 0; r < H; ++r) m = std::max(m, round_lse_[std::size_t(r * n + i)]);
+          auto dst = block(out, i, h * dh, 1, dh);
+          dst.setZero();
+          if (m == neg_inf) continue;
+          float total = 0.0f;
+          for (Index r = 0; r < H; ++r) {
+            const float w = std::exp(round_lse_[std::size_t(r * n + i)] - m);
+            total += w;
+            if (w != 0.0f) dst += w * block(cview(round_out_), r * n + i, 0, 1, dh);
+          }
+          dst /= total;
+        }
+      });
+    }
+  }
+
+ private:
+  struct Work {
+    detail::LocalTile tile;
+    Matrix projection;        // (n, n_buckets / 2)
+    std::vector<Index> count; // (n_buckets + 1)
+  };
+
+  /// Draws the rotations when the head count, head size or bucket count changed (seeded per head and round).
+  void prepare_rotations(Index n_heads, Index dh) {
+    const Index half = n_buckets_ / 2, wanted = n_heads * opt_.n_hashes;
+    if (static_cast<Index>(rotations_.size()) == wanted && !rotations_.empty() && rotations_[0].rows() == dh &&
+        rotations_[0].cols() == half)
+      return;
+    rotations_.assign(std::size_t(wanted), Matrix());
+    for (Index i = 0; i < wanted; ++i) {
+      std::mt19937_64 rng(opt_.seed * 0x9E3779B97F4A7C15ull + std::uint64_t(i));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      Matrix& rot = rotations_[std::size_t(i)];
+      rot.resize(dh, half);
+      for (Index e = 0; e < rot.size(); ++e) rot.data()[e] = normal(rng);
+    }
+  }
+
+  /// Buckets of every position for head h, round r, and the positions sorted by (bucket, position).
+  void hash_round(Index h, Index r, Work& w) {
+    const Index n = n_, half = n_buckets_ / 2;
+    int* bucket = buckets_.data() + std::size_t(h * opt_.n_hashes + r) * std::size_t(n);
+    if (n_buckets_ == 1) {
+      std::fill(bucket, bucket + n, 0);
+    } else {
+      ensure_shape(w.projection, n, half);
+      kernels::gemm(cview(keys_), cview(rotations_[std::size_t(h * opt_.n_hashes + r)]), kernels::Transpose::no,
+                    view(w.projection), 1.0f, 0.0f, 1);
+      for (Index i = 0; i < n; ++i) {
+        const float* p = w.projection.data() + i * half;
+        int best = 0;
+        float best_value = p[0];
+        for (Index b = 1; b < half; ++b)
+          if (p[b] > best_value) best_value = p[b], best = int(b);
+        for (Index b = 0; b < half; ++b)
+          if (-p[b] > best_value) best_value = -p[b], best = int(half + b);
+        bucket[i] = best;
+      }
+    }
+    // Stable counting sort by bucket.
+    w.count.assign(std::size_t(n_buckets_ + 1), 0);
+    for (Index i = 0; i < n; ++i) ++w.count[std::size_t(bucket[i] + 1)];
+    for (Index b = 0; b < n_buckets_; ++b) w.count[std::size_t(b + 1)] += w.count[std::size_t(b)];
+    Index* order = order_.data() + r * n;
+    for (Index i = 0; i < n; ++i) order[w.count[std::size_t(bucket[i])]++] = i;
+  }
+
+  /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
+  void attend_chunk(const AttentionShape& s, Index h, Index g, Index r, Index c, ConstMatrixView q,
+                    ConstMatrixView v, const AttentionMask& mask, Work& w) {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index n = n_, C = opt_.chunk, dh = s.head_dim;
+    const Index* order = order_.data() + r * n;
+    const Index q0 = c * C, nq = std::min(C, n - q0), k0 = std::max<Index>(q0 - C, 0), nk = q0 + nq - k0;
+    detail::LocalTile& tile = w.tile;
+    MatrixView qs = tile.query_rows(nq);
+    MatrixView kt = tile.key_cols(nk);
+    MatrixView vs = tile.value_rows(nk);
+    for (Index a = 0; a < nq; ++a) block(qs, a, 0, 1, dh) = block(q, order[q0 + a], h * dh, 1, dh) * s.scale;
+    for (Index b = 0; b < nk; ++b) {
+      const Index j = order[k0 + b];
+      for (Index f = 0; f < dh; ++f) kt(f, b) = keys_(j, f);
+      block(vs, b, 0, 1, dh) = block(v, j, g * dh, 1, dh);
+    }
+    tile.attend(nq, nk, [&](Index a, float* row) {
+      const Index i = order[q0 + a], end = mask.key_end(i, n);
+      Index self = -1;
+      bool other = false;
+      for (Index b = 0; b < nk; ++b) {
+        const Index j = order[k0 + b];
+        if (j >= end || (mask.key_padding && mask.key_padding[j] != 0.0f)) {
+          row[b] = neg_inf;
+          continue;
+        }
+        if (mask.additive) row[b] += mask.additive[i * mask.additive_stride + j];
+        if (j == i) self = b;
+        else other |= row[b] != neg_inf;
+      }
+      if (self >= 0 && other) row[self] = neg_inf;  // itself only when nothing else is visible
+    });
+    for (Index a = 0; a < nq; ++a) {
+      const Index i = order[q0 + a];
+      std::copy(tile.out_row(a), tile.out_row(a) + dh, round_out_.data() + (r * n + i) * dh);
+      round_lse_[std::size_t(r * n + i)] = tile.lse[std::size_t(a)];
+    }
+  }
+
+  LSHOptions opt_{};
+  Index n_ = 0, n_buckets_ = 0;
+  std::vector<Matrix> rotations_;  // (head_dim, n_buckets / 2) per (head, round)
+  std::vector<int> buckets_;       // (heads, n_hashes, n)
+  std::vector<Index> order_;       // (n_hashes, n): positions sorted by (bucket, position), current head
+  Matrix keys_;                    // (n, head_dim): the current head's unit-length queries
+  Matrix round_out_;               // (n_hashes·n, head_dim): each round's output, by position
+  std::vector<float> round_lse_;   // (n_hashes·n)
+  std::vector<Work> work_;
+};
+
+static_assert(AttentionPolicy<LSHAttention>);
+
+}  // namespace polyformer

@@ -1,0 +1,268 @@
+#pragma once
+/// \file Sliding-window attention with dilation and global tokens (Longformer; Beltagy et al. 2020, §3.1):
+/// query i sees keys j = i + D·t for |t| ≤ w (t ≤ 0 when causal), D the head's dilation; global positions
+/// see every key and are seen by every query. Banded: O(n·w·d) time and O(w·d) memory per thread.
+///
+/// How it is computed: the positions ≡ r (mod D) form a plain undilated sequence, and a query of that class
+/// sees only keys of the same class, so each head runs every residue class as a strided sub-sequence. A
+/// block of consecutive queries of a class shares one contiguous band of keys, gathered (with the global
+/// keys appended as extra columns) into a LocalTile; global query rows are then recomputed densely.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "polyformer/attention/local_tile.hpp"
+#include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/window_cache.hpp"
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/dot.hpp"
+#include "polyformer/kernels/exp.hpp"
+#include "polyformer/kernels/reduce.hpp"
+
+namespace polyformer {
+
+/// The shape of a sliding window.
+struct SlidingWindowOptions {
+  Index window = 128;                  ///< w: keys on each side (causal: keys back), the query's own not counted
+  std::vector<Index> dilation{1};      ///< D, one for every head or one per head
+  std::vector<Index> global_positions; ///< positions that attend to and are attended by everything
+  Index query_block = 64;              ///< queries per tile (a tuning knob, not a semantic one)
+};
+
+/// Longformer attention. Without global positions it decodes incrementally over a WindowKVCache that keeps
+/// only the last w·max(D) positions.
+class SlidingWindow {
+ public:
+  static constexpr bool supports_causal = true;
+  static constexpr const char* name = "sliding";
+
+  SlidingWindow() = default;
+  explicit SlidingWindow(Index window, Index dilation = 1, std::vector<Index> global_positions = {})
+      : SlidingWindow(SlidingWindowOptions{window, {dilation}, std::move(global_positions)}) {}
+  explicit SlidingWindow(SlidingWindowOptions options) : opt_(std::move(options)) {
+    const char* func = "SlidingWindow";
+    if (opt_.window < 0) throw config_error(detail::cat(func, ": window is ", opt_.window, ", expected >= 0"));
+    if (opt_.dilation.empty()) throw config_error(detail::cat(func, ": no dilation, expected one, or one per head"));
+    for (Index d : opt_.dilation)
+      if (d < 1) throw config_error(detail::cat(func, ": dilation ", d, ", expected >= 1"));
+    if (opt_.query_block < 1)
+      throw config_error(detail::cat(func, ": query_block is ", opt_.query_block, ", expected >= 1"));
+    for (Index p : opt_.global_positions)
+      if (p < 0) throw config_error(detail::cat(func, ": global position ", p, ", expected >= 0"));
+    std::sort(opt_.global_positions.begin(), opt_.global_positions.end());
+    opt_.global_positions.erase(std::unique(opt_.global_positions.begin(), opt_.global_positions.end()),
+                                opt_.global_positions.end());
+  }
+
+  const SlidingWindowOptions& options() const noexcept { return opt_; }
+  Index window() const noexcept { return opt_.window; }
+  /// The dilation of head h.
+  Index dilation(Index h) const noexcept {
+    return opt_.dilation.size() == 1 ? opt_.dilation.front() : opt_.dilation[std::size_t(h)];
+  }
+  const std::vector<Index>& global_positions() const noexcept { return opt_.global_positions; }
+
+  /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d). Query i sits at key position
+  /// i + mask.causal_offset (0 outside cached decoding).
+  void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+    if (opt_.dilation.size() != 1 && static_cast<Index>(opt_.dilation.size()) != s.n_heads)
+      throw config_error(detail::cat("SlidingWindow::forward: ", opt_.dilation.size(), " dilations for ", s.n_heads,
+                                     " heads, expected 1 or one per head"));
+    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
+    // Global flags by key position.
+    is_global_.assign(std::size_t(std::max(n_k, n_q + off)), 0);
+    globals_in_keys_.clear();
+    for (Index p : opt_.global_positions) {
+      if (p < static_cast<Index>(is_global_.size())) is_global_[std::size_t(p)] = 1;
+      if (p < n_k) globals_in_keys_.push_back(p);
+    }
+    // Tasks: (head, residue class, first query of the block within the class).
+    tasks_.clear();
+    for (Index h = 0; h < s.n_heads; ++h) {
+      const Index D = dilation(h);
+      for (Index r = 0; r < D; ++r) {
+        const Index first = ((r - off) % D + D) % D;  // first query whose position is ≡ r
+        const Index count = first < n_q ? (n_q - 1 - first) / D + 1 : 0;
+        for (Index m0 = 0; m0 < count; m0 += opt_.query_block) tasks_.push_back({h, r, m0});
+      }
+    }
+    const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) *
+                                       double(dh), static_cast<Index>(tasks_.size()));
+    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
+    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(globals_in_keys_.size());
+    for (int i = 0; i < t; ++i) work_[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
+    parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task, int thread) {
+      run_block(s, tasks_[std::size_t(task)], q, k, v, mask, out, work_[std::size_t(thread)]);
+    });
+    // Global queries see every key: their rows again, densely.
+    global_queries_.clear();
+    for (Index p : opt_.global_positions)
+      if (p - off >= 0 && p - off < n_q) global_queries_.push_back(p - off);
+    if (!global_queries_.empty()) {
+      const Index gt = static_cast<Index>(global_queries_.size()) * s.n_heads;
+      const int t2 = threads_for(ctx, double(gt) * double(n_k) * double(dh), gt);
+      if (static_cast<int>(work_.size()) < t2) work_.resize(std::size_t(t2));
+      parallel_for(gt, t2, [&](Index task, int thread) {
+        dense_row(s, global_queries_[std::size_t(task / s.n_heads)], task % s.n_heads, q, k, v, mask, out,
+                  work_[std::size_t(thread)].scores);
+      });
+    }
+  }
+
+  /// Decoding keeps the last w·max(D) positions only.
+  using State = WindowKVCache;
+
+  /// The decoding state for one sequence (capacity is not needed: the state does not grow).
+  State make_state(Index /*capacity*/, Index n_kv_heads, Index head_dim) const {
+    const Index max_d = *std::max_element(opt_.dilation.begin(), opt_.dilation.end());
+    const Index history = opt_.window * max_d;
+    return State(history, std::max<Index>(history, 64), n_kv_heads, head_dim);
+  }
+
+  /// Incremental causal attention: appends k_new, v_new (n_new, kv_heads·d) as positions state.size()..,
+  /// each query of q (n_new, heads·d) attends to its causal window. Global positions are not supported here
+  /// (a global query would need every earlier key, which the state does not keep).
+  void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
+                      State& state, MatrixView out, const Context& ctx) {
+    const char* func = "SlidingWindow::forward_cached";
+    if (!opt_.global_positions.empty())
+      throw config_error(detail::cat(func, ": ", opt_.global_positions.size(),
+                                     " global positions, expected none (a window cache keeps no global keys)"));
+    if (state.n_kv_heads() != s.n_kv_heads || state.head_dim() != s.head_dim)
+      throw shape_error(detail::cat(func, ": the state holds ", state.n_kv_heads(), " kv heads of ", state.head_dim(),
+                                    ", expected ", s.n_kv_heads, " of ", s.head_dim));
+    const Index n = q.rows(), kvd = s.n_kv_heads * s.head_dim;
+    for (Index c0 = 0; c0 < n; c0 += state.chunk()) {
+      const Index nc = std::min(state.chunk(), n - c0), held = state.held();
+      state.append(block(k_new, c0, 0, nc, kvd), block(v_new, c0, 0, nc, kvd));
+      AttentionMask mask;
+      mask.causal = true;
+      mask.causal_offset = held;
+      forward(s, block(q, c0, 0, nc, q.cols()), state.recent_keys(held + nc), state.recent_values(held + nc), mask,
+              block(out, c0, 0, nc, out.cols()), ctx);
+    }
+  }
+
+ private:
+  struct Task {
+    Index head, residue, m0;
+  };
+
+  struct Work {  // one thread's
+    detail::LocalTile tile;
+    std::vector<Index> extra;    // global keys outside the current band
+    std::vector<float> scores;   // a global query's scores
+  };
+
+  static int threads_for(const Context& ctx, double work, Index tasks) {
+    if (work < 2e5 || tasks < 2) return 1;
+    return static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
+  }
+
+  /// One block of queries of one residue class of one head.
+  void run_block(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                 const AttentionMask& mask, MatrixView out, Work& work) const {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index h = task.head, r = task.residue, g = s.kv_head(h), D = dilation(h), w = opt_.window;
+    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
+    const Index first = ((r - off) % D + D) % D;                  // query index of class member 0
+    const Index count = (n_q - 1 - first) / D + 1;
+    const Index nb = std::min(opt_.query_block, count - task.m0);
+    const Index a = (first + off - r) / D;                        // key-class index of query member 0
+    const Index keys_in_class = r < n_k ? (n_k - 1 - r) / D + 1 : 0;
+    const Index mq0 = task.m0 + a;                                // key-class index of the block's first query
+    const Index lo = std::clamp<Index>(mq0 - w, 0, keys_in_class);
+    const Index hi = std::clamp<Index>(mask.causal ? mq0 + nb : mq0 + nb + w, lo, keys_in_class);
+    const Index band = hi - lo;
+    // Global keys outside the band become extra columns.
+    detail::LocalTile& tile = work.tile;
+    std::vector<Index>& extra = work.extra;
+    extra.clear();
+    for (Index j : globals_in_keys_)
+      if (j % D != r || (j - r) / D < lo || (j - r) / D >= hi) extra.push_back(j);
+    const Index n_cols = band + static_cast<Index>(extra.size());
+    const Index qs = q.outerStride(), ks = k.outerStride(), vs = v.outerStride();
+    const Index i0 = first + D * task.m0;                          // the block's first query
+    tile.query_rows(nb) = ConstMatrixView(q.data() + i0 * qs + h * dh, nb, dh, Eigen::OuterStride<>(D * qs)) * s.scale;
+    MatrixView kt = tile.key_cols(n_cols);
+    MatrixView vr = tile.value_rows(n_cols);
+    const Index j0 = r + D * lo;
+    block(kt, 0, 0, dh, band) = ConstMatrixView(k.data() + j0 * ks + g * dh, band, dh, Eigen::OuterStride<>(D * ks)).transpose();
+    block(vr, 0, 0, band, dh) = ConstMatrixView(v.data() + j0 * vs + g * dh, band, dh, Eigen::OuterStride<>(D * vs));
+    for (std::size_t e = 0; e < extra.size(); ++e) {
+      const Index j = extra[e], c = band + Index(e);
+      for (Index f = 0; f < dh; ++f) kt(f, c) = k(j, g * dh + f);
+      block(vr, c, 0, 1, dh) = block(v, j, g * dh, 1, dh);
+    }
+    const auto key_of = [&](Index c) { return c < band ? j0 + D * c : extra[std::size_t(c - band)]; };
+    const bool any_global = !globals_in_keys_.empty();
+    tile.attend(nb, n_cols, [&](Index row_index, float* row) {
+      const Index i = i0 + D * row_index, mq = mq0 + row_index;
+      const Index key_end = mask.key_end(i, n_k);  // causal and n_valid_keys
+      // Band columns: the window is columns [c_lo, c_hi); columns from c_end on are past key_end.
+      const Index c_end = key_end > j0 ? std::min(band, (key_end - j0 + D - 1) / D) : 0;
+      const Index c_lo = std::clamp<Index>(mq - w - lo, 0, c_end), c_hi = std::clamp<Index>(mq + w - lo + 1, c_lo, c_end);
+      if (!any_global) {
+        std::fill(row, row + c_lo, neg_inf);
+        std::fill(row + c_hi, row + band, neg_inf);
+      } else {  // a global key is visible outside the window too
+        for (Index c = 0; c < band; ++c)
+          if ((c < c_lo || c >= c_hi) && (c >= c_end || !is_global_[std::size_t(j0 + D * c)])) row[c] = neg_inf;
+      }
+      for (Index c = band; c < n_cols; ++c)
+        if (extra[std::size_t(c - band)] >= key_end) row[c] = neg_inf;
+      if (mask.key_padding || mask.additive)
+        for (Index c = 0; c < n_cols; ++c) {
+          if (row[c] == neg_inf) continue;
+          const Index j = key_of(c);
+          if (mask.key_padding && mask.key_padding[j] != 0.0f) row[c] = neg_inf;
+          else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j];
+        }
+    });
+    for (Index t = 0; t < nb; ++t) {
+      const float* src = tile.out_row(t);
+      std::copy(src, src + dh, out.data() + (i0 + D * t) * out.outerStride() + h * dh);
+    }
+  }
+
+  /// Query i of head h against every key it may see (a global query), into out.
+  static void dense_row(const AttentionShape& s, Index i, Index h, ConstMatrixView q, ConstMatrixView k,
+                        ConstMatrixView v, const AttentionMask& mask, MatrixView out, std::vector<float>& scores) {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index n_k = k.rows(), dh = s.head_dim, g = s.kv_head(h), visible = mask.key_end(i, n_k);
+    scores.resize(std::size_t(std::max<Index>(visible, 1)));
+    const float* qi = q.data() + i * q.outerStride() + h * dh;
+    for (Index j = 0; j < visible; ++j) {
+      float x = s.scale * kernels::dot(qi, k.data() + j * k.outerStride() + g * dh, std::size_t(dh));
+      if (mask.additive) x += mask.additive[i * mask.additive_stride + j];
+      if (mask.key_padding && mask.key_padding[j] != 0.0f) x = neg_inf;
+      scores[std::size_t(j)] = x;
+    }
+    float* dst = out.data() + i * out.outerStride() + h * dh;
+    std::fill(dst, dst + dh, 0.0f);
+    const float m = visible > 0 ? kernels::reduce_max(scores.data(), std::size_t(visible)) : neg_inf;
+    if (m == neg_inf) return;
+    const float sum = kernels::exp_shifted_sum(scores.data(), std::size_t(visible), m);
+    for (Index j = 0; j < visible; ++j)
+      if (scores[std::size_t(j)] != 0.0f)
+        kernels::axpy(scores[std::size_t(j)], v.data() + j * v.outerStride() + g * dh, dst, std::size_t(dh));
+    kernels::scale(dst, 1.0f / sum, std::size_t(dh));
+  }
+
+  SlidingWindowOptions opt_{};
+  std::vector<Task> tasks_;
+  std::vector<Work> work_;
+  std::vector<char> is_global_;  // by key position
+  std::vector<Index> globals_in_keys_, global_queries_;
+};
+
+static_assert(AttentionPolicy<SlidingWindow>);
+
+}  // namespace polyformer

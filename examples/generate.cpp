@@ -2,10 +2,13 @@
 // prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr.
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
-//            [--topk K] [--seed S] [--threads N]
+//            [--topk K] [--seed S] [--threads N] [--attention full|sliding:W|linear|performer:M]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
+// --attention swaps every layer's attention policy (full by default; sliding:W keeps only a window of W keys
+// per layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the
+// others change the text: they show the policies decoding, not a better model.
 
 #include <charconv>
 #include <cstdlib>
@@ -28,10 +31,11 @@ struct usage_error : std::runtime_error {
 
 constexpr const char* usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
-    "                [--topp P] [--topk K] [--seed S] [--threads N]\n";
+    "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
+    "                [--attention full|sliding:W|linear|performer:M]\n";
 
 struct Options {
-  std::string model, tokenizer, prompt;
+  std::string model, tokenizer, prompt, attention = "full";
   long long steps = 256;
   float temperature = 1.0f, top_p = 0.9f;
   long long top_k = 0, threads = 1;
@@ -84,31 +88,42 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+template <typename Attention>
+void run(const Options& o, const Attention& attention) {
+  auto model = pf::load_llama2c(o.model, attention);
+  const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
+  pf::SamplerOptions sampling;
+  sampling.temperature = o.temperature;
+  sampling.top_p = o.top_p;
+  sampling.top_k = static_cast<int>(o.top_k);
+  sampling.seed = o.seed_given ? o.seed
+                               : static_cast<unsigned long long>(
+                                     std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
+  const auto stats = pf::generate(
+      model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler,
+      [](std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+      },
+      pf::Context{static_cast<int>(o.threads)});
+  std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
+               static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
+               static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const Options o = parse(argc, argv);
-    auto model = pf::load_llama2c(o.model);
-    const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
-    pf::SamplerOptions sampling;
-    sampling.temperature = o.temperature;
-    sampling.top_p = o.top_p;
-    sampling.top_k = static_cast<int>(o.top_k);
-    sampling.seed = o.seed_given ? o.seed
-                                 : static_cast<unsigned long long>(
-                                       std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
-    pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
-    const auto stats = pf::generate(
-        model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler,
-        [](std::string_view piece) {
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-          std::fflush(stdout);
-        },
-        pf::Context{static_cast<int>(o.threads)});
-    std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
-                 static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
-                 static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+    pf::AttentionSpec spec;
+    try {
+      spec = pf::parse_attention(o.attention);
+    } catch (const pf::config_error& e) {
+      throw usage_error(std::string("--attention: ") + e.what());
+    }
+    pf::with_attention</*incremental_only=*/true>(spec, [&](const auto& attention) { run(o, attention); });
     return 0;
   } catch (const usage_error& e) {
     std::fprintf(stderr, "generate: %s\n%s", e.what(), usage);

@@ -36,6 +36,7 @@
 #include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/multi_head.hpp"
+#include "polyformer/attention/registry.hpp"
 
 #include "polyformer/blocks/decoder.hpp"
 #include "polyformer/blocks/decoder_layer.hpp"

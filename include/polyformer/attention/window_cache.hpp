@@ -32,6 +32,8 @@ class WindowKVCache {
   Index chunk() const noexcept { return chunk_; }
   Index n_kv_heads() const noexcept { return n_kv_heads_; }
   Index head_dim() const noexcept { return head_dim_; }
+  /// Rows of the buffers (history + chunk): the state's size, whatever the sequence length.
+  Index rows() const noexcept { return keys_.rows(); }
   /// Positions seen since the last clear() (the next position's index).
   Index size() const noexcept { return size_; }
   /// Rows held from earlier positions, at most history().

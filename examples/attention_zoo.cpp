@@ -1,0 +1,499 @@
+// attention_zoo: polyformer's attention policies side by side. With no arguments every policy runs on the same
+// seeded random q, k, v (Gaussian; n 4096, d 64, 12 heads, 1 thread) and a table shows, per policy, its time,
+// its peak memory and its relative error against exact attention, ‖out − out_full‖_F / ‖out_full‖_F, where
+// out_full is FullAttention on the same inputs and mask. With --inputs it runs one policy on your tensors.
+//
+//   attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]
+//   attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]
+//                 [--global i,j,...] [--prev-block] [--threads T]
+//
+// P is one of full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, performer:M, linear. Without
+// --policy the table has full, sliding:128, blockwise:128, lsh:4:64, linformer:256, performer:256, linear.
+// --json prints one JSON object per line instead of the table: {"policy", "n", "ms", "peak_mb", "rel_error"}.
+// Time is the median of 5 runs after one warm-up. Peak memory is the resident memory the policy's runs
+// (warm-up included) added above the RSS just before them, in MB (2^20 bytes), read from VmHWM after
+// resetting it through /proc/self/clear_refs (where that file is not writable the table says so and shows
+// the resident memory still held after the runs instead); a policy's own parameters, such as Linformer's
+// projections, are made before and not counted. Linformer uses random projections of length n.
+//
+// --inputs reads q (heads, n_q, d), k and v (heads, n_k, d); linformer:K also needs e and f (K, n_k), the
+// projections shared by the heads (K' = E·K, V' = F·V), and performer:M needs features (M, d), the matrix W
+// of φ(x) = exp(W·x′ − |x′|²/2)/√M with x′ = x·d^(−1/4). Softmax policies scale scores by 1/√d; linear
+// uses φ = elu + 1 and no scale; lsh reads no keys (its keys are the unit-length queries, Reformer's shared
+// QK) and needs n_q = n_k. It writes out (heads, n_q, d) as F32. --dilation and --global shape sliding:W
+// (query i sees keys i + D·t, |t| ≤ W; global positions see and are seen by every position), --prev-block
+// lets blockwise:B see the previous block too. Exit code 2 on bad input, with a message on stderr.
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "polyformer/attention/full.hpp"
+#include "polyformer/attention/kernelized.hpp"
+#include "polyformer/attention/linformer.hpp"
+#include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/registry.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/io/safetensors.hpp"
+
+namespace pf = polyformer;
+
+namespace {
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr const char* usage =
+    "usage: attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]\n"
+    "       attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]\n"
+    "                     [--global i,j,...] [--prev-block] [--threads T]\n"
+    "P: full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, performer:M or linear\n";
+
+/// The policies of the table when no --policy is given.
+const std::vector<std::string> table_policies = {"full",     "sliding:128",   "blockwise:128", "lsh:4:64",
+                                                 "linformer:256", "performer:256", "linear"};
+
+constexpr int warmup_runs = 1, timed_runs = 5;
+constexpr std::uint64_t input_seed = 20240607;
+/// Largest n·heads·d of the random inputs: 2^28 floats, 1 GiB per matrix.
+constexpr double max_elements = 268435456.0;
+
+struct Options {
+  std::string policy;  // empty: every policy of the table
+  long long n = 4096, d = 64, heads = 12, threads = 1;
+  bool causal = false, json = false;
+  std::string inputs, out;  // file mode
+  long long dilation = 1;
+  std::vector<pf::Index> global_positions;
+  bool previous_block = false;
+  std::vector<std::string> given;  // every option given, for the checks that depend on the mode
+
+  bool was_given(const std::string& flag) const { return std::find(given.begin(), given.end(), flag) != given.end(); }
+};
+
+template <typename T>
+T parse_number(const std::string& flag, const std::string& value) {
+  T v{};
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (value.empty() || ec != std::errc() || end != value.data() + value.size())
+    throw usage_error(flag + " expects " + (std::is_floating_point_v<T> ? "a number" : "an integer") + ", got '" +
+                      value + "'");
+  return v;
+}
+
+/// "0,5,17" → {0, 5, 17}; every entry an integer >= 0.
+std::vector<pf::Index> parse_positions(const std::string& flag, const std::string& value) {
+  std::vector<pf::Index> positions;
+  for (std::size_t start = 0;;) {
+    const std::size_t comma = value.find(',', start);
+    const std::string item = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const long long p = parse_number<long long>(flag, item);
+    if (p < 0) throw usage_error(flag + " has position " + item + ", expected positions >= 0");
+    positions.push_back(static_cast<pf::Index>(p));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return positions;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw usage_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      std::exit(0);
+    }
+    if (a == "--policy") o.policy = value();
+    else if (a == "--n") o.n = parse_number<long long>(a, value());
+    else if (a == "--d") o.d = parse_number<long long>(a, value());
+    else if (a == "--heads") o.heads = parse_number<long long>(a, value());
+    else if (a == "--threads") o.threads = parse_number<long long>(a, value());
+    else if (a == "--causal") o.causal = true;
+    else if (a == "--json") o.json = true;
+    else if (a == "--inputs") o.inputs = value();
+    else if (a == "--out") o.out = value();
+    else if (a == "--dilation") o.dilation = parse_number<long long>(a, value());
+    else if (a == "--global") o.global_positions = parse_positions(a, value());
+    else if (a == "--prev-block") o.previous_block = true;
+    else throw usage_error("unknown option '" + a + "'");
+    o.given.push_back(a);
+  }
+  for (const auto& [flag, v] : {std::pair{"--n", o.n}, {"--d", o.d}, {"--heads", o.heads}, {"--dilation", o.dilation}})
+    if (v < 1) throw usage_error(std::string(flag) + " is " + std::to_string(v) + ", expected >= 1");
+  if (o.threads < 1 || o.threads > 1024)
+    throw usage_error("--threads is " + std::to_string(o.threads) + ", expected 1..1024");
+  if (o.inputs.empty() != o.out.empty())
+    throw usage_error(o.inputs.empty() ? "--out needs --inputs (the tensors to run on)"
+                                       : "--out is required with --inputs (where to write the output)");
+  if (!o.inputs.empty()) {
+    if (o.policy.empty()) throw usage_error("--policy is required with --inputs");
+    for (const char* flag : {"--n", "--d", "--heads", "--json"})
+      if (o.was_given(flag))
+        throw usage_error(std::string(flag) + " applies to the random inputs, not to --inputs");
+  }
+  if (static_cast<double>(o.n) * static_cast<double>(o.heads) * static_cast<double>(o.d) > max_elements)
+    throw usage_error("--n · --heads · --d is " + std::to_string(o.n) + "·" + std::to_string(o.heads) + "·" +
+                      std::to_string(o.d) + ", expected at most 2^28 (1 GiB per matrix)");
+  return o;
+}
+
+/// The spelling parsed, with the options outside it; throws usage_error when an option does not fit the policy.
+pf::AttentionSpec make_spec(const std::string& spelling, const Options& o, pf::Index n_max, bool check_options) {
+  pf::AttentionSpec spec;
+  try {
+    spec = pf::parse_attention(spelling);
+  } catch (const pf::config_error& e) {
+    throw usage_error(std::string("--policy: ") + e.what());
+  }
+  const auto option_for = [&](const char* flag, pf::AttentionKind kind, const char* form) {
+    if (check_options && o.was_given(flag) && spec.kind != kind)
+      throw usage_error(std::string(flag) + " applies to " + form + " only, not to '" + spelling + "'");
+    return spec.kind == kind;
+  };
+  if (option_for("--dilation", pf::AttentionKind::sliding, "sliding:W")) spec.dilation = o.dilation;
+  if (option_for("--global", pf::AttentionKind::sliding, "sliding:W")) spec.global_positions = o.global_positions;
+  if (option_for("--prev-block", pf::AttentionKind::blockwise, "blockwise:B")) spec.previous_block = o.previous_block;
+  spec.n_max = n_max;
+  return spec;
+}
+
+// ---- peak resident memory ----
+
+/// A "Name:   123 kB" field of /proc/self/status in MB (2^20 bytes); negative when absent.
+double proc_status_mb(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::size_t len = std::strlen(field);
+  while (std::getline(in, line))
+    if (line.compare(0, len, field) == 0 && line.size() > len && line[len] == ':')
+      return std::stod(line.substr(len + 1)) / 1024.0;  // the kernel reports kB
+  return -1.0;
+}
+
+/// Resident memory added since construction. Construction hands freed heap back to the system and resets the
+/// process's high-water mark (VmHWM) to the current RSS by writing "5" to /proc/self/clear_refs (proc(5)).
+class ResidentPeak {
+ public:
+  ResidentPeak() {
+    malloc_trim(0);
+    if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+      reset_ = std::fputs("5", f) >= 0;
+      reset_ = std::fclose(f) == 0 && reset_;
+    }
+    baseline_mb_ = proc_status_mb("VmRSS");
+  }
+
+  /// Whether the high-water mark was reset (false: clear_refs not writable).
+  bool reset() const noexcept { return reset_; }
+
+  /// The peak RSS since construction above the RSS then; without the reset (the mark would be the process's
+  /// lifetime peak) the RSS now above the RSS then, i.e. what the measured code still holds.
+  double extra_mb() const {
+    const double now = proc_status_mb(reset_ ? "VmHWM" : "VmRSS");
+    return std::max(0.0, now - baseline_mb_);
+  }
+
+ private:
+  bool reset_ = false;
+  double baseline_mb_ = 0.0;
+};
+
+// ---- the random-input table ----
+
+/// One sequence's attention inputs in polyformer's layout.
+struct Problem {
+  pf::AttentionShape shape;
+  pf::Matrix q, k, v;  // (n, heads·d)
+  pf::AttentionMask mask;
+};
+
+struct Row {
+  std::string policy;
+  pf::Index n = 0;
+  double ms = 0.0, peak_mb = 0.0, rel_error = 0.0;
+  bool peak_reset = true;
+};
+
+pf::AttentionShape shape_for(pf::Index heads, pf::Index head_dim) {
+  pf::AttentionShape s;
+  s.n_heads = s.n_kv_heads = heads;
+  s.head_dim = head_dim;
+  s.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  return s;
+}
+
+Problem random_problem(const Options& o) {
+  Problem p;
+  p.shape = shape_for(o.heads, o.d);
+  p.mask.causal = o.causal;
+  std::mt19937_64 rng(input_seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (pf::Matrix* m : {&p.q, &p.k, &p.v}) {
+    m->resize(o.n, o.heads * o.d);
+    for (pf::Index i = 0; i < m->size(); ++i) m->data()[i] = normal(rng);
+  }
+  return p;
+}
+
+/// ‖out − reference‖_F / ‖reference‖_F, in double (‖out − reference‖_F when the reference is zero).
+double relative_error(const pf::Matrix& out, const pf::Matrix& reference) {
+  const double diff = (out.cast<double>() - reference.cast<double>()).squaredNorm();
+  const double norm = reference.cast<double>().squaredNorm();
+  return norm > 0.0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+/// Whether the policy a spec describes can honour a causal mask (its supports_causal).
+bool supports_causal(pf::AttentionSpec spec) {
+  spec.n_max = std::max<pf::Index>(spec.n_max, 1);  // only the policy's type matters here
+  return pf::with_attention(spec, [](const auto& policy) { return std::decay_t<decltype(policy)>::supports_causal; });
+}
+
+/// Throws usage_error when --causal asks for what the policy cannot do.
+void check_causal(const pf::AttentionSpec& spec, bool causal) {
+  if (causal && !supports_causal(spec))
+    throw usage_error("--causal: '" + spec.spelling() + "' cannot honour a causal mask (it is bidirectional only)");
+}
+
+/// Times `policy` on the problem and measures its memory and its error against `reference`.
+template <typename Policy>
+Row measure(Policy& policy, const std::string& spelling, const Problem& p, const pf::Matrix& reference, pf::Matrix& out,
+            const pf::Context& ctx) {
+  const auto forward = [&] {
+    policy.forward(p.shape, pf::cview(p.q), pf::cview(p.k), pf::cview(p.v), p.mask, pf::view(out), ctx);
+  };
+  const ResidentPeak peak;  // after the inputs and the output exist: only what the policy allocates counts
+  for (int r = 0; r < warmup_runs; ++r) forward();
+  std::vector<double> ms;
+  for (int r = 0; r < timed_runs; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    forward();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  Row row;
+  row.peak_mb = peak.extra_mb();
+  row.peak_reset = peak.reset();
+  std::sort(ms.begin(), ms.end());
+  row.ms = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  row.policy = spelling;
+  row.n = p.q.rows();
+  row.rel_error = relative_error(out, reference);
+  return row;
+}
+
+void print_table_header(const Options& o) {
+  std::printf("attention_zoo: n %lld, d %lld, heads %lld, %s, %lld thread%s; "
+              "time: median of %d runs after %d warm-up\n",
+              o.n, o.d, o.heads, o.causal ? "causal" : "bidirectional", o.threads, o.threads == 1 ? "" : "s",
+              timed_runs, warmup_runs);
+  std::printf("%-18s %12s %12s %12s\n", "policy", "time_ms", "peak_MB", "rel_error");
+}
+
+void print_row(const Row& row, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["policy"] = row.policy;
+    j["n"] = row.n;
+    j["ms"] = row.ms;
+    j["peak_mb"] = row.peak_mb;
+    j["rel_error"] = row.rel_error;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%-18s %12.2f %12.2f %12.3e\n", row.policy.c_str(), row.ms, row.peak_mb, row.rel_error);
+  }
+  std::fflush(stdout);
+}
+
+void run_table(const Options& o) {
+  const std::vector<std::string> spellings = o.policy.empty() ? table_policies : std::vector<std::string>{o.policy};
+  const bool one = !o.policy.empty();
+  // Every spelling is checked before anything runs; with --causal the bidirectional-only policies are refused
+  // (--policy) or left out of the table.
+  std::vector<pf::AttentionSpec> specs;
+  for (const std::string& s : spellings) {
+    pf::AttentionSpec spec = make_spec(s, o, static_cast<pf::Index>(o.n), one);
+    if (one) check_causal(spec, o.causal);
+    if (o.causal && !supports_causal(spec)) {
+      std::fprintf(stderr, "attention_zoo: %s left out: it cannot honour a causal mask (bidirectional only)\n",
+                   s.c_str());
+      continue;
+    }
+    specs.push_back(std::move(spec));
+  }
+  const pf::Context ctx{static_cast<int>(o.threads)};
+  const Problem problem = random_problem(o);
+  pf::Matrix reference(o.n, o.heads * o.d), out(o.n, o.heads * o.d);  // (n, heads·d)
+  pf::FullAttention().forward(problem.shape, pf::cview(problem.q), pf::cview(problem.k), pf::cview(problem.v),
+                              problem.mask, pf::view(reference), ctx);
+  out.setZero();  // resident before any policy is measured
+  if (!o.json) print_table_header(o);
+  bool peak_reset = true, any_lsh = false;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const std::string spelling = specs[i].spelling();
+    const Row row = pf::with_attention(specs[i], [&](auto policy) {  // a fresh policy: its workspaces count
+      return measure(policy, spelling, problem, reference, out, ctx);
+    });
+    print_row(row, o.json);
+    peak_reset = peak_reset && row.peak_reset;
+    any_lsh = any_lsh || specs[i].kind == pf::AttentionKind::lsh;
+  }
+  const auto note = [&](const char* text) {  // after the table, or on stderr beside the JSON
+    std::fprintf(o.json ? stderr : stdout, "%s%s\n", o.json ? "attention_zoo: " : "", text);
+  };
+  if (!peak_reset)
+    note("note: /proc/self/clear_refs is not writable, so peak_MB is the resident memory still held after the "
+         "runs (a lower bound of the peak), not the peak");
+  if (any_lsh && !o.json)
+    note("note: lsh reads no keys (its keys are the unit-length queries, Reformer's shared QK), so its error is "
+         "against attention over different keys");
+}
+
+// ---- one policy on the user's tensors ----
+
+/// A (heads, n, d) tensor of the input file.
+struct HeadTensor {
+  std::string name;
+  pf::Index heads = 0, n = 0, d = 0;
+  std::vector<float> data;  // (heads, n, d) row-major
+};
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
+HeadTensor read_heads(const pf::io::SafetensorsFile& file, const std::string& name, const char* expected) {
+  if (!file.contains(name))
+    throw pf::missing_error(file.path() + ": no tensor '" + name + "', expected one of shape " + expected);
+  pf::io::FloatTensor t = file.tensor(name);
+  if (t.shape.size() != 3 || t.shape[0] < 1 || t.shape[1] < 1 || t.shape[2] < 1)
+    throw pf::shape_error(file.path() + ": tensor '" + name + "' has shape " + shape_text(t.shape) + ", expected " +
+                          expected + " with every extent >= 1");
+  return HeadTensor{name, static_cast<pf::Index>(t.shape[0]), static_cast<pf::Index>(t.shape[1]),
+                    static_cast<pf::Index>(t.shape[2]), std::move(t.data)};
+}
+
+/// A 2-D tensor that must be exactly (rows, cols).
+pf::Matrix read_matrix(const pf::io::SafetensorsFile& file, const std::string& name, pf::Index rows, pf::Index cols,
+                       const std::string& why) {
+  const std::string expected = "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+  if (!file.contains(name))
+    throw pf::missing_error(file.path() + ": no tensor '" + name + "', expected " + expected + " for " + why);
+  const pf::io::TensorInfo& info = file.info(name);
+  if (info.shape != std::vector<std::int64_t>{rows, cols})
+    throw pf::shape_error(file.path() + ": tensor '" + name + "' has shape " + shape_text(info.shape) + ", expected " +
+                          expected + " for " + why);
+  return file.matrix(name, rows, cols);
+}
+
+/// (heads, n, d) → (n, heads·d): row i holds every head's vector of position i, head h in columns h·d..h·d+d−1.
+pf::Matrix to_rows(const HeadTensor& t) {
+  pf::Matrix m(t.n, t.heads * t.d);
+  for (pf::Index h = 0; h < t.heads; ++h)
+    for (pf::Index i = 0; i < t.n; ++i)
+      for (pf::Index c = 0; c < t.d; ++c) m(i, h * t.d + c) = t.data[std::size_t((h * t.n + i) * t.d + c)];
+  return m;
+}
+
+/// (n, heads·d) → (heads, n, d).
+pf::io::FloatTensor to_heads(const pf::Matrix& m, pf::Index heads, pf::Index d) {
+  pf::io::FloatTensor t;
+  const pf::Index n = m.rows();
+  t.shape = {heads, n, d};
+  t.data.resize(std::size_t(heads * n * d));
+  for (pf::Index h = 0; h < heads; ++h)
+    for (pf::Index i = 0; i < n; ++i)
+      for (pf::Index c = 0; c < d; ++c) t.data[std::size_t((h * n + i) * d + c)] = m(i, h * d + c);
+  return t;
+}
+
+void run_file(const Options& o) {
+  const pf::AttentionSpec spec = make_spec(o.policy, o, 0, /*check_options=*/true);
+  const std::string spelling = spec.spelling();
+  check_causal(spec, o.causal);
+  const pf::io::SafetensorsFile file = pf::io::SafetensorsFile::open(o.inputs);
+  const HeadTensor q = read_heads(file, "q", "(heads, n_q, d)");
+  const HeadTensor k = read_heads(file, "k", "(heads, n_k, d)");
+  const HeadTensor v = read_heads(file, "v", "(heads, n_k, d)");
+  const auto dims = [](const HeadTensor& t) {
+    return "(" + std::to_string(t.heads) + ", " + std::to_string(t.n) + ", " + std::to_string(t.d) + ")";
+  };
+  for (const HeadTensor* t : {&k, &v})
+    if (t->heads != q.heads || t->d != q.d)
+      throw pf::shape_error(file.path() + ": tensor '" + t->name + "' has shape " + dims(*t) + ", expected (" +
+                            std::to_string(q.heads) + ", n_k, " + std::to_string(q.d) + "): heads and d as in 'q' " +
+                            dims(q));
+  if (v.n != k.n)
+    throw pf::shape_error(file.path() + ": tensor 'v' has shape " + dims(v) + ", expected (" + std::to_string(k.heads) +
+                          ", " + std::to_string(k.n) + ", " + std::to_string(k.d) + "): as many positions as 'k' " +
+                          dims(k));
+
+  const pf::AttentionShape shape = shape_for(q.heads, q.d);
+  pf::AttentionMask mask;
+  mask.causal = o.causal;
+  const pf::Matrix qm = to_rows(q), km = to_rows(k), vm = to_rows(v);  // (n_q, heads·d), (n_k, heads·d) twice
+  pf::Matrix out(q.n, q.heads * q.d);                                  // (n_q, heads·d)
+  const pf::Context ctx{static_cast<int>(o.threads)};
+  const auto run = [&](auto policy) {
+    const auto start = std::chrono::steady_clock::now();
+    policy.forward(shape, pf::cview(qm), pf::cview(km), pf::cview(vm), mask, pf::view(out), ctx);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  double ms = 0.0;
+  if (spec.kind == pf::AttentionKind::linformer) {
+    const std::string why = spelling + " (the projection shared by the heads)";
+    pf::Matrix e = read_matrix(file, "e", spec.k, k.n, why), f = read_matrix(file, "f", spec.k, k.n, why);
+    ms = run(pf::Linformer(spec.k, std::move(e), std::move(f)));
+  } else if (spec.kind == pf::AttentionKind::performer) {
+    pf::PositiveRandomFeatures features(spec.features);
+    features.set_projection(read_matrix(file, "features", spec.features, q.d, spelling + " (the random features W)"));
+    ms = run(pf::Performer(std::move(features)));
+  } else {
+    ms = pf::with_attention(spec, run);
+  }
+  pf::io::write_safetensors(o.out, {{"out", to_heads(out, q.heads, q.d)}});
+  std::printf("attention_zoo: %s%s on q %s, k %s: out %s in %s, %.3f ms\n", spelling.c_str(),
+              o.causal ? " (causal)" : "", dims(q).c_str(), dims(k).c_str(), dims(q).c_str(), o.out.c_str(), ms);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    if (o.inputs.empty()) run_table(o);
+    else run_file(o);
+    return 0;
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "attention_zoo: %s\n%s", e.what(), usage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attention_zoo: %s\n", e.what());
+    return 2;
+  }
+}

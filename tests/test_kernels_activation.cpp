@@ -88,6 +88,13 @@ TEST_CASE("kernels/silu: matches double at every tail length", "[kernels][activa
       [](double x, double r) { return (std::fabs(x) + 8.0) * 2.0 * kt::u * std::fabs(r) + 1e-30; });
 }
 
+TEST_CASE("kernels/elu_plus_one: matches double at every tail length", "[kernels][activation]") {
+  // x + 1 rounds once; e^x errs by ≤ 2 ulp.
+  check_unary(
+      k::elu_plus_one<>, k::elu_plus_one_scalar, -30.0f, 30.0f, [](double x) { return x > 0 ? x + 1.0 : std::exp(x); },
+      [](double, double r) { return 4.0 * kt::u * std::fabs(r) + 1e-30; });
+}
+
 TEST_CASE("kernels/swiglu: matches double at every tail length, in place on gate or up", "[kernels][activation]") {
   for (std::size_t n : kt::lengths()) {
     CAPTURE(n);

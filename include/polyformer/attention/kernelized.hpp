@@ -26,6 +26,8 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/activation.hpp"
+#include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
@@ -78,14 +80,16 @@ struct EluPlusOneFeatures {
   /// phi (n, M) = φ(q) for q (n, d).
   void map_queries(ConstMatrixView q, MatrixView phi, float) const {
     for (Index i = 0; i < q.rows(); ++i)
-      for (Index f = 0; f < q.cols(); ++f) phi(i, f) = elu1(q(i, f));
+      kernels::elu_plus_one(q.data() + i * q.outerStride(), phi.data() + i * phi.outerStride(), std::size_t(q.cols()));
   }
-  /// phi_t (M, n) = φ(k)ᵀ for k (n, d).
-  void map_keys_t(ConstMatrixView k, MatrixView phi_t, float) const {
-    for (Index j = 0; j < k.rows(); ++j)
-      for (Index f = 0; f < k.cols(); ++f) phi_t(f, j) = elu1(k(j, f));
+  /// phi_t (M, n) = φ(k)ᵀ for the keys transposed, kt (d, n); columns whose bias is −inf (padded keys) zero.
+  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float) const {
+    const Index n = kt.cols();
+    for (Index f = 0; f < kt.rows(); ++f)
+      kernels::elu_plus_one(kt.data() + f * kt.outerStride(), phi_t.data() + f * phi_t.outerStride(), std::size_t(n));
+    for (Index j = 0; j < n; ++j)
+      if (bias[j] == -std::numeric_limits<float>::infinity()) phi_t.col(j).setZero();
   }
-  static float elu1(float x) noexcept { return x > 0.0f ? x + 1.0f : std::exp(x); }
 };
 
 /// FAVOR+ positive random features, drawn on first use for the head size (or set explicitly).
@@ -107,6 +111,7 @@ class PositiveRandomFeatures {
     if (w.rows() < 1 || w.cols() < 1) throw shape_error("Performer::set_projection: W is empty, expected (M, d)");
     m_ = w.rows();
     w_ = std::move(w);
+    wt_ = w_.transpose();
     fixed_ = true;
   }
   /// Draws a new W for head size d (with `seed`).
@@ -125,21 +130,19 @@ class PositiveRandomFeatures {
   }
   /// phi (n, M) ∝ φ(q) (each row scaled by its own positive constant, which cancels).
   void map_queries(ConstMatrixView q, MatrixView phi, float scale) const {
-    kernels::gemm(q, cview(w_), kernels::Transpose::yes, phi, std::sqrt(scale), 0.0f, 1);
+    kernels::gemm(q, cview(wt_), kernels::Transpose::no, phi, std::sqrt(scale), 0.0f, 1);
     for (Index i = 0; i < phi.rows(); ++i) {
       float* row = phi.data() + i * phi.outerStride();
       const float m = kernels::reduce_max(row, std::size_t(phi.cols()));
       kernels::exp_shifted_sum(row, std::size_t(phi.cols()), m);
     }
   }
-  /// phi_t (M, n) = the exponents W·k′ − |k′|²/2 (the caller shifts and exponentiates).
-  void map_keys_t(ConstMatrixView k, MatrixView phi_t, float scale) const {
-    const float root = std::sqrt(scale);
-    kernels::gemm(cview(w_), k, kernels::Transpose::yes, phi_t, root, 0.0f, 1);
-    for (Index j = 0; j < k.rows(); ++j) {
-      const float half_sq = 0.5f * scale * k.row(j).squaredNorm();
-      for (Index f = 0; f < phi_t.rows(); ++f) phi_t(f, j) -= half_sq;
-    }
+  /// phi_t (M, n) = the exponents W·k′ + bias for the keys transposed, kt (d, n), with bias_j = −|k′_j|²/2
+  /// (−inf for a padded key); the caller shifts and exponentiates.
+  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float scale) const {
+    kernels::gemm(cview(w_), kt, kernels::Transpose::no, phi_t, std::sqrt(scale), 0.0f, 1);
+    for (Index f = 0; f < phi_t.rows(); ++f)
+      kernels::add(bias, phi_t.data() + f * phi_t.outerStride(), std::size_t(phi_t.cols()));
   }
 
  private:
@@ -169,12 +172,14 @@ class PositiveRandomFeatures {
         for (Index c = 0; c < d; ++c) w_(r0 + r, c) = static_cast<float>(basis(c, r) * norm);
       }
     }
+    wt_ = w_.transpose();
   }
 
   Index m_ = 256;
   std::uint64_t seed_ = 1;
   bool orthogonal_ = true, fixed_ = false;
-  Matrix w_;  // (M, d)
+  Matrix w_;   // (M, d)
+  Matrix wt_;  // (d, M): W transposed, for the queries' product
 };
 
 /// Attention through a feature map φ (EluPlusOneFeatures, PositiveRandomFeatures). Key padding and key
@@ -237,7 +242,8 @@ class Kernelized {
 
   struct Work {
     Matrix phi_q, phi_kt, gram, num;  // (c, M), (M, c), (c, c), (c, d)
-    std::vector<float> den;
+    Matrix keys_t;                    // (d, c)
+    std::vector<float> den, bias;     // (c) each
   };
 
   bool key_padded(const AttentionMask& mask, Index j) const noexcept {
@@ -248,13 +254,22 @@ class Kernelized {
   /// exponential features the state's shift of kv head g first grows to the largest exponent, rescaling what
   /// the state has summed so far.
   void key_features(const AttentionShape& s, ConstMatrixView keys, const AttentionMask& mask, Index first_key,
-                    KernelState& state, Index g, MatrixView phi_t) const {
+                    KernelState& state, Index g, MatrixView phi_t, Work& w) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    map_.map_keys_t(keys, phi_t, s.scale);
+    const Index n = keys.rows(), dh = keys.cols();
+    ensure_shape(w.keys_t, dh, std::max(n, w.keys_t.cols()));
+    MatrixView kt = block(view(w.keys_t), 0, 0, dh, n);
+    kt = keys.transpose();
+    w.bias.resize(std::size_t(n));
+    for (Index j = 0; j < n; ++j)
+      w.bias[std::size_t(j)] = key_padded(mask, first_key + j)
+                                   ? neg_inf
+                                   : (Map::exponential ? -0.5f * s.scale * keys.row(j).squaredNorm() : 0.0f);
+    map_.map_keys_t(cview(kt), w.bias.data(), phi_t, s.scale);
     if constexpr (Map::exponential) {
       float m = neg_inf;
-      for (Index j = 0; j < keys.rows(); ++j)
-        if (!key_padded(mask, first_key + j)) m = std::max(m, phi_t.col(j).maxCoeff());
+      for (Index f = 0; f < phi_t.rows(); ++f)
+        m = std::max(m, kernels::reduce_max(phi_t.data() + f * phi_t.outerStride(), std::size_t(n)));
       float& shift = state.shift(g);
       if (m > shift) {
         if (shift != neg_inf) {
@@ -266,11 +281,9 @@ class Kernelized {
         shift = m;
       }
       const float sh = shift == neg_inf ? 0.0f : shift;
-      for (Index f = 0; f < phi_t.rows(); ++f)
-        kernels::exp_shifted_sum(phi_t.data() + f * phi_t.outerStride(), std::size_t(phi_t.cols()), sh);
+      for (Index f = 0; f < phi_t.rows(); ++f)  // a padded key's exponent is −inf: φ = 0
+        kernels::exp_shifted_sum(phi_t.data() + f * phi_t.outerStride(), std::size_t(n), sh);
     }
-    for (Index j = 0; j < keys.rows(); ++j)
-      if (key_padded(mask, first_key + j)) phi_t.col(j).setZero();
   }
 
   /// S += φ(K)ᵀ·V and z += φ(K)ᵀ·1 for kv head g.
@@ -295,7 +308,7 @@ class Kernelized {
       for (Index j0 = 0; j0 < n_k; j0 += C) {
         const Index nc = std::min(C, n_k - j0);
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
-        key_features(s, block(k, j0, g * dh, nc, dh), mask, j0, state, g, phi_t);
+        key_features(s, block(k, j0, g * dh, nc, dh), mask, j0, state, g, phi_t, w);
         fold(state, g, cview(phi_t), block(v, j0, g * dh, nc, dh));
       }
       const ConstMatrixView sums = cview(state.sums(g));
@@ -337,7 +350,7 @@ class Kernelized {
         const Index nc = std::min(C, n - c0);
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
         const ConstMatrixView kc = block(k, c0, g * dh, nc, dh), vc = block(v, c0, g * dh, nc, dh);
-        key_features(s, kc, mask, first_key + c0, state, g, phi_t);
+        key_features(s, kc, mask, first_key + c0, state, g, phi_t, w);
         if (with_queries)
           for (Index h = g * group; h < (g + 1) * group; ++h) {
             MatrixView phi = block(view(w.phi_q), 0, 0, nc, M);

@@ -112,8 +112,16 @@ class Linformer {
       const Index oh = task / 2, src_head = proj_heads == 1 ? oh : s.kv_head(oh), row0 = proj_heads == 1 ? 0 : oh * k_;
       const bool is_key = task % 2 == 0;
       const Matrix& p = is_key ? *e_ : *f_;
-      kernels::gemm(block(view(p), row0, 0, k_, n_k), block(is_key ? kk : vv, 0, src_head * dh, n_k, dh),
-                    kernels::Transpose::no, block(view(is_key ? proj_k_ : proj_v_), 0, oh * dh, k_, dh), 1.0f, 0.0f, 1);
+      // In slices of the sequence, accumulated: each slice's product stays in L2 and on the micro-kernels
+      // (one product over all n would take a BLAS call that repacks both operands).
+      MatrixView dst = block(view(is_key ? proj_k_ : proj_v_), 0, oh * dh, k_, dh);
+      const ConstMatrixView src = is_key ? kk : vv;
+      if (n_k == 0) dst.setZero();
+      for (Index j0 = 0; j0 < n_k; j0 += projection_slice) {
+        const Index nj = std::min(projection_slice, n_k - j0);
+        kernels::gemm(block(view(p), row0, j0, k_, nj), block(src, j0, src_head * dh, nj, dh), kernels::Transpose::no,
+                      dst, 1.0f, j0 == 0 ? 0.0f : 1.0f, 1);
+      }
     });
     AttentionShape projected = s;
     projected.n_kv_heads = out_heads;
@@ -121,6 +129,7 @@ class Linformer {
   }
 
  private:
+  static constexpr Index projection_slice = 512;
   Index k_ = 0;
   std::shared_ptr<const Matrix> e_, f_;
   Matrix keys_, values_, proj_k_, proj_v_;

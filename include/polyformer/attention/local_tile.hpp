@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "polyformer/core/tensor.hpp"
@@ -52,8 +53,14 @@ struct LocalTile {
   /// gets zeros and lse −inf.
   template <typename MaskRow>
   void attend(Index n_q, Index n_k, MaskRow&& mask_row) {
+    attend(n_q, cview(key_cols(n_k)), cview(value_rows(n_k)), std::forward<MaskRow>(mask_row));
+  }
+
+  /// The same with keys (head_dim, n_k) and values (n_k, head_dim) that live elsewhere (not gathered).
+  template <typename MaskRow>
+  void attend(Index n_q, ConstMatrixView keys_t_in, ConstMatrixView values_in, MaskRow&& mask_row) {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index dh = queries.cols(), ss = scores.cols();
+    const Index n_k = keys_t_in.cols(), dh = queries.cols(), ss = scores.cols();
     MatrixView sc(scores.data(), n_q, n_k, Eigen::OuterStride<>(ss));
     MatrixView o(out.data(), n_q, dh, Eigen::OuterStride<>(dh));
     if (n_k == 0) {
@@ -61,7 +68,7 @@ struct LocalTile {
       std::fill(lse.begin(), lse.begin() + n_q, neg_inf);
       return;
     }
-    kernels::gemm(cview(query_rows(n_q)), cview(key_cols(n_k)), kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
+    kernels::gemm(cview(query_rows(n_q)), keys_t_in, kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
     for (Index r = 0; r < n_q; ++r) {
       float* row = sc.data() + r * ss;
       mask_row(r, row);
@@ -75,7 +82,7 @@ struct LocalTile {
       kernels::scale(row, 1.0f / sum, std::size_t(n_k));
       lse[std::size_t(r)] = m + std::log(sum);
     }
-    kernels::gemm(cview(sc), cview(value_rows(n_k)), kernels::Transpose::no, o, 1.0f, 0.0f, 1);
+    kernels::gemm(cview(sc), values_in, kernels::Transpose::no, o, 1.0f, 0.0f, 1);
   }
 };
 

@@ -98,6 +98,26 @@ class SlidingWindow {
     if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
     const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(globals_in_keys_.size());
     for (int i = 0; i < t; ++i) work_[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
+    if (globals_in_keys_.empty()) {
+      // Each head's keys transposed and its values copied once, both in residue-class order, so a block's band
+      // is a contiguous run of columns (rows): the tiles read them in place.
+      key_stride_ = (n_k + 15) / 16 * 16 + 16;  // rows not a multiple of 4 KiB apart (L1 set aliasing)
+      ensure_shape(keys_t_, s.n_heads * dh, key_stride_);
+      ensure_shape(values_, s.n_heads * n_k, dh);
+      const Index ks = k.outerStride(), vs = v.outerStride();
+      parallel_for(s.n_heads, t, [&](Index h, int) {
+        const Index D = dilation(h), g = s.kv_head(h);
+        Index col = 0;
+        for (Index r = 0; r < D && r < n_k; ++r) {
+          const Index count = (n_k - 1 - r) / D + 1;
+          block(view(keys_t_), h * dh, col, dh, count) =
+              ConstMatrixView(k.data() + r * ks + g * dh, count, dh, Eigen::OuterStride<>(D * ks)).transpose();
+          block(view(values_), h * n_k + col, 0, count, dh) =
+              ConstMatrixView(v.data() + r * vs + g * dh, count, dh, Eigen::OuterStride<>(D * vs));
+          col += count;
+        }
+      });
+    }
     parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task, int thread) {
       run_block(s, tasks_[std::size_t(task)], q, k, v, mask, out, work_[std::size_t(thread)]);
     });
@@ -191,19 +211,29 @@ class SlidingWindow {
     const Index qs = q.outerStride(), ks = k.outerStride(), vs = v.outerStride();
     const Index i0 = first + D * task.m0;                          // the block's first query
     tile.query_rows(nb) = ConstMatrixView(q.data() + i0 * qs + h * dh, nb, dh, Eigen::OuterStride<>(D * qs)) * s.scale;
-    MatrixView kt = tile.key_cols(n_cols);
-    MatrixView vr = tile.value_rows(n_cols);
+    MatrixView kt = tile.key_cols(gathered_cols(n_cols));
+    MatrixView vr = tile.value_rows(gathered_cols(n_cols));
     const Index j0 = r + D * lo;
-    block(kt, 0, 0, dh, band) = ConstMatrixView(k.data() + j0 * ks + g * dh, band, dh, Eigen::OuterStride<>(D * ks)).transpose();
-    block(vr, 0, 0, band, dh) = ConstMatrixView(v.data() + j0 * vs + g * dh, band, dh, Eigen::OuterStride<>(D * vs));
-    for (std::size_t e = 0; e < extra.size(); ++e) {
-      const Index j = extra[e], c = band + Index(e);
-      for (Index f = 0; f < dh; ++f) kt(f, c) = k(j, g * dh + f);
-      block(vr, c, 0, 1, dh) = block(v, j, g * dh, 1, dh);
+    const bool gathered = !globals_in_keys_.empty();
+    if (gathered) {
+      block(kt, 0, 0, dh, band) = ConstMatrixView(k.data() + j0 * ks + g * dh, band, dh, Eigen::OuterStride<>(D * ks)).transpose();
+      block(vr, 0, 0, band, dh) = ConstMatrixView(v.data() + j0 * vs + g * dh, band, dh, Eigen::OuterStride<>(D * vs));
+      for (std::size_t e = 0; e < extra.size(); ++e) {
+        const Index j = extra[e], c = band + Index(e);
+        for (Index f = 0; f < dh; ++f) kt(f, c) = k(j, g * dh + f);
+        block(vr, c, 0, 1, dh) = block(v, j, g * dh, 1, dh);
+      }
     }
+    // Otherwise the prepared class-ordered copies: class r starts after the smaller classes.
+    Index start = 0;
+    for (Index r2 = 0; r2 < r; ++r2) start += r2 < n_k ? (n_k - 1 - r2) / D + 1 : 0;
+    const ConstMatrixView keys_in =
+        gathered ? cview(kt)
+                 : ConstMatrixView(keys_t_.data() + h * dh * key_stride_ + start + lo, dh, band, Eigen::OuterStride<>(key_stride_));
+    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(values_), h * n_k + start + lo, 0, band, dh);
     const auto key_of = [&](Index c) { return c < band ? j0 + D * c : extra[std::size_t(c - band)]; };
     const bool any_global = !globals_in_keys_.empty();
-    tile.attend(nb, n_cols, [&](Index row_index, float* row) {
+    tile.attend(nb, keys_in, values_in, [&](Index row_index, float* row) {
       const Index i = i0 + D * row_index, mq = mq0 + row_index;
       const Index key_end = mask.key_end(i, n_k);  // causal and n_valid_keys
       // Band columns: the window is columns [c_lo, c_hi); columns from c_end on are past key_end.
@@ -258,7 +288,13 @@ class SlidingWindow {
 
   SlidingWindowOptions opt_{};
   std::vector<Task> tasks_;
+  /// Columns a tile gathers itself (none when the prepared copies are read in place).
+  Index gathered_cols(Index n_cols) const noexcept { return globals_in_keys_.empty() ? 0 : n_cols; }
+
   std::vector<Work> work_;
+  Index key_stride_ = 0;
+  Matrix keys_t_;  // (heads·d, key_stride_): each head's keys transposed, residue classes one after another
+  Matrix values_;  // (heads·n_k, d): each head's values in the same order
   std::vector<char> is_global_;  // by key position
   std::vector<Index> globals_in_keys_, global_queries_;
 };

@@ -112,6 +112,19 @@ inline void silu(const float* x, float* y, std::size_t n) noexcept {
   detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::silu_batch<Arch>(v); });
 }
 
+/// y = elu(x) + 1 = x + 1 for x > 0, e^x otherwise (scalar twin): linear attention's feature map.
+inline void elu_plus_one_scalar(const float* x, float* y, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] + 1.0f : std::exp(x[i]);
+}
+
+/// y = elu(x) + 1 (Katharopoulos et al. 2020); x may equal y.
+template <class Arch = xsimd::default_arch>
+inline void elu_plus_one(const float* x, float* y, std::size_t n) noexcept {
+  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) {
+    return xsimd::select(v > batch_f<Arch>(0.0f), v + batch_f<Arch>(1.0f), exp_batch<Arch>(xsimd::min(v, batch_f<Arch>(0.0f))));
+  });
+}
+
 /// y = silu(gate)·up (scalar twin); gate, up, y: (n); y may equal gate or up.
 inline void swiglu_scalar(const float* gate, const float* up, float* y, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) y[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];

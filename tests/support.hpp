@@ -10,6 +10,9 @@
 #include <random>
 #include <string>
 #include <vector>
+#include <cstdlib>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/safetensors.hpp"
@@ -75,6 +78,24 @@ double max_abs_diff(const A& a, const B& b) {
   if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
   if (a.size() == 0) return 0.0;
   return (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
+}
+
+/// A temporary file of this process for `tag` (ctest runs test cases in parallel processes).
+inline std::string process_temp_path(const std::string& tag, const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("polyformer_test_" + tag + "_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+/// Runs `program args` with stdout and stderr sent to this process's temporary files (read back into
+/// out/err when given); returns the exit code (-1 when it did not exit normally).
+inline int run_program(const std::string& program, const std::string& tag, const std::string& args,
+                       std::string* out = nullptr, std::string* err = nullptr) {
+  const std::string out_path = process_temp_path(tag, "stdout.txt"), err_path = process_temp_path(tag, "stderr.txt");
+  const std::string cmd = program + " " + args + " >" + out_path + " 2>" + err_path;
+  const int status = std::system(cmd.c_str());
+  if (out) *out = read_text(out_path);
+  if (err) *err = read_text(err_path);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 }  // namespace pft

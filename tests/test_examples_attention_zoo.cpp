@@ -30,20 +30,11 @@ namespace {
 using polyformer::io::FloatTensor;
 using Tensors = std::vector<std::pair<std::string, FloatTensor>>;
 
-/// A temporary file of this process (ctest runs test cases in parallel processes).
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("polyformer_test_attention_zoo_" + std::to_string(::getpid()) + "_" + name)).string();
-}
+std::string temp_path(const std::string& name) { return pft::process_temp_path("attention_zoo", name); }
 
-/// Runs attention_zoo with `args`; stdout and stderr go to files; returns the exit code.
+/// Runs attention_zoo with `args`; returns the exit code.
 int run(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
-  const std::string out_path = temp_path("stdout.txt"), err_path = temp_path("stderr.txt");
-  const std::string cmd = std::string(POLYFORMER_ATTENTION_ZOO) + " " + args + " >" + out_path + " 2>" + err_path;
-  const int status = std::system(cmd.c_str());
-  if (out) *out = pft::read_text(out_path);
-  if (err) *err = pft::read_text(err_path);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return pft::run_program(POLYFORMER_ATTENTION_ZOO, "attention_zoo", args, out, err);
 }
 
 /// The lines of a text, without their '\n'.

@@ -16,21 +16,11 @@
 #ifdef POLYFORMER_GENERATE
 namespace {
 
-/// A temporary file of this process (ctest runs test cases in parallel processes).
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("polyformer_test_generate_" + std::to_string(::getpid()) + "_" + name)).string();
-}
+std::string temp_path(const std::string& name) { return pft::process_temp_path("generate", name); }
 
-
-/// Runs generate with `args`; stdout and stderr go to files; returns the exit code.
+/// Runs generate with `args`; returns the exit code.
 int run(const std::string& args, std::string* out = nullptr, std::string* err = nullptr) {
-  const std::string out_path = temp_path("stdout.txt"), err_path = temp_path("stderr.txt");
-  const std::string cmd = std::string(POLYFORMER_GENERATE) + " " + args + " >" + out_path + " 2>" + err_path;
-  const int status = std::system(cmd.c_str());
-  if (out) *out = pft::read_text(out_path);
-  if (err) *err = pft::read_text(err_path);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return pft::run_program(POLYFORMER_GENERATE, "generate", args, out, err);
 }
 
 /// A copy of `src` cut to `bytes` bytes.
@@ -70,6 +60,29 @@ TEST_CASE("examples/generate: sampling with a seed is reproducible", "[examples]
   CHECK(a == b);
   CHECK(a != c);
   CHECK(a.back() == '\n');
+}
+
+TEST_CASE("examples/generate: --attention swaps the policy; a window as long as the model is full attention",
+          "[examples][llama][attention]") {
+  const std::string model = pft::shared_path("models/stories260K.bin");
+  const std::string tok = pft::shared_path("models/tok512.bin");
+  const std::string golden = pft::read_text(pft::shared_path("models/golden/once_upon_a_time.txt"));
+  const std::string base = "--model " + model + " --tokenizer " + tok + " --temperature 0 --steps 256 --prompt 'Once upon a time'";
+  std::string out, err;
+  // stories260K's seq_len is 512: a window of 512 keys back is every key.
+  REQUIRE(run(base + " --attention sliding:512", &out, &err) == 0);
+  CHECK(out == golden);
+  // A short window, linear and Performer decode too (other text: the model was trained with full attention).
+  for (const char* policy : {"sliding:8", "linear", "performer:64"}) {
+    INFO(policy);
+    REQUIRE(run(base + " --attention " + policy, &out, &err) == 0);
+    CHECK(out.rfind("Once upon a time", 0) == 0);
+    CHECK(out != golden);
+  }
+  CHECK(run(base + " --attention lsh:4:64", nullptr, &err) == 2);
+  CHECK(err.find("cannot decode incrementally") != std::string::npos);
+  CHECK(run(base + " --attention dense", nullptr, &err) == 2);
+  CHECK(err.find("unknown policy 'dense'") != std::string::npos);
 }
 
 TEST_CASE("examples/generate: bad input exits with code 2 and says why", "[examples][llama][errors]") {

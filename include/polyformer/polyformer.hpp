@@ -17,6 +17,7 @@
 #include "polyformer/kernels/simd.hpp"
 #include "polyformer/kernels/small_gemm.hpp"
 #include "polyformer/kernels/softmax.hpp"
+#include "polyformer/kernels/transpose.hpp"
 
 #include "polyformer/layers/activation.hpp"
 #include "polyformer/layers/ffn.hpp"

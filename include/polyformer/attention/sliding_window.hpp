@@ -24,6 +24,7 @@
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
 
@@ -110,8 +111,8 @@ class SlidingWindow {
         Index col = 0;
         for (Index r = 0; r < D && r < n_k; ++r) {
           const Index count = (n_k - 1 - r) / D + 1;
-          block(view(keys_t_), h * dh, col, dh, count) =
-              ConstMatrixView(k.data() + r * ks + g * dh, count, dh, Eigen::OuterStride<>(D * ks)).transpose();
+          kernels::transpose(k.data() + r * ks + g * dh, D * ks, count, dh, keys_t_.data() + h * dh * key_stride_ + col,
+                             key_stride_);
           block(view(values_), h * n_k + col, 0, count, dh) =
               ConstMatrixView(v.data() + r * vs + g * dh, count, dh, Eigen::OuterStride<>(D * vs));
           col += count;

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Prints the attention-policy scaling table from bench_attention's JSON (BM_policy runs): ms and peak MB per
+policy and n, the speed-up over FullAttention at the same n (same run), and time(32K)/time(4K).
+usage: bench/policy_table.py policies.json"""
+import json
+import re
+import sys
+
+runs = {}
+for b in json.load(open(sys.argv[1]))["benchmarks"]:
+    m = re.match(r"BM_policy/(\w+)/n:(\d+)/threads:(\d+)", b["name"])
+    if not m or b.get("run_type") == "aggregate":
+        continue
+    runs[(m.group(1), int(m.group(2)))] = (b["real_time"], b.get("peak_MB", float("nan")))
+policies = ["full", "sliding", "blockwise", "lsh", "linformer", "performer", "linear"]
+sizes = sorted({n for _, n in runs})
+print("| policy | " + " | ".join(f"n={n}" for n in sizes) + " | × full at 4K | t(32K)/t(4K) |")
+print("|---" * (len(sizes) + 3) + "|")
+for p in policies:
+    cells = []
+    for n in sizes:
+        r = runs.get((p, n))
+        cells.append(f"{r[0]:.1f} ms, {r[1]:.0f} MB" if r else "")
+    full4k, own4k, own32k = runs.get(("full", 4096)), runs.get((p, 4096)), runs.get((p, 32768))
+    speed = f"{full4k[0] / own4k[0]:.1f}×" if full4k and own4k else ""
+    growth = f"{own32k[0] / own4k[0]:.1f}" if own4k and own32k else ""
+    print(f"| {p} | " + " | ".join(cells) + f" | {speed} | {growth} |")

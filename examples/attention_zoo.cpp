@@ -55,13 +55,13 @@
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/safetensors.hpp"
 
+#include "cli.hpp"
+
 namespace pf = polyformer;
 
 namespace {
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 constexpr const char* usage =
     "usage: attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]\n"
@@ -91,15 +91,7 @@ struct Options {
   bool was_given(const std::string& flag) const { return std::find(given.begin(), given.end(), flag) != given.end(); }
 };
 
-template <typename T>
-T parse_number(const std::string& flag, const std::string& value) {
-  T v{};
-  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (value.empty() || ec != std::errc() || end != value.data() + value.size())
-    throw usage_error(flag + " expects " + (std::is_floating_point_v<T> ? "a number" : "an integer") + ", got '" +
-                      value + "'");
-  return v;
-}
+using cli::parse_number;
 
 /// "0,5,17" → {0, 5, 17}; every entry an integer >= 0.
 std::vector<pf::Index> parse_positions(const std::string& flag, const std::string& value) {

@@ -21,13 +21,13 @@
 
 #include "polyformer/polyformer.hpp"
 
+#include "cli.hpp"
+
 namespace pf = polyformer;
 
 namespace {
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 constexpr const char* usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
@@ -43,15 +43,7 @@ struct Options {
   bool seed_given = false;
 };
 
-template <typename T>
-T parse_number(const std::string& flag, const std::string& value) {
-  T v{};
-  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (value.empty() || ec != std::errc() || end != value.data() + value.size())
-    throw usage_error(flag + " expects " + (std::is_floating_point_v<T> ? "a number" : "an integer") + ", got '" +
-                      value + "'");
-  return v;
-}
+using cli::parse_number;
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -72,6 +64,7 @@ Options parse(int argc, char** argv) {
       o.seed = parse_number<unsigned long long>(a, value());
       o.seed_given = true;
     } else if (a == "--threads") o.threads = parse_number<long long>(a, value());
+    else if (a == "--attention") o.attention = value();
     else if (a == "--help" || a == "-h") {
       std::fputs(usage, stdout);
       std::exit(0);

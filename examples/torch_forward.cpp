@@ -20,15 +20,15 @@
 
 #include "polyformer/polyformer.hpp"
 
+#include "cli.hpp"
+
 namespace pf = polyformer;
 using pf::Index;
 using pf::Matrix;
 
 namespace {
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 constexpr const char* usage =
     "usage: torch_forward --weights W.safetensors --inputs I.safetensors --out O.safetensors\n"
@@ -44,17 +44,7 @@ struct Options {
   int threads = 1;
 };
 
-long parse_int(const std::string& flag, const std::string& value) {
-  std::size_t used = 0;
-  long v = 0;
-  try {
-    v = std::stol(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != value.size() || value.empty()) throw usage_error(flag + " expects an integer, got '" + value + "'");
-  return v;
-}
+long parse_int(const std::string& flag, const std::string& value) { return cli::parse_number<long>(flag, value); }
 
 Options parse(int argc, char** argv) {
   Options o;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "attention_oracle.hpp"
@@ -154,6 +155,36 @@ TEST_CASE("LSHAttention hashes by argmax over [xR; -xR], reproducibly", "[attent
   bool differs = false;
   for (Index i = 0; i < n; ++i) differs |= other.buckets(0, 0)[std::size_t(i)] != lsh.buckets(0, 0)[std::size_t(i)];
   CHECK(differs);
+}
+
+TEST_CASE("LSHAttention factorizes many automatic buckets into two hashes", "[attention][lsh]") {
+  const Index n = 3000, dh = 8;
+  const Matrix q = pft::random_matrix(n, dh, 15), v = pft::random_matrix(n, dh, 16);
+  pf::LSHAttention lsh(pf::LSHOptions{1, 16, 0, 7});
+  run(lsh, q, v, 1, 1, dh, {}, 2);
+  // 2·⌈3000/16⌉ = 376 buckets wanted: b = 20 (even, b² ≥ 376), 400 buckets as 20 × 20.
+  REQUIRE(lsh.bucket_factors() == std::pair<Index, Index>(20, 20));
+  CHECK(lsh.last_n_buckets() == 400);
+  const Matrix& rot = lsh.rotation(0, 0);
+  REQUIRE(rot.cols() == 20);
+  const auto argmax = [&](Index i, Index c0) {  // over [xR; -xR] of columns c0..c0+9
+    double best = -1e300;
+    int arg = -1;
+    for (Index c = 0; c < 20; ++c) {
+      double x = 0;
+      for (Index f = 0; f < dh; ++f) x += double(q(i, f)) * double(rot(f, c0 + c % 10));
+      if (c >= 10) x = -x;
+      if (x > best) best = x, arg = int(c);
+    }
+    return arg;
+  };
+  const auto b = lsh.buckets(0, 0);
+  std::vector<int> used(400, 0);
+  for (Index i = 0; i < n; ++i) {
+    CHECK(b[std::size_t(i)] == argmax(i, 0) + 20 * argmax(i, 10));
+    used[std::size_t(b[std::size_t(i)])] = 1;
+  }
+  CHECK(std::count(used.begin(), used.end(), 1) > 100);
 }
 
 TEST_CASE("LSHAttention with one bucket is full shared-QK attention", "[attention][lsh]") {

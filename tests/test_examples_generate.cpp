@@ -62,7 +62,7 @@ TEST_CASE("examples/generate: sampling with a seed is reproducible", "[examples]
   CHECK(a.back() == '\n');
 }
 
-TEST_CASE("examples/generate: --attention swaps the policy; a window as long as the model is full attention",
+TEST_CASE("examples/generate: --attention swaps the policy (a window as long as the model is full attention)",
           "[examples][llama][attention]") {
   const std::string model = pft::shared_path("models/stories260K.bin");
   const std::string tok = pft::shared_path("models/tok512.bin");

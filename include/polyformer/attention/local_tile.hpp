@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -49,8 +50,9 @@ struct LocalTile {
   const float* out_row(Index r) const { return out.data() + r * out.cols(); }
 
   /// out = softmax(Q·Kᵀ + mask)·V over the gathered n_q queries and n_k keys. mask_row(r, row) receives the
-  /// n_k scores of query r and sets those it must not see to −inf (or adds to them). A row that sees no key
-  /// gets zeros and lse −inf.
+  /// n_k scores of query r and sets those it must not see to −inf (or adds to them); it may return a
+  /// std::pair (first, last): then only columns [first, last) can be visible and the softmax skips the rest.
+  /// A row that sees no key gets zeros and lse −inf.
   template <typename MaskRow>
   void attend(Index n_q, Index n_k, MaskRow&& mask_row) {
     attend(n_q, cview(key_cols(n_k)), cview(value_rows(n_k)), std::forward<MaskRow>(mask_row));
@@ -69,21 +71,37 @@ struct LocalTile {
       return;
     }
     kernels::gemm(cview(query_rows(n_q)), keys_t_in, kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
+    if (inv_sum.size() < std::size_t(n_q)) inv_sum.resize(std::size_t(n_q));
     for (Index r = 0; r < n_q; ++r) {
       float* row = sc.data() + r * ss;
-      mask_row(r, row);
-      const float m = kernels::reduce_max(row, std::size_t(n_k));
+      // The columns that may be visible: all, or the span the mask returns (the rest are then treated as −inf).
+      Index first = 0, last = n_k;
+      if constexpr (std::is_void_v<decltype(mask_row(r, row))>) {
+        mask_row(r, row);
+      } else {
+        const auto span = mask_row(r, row);
+        first = span.first;
+        last = span.second;
+        std::fill(row, row + first, 0.0f);
+        std::fill(row + last, row + n_k, 0.0f);
+      }
+      const float m = last > first ? kernels::reduce_max(row + first, std::size_t(last - first)) : neg_inf;
       if (m == neg_inf) {
-        std::fill(row, row + n_k, 0.0f);
+        std::fill(row + first, row + last, 0.0f);
         lse[std::size_t(r)] = neg_inf;
+        inv_sum[std::size_t(r)] = 0.0f;
         continue;
       }
-      const float sum = kernels::exp_shifted_sum(row, std::size_t(n_k), m);
-      kernels::scale(row, 1.0f / sum, std::size_t(n_k));
+      const float sum = kernels::exp_shifted_sum(row + first, std::size_t(last - first), m);
+      inv_sum[std::size_t(r)] = 1.0f / sum;
       lse[std::size_t(r)] = m + std::log(sum);
     }
+    // Unnormalized weights times the values, then each output row divided by its sum (d values, not n_k).
     kernels::gemm(cview(sc), values_in, kernels::Transpose::no, o, 1.0f, 0.0f, 1);
+    for (Index r = 0; r < n_q; ++r) kernels::scale(o.data() + r * dh, inv_sum[std::size_t(r)], std::size_t(dh));
   }
+
+  std::vector<float> inv_sum;  // (n_q): 1 / Σ exp of each row, 0 for a row that sees nothing
 };
 
 }  // namespace polyformer::detail

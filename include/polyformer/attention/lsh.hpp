@@ -13,6 +13,7 @@
 #include <limits>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "polyformer/attention/local_tile.hpp"
@@ -30,7 +31,10 @@ namespace polyformer {
 struct LSHOptions {
   Index n_hashes = 4;            ///< rounds of hashing
   Index chunk = 64;              ///< chunk length of the sorted order
-  Index n_buckets = 0;           ///< 1 (everything in one bucket), an even number, or 0: 2·⌈n / chunk⌉ per call
+  /// 1 (everything in one bucket), an even number, or 0: about 2·⌈n / chunk⌉ per call, hashed as two
+  /// factors b·b (b even, b² ≥ that count) once it passes 64, so hashing costs n·d·b rather than n·d·b²
+  /// (trax's factorized buckets)
+  Index n_buckets = 0;
   std::uint64_t seed = 0x5eed;   ///< the random rotations' seed
 };
 
@@ -52,13 +56,16 @@ class LSHAttention {
 
   const LSHOptions& options() const noexcept { return opt_; }
 
-  /// The buckets the last forward used: n_buckets, and bucket of every position for head h, round r.
+  /// The buckets the last forward used: n_buckets (= factors.first · factors.second), and the bucket of every
+  /// position for head h, round r. With two factors (b1, b2) the bucket is a1 + b1·a2, a_i the argmax of
+  /// factor i over [xR_i; −xR_i], R_i the columns [0, b1/2) and [b1/2, b1/2 + b2/2) of rotation(h, r).
   Index last_n_buckets() const noexcept { return n_buckets_; }
+  std::pair<Index, Index> bucket_factors() const noexcept { return {factor1_, factor2_}; }
   std::span<const int> buckets(Index h, Index r) const {
     const std::size_t n = std::size_t(n_);
     return {buckets_.data() + std::size_t(h * opt_.n_hashes + r) * n, n};
   }
-  /// The rotation of head h, round r (head_dim, n_buckets / 2) of the last forward.
+  /// The rotation of head h, round r (head_dim, Σ factor/2) of the last forward.
   const Matrix& rotation(Index h, Index r) const { return rotations_[std::size_t(h * opt_.n_hashes + r)]; }
 
   /// out (n, heads·d) from q (n, heads·d) and v (n, kv_heads·d); k (n, kv_heads·d) is only checked for its
@@ -71,7 +78,13 @@ class LSHAttention {
                                     " keys, expected equal (shared query-key attention is self-attention)"));
     const Index n = q.rows(), dh = s.head_dim, H = opt_.n_hashes, C = opt_.chunk;
     n_ = n;
-    n_buckets_ = opt_.n_buckets ? opt_.n_buckets : std::max<Index>(2, 2 * ((n + C - 1) / C));
+    factor1_ = opt_.n_buckets ? opt_.n_buckets : std::max<Index>(2, 2 * ((n + C - 1) / C));
+    factor2_ = 1;
+    if (!opt_.n_buckets && factor1_ > max_single_factor) {
+      const Index b = 2 * static_cast<Index>(std::ceil(std::sqrt(static_cast<double>(factor1_)) / 2.0));
+      factor1_ = factor2_ = b;
+    }
+    n_buckets_ = factor1_ * factor2_;
     prepare_rotations(s.n_heads, dh);
     buckets_.resize(std::size_t(s.n_heads * H * n));
     order_.resize(std::size_t(H * n));
@@ -125,7 +138,7 @@ class LSHAttention {
 
   /// Draws the rotations when the head count, head size or bucket count changed (seeded per head and round).
   void prepare_rotations(Index n_heads, Index dh) {
-    const Index half = n_buckets_ / 2, wanted = n_heads * opt_.n_hashes;
+    const Index half = factor1_ / 2 + factor2_ / 2, wanted = n_heads * opt_.n_hashes;
     if (static_cast<Index>(rotations_.size()) == wanted && !rotations_.empty() && rotations_[0].rows() == dh &&
         rotations_[0].cols() == half)
       return;
@@ -141,7 +154,7 @@ class LSHAttention {
 
   /// Buckets of every position for head h, round r, and the positions sorted by (bucket, position).
   void hash_round(Index h, Index r, Work& w) {
-    const Index n = n_, half = n_buckets_ / 2;
+    const Index n = n_, half1 = factor1_ / 2, half2 = factor2_ / 2, half = half1 + half2;
     int* bucket = buckets_.data() + std::size_t(h * opt_.n_hashes + r) * std::size_t(n);
     if (n_buckets_ == 1) {
       std::fill(bucket, bucket + n, 0);
@@ -151,13 +164,7 @@ class LSHAttention {
                     view(w.projection), 1.0f, 0.0f, 1);
       for (Index i = 0; i < n; ++i) {
         const float* p = w.projection.data() + i * half;
-        int best = 0;
-        float best_value = p[0];
-        for (Index b = 1; b < half; ++b)
-          if (p[b] > best_value) best_value = p[b], best = int(b);
-        for (Index b = 0; b < half; ++b)
-          if (-p[b] > best_value) best_value = -p[b], best = int(half + b);
-        bucket[i] = best;
+        bucket[i] = argmax_signed(p, half1) + (half2 ? int(factor1_) * argmax_signed(p + half1, half2) : 0);
       }
     }
     // Stable counting sort by bucket.
@@ -166,6 +173,17 @@ class LSHAttention {
     for (Index b = 0; b < n_buckets_; ++b) w.count[std::size_t(b + 1)] += w.count[std::size_t(b)];
     Index* order = order_.data() + r * n;
     for (Index i = 0; i < n; ++i) order[w.count[std::size_t(bucket[i])]++] = i;
+  }
+
+  /// argmax over [p; −p] for p (half): the index in [0, 2·half).
+  static int argmax_signed(const float* p, Index half) noexcept {
+    int best = 0;
+    float best_value = p[0];
+    for (Index b = 1; b < half; ++b)
+      if (p[b] > best_value) best_value = p[b], best = int(b);
+    for (Index b = 0; b < half; ++b)
+      if (-p[b] > best_value) best_value = -p[b], best = int(half + b);
+    return best;
   }
 
   /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
@@ -208,8 +226,9 @@ class LSHAttention {
     }
   }
 
+  static constexpr Index max_single_factor = 64;
   LSHOptions opt_{};
-  Index n_ = 0, n_buckets_ = 0;
+  Index n_ = 0, n_buckets_ = 0, factor1_ = 0, factor2_ = 1;
   std::vector<Matrix> rotations_;  // (head_dim, n_buckets / 2) per (head, round)
   std::vector<int> buckets_;       // (heads, n_hashes, n)
   std::vector<Index> order_;       // (n_hashes, n): positions sorted by (bucket, position), current head

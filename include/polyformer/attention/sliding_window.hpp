@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "polyformer/attention/local_tile.hpp"
@@ -240,6 +241,8 @@ class SlidingWindow {
       // Band columns: the window is columns [c_lo, c_hi); columns from c_end on are past key_end.
       const Index c_end = key_end > j0 ? std::min(band, (key_end - j0 + D - 1) / D) : 0;
       const Index c_lo = std::clamp<Index>(mq - w - lo, 0, c_end), c_hi = std::clamp<Index>(mq + w - lo + 1, c_lo, c_end);
+      if (!any_global && !mask.key_padding && !mask.additive)
+        return std::pair<Index, Index>(c_lo, c_hi);  // the window alone: the softmax runs over it only
       if (!any_global) {
         std::fill(row, row + c_lo, neg_inf);
         std::fill(row + c_hi, row + band, neg_inf);
@@ -256,6 +259,7 @@ class SlidingWindow {
           if (mask.key_padding && mask.key_padding[j] != 0.0f) row[c] = neg_inf;
           else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j];
         }
+      return std::pair<Index, Index>(0, n_cols);
     });
     for (Index t = 0; t < nb; ++t) {
       const float* src = tile.out_row(t);

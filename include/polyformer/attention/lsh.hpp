@@ -24,6 +24,7 @@
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
 
@@ -90,6 +91,8 @@ class LSHAttention {
     order_.resize(std::size_t(H * n));
     if (n == 0) return;
     ensure_shape(keys_, n, dh);
+    ensure_shape(sorted_keys_t_, H * dh, n);
+    ensure_shape(sorted_values_, H * n, dh);
     ensure_shape(round_out_, H * n, dh);
     round_lse_.resize(std::size_t(H * n));
     const Index chunks = (n + C - 1) / C;
@@ -104,9 +107,12 @@ class LSHAttention {
         const float norm = qi.norm();
         block(view(keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
       }
-      parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) { hash_round(h, r, work_[std::size_t(thread)]); });
+      parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) {
+        hash_round(h, r, work_[std::size_t(thread)]);
+        sort_round(s, g, r, v, work_[std::size_t(thread)]);
+      });
       parallel_for(H * chunks, t, [&](Index task, int thread) {
-        attend_chunk(s, h, g, task / chunks, task % chunks, q, v, mask, work_[std::size_t(thread)]);
+        attend_chunk(s, h, task / chunks, task % chunks, q, mask, work_[std::size_t(thread)]);
       });
       // Combine the rounds: weights softmax over each round's log-sum-exp.
       parallel_chunks(n, t, [&](Index i0, Index i1, int) {
@@ -132,7 +138,8 @@ class LSHAttention {
  private:
   struct Work {
     detail::LocalTile tile;
-    Matrix projection;        // (n, n_buckets / 2)
+    Matrix projection;        // (n, Σ factor / 2)
+    Matrix sorted_rows;       // (n, head_dim): a round's keys in sorted order, before the transpose
     std::vector<Index> count; // (n_buckets + 1)
   };
 
@@ -175,6 +182,20 @@ class LSHAttention {
     for (Index i = 0; i < n; ++i) order[w.count[std::size_t(bucket[i])]++] = i;
   }
 
+  /// Round r's keys (transposed) and values in sorted order, so every chunk reads its keys in place.
+  void sort_round(const AttentionShape& s, Index g, Index r, ConstMatrixView v, Work& w) {
+    const Index n = n_, dh = s.head_dim;
+    const Index* order = order_.data() + r * n;
+    ensure_shape(w.sorted_rows, n, dh);
+    for (Index a = 0; a < n; ++a) {
+      const float* key = keys_.data() + order[a] * dh;
+      std::copy(key, key + dh, w.sorted_rows.data() + a * dh);
+      const float* value = v.data() + order[a] * v.outerStride() + g * dh;
+      std::copy(value, value + dh, sorted_values_.data() + (r * n + a) * dh);
+    }
+    kernels::transpose(w.sorted_rows.data(), dh, n, dh, sorted_keys_t_.data() + r * dh * n, n);
+  }
+
   /// argmax over [p; −p] for p (half): the index in [0, 2·half).
   static int argmax_signed(const float* p, Index half) noexcept {
     int best = 0;
@@ -187,23 +208,23 @@ class LSHAttention {
   }
 
   /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
-  void attend_chunk(const AttentionShape& s, Index h, Index g, Index r, Index c, ConstMatrixView q,
-                    ConstMatrixView v, const AttentionMask& mask, Work& w) {
+  void attend_chunk(const AttentionShape& s, Index h, Index r, Index c, ConstMatrixView q, const AttentionMask& mask,
+                    Work& w) {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index n = n_, C = opt_.chunk, dh = s.head_dim;
     const Index* order = order_.data() + r * n;
     const Index q0 = c * C, nq = std::min(C, n - q0), k0 = std::max<Index>(q0 - C, 0), nk = q0 + nq - k0;
     detail::LocalTile& tile = w.tile;
     MatrixView qs = tile.query_rows(nq);
-    MatrixView kt = tile.key_cols(nk);
-    MatrixView vs = tile.value_rows(nk);
     for (Index a = 0; a < nq; ++a) block(qs, a, 0, 1, dh) = block(q, order[q0 + a], h * dh, 1, dh) * s.scale;
-    for (Index b = 0; b < nk; ++b) {
-      const Index j = order[k0 + b];
-      for (Index f = 0; f < dh; ++f) kt(f, b) = keys_(j, f);
-      block(vs, b, 0, 1, dh) = block(v, j, g * dh, 1, dh);
-    }
-    tile.attend(nq, nk, [&](Index a, float* row) {
+    const ConstMatrixView keys_t(sorted_keys_t_.data() + r * dh * n + k0, dh, nk, Eigen::OuterStride<>(n));
+    const ConstMatrixView values = block(cview(sorted_values_), r * n + k0, 0, nk, dh);
+    const bool plain = !mask.causal && !mask.key_padding && !mask.additive && mask.n_valid_keys >= n;
+    tile.attend(nq, keys_t, values, [&](Index a, float* row) {
+      if (plain) {  // every key of the two chunks but itself (it sits at column q0 + a − k0)
+        if (nk > 1) row[q0 + a - k0] = neg_inf;
+        return;
+      }
       const Index i = order[q0 + a], end = mask.key_end(i, n);
       Index self = -1;
       bool other = false;
@@ -233,6 +254,8 @@ class LSHAttention {
   std::vector<int> buckets_;       // (heads, n_hashes, n)
   std::vector<Index> order_;       // (n_hashes, n): positions sorted by (bucket, position), current head
   Matrix keys_;                    // (n, head_dim): the current head's unit-length queries
+  Matrix sorted_keys_t_;           // (n_hashes·head_dim, n): each round's keys transposed, in sorted order
+  Matrix sorted_values_;           // (n_hashes·n, head_dim): each round's values in sorted order
   Matrix round_out_;               // (n_hashes·n, head_dim): each round's output, by position
   std::vector<float> round_lse_;   // (n_hashes·n)
   std::vector<Work> work_;

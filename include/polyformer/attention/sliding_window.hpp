@@ -85,44 +85,44 @@ class SlidingWindow {
       if (p < static_cast<Index>(is_global_.size())) is_global_[std::size_t(p)] = 1;
       if (p < n_k) globals_in_keys_.push_back(p);
     }
-    // Tasks: (head, residue class, first query of the block within the class).
-    tasks_.clear();
+    const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) *
+                                       double(dh), n_q / std::max<Index>(opt_.query_block, 1) + 1);
+    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
+    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(globals_in_keys_.size());
+    for (int i = 0; i < t; ++i) work_[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
+    key_stride_ = (n_k + 15) / 16 * 16 + 16;  // rows not a multiple of 4 KiB apart (L1 set aliasing)
+    // Head by head, so the head's prepared keys and values stay in cache while its blocks read them.
     for (Index h = 0; h < s.n_heads; ++h) {
-      const Index D = dilation(h);
+      const Index D = dilation(h), g = s.kv_head(h);
+      if (globals_in_keys_.empty()) {
+        // The head's keys transposed and its values copied, both in residue-class order, so a block's band is
+        // a contiguous run of columns (rows): the tiles read them in place.
+        ensure_shape(keys_t_, dh, key_stride_);
+        ensure_shape(values_, n_k, dh);
+        const Index ks = k.outerStride(), vs = v.outerStride();
+        Index col = 0;
+        for (Index r = 0; r < D && r < n_k; ++r) {
+          const Index count = (n_k - 1 - r) / D + 1;
+          parallel_chunks(count, t, [&](Index i0, Index i1, int) {
+            kernels::transpose(k.data() + (r + D * i0) * ks + g * dh, D * ks, i1 - i0, dh, keys_t_.data() + col + i0,
+                               key_stride_);
+            block(view(values_), col + i0, 0, i1 - i0, dh) =
+                ConstMatrixView(v.data() + (r + D * i0) * vs + g * dh, i1 - i0, dh, Eigen::OuterStride<>(D * vs));
+          });
+          col += count;
+        }
+      }
+      // Tasks: (head, residue class, first query of the block within the class).
+      tasks_.clear();
       for (Index r = 0; r < D; ++r) {
         const Index first = ((r - off) % D + D) % D;  // first query whose position is ≡ r
         const Index count = first < n_q ? (n_q - 1 - first) / D + 1 : 0;
         for (Index m0 = 0; m0 < count; m0 += opt_.query_block) tasks_.push_back({h, r, m0});
       }
-    }
-    const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) *
-                                       double(dh), static_cast<Index>(tasks_.size()));
-    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(globals_in_keys_.size());
-    for (int i = 0; i < t; ++i) work_[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
-    if (globals_in_keys_.empty()) {
-      // Each head's keys transposed and its values copied once, both in residue-class order, so a block's band
-      // is a contiguous run of columns (rows): the tiles read them in place.
-      key_stride_ = (n_k + 15) / 16 * 16 + 16;  // rows not a multiple of 4 KiB apart (L1 set aliasing)
-      ensure_shape(keys_t_, s.n_heads * dh, key_stride_);
-      ensure_shape(values_, s.n_heads * n_k, dh);
-      const Index ks = k.outerStride(), vs = v.outerStride();
-      parallel_for(s.n_heads, t, [&](Index h, int) {
-        const Index D = dilation(h), g = s.kv_head(h);
-        Index col = 0;
-        for (Index r = 0; r < D && r < n_k; ++r) {
-          const Index count = (n_k - 1 - r) / D + 1;
-          kernels::transpose(k.data() + r * ks + g * dh, D * ks, count, dh, keys_t_.data() + h * dh * key_stride_ + col,
-                             key_stride_);
-          block(view(values_), h * n_k + col, 0, count, dh) =
-              ConstMatrixView(v.data() + r * vs + g * dh, count, dh, Eigen::OuterStride<>(D * vs));
-          col += count;
-        }
+      parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task, int thread) {
+        run_block(s, tasks_[std::size_t(task)], q, k, v, mask, out, work_[std::size_t(thread)]);
       });
     }
-    parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task, int thread) {
-      run_block(s, tasks_[std::size_t(task)], q, k, v, mask, out, work_[std::size_t(thread)]);
-    });
     // Global queries see every key: their rows again, densely.
     global_queries_.clear();
     for (Index p : opt_.global_positions)
@@ -230,9 +230,8 @@ class SlidingWindow {
     Index start = 0;
     for (Index r2 = 0; r2 < r; ++r2) start += r2 < n_k ? (n_k - 1 - r2) / D + 1 : 0;
     const ConstMatrixView keys_in =
-        gathered ? cview(kt)
-                 : ConstMatrixView(keys_t_.data() + h * dh * key_stride_ + start + lo, dh, band, Eigen::OuterStride<>(key_stride_));
-    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(values_), h * n_k + start + lo, 0, band, dh);
+        gathered ? cview(kt) : ConstMatrixView(keys_t_.data() + start + lo, dh, band, Eigen::OuterStride<>(key_stride_));
+    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(values_), start + lo, 0, band, dh);
     const auto key_of = [&](Index c) { return c < band ? j0 + D * c : extra[std::size_t(c - band)]; };
     const bool any_global = !globals_in_keys_.empty();
     tile.attend(nb, keys_in, values_in, [&](Index row_index, float* row) {
@@ -298,8 +297,8 @@ class SlidingWindow {
 
   std::vector<Work> work_;
   Index key_stride_ = 0;
-  Matrix keys_t_;  // (heads·d, key_stride_): each head's keys transposed, residue classes one after another
-  Matrix values_;  // (heads·n_k, d): each head's values in the same order
+  Matrix keys_t_;  // (d, key_stride_): the current head's keys transposed, residue classes one after another
+  Matrix values_;  // (n_k, d): the current head's values in the same order
   std::vector<char> is_global_;  // by key position
   std::vector<Index> globals_in_keys_, global_queries_;
 };

@@ -39,11 +39,12 @@ class Blockwise {
     tasks_.clear();
     if (n_q > 0) {
       const Index first_block = off / block_, last_block = (off + n_q - 1) / block_;
-      for (Index h = 0; h < s.n_heads; ++h)
-        for (Index b = first_block; b <= last_block; ++b) {
-          const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
+      // Block-major: a block's rows serve every head while they are in cache.
+      for (Index b = first_block; b <= last_block; ++b) {
+        const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
+        for (Index h = 0; h < s.n_heads; ++h)
           for (Index i0 = i_begin; i0 < i_end; i0 += query_slice) tasks_.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
-        }
+      }
     }
     const Index span = (previous_ ? 2 : 1) * block_;
     const double work = double(n_q) * double(s.n_heads) * double(std::min(span, n_k)) * double(dh);

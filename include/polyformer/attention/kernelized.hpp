@@ -297,36 +297,42 @@ class Kernelized {
   /// out_i = φ(q_i)·S / φ(q_i)·z with the sums over all keys, query rows in chunks.
   void run_bidirectional(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                          const AttentionMask& mask, MatrixView out, const Context& ctx) {
-    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, M = map_.features(dh), group = s.n_heads / s.n_kv_heads;
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, M = map_.features(dh);
     const Index C = bidirectional_chunk;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_kv_heads));
     if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
     KernelState state(s.n_kv_heads, M, dh);
-    parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
-      Work& w = work_[std::size_t(thread)];
-      ensure_shape(w.phi_kt, M, C);
-      for (Index j0 = 0; j0 < n_k; j0 += C) {
-        const Index nc = std::min(C, n_k - j0);
+    // Chunk-major: a chunk's rows serve every head while they are in cache (head-major order would stream
+    // the whole sequence once per head, from memory once it outgrows the caches).
+    for (Index j0 = 0; j0 < n_k; j0 += C) {
+      const Index nc = std::min(C, n_k - j0);
+      parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
+        Work& w = work_[std::size_t(thread)];
+        ensure_shape(w.phi_kt, M, C);
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
         key_features(s, block(k, j0, g * dh, nc, dh), mask, j0, state, g, phi_t, w);
         fold(state, g, cview(phi_t), block(v, j0, g * dh, nc, dh));
-      }
-      const ConstMatrixView sums = cview(state.sums(g));
-      const float* z = state.norms(g);
-      for (Index h = g * group; h < (g + 1) * group; ++h)
-        for (Index i0 = 0; i0 < n_q; i0 += C) {
-          const Index nc = std::min(C, n_q - i0);
-          ensure_shape(w.phi_q, C, M);
-          ensure_shape(w.num, C, dh);
-          w.den.resize(std::size_t(C));
-          MatrixView phi = block(view(w.phi_q), 0, 0, nc, M);
-          map_.map_queries(block(q, i0, h * dh, nc, dh), phi, s.scale);
-          MatrixView num = block(view(w.num), 0, 0, nc, dh);
-          kernels::gemm(cview(phi), sums, kernels::Transpose::no, num, 1.0f, 0.0f, 1);
-          for (Index i = 0; i < nc; ++i) w.den[std::size_t(i)] = kernels::dot(phi.data() + i * M, z, std::size_t(M));
-          write_rows(num, w.den.data(), block(out, i0, h * dh, nc, dh));
-        }
-    });
+      });
+    }
+    const int tq = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_heads));
+    if (static_cast<int>(work_.size()) < tq) work_.resize(std::size_t(tq));
+    for (Index i0 = 0; i0 < n_q; i0 += C) {
+      const Index nc = std::min(C, n_q - i0);
+      parallel_for(s.n_heads, tq, [&](Index h, int thread) {
+        Work& w = work_[std::size_t(thread)];
+        const Index g = s.kv_head(h);
+        ensure_shape(w.phi_q, C, M);
+        ensure_shape(w.num, C, dh);
+        w.den.resize(std::size_t(C));
+        MatrixView phi = block(view(w.phi_q), 0, 0, nc, M);
+        map_.map_queries(block(q, i0, h * dh, nc, dh), phi, s.scale);
+        MatrixView num = block(view(w.num), 0, 0, nc, dh);
+        kernels::gemm(cview(phi), cview(state.sums(g)), kernels::Transpose::no, num, 1.0f, 0.0f, 1);
+        for (Index i = 0; i < nc; ++i)
+          w.den[std::size_t(i)] = kernels::dot(phi.data() + i * M, state.norms(g), std::size_t(M));
+        write_rows(num, w.den.data(), block(out, i0, h * dh, nc, dh));
+      });
+    }
   }
 
   /// Causal prefix sums over new keys k, v (n, kv_heads·d) continuing `state`; queries q (n or 0 rows) sit at
@@ -339,15 +345,15 @@ class Kernelized {
     const double work = double(n) * double(M) * double(dh) * double(s.n_heads);
     const int t = work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_kv_heads));
     if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
-      Work& w = work_[std::size_t(thread)];
-      ensure_shape(w.phi_kt, M, C);
-      ensure_shape(w.phi_q, C, M);
-      ensure_shape(w.gram, C, C);
-      ensure_shape(w.num, C, dh);
-      w.den.resize(std::size_t(C));
-      for (Index c0 = 0; c0 < n; c0 += C) {
-        const Index nc = std::min(C, n - c0);
+    for (Index c0 = 0; c0 < n; c0 += C) {  // chunk-major, as in run_bidirectional
+      const Index nc = std::min(C, n - c0);
+      parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
+        Work& w = work_[std::size_t(thread)];
+        ensure_shape(w.phi_kt, M, C);
+        ensure_shape(w.phi_q, C, M);
+        ensure_shape(w.gram, C, C);
+        ensure_shape(w.num, C, dh);
+        w.den.resize(std::size_t(C));
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
         const ConstMatrixView kc = block(k, c0, g * dh, nc, dh), vc = block(v, c0, g * dh, nc, dh);
         key_features(s, kc, mask, first_key + c0, state, g, phi_t, w);
@@ -367,8 +373,8 @@ class Kernelized {
             write_rows(num, w.den.data(), block(out, c0, h * dh, nc, dh));
           }
         fold(state, g, cview(phi_t), vc);
-      }
-    });
+      });
+    }
     state.advance(n);
   }
 

@@ -24,8 +24,6 @@
 // (query i sees keys i + D·t, |t| ≤ W; global positions see and are seen by every position), --prev-block
 // lets blockwise:B see the previous block too. Exit code 2 on bad input, with a message on stderr.
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -33,9 +31,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <exception>
-#include <fstream>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -55,6 +51,7 @@
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/safetensors.hpp"
 
+#include "../bench/resident_memory.hpp"
 #include "cli.hpp"
 
 namespace pf = polyformer;
@@ -176,44 +173,7 @@ pf::AttentionSpec make_spec(const std::string& spelling, const Options& o, pf::I
 
 // ---- peak resident memory ----
 
-/// A "Name:   123 kB" field of /proc/self/status in MB (2^20 bytes); negative when absent.
-double proc_status_mb(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  const std::size_t len = std::strlen(field);
-  while (std::getline(in, line))
-    if (line.compare(0, len, field) == 0 && line.size() > len && line[len] == ':')
-      return std::stod(line.substr(len + 1)) / 1024.0;  // the kernel reports kB
-  return -1.0;
-}
-
-/// Resident memory added since construction. Construction hands freed heap back to the system and resets the
-/// process's high-water mark (VmHWM) to the current RSS by writing "5" to /proc/self/clear_refs (proc(5)).
-class ResidentPeak {
- public:
-  ResidentPeak() {
-    malloc_trim(0);
-    if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
-      reset_ = std::fputs("5", f) >= 0;
-      reset_ = std::fclose(f) == 0 && reset_;
-    }
-    baseline_mb_ = proc_status_mb("VmRSS");
-  }
-
-  /// Whether the high-water mark was reset (false: clear_refs not writable).
-  bool reset() const noexcept { return reset_; }
-
-  /// The peak RSS since construction above the RSS then; without the reset (the mark would be the process's
-  /// lifetime peak) the RSS now above the RSS then, i.e. what the measured code still holds.
-  double extra_mb() const {
-    const double now = proc_status_mb(reset_ ? "VmHWM" : "VmRSS");
-    return std::max(0.0, now - baseline_mb_);
-  }
-
- private:
-  bool reset_ = false;
-  double baseline_mb_ = 0.0;
-};
+using bench::ResidentPeak;  // bench/resident_memory.hpp
 
 // ---- the random-input table ----
 
@@ -287,7 +247,7 @@ Row measure(Policy& policy, const std::string& spelling, const Problem& p, const
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
   Row row;
-  row.peak_mb = peak.extra_mb();
+  row.peak_mb = peak.extra_mib();
   row.peak_reset = peak.reset();
   std::sort(ms.begin(), ms.end());
   row.ms = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);

@@ -301,7 +301,12 @@ class Kernelized {
     const Index C = bidirectional_chunk;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_kv_heads));
     if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    KernelState state(s.n_kv_heads, M, dh);
+    // The sums over all keys, in a state kept between calls (cleared, not reallocated).
+    if (sums_.n_kv_heads() != s.n_kv_heads || sums_.features() != M || sums_.head_dim() != dh)
+      sums_ = KernelState(s.n_kv_heads, M, dh);
+    else
+      sums_.clear();
+    KernelState& state = sums_;
     // Chunk-major: a chunk's rows serve every head while they are in cache (head-major order would stream
     // the whole sequence once per head, from memory once it outgrows the caches).
     for (Index j0 = 0; j0 < n_k; j0 += C) {
@@ -390,6 +395,7 @@ class Kernelized {
 
   Map map_{};
   std::vector<Work> work_;
+  KernelState sums_;  // bidirectional forward's sums
 };
 
 /// Linear attention with φ = elu + 1 (Katharopoulos et al. 2020).

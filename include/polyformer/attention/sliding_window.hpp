@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "polyformer/attention/full.hpp"
 #include "polyformer/attention/local_tile.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/window_cache.hpp"
@@ -22,9 +23,6 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
-#include "polyformer/kernels/dot.hpp"
-#include "polyformer/kernels/exp.hpp"
-#include "polyformer/kernels/reduce.hpp"
 #include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
@@ -124,17 +122,13 @@ class SlidingWindow {
       });
     }
     // Global queries see every key: their rows again, densely.
-    global_queries_.clear();
-    for (Index p : opt_.global_positions)
-      if (p - off >= 0 && p - off < n_q) global_queries_.push_back(p - off);
-    if (!global_queries_.empty()) {
-      const Index gt = static_cast<Index>(global_queries_.size()) * s.n_heads;
-      const int t2 = threads_for(ctx, double(gt) * double(n_k) * double(dh), gt);
-      if (static_cast<int>(work_.size()) < t2) work_.resize(std::size_t(t2));
-      parallel_for(gt, t2, [&](Index task, int thread) {
-        dense_row(s, global_queries_[std::size_t(task / s.n_heads)], task % s.n_heads, q, k, v, mask, out,
-                  work_[std::size_t(thread)].scores);
-      });
+    for (Index p : opt_.global_positions) {  // one query against all keys: FullAttention's few-query path
+      const Index i = p - off;
+      if (i < 0 || i >= n_q) continue;
+      AttentionMask row_mask = mask;
+      row_mask.causal_offset = mask.causal_offset + i;
+      if (mask.additive) row_mask.additive = mask.additive + i * mask.additive_stride;
+      dense_.forward(s, block(q, i, 0, 1, q.cols()), k, v, row_mask, block(out, i, 0, 1, out.cols()), ctx);
     }
   }
 
@@ -180,7 +174,6 @@ class SlidingWindow {
   struct Work {  // one thread's
     detail::LocalTile tile;
     std::vector<Index> extra;    // global keys outside the current band
-    std::vector<float> scores;   // a global query's scores
   };
 
   static int threads_for(const Context& ctx, double work, Index tasks) {
@@ -266,41 +259,18 @@ class SlidingWindow {
     }
   }
 
-  /// Query i of head h against every key it may see (a global query), into out.
-  static void dense_row(const AttentionShape& s, Index i, Index h, ConstMatrixView q, ConstMatrixView k,
-                        ConstMatrixView v, const AttentionMask& mask, MatrixView out, std::vector<float>& scores) {
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index n_k = k.rows(), dh = s.head_dim, g = s.kv_head(h), visible = mask.key_end(i, n_k);
-    scores.resize(std::size_t(std::max<Index>(visible, 1)));
-    const float* qi = q.data() + i * q.outerStride() + h * dh;
-    for (Index j = 0; j < visible; ++j) {
-      float x = s.scale * kernels::dot(qi, k.data() + j * k.outerStride() + g * dh, std::size_t(dh));
-      if (mask.additive) x += mask.additive[i * mask.additive_stride + j];
-      if (mask.key_padding && mask.key_padding[j] != 0.0f) x = neg_inf;
-      scores[std::size_t(j)] = x;
-    }
-    float* dst = out.data() + i * out.outerStride() + h * dh;
-    std::fill(dst, dst + dh, 0.0f);
-    const float m = visible > 0 ? kernels::reduce_max(scores.data(), std::size_t(visible)) : neg_inf;
-    if (m == neg_inf) return;
-    const float sum = kernels::exp_shifted_sum(scores.data(), std::size_t(visible), m);
-    for (Index j = 0; j < visible; ++j)
-      if (scores[std::size_t(j)] != 0.0f)
-        kernels::axpy(scores[std::size_t(j)], v.data() + j * v.outerStride() + g * dh, dst, std::size_t(dh));
-    kernels::scale(dst, 1.0f / sum, std::size_t(dh));
-  }
-
   SlidingWindowOptions opt_{};
   std::vector<Task> tasks_;
   /// Columns a tile gathers itself (none when the prepared copies are read in place).
   Index gathered_cols(Index n_cols) const noexcept { return globals_in_keys_.empty() ? 0 : n_cols; }
 
   std::vector<Work> work_;
+  FullAttention dense_;  // a global query's row
   Index key_stride_ = 0;
   Matrix keys_t_;  // (d, key_stride_): the current head's keys transposed, residue classes one after another
   Matrix values_;  // (n_k, d): the current head's values in the same order
   std::vector<char> is_global_;  // by key position
-  std::vector<Index> globals_in_keys_, global_queries_;
+  std::vector<Index> globals_in_keys_;
 };
 
 static_assert(AttentionPolicy<SlidingWindow>);

@@ -25,6 +25,7 @@
 #include "polyformer/layers/position.hpp"
 #include "polyformer/layers/rotary.hpp"
 #include "polyformer/linear/dense.hpp"
+#include "polyformer/linear/lora.hpp"
 
 #include "polyformer/attention/blockwise.hpp"
 #include "polyformer/attention/full.hpp"
@@ -46,9 +47,11 @@
 #include "polyformer/blocks/encoder_layer.hpp"
 
 #include "polyformer/io/llama2c.hpp"
+#include "polyformer/io/peft.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/io/tokenizer.hpp"
 #include "polyformer/models/llama.hpp"
+#include "polyformer/models/llama_lora.hpp"
 #include "polyformer/models/torch_transformer.hpp"
 
 #include "polyformer/generate/generator.hpp"

@@ -3,6 +3,7 @@
 /// token embedding → layers of pre-norm RMSNorm, grouped-query self-attention with interleaved RoPE and SwiGLU
 /// FFN (EncoderLayer run causally over a KV cache) → final RMSNorm → classifier. Loads llama2.c checkpoints.
 
+#include <concepts>
 #include <span>
 #include <utility>
 #include <vector>
@@ -112,34 +113,38 @@ class Llama {
   Matrix x_, y_, normed_, logits_;
 };
 
-/// A Llama over dense float weights from a parsed llama2.c checkpoint, every layer's attention a copy of
+/// A Llama over the float weights of a parsed llama2.c checkpoint, every layer's attention a copy of
 /// `attention` (FullAttention by default; any IncrementalAttention policy, e.g. SlidingWindow for a bounded
-/// cache). A shared classifier is a Dense copy of the embedding.
-template <IncrementalAttention Attn = FullAttention>
-Llama<Attn> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) {
-  using Model = Llama<Attn>;
+/// cache) and every linear layer a `Lin` built from its weight (out, in) once: Dense keeps it, Int8 quantizes
+/// it, LoRA<Inner> wraps it with no adapters yet. A shared classifier is built from a copy of the embedding.
+template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
+  requires std::constructible_from<Lin, Matrix>
+Llama<Attn, Lin> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) {
+  using Model = Llama<Attn, Lin>;
   using Layer = Model::Layer;
   const io::LlamaConfig& c = w.config;
   c.validate("make_llama");
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
   for (std::size_t l = 0; l < static_cast<std::size_t>(c.n_layers); ++l) {
-    typename Layer::Attention attn(Dense(std::move(w.wq[l])), Dense(std::move(w.wk[l])), Dense(std::move(w.wv[l])),
-                                   Dense(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
+    typename Layer::Attention attn(Lin(std::move(w.wq[l])), Lin(std::move(w.wk[l])), Lin(std::move(w.wv[l])),
+                                   Lin(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
                                    attention, RoPE<RotaryStyle::interleaved>(c.rope_theta));
-    typename Layer::FFN ffn(Dense(std::move(w.w1[l])), Dense(std::move(w.w3[l])), Dense(std::move(w.w2[l])));
+    typename Layer::FFN ffn(Lin(std::move(w.w1[l])), Lin(std::move(w.w3[l])), Lin(std::move(w.w2[l])));
     layers.emplace_back(std::move(attn), std::move(ffn), RMSNorm(std::move(w.attn_norm[l]), c.norm_eps),
                         RMSNorm(std::move(w.ffn_norm[l]), c.norm_eps));
   }
-  Dense classifier(c.shared_classifier ? w.token_embedding : std::move(w.classifier));
+  Lin classifier(c.shared_classifier ? Matrix(w.token_embedding) : std::move(w.classifier));
   return Model(c, std::move(w.token_embedding), std::move(layers), RMSNorm(std::move(w.final_norm), c.norm_eps),
                std::move(classifier));
 }
 
-/// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over attention policy `attention`.
-template <IncrementalAttention Attn = FullAttention>
-Llama<Attn> load_llama2c(const std::string& path, const Attn& attention = Attn{}) {
-  return make_llama(io::read_llama2c(path), attention);
+/// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over linear policy `Lin` and attention
+/// policy `attention`: `load_llama2c(path)`, `load_llama2c<Int8>(path)`, `load_llama2c(path, SlidingWindow(64))`.
+template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
+  requires std::constructible_from<Lin, Matrix>
+Llama<Attn, Lin> load_llama2c(const std::string& path, const Attn& attention = Attn{}) {
+  return make_llama<Lin>(io::read_llama2c(path), attention);
 }
 
 }  // namespace polyformer

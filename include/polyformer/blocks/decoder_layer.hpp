@@ -28,9 +28,10 @@ struct DecoderMasks {
 /// masking, `CrossAttn` the attention over memory.
 /// post-norm: h = norm1(x + SA(x)); h2 = norm2(h + CA(h, m)); y = norm3(h2 + FF(h2)).
 /// pre-norm:  h = x + SA(norm1(x)); h2 = h + CA(norm2(h), m); y = h2 + FF(norm3(h2)).
+/// FF is `FFNType`: the dense FeedForward<Lin, Act> by default, or any FeedForwardPolicy (MixtureOfExperts).
 template <AttentionPolicy Attn = FullAttention, LinearPolicy Lin = Dense, NormPolicy Norm = LayerNorm,
           ActivationPolicy Act = ReLU, NormPlacement Placement = NormPlacement::post, RotaryPolicy Rot = NoRotary,
-          AttentionPolicy CrossAttn = FullAttention>
+          AttentionPolicy CrossAttn = FullAttention, FeedForwardPolicy FFNType = FeedForward<Lin, Act>>
 class DecoderLayer {
   static_assert(Attn::supports_causal,
                 "DecoderLayer: the self-attention policy does not support causal masking (a decoder needs it)");
@@ -38,7 +39,7 @@ class DecoderLayer {
  public:
   using SelfAttention = MultiHeadAttention<Attn, Lin, Rot>;
   using CrossAttention = MultiHeadAttention<CrossAttn, Lin, NoRotary>;
-  using FFN = FeedForward<Lin, Act>;
+  using FFN = FFNType;
   using norm_type = Norm;
   static constexpr NormPlacement placement = Placement;
 

@@ -18,15 +18,19 @@
 
 namespace polyformer {
 
+static_assert(FeedForwardPolicy<FeedForward<Dense, ReLU>> && FeedForwardPolicy<FeedForward<Dense, SwiGLU>>);
+
 /// One encoder layer composed from policies. Inputs are batches laid out as (batch·seq, d_model) rows.
 /// post-norm: h = norm1(x + SA(x)); y = norm2(h + FF(h)).  pre-norm: h = x + SA(norm1(x)); y = h + FF(norm2(h)).
+/// FF is `FFNType`: the dense FeedForward<Lin, Act> by default, or any FeedForwardPolicy (MixtureOfExperts).
 /// The object owns its workspace (every intermediate of the last forward, kept for a backward pass).
 template <AttentionPolicy Attn = FullAttention, LinearPolicy Lin = Dense, NormPolicy Norm = LayerNorm,
-          ActivationPolicy Act = ReLU, NormPlacement Placement = NormPlacement::post, RotaryPolicy Rot = NoRotary>
+          ActivationPolicy Act = ReLU, NormPlacement Placement = NormPlacement::post, RotaryPolicy Rot = NoRotary,
+          FeedForwardPolicy FFNType = FeedForward<Lin, Act>>
 class EncoderLayer {
  public:
   using Attention = MultiHeadAttention<Attn, Lin, Rot>;
-  using FFN = FeedForward<Lin, Act>;
+  using FFN = FFNType;
   using norm_type = Norm;
   static constexpr NormPlacement placement = Placement;
 

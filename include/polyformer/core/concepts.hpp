@@ -22,6 +22,16 @@ concept LinearPolicy = std::movable<L> && requires(const L& l, ConstMatrixView x
   l.forward(x, y, ctx);
 };
 
+/// A position-wise feed-forward sublayer y (n, d) = f(x (n, d)) that a block calls between its residuals:
+/// FeedForward (layers/ffn.hpp), MixtureOfExperts (layers/moe.hpp). forward may update the object's own
+/// workspace (hence non-const); y must not alias x.
+template <typename F>
+concept FeedForwardPolicy = std::movable<F> && requires(F& f, const F& cf, ConstMatrixView x, MatrixView y,
+                                                        const Context& ctx) {
+  { cf.dim() } -> std::convertible_to<Index>;
+  f.forward(x, y, ctx);
+};
+
 /// A row-wise normalization (LayerNorm, RMSNorm): y (n, d) = norm(x (n, d)).
 template <typename N>
 concept NormPolicy = std::movable<N> && requires(const N& norm, ConstMatrixView x, MatrixView y) {

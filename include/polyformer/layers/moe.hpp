@@ -1,0 +1,419 @@
+#pragma once
+/// \file Mixture-of-experts FFN: a router sends each token to its top-k of n_experts FeedForward experts
+/// and mixes their outputs by gate weights; usable as the FFN of any block (a FeedForwardPolicy).
+///
+/// One forward over x (n, d), E = n_experts:
+/// 1. Router: probs (n, E) = softmax over experts of router(x), a Dense d → E (sparsely-gated MoE,
+///    Shazeer et al. 2017).
+/// 2. Top-k: each token's k most probable experts, ties broken by the lower expert index; choice c of token t
+///    is its (c+1)-th best, expert e(t, c). k = 1 is the Switch Transformer (Fedus et al. 2022); k = 2
+///    GShard (Lepikhin et al. 2021) and Mixtral (Jiang et al. 2024).
+/// 3. Gates: w(t, c) = p(t, e(t, c)) / Σ_c' p(t, e(t, c')) with MoEOptions::renormalize (GShard, Mixtral), or the
+///    raw p(t, e(t, c)) without (Switch; with k = 1 renormalizing makes every gate 1).
+/// 4. Capacity (MoEOptions::capacity_factor > 0): each expert accepts at most
+///    C = ceil(capacity_factor · n · k / E) (token, choice) pairs. Pairs are accepted in priority order —
+///    every token's first choice in token order, then every second choice, and so on (GShard's Algorithm 1,
+///    without its random dispatch of second choices) — while their expert has room. A rejected pair is
+///    dropped: it contributes nothing and the token's other gates are not renormalized. A token whose
+///    choices are all dropped gets y = 0, so in a block it passes through the residual only.
+/// 5. y(t) = Σ over t's accepted choices of w(t, c) · FFN_e(t,c)(x(t)).
+///
+/// Load-balancing auxiliary loss (Switch Transformer eq. 4, generalized from 1 to k choices):
+///     aux = E · Σ_i f_i · P_i,   f_i = #{(t, c) : e(t, c) = i} / (n · k),   P_i = (1/n) · Σ_t p(t, i),
+/// f_i counted over all n·k choices before capacity drops. Uniform routing (f_i = P_i = 1/E) gives 1; the
+/// training loop scales it (Switch uses 0.01) and adds it to the loss. aux_loss() holds the last forward's.
+///
+/// Backward-pass data is the last forward's router probabilities, choices, gates, gathered rows, hidden
+/// activations and expert outputs (as FeedForward, the activated hidden state, not the pre-activation).
+///
+/// Execution, grouped by expert: the rows routed to expert e are gathered into one contiguous block
+/// (count_e, d) of a shared buffer (experts' blocks back to back), each expert runs one product per
+/// projection over its block into its own block of an output buffer, and y is combined per token from those
+/// blocks (no scatter-add, so no races and a deterministic sum). Experts run in parallel, one expert's
+/// products on one thread, largest first on whichever thread is free (longest-processing-time list
+/// scheduling); when fewer experts are busy than there are threads, or the loads are too uneven to balance,
+/// the experts run one after another on all threads each. Every buffer only grows, so a steady state
+/// allocates nothing.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "polyformer/core/concepts.hpp"
+#include "polyformer/core/context.hpp"
+#include "polyformer/core/error.hpp"
+#include "polyformer/core/parallel.hpp"
+#include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/softmax.hpp"
+#include "polyformer/layers/ffn.hpp"
+#include "polyformer/linear/dense.hpp"
+
+namespace polyformer {
+
+/// Routing options of a MixtureOfExperts.
+struct MoEOptions {
+  /// Gates renormalized over the k chosen experts (GShard, Mixtral); false keeps the raw router
+  /// probabilities (Switch Transformer).
+  bool renormalize = true;
+  /// Capacity per expert ceil(capacity_factor · n_tokens · k / n_experts); <= 0 (or +inf) means unlimited.
+  double capacity_factor = 0.0;
+};
+
+namespace detail {
+
+/// Grows m to at least `rows` rows of `cols` columns and never shrinks it, so a workspace reused for
+/// fewer rows is not reallocated.
+inline void grow_rows(Matrix& m, Index rows, Index cols) {
+  if (m.cols() != cols || m.rows() < rows) m.resize(rows, cols);
+}
+
+/// Grows v to at least n entries, never shrinks it.
+template <typename T>
+void grow_size(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace detail
+
+/// Top-k mixture of FeedForward<Lin, Act> experts (plain or gated) with a Dense router; see the file comment
+/// for the routing, capacity and auxiliary-loss definitions. The object owns its workspace.
+template <LinearPolicy Lin, ActivationPolicy Act>
+class MixtureOfExperts {
+ public:
+  using expert_type = FeedForward<Lin, Act>;
+  using linear_type = Lin;
+  using activation_type = Act;
+  static constexpr bool gated = Act::gated;
+
+  MixtureOfExperts() = default;
+
+  /// router: Dense d → n_experts (weight (n_experts, d), bias optional); experts: all d → hidden → d;
+  /// top_k in 1..n_experts.
+  MixtureOfExperts(Dense router, std::vector<expert_type> experts, int top_k, MoEOptions options = {})
+      : router_(std::move(router)), experts_(std::move(experts)), top_k_(top_k) {
+    if (experts_.empty()) throw config_error("MixtureOfExperts: experts is empty, expected at least 1 expert");
+    const Index n_exp = n_experts();
+    if (top_k_ < 1 || top_k_ > n_exp)
+      throw config_error(detail::cat("MixtureOfExperts: top_k is ", top_k_, ", expected 1..", n_exp,
+                                     " (1 to the number of experts)"));
+    const Index d = experts_[0].dim(), h = experts_[0].hidden_dim();
+    if (d < 1 || h < 1)
+      throw shape_error(detail::cat("MixtureOfExperts: experts[0] maps ", d, " -> ", h, " -> ", d,
+                                    ", expected d >= 1 and hidden >= 1 (a default-constructed FeedForward?)"));
+    if (router_.out_features() != n_exp || router_.in_features() != d)
+      throw shape_error(detail::cat("MixtureOfExperts: router weight has shape ",
+                                    detail::shape_str(router_.out_features(), router_.in_features()), ", expected ",
+                                    detail::shape_str(n_exp, d), " (n_experts, d)"));
+    for (std::size_t e = 1; e < experts_.size(); ++e)
+      if (experts_[e].dim() != d || experts_[e].hidden_dim() != h)
+        throw shape_error(detail::cat("MixtureOfExperts: experts[", e, "] maps ", experts_[e].dim(), " -> ",
+                                      experts_[e].hidden_dim(), " -> ", experts_[e].dim(), ", expected ", d, " -> ", h,
+                                      " -> ", d, " as experts[0]"));
+    set_options(options);
+    const auto ne = static_cast<std::size_t>(n_exp);
+    counts_.assign(ne, 0);
+    requests_.assign(ne, 0);
+    offsets_.assign(ne + 1, 0);
+    order_.assign(ne, 0);
+  }
+
+  Index dim() const noexcept { return router_.in_features(); }
+  Index hidden_dim() const noexcept { return experts_.empty() ? 0 : experts_[0].hidden_dim(); }
+  Index n_experts() const noexcept { return static_cast<Index>(experts_.size()); }
+  int top_k() const noexcept { return top_k_; }
+  const MoEOptions& options() const noexcept { return options_; }
+  /// Replaces the options (for the next forward); throws config_error on a NaN capacity factor.
+  void set_options(MoEOptions options) {
+    if (std::isnan(options.capacity_factor))
+      throw config_error("MixtureOfExperts: options.capacity_factor is nan, expected a number (<= 0 for unlimited)");
+    options_ = options;
+  }
+
+  Dense& router() noexcept { return router_; }
+  const Dense& router() const noexcept { return router_; }
+  /// The experts (a span: their number is fixed at construction; replace weights, not shapes).
+  std::span<expert_type> experts() noexcept { return experts_; }
+  std::span<const expert_type> experts() const noexcept { return experts_; }
+
+  /// Per-expert capacity for n tokens: ceil(capacity_factor · n · k / n_experts), at most n; n when unlimited.
+  /// (A product within 1e-12 relative above an integer counts as that integer: 1.1 · 10 / 11 gives 1, not 2.)
+  Index capacity_for(Index n) const noexcept {
+    const double factor = options_.capacity_factor;
+    if (!(factor > 0.0) || std::isinf(factor) || n == 0) return n;
+    const double c = std::ceil(factor * static_cast<double>(n) * top_k_ / static_cast<double>(n_experts()) *
+                               (1.0 - 1e-12));
+    return c >= static_cast<double>(n) ? n : std::max<Index>(1, static_cast<Index>(c));
+  }
+
+  /// y (n, d) = MoE(x (n, d)). y must not alias x.
+  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) {
+    if (experts_.empty())
+      throw config_error("MixtureOfExperts::forward: no experts (default-constructed), expected at least 1");
+    check_cols(x, dim(), "MixtureOfExperts::forward", "x");
+    check_shape(y, x.rows(), dim(), "MixtureOfExperts::forward", "y");
+    ctx.validate("MixtureOfExperts::forward");
+    n_ = x.rows();
+    route(x, ctx);
+    assign();
+    run_experts(x, ctx);
+    combine(y, ctx);
+  }
+
+  /// Convenience: returns y for x (n, d).
+  Matrix forward(const Matrix& x, const Context& ctx = {}) {
+    Matrix y(x.rows(), x.cols());
+    forward(cview(x), view(y), ctx);
+    return y;
+  }
+
+  // ---- The last forward, for inspection and a backward pass. ----
+
+  /// Tokens of the last forward (n).
+  Index tokens() const noexcept { return n_; }
+  /// Capacity per expert in the last forward (n when unlimited).
+  Index capacity() const noexcept { return capacity_; }
+  /// The load-balancing loss E · Σ_i f_i · P_i of the last forward (0 for n = 0).
+  double aux_loss() const noexcept { return aux_loss_; }
+  /// Router probabilities (n, n_experts): the softmax over experts of every token.
+  ConstMatrixView router_probs() const { return rows_of(probs_, n_); }
+  /// The expert of token t's choice c (c = 0 is its most probable expert).
+  Index expert_of(Index t, int c) const noexcept { return choice_[at(t, c)]; }
+  /// The gate weight of token t's choice c (as routed; a dropped choice's weight is not applied).
+  float gate(Index t, int c) const noexcept { return gates_[at(t, c)]; }
+  /// Whether token t's choice c was dropped for lack of capacity.
+  bool dropped(Index t, int c) const noexcept { return rows_[at(t, c)] < 0; }
+  /// Whether all of token t's choices were dropped (its output is zero).
+  bool token_dropped(Index t) const noexcept {
+    for (int c = 0; c < top_k_; ++c)
+      if (!dropped(t, c)) return false;
+    return true;
+  }
+  /// (token, choice) pairs dropped in the last forward.
+  Index dropped_count() const noexcept { return offsets_.empty() ? 0 : n_ * top_k_ - offsets_.back(); }
+  /// Row of token t's choice c in the expert buffers (expert_input, expert_hidden, expert_output of all
+  /// experts back to back), -1 when dropped; its row within expert e's block is this minus expert_offset(e).
+  Index buffer_row(Index t, int c) const noexcept { return rows_[at(t, c)]; }
+  /// Tokens accepted by each expert (n_experts); they sum to n·k − dropped_count().
+  std::span<const Index> expert_counts() const noexcept { return counts_; }
+  /// Choices that picked each expert before capacity (n_experts): f_i = expert_requests()[i] / (n·k).
+  std::span<const Index> expert_requests() const noexcept { return requests_; }
+  /// First row of expert e's block in the expert buffers.
+  Index expert_offset(Index e) const noexcept { return offsets_[static_cast<std::size_t>(e)]; }
+  /// The token of each row of expert e's block (expert_counts()[e]), in priority order.
+  std::span<const Index> expert_tokens(Index e) const noexcept {
+    return std::span<const Index>(row_token_.data() + expert_offset(e), static_cast<std::size_t>(count(e)));
+  }
+  /// Expert e's gathered input rows (count_e, d).
+  ConstMatrixView expert_input(Index e) const { return expert_block(gathered_, e); }
+  /// Expert e's activated hidden rows (count_e, hidden): act(up x), or act(gate x, up x) when gated.
+  ConstMatrixView expert_hidden(Index e) const { return expert_block(hidden_, e); }
+  /// Expert e's gate projection rows (count_e, hidden), before the activation; gated experts only.
+  ConstMatrixView expert_gate_projection(Index e) const requires(gated) { return expert_block(gate_hidden_, e); }
+  /// Expert e's output rows (count_e, d), before the gate weights.
+  ConstMatrixView expert_output(Index e) const { return expert_block(expert_out_, e); }
+
+ private:
+  std::size_t at(Index t, int c) const noexcept {
+    POLYFORMER_ASSERT(t >= 0 && t < n_ && c >= 0 && c < top_k_);
+    return static_cast<std::size_t>(t * top_k_ + c);
+  }
+  Index count(Index e) const noexcept { return counts_[static_cast<std::size_t>(e)]; }
+  static ConstMatrixView rows_of(const Matrix& m, Index rows) {
+    return ConstMatrixView(m.data(), rows, m.cols(), Eigen::OuterStride<>(m.cols()));
+  }
+  ConstMatrixView expert_block(const Matrix& m, Index e) const {
+    POLYFORMER_ASSERT(e >= 0 && e < n_experts());
+    return ConstMatrixView(m.data() + expert_offset(e) * m.cols(), count(e), m.cols(), Eigen::OuterStride<>(m.cols()));
+  }
+
+  /// Router probabilities, top-k choices and gates of every token; the request counts and the aux loss.
+  void route(ConstMatrixView x, const Context& ctx) {
+    const Index n = n_, n_exp = n_experts();
+    const int k = top_k_;
+    detail::grow_rows(probs_, n, n_exp);
+    const std::size_t pairs = static_cast<std::size_t>(n * k);
+    detail::grow_size(choice_, pairs);
+    detail::grow_size(gates_, pairs);
+    detail::grow_size(rows_, pairs);
+    router_.forward(x, MatrixView(probs_.data(), n, n_exp, Eigen::OuterStride<>(n_exp)), ctx);  // logits (n, E)
+    const bool renormalize = options_.renormalize;
+    parallel_chunks(n, n * n_exp >= (1 << 14) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
+      for (Index t = t0; t < t1; ++t) {
+        float* p = probs_.data() + t * n_exp;  // (E)
+        kernels::softmax(p, static_cast<std::size_t>(n_exp));
+        Index* chosen = choice_.data() + t * k;  // (k)
+        float sum = 0.0f;
+        for (int c = 0; c < k; ++c) {
+          // The best expert not chosen yet; the strict > keeps the lower index on ties.
+          Index best = -1;
+          for (Index e = 0; e < n_exp; ++e) {
+            if (std::find(chosen, chosen + c, e) != chosen + c) continue;
+            if (best < 0 || p[e] > p[best]) best = e;
+          }
+          chosen[c] = best;
+          sum += p[best];
+        }
+        float* w = gates_.data() + t * k;  // (k)
+        const float scale = renormalize ? 1.0f / sum : 1.0f;
+        for (int c = 0; c < k; ++c) w[c] = p[chosen[c]] * scale;
+      }
+    });
+    std::fill(requests_.begin(), requests_.end(), Index{0});
+    for (std::size_t i = 0; i < pairs; ++i) ++requests_[static_cast<std::size_t>(choice_[i])];
+    // aux = E · Σ_i f_i · P_i (Switch Transformer eq. 4 with n·k choices), in double.
+    aux_loss_ = 0.0;
+    if (n > 0) {
+      for (Index e = 0; e < n_exp; ++e) {
+        double p_sum = 0.0;
+        for (Index t = 0; t < n; ++t) p_sum += probs_(t, e);
+        const double f = static_cast<double>(requests_[static_cast<std::size_t>(e)]) / static_cast<double>(pairs);
+        aux_loss_ += f * (p_sum / static_cast<double>(n));
+      }
+      aux_loss_ *= static_cast<double>(n_exp);
+    }
+  }
+
+  /// Capacity in priority order (all first choices in token order, then all second choices, ...): each pair's
+  /// row in the expert buffers, the experts' counts and offsets, and the token of every row.
+  void assign() {
+    const Index n = n_, n_exp = n_experts();
+    const int k = top_k_;
+    capacity_ = capacity_for(n);
+    std::fill(counts_.begin(), counts_.end(), Index{0});
+    for (int c = 0; c < k; ++c)
+      for (Index t = 0; t < n; ++t) {
+        const std::size_t i = static_cast<std::size_t>(t * k + c);
+        Index& filled = counts_[static_cast<std::size_t>(choice_[i])];
+        rows_[i] = filled < capacity_ ? filled++ : -1;  // the slot within the expert for now
+      }
+    for (Index e = 0; e < n_exp; ++e)
+      offsets_[static_cast<std::size_t>(e + 1)] = offsets_[static_cast<std::size_t>(e)] + count(e);
+    const Index total = offsets_.back();
+    detail::grow_size(row_token_, static_cast<std::size_t>(total));
+    for (Index t = 0; t < n; ++t)
+      for (int c = 0; c < k; ++c) {
+        Index& row = rows_[at(t, c)];
+        if (row < 0) continue;
+        row += expert_offset(choice_[at(t, c)]);
+        row_token_[static_cast<std::size_t>(row)] = t;
+      }
+    const Index d = dim(), h = hidden_dim();
+    detail::grow_rows(gathered_, total, d);
+    detail::grow_rows(hidden_, total, h);
+    if constexpr (gated) detail::grow_rows(gate_hidden_, total, h);
+    detail::grow_rows(expert_out_, total, d);
+  }
+
+  /// Every busy expert: in parallel one per thread (largest first), or one after another on all threads.
+  void run_experts(ConstMatrixView x, const Context& ctx) {
+    const Index n_exp = n_experts();
+    const int threads = ctx.threads;
+    Index busy = 0;
+    for (Index e = 0; e < n_exp; ++e)
+      if (count(e) > 0) order_[static_cast<std::size_t>(busy++)] = e;
+    std::sort(order_.begin(), order_.begin() + busy, [&](Index a, Index b) {
+      return count(a) != count(b) ? count(a) > count(b) : a < b;
+    });
+    if (threads > 1 && busy >= threads && balanced(busy, threads)) {
+      const Context one{1};
+      parallel_for(busy, threads, [&](Index i, int) { run_expert(order_[static_cast<std::size_t>(i)], x, one); });
+    } else {
+      for (Index i = 0; i < busy; ++i) run_expert(order_[static_cast<std::size_t>(i)], x, ctx);
+    }
+  }
+
+  /// Whether list scheduling of the busy experts (order_, largest first) over `threads` threads finishes
+  /// within 1.15× of a perfect split of the rows; otherwise all threads per expert is faster.
+  bool balanced(Index busy, int threads) {
+    detail::grow_size(thread_load_, static_cast<std::size_t>(threads));
+    std::fill(thread_load_.begin(), thread_load_.begin() + threads, Index{0});
+    for (Index i = 0; i < busy; ++i)
+      *std::min_element(thread_load_.begin(), thread_load_.begin() + threads) += count(order_[static_cast<std::size_t>(i)]);
+    const Index makespan = *std::max_element(thread_load_.begin(), thread_load_.begin() + threads);
+    const double ideal = static_cast<double>(offsets_.back()) / threads;
+    return static_cast<double>(makespan) <= 1.15 * ideal;
+  }
+
+  /// Expert e over its block: gather its rows of x, then FeedForward's formula, one product per projection.
+  /// (Not expert.forward: FeedForward sizes its hidden buffer to exactly the rows it gets, which change with
+  /// every routing, and would reallocate; the blocks here live in grow-only buffers.)
+  void run_expert(Index e, ConstMatrixView x, const Context& ctx) {
+    const Index m = count(e), r0 = expert_offset(e), d = dim(), h = hidden_dim();
+    const auto span_d = static_cast<std::size_t>(d);
+    for (Index r = r0; r < r0 + m; ++r)
+      std::memcpy(gathered_.data() + r * d, x.data() + row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
+                  span_d * sizeof(float));
+    expert_type& expert = experts_[static_cast<std::size_t>(e)];
+    const ConstMatrixView in(gathered_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));         // (m, d)
+    const MatrixView hidden(hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));            // (m, hidden)
+    const MatrixView out(expert_out_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));           // (m, d)
+    expert.up().forward(in, hidden, ctx);
+    const int act_threads = m * h >= (1 << 15) ? ctx.threads : 1;
+    float* const hid = hidden_.data() + r0 * h;
+    if constexpr (gated) {
+      const MatrixView gate(gate_hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));       // (m, hidden)
+      expert.gate().forward(in, gate, ctx);
+      const float* const g = gate_hidden_.data() + r0 * h;
+      parallel_chunks(m, act_threads, [&](Index a, Index b, int) {
+        Act::apply(g + a * h, hid + a * h, hid + a * h, static_cast<std::size_t>((b - a) * h));
+      });
+    } else {
+      parallel_chunks(m, act_threads, [&](Index a, Index b, int) {
+        Act::apply(hid + a * h, hid + a * h, static_cast<std::size_t>((b - a) * h));
+      });
+    }
+    expert.down().forward(ConstMatrixView(hid, m, h, Eigen::OuterStride<>(h)), out, ctx);
+  }
+
+  /// y(t) = Σ over accepted choices of w(t, c) · (expert output row); zero when all were dropped.
+  void combine(MatrixView y, const Context& ctx) {
+    const Index n = n_, d = dim();
+    const int k = top_k_;
+    parallel_chunks(n, n * k * d >= (1 << 16) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
+      for (Index t = t0; t < t1; ++t) {
+        auto yt = y.row(t);  // (d)
+        bool any = false;
+        for (int c = 0; c < k; ++c) {
+          const Index row = rows_[static_cast<std::size_t>(t * k + c)];
+          if (row < 0) continue;
+          const float w = gates_[static_cast<std::size_t>(t * k + c)];
+          const auto out = expert_out_.row(row);  // (d)
+          if (any) yt += w * out;
+          else yt = w * out;
+          any = true;
+        }
+        if (!any) yt.setZero();
+      }
+    });
+  }
+
+  Dense router_{};                       // (n_experts, d)
+  std::vector<expert_type> experts_;     // n_experts, each d → hidden → d
+  int top_k_ = 1;
+  MoEOptions options_{};
+
+  Index n_ = 0, capacity_ = 0;
+  double aux_loss_ = 0.0;
+  Matrix probs_;                    // (≥ n, n_experts): router logits, then probabilities
+  std::vector<Index> choice_;       // (n, k) expert of each choice
+  std::vector<float> gates_;        // (n, k) gate weights
+  std::vector<Index> rows_;         // (n, k) row in the expert buffers, -1 when dropped
+  std::vector<Index> counts_;       // (n_experts) accepted rows
+  std::vector<Index> requests_;     // (n_experts) choices before capacity
+  std::vector<Index> offsets_;      // (n_experts + 1) first row of each expert's block
+  std::vector<Index> order_;        // (n_experts) busy experts, largest first
+  std::vector<Index> row_token_;    // (rows) token of every row of the expert buffers
+  std::vector<Index> thread_load_;  // (threads) list-scheduling estimate
+  Matrix gathered_;                 // (≥ rows, d) experts' inputs, block by block
+  Matrix hidden_;                   // (≥ rows, hidden) activated hidden
+  Matrix gate_hidden_;              // (≥ rows, hidden) gate projections, gated only
+  Matrix expert_out_;               // (≥ rows, d) experts' outputs before the gates
+};
+
+static_assert(FeedForwardPolicy<MixtureOfExperts<Dense, ReLU>> && FeedForwardPolicy<MixtureOfExperts<Dense, SwiGLU>>);
+
+}  // namespace polyformer

@@ -3,16 +3,29 @@
 // time as linear layers keep their weights (polyformer's micro-kernels) — against a plain Eigen product,
 // C (m, n) = A (m, k) · Bᵀ with B (n, k) in the nn.Linear layout. Shapes: 1024³, 128×768×768 and
 // 512×768×768 (BERT-base projections at 128 and 512 tokens) and 512×768→3072 (the FFN up-projection). Ceilings: shared/MACHINE.md (≈ 100 / 196 GFLOP/s for sgemm).
+// Then the linear policies side by side, BM_linear_dense (fp32, packed) and BM_linear_int8 (int8 weights and
+// activations, kernels/int8_gemm.hpp), with bias: x (512, 768) · Wᵀ, W (768, 768), and the decode products
+// m = 1 (GEMV) against W (768, 768), (2048, 768) and (32000, 768) (a vocabulary classifier: 98 MB in fp32, beyond
+// the 32 MiB L3 of shared/MACHINE.md; 24.6 MB in int8). weight_GB/s is the weight's stored bytes (4 or 1 a
+// parameter) per second. BM_linear_lora / BM_linear_lora_merged: LoRA<Dense> with one adapter (r = 8) on the
+// 512×768×768 layer, unmerged (x·Aᵀ then ·(s·B)ᵀ added) and merged into W (the Dense product alone).
 //
 //   bench_gemm --benchmark_filter='threads:1/'
+//   OPENBLAS_NUM_THREADS=1 bench_gemm --benchmark_filter='linear'
 
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <cmath>
+#include <string>
 
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/int8_gemm.hpp"
+#include "polyformer/linear/dense.hpp"
+#include "polyformer/linear/int8.hpp"
+#include "polyformer/linear/lora.hpp"
 
 namespace pf = polyformer;
 
@@ -94,10 +107,80 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
+/// One linear policy's forward on x (m, in) with W (out, in) and a bias; ranges m, out, in, threads.
+template <typename Policy>
+void linear_forward(benchmark::State& state, const Policy& layer, double weight_bytes, const std::string& label) {
+  const pf::Index m = state.range(0), n = state.range(1), k = state.range(2);
+  const pf::Context ctx{static_cast<int>(state.range(3))};
+  const pf::Matrix x = pf::Matrix::Random(m, k);
+  pf::Matrix y = pf::Matrix::Zero(m, n);
+  const bench::PeakMemory memory;
+  layer.forward(pf::cview(x), pf::view(y), ctx);  // warm-up (and the int8 workspace)
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    layer.forward(pf::cview(x), pf::view(y), ctx);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, gemm_flops(state));
+  const double ms = state.counters["ms"];  // per iteration, from the clock
+  if (ms > 0) state.counters["weight_GB/s"] = benchmark::Counter(weight_bytes / (ms * 1e-3) * 1e-9);
+  memory.report(state, label);
+}
+
+pf::Dense random_dense(pf::Index n, pf::Index k) {
+  return pf::Dense(pf::Matrix::Random(n, k) * (1.0f / std::sqrt(static_cast<float>(k))), pf::Vector::Random(n));
+}
+
+void BM_linear_dense(benchmark::State& state) {
+  const pf::Dense layer = random_dense(state.range(1), state.range(2));
+  linear_forward(state, layer, 4.0 * static_cast<double>(layer.weight().size()), "fp32 packed");
+}
+
+void BM_linear_int8(benchmark::State& state) {
+  const pf::Int8 layer = pf::Int8::from_dense(random_dense(state.range(1), state.range(2)));
+  linear_forward(state, layer, static_cast<double>(layer.quantized_weight().size()),
+                 std::string("int8 ") + pf::kernels::int8_gemm_path());
+}
+
+/// LoRA (r = 8, α = 16) around the same Dense: unmerged (two extra thin products) and merged (folded into W).
+void lora_forward(benchmark::State& state, bool merged) {
+  const pf::Index n = state.range(1), k = state.range(2);
+  pf::LoRA<pf::Dense> layer(random_dense(n, k));
+  layer.add_adapter("bench", pf::Matrix::Random(8, k) * 0.1f, pf::Matrix::Random(n, 8) * 0.1f, 16.0f / 8.0f);
+  layer.set_active("bench");
+  if (merged) layer.merge();
+  linear_forward(state, layer, 4.0 * static_cast<double>(n * k), merged ? "LoRA r=8 merged" : "LoRA r=8 unmerged");
+}
+
+void BM_linear_lora(benchmark::State& state) { lora_forward(state, false); }
+void BM_linear_lora_merged(benchmark::State& state) { lora_forward(state, true); }
+
+void linear_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "n", "k", "threads"});
+  for (int threads : {1, 2}) {
+    b->Args({512, 768, 768, threads});
+    b->Args({1, 768, 768, threads});
+    b->Args({1, 2048, 768, threads});
+    b->Args({1, 32000, 768, threads});
+  }
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+void lora_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"m", "n", "k", "threads"});
+  for (int threads : {1, 2}) b->Args({512, 768, 768, threads});
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 }  // namespace
 
 BENCHMARK(BM_gemm_entry)->Apply(shapes);
 BENCHMARK(BM_gemm_packed)->Apply(shapes);
 BENCHMARK(BM_gemm_eigen)->Apply(shapes);
+BENCHMARK(BM_linear_dense)->Apply(linear_shapes);
+BENCHMARK(BM_linear_int8)->Apply(linear_shapes);
+BENCHMARK(BM_linear_lora)->Apply(lora_shapes);
+BENCHMARK(BM_linear_lora_merged)->Apply(lora_shapes);
 
 BENCHMARK_MAIN();

@@ -7,7 +7,8 @@
 //   it streams per second (weight_GB/s) against a STREAM triad (a[i] = b[i] + s·c[i], 12 bytes per
 //   element, arrays 8× the L3) run in the same benchmark on the same threads (triad_GB/s, pct_of_triad);
 //   BM_llama110m_prefill runs a prompt of n tokens as one batch: GFLOP/s, against the packed GEMM of the
-//   FFN's shape (512×768→2048) measured in the same benchmark (pct_of_gemm).
+//   FFN's shape (512×768→2048) measured in the same benchmark (pct_of_gemm). BM_llama110m_decode_int8 decodes
+//   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token).
 //
 //   bench_llama --benchmark_filter='threads:1/'
 
@@ -89,9 +90,9 @@ pf::io::LlamaConfig config_110m() {
   return c;
 }
 
-/// The model, built once per process (≈ 2 s): random N(0, 0.02²)-like weights, norms of one.
-pf::Llama<>& model_110m() {
-  static pf::Llama<> model = [] {
+/// The weights, made once per process: random N(0, 0.02²)-like values, norms of one.
+const pf::io::LlamaWeights& weights_110m() {
+  static const pf::io::LlamaWeights weights = [] {
     std::srand(7);
     pf::io::LlamaWeights w;
     w.config = config_110m();
@@ -110,22 +111,34 @@ pf::Llama<>& model_110m() {
       w.w3.push_back(random(c.hidden_dim, c.dim));
     }
     w.final_norm = pf::Vector::Ones(c.dim);
-    return pf::make_llama(std::move(w));
+    return w;
   }();
+  return weights;
+}
+
+/// The model over linear policy Lin (Dense: fp32 packed; Int8: quantized once), built once per process (≈ 2 s).
+template <typename Lin = pf::Dense>
+pf::Llama<pf::FullAttention, Lin>& model_110m() {
+  static pf::Llama<pf::FullAttention, Lin> model = pf::make_llama<Lin>(weights_110m());
   return model;
 }
 
-/// Bytes of weights one decoded token reads: every packed matrix (the classifier included), one embedding row.
-double weight_bytes_per_token(pf::Llama<>& model) {
-  const auto packed = [](const pf::Dense& d) {
-    return static_cast<double>(d.packed_weight().size()) * 4.0;
-  };
-  double bytes = packed(model.classifier()) + static_cast<double>(model.config().dim) * 4.0;
+/// Bytes one product streams from a layer's stored weight.
+double stored_bytes(const pf::Dense& d) { return static_cast<double>(d.packed_weight().size()) * 4.0; }
+double stored_bytes(const pf::Int8& q) {
+  const auto& w = q.quantized_weight();
+  return static_cast<double>(w.size()) + 8.0 * static_cast<double>(w.cols());  // int8 panels, scales, column sums
+}
+
+/// Bytes of weights one decoded token reads: every stored matrix (the classifier included), one embedding row.
+template <typename Lin>
+double weight_bytes_per_token(pf::Llama<pf::FullAttention, Lin>& model) {
+  double bytes = stored_bytes(model.classifier()) + static_cast<double>(model.config().dim) * 4.0;
   for (auto& layer : model.layers()) {
     auto& a = layer.self_attn();
     auto& f = layer.ffn();
-    bytes += packed(a.q_proj()) + packed(a.k_proj()) + packed(a.v_proj()) + packed(a.o_proj()) + packed(f.gate()) +
-             packed(f.up()) + packed(f.down());
+    bytes += stored_bytes(a.q_proj()) + stored_bytes(a.k_proj()) + stored_bytes(a.v_proj()) + stored_bytes(a.o_proj()) +
+             stored_bytes(f.gate()) + stored_bytes(f.up()) + stored_bytes(f.down());
     bytes += 2.0 * static_cast<double>(model.config().dim) * 4.0;  // the two norms' gains
   }
   return bytes;
@@ -155,9 +168,10 @@ void BM_stream_triad(benchmark::State& state) {
   state.counters["triad_GB/s"] = benchmark::Counter(best);
 }
 
+template <typename Lin>
 void BM_llama110m_decode(benchmark::State& state) {
   const pf::Context ctx{static_cast<int>(state.range(0))};
-  pf::Llama<>& model = model_110m();
+  auto& model = model_110m<Lin>();
   constexpr int tokens = 32;  // per iteration: BOS, then 31 greedy tokens
   const auto run = [&] {
     model.reset();
@@ -226,8 +240,10 @@ void BM_llama110m_prefill(benchmark::State& state) {
 
 BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_stream_triad)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1)->UseRealTime();
-BENCHMARK(BM_llama110m_decode)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)
-    ->MinTime(2.0);
+BENCHMARK(BM_llama110m_decode<pf::Dense>)->Name("BM_llama110m_decode")->ArgName("threads")->Arg(1)->Arg(2)
+    ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_llama110m_decode<pf::Int8>)->Name("BM_llama110m_decode_int8")->ArgName("threads")->Arg(1)->Arg(2)
+    ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_prefill)->ArgNames({"n", "threads"})->Args({16, 1})->Args({512, 1})->Args({16, 2})
     ->Args({512, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 

@@ -3,14 +3,20 @@
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
 //            [--topk K] [--seed S] [--threads N] [--attention full|sliding:W|linear|performer:M]
+//            [--int8] [--lora DIR[:SCALE]]... [--merge-lora]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
 // --attention swaps every layer's attention policy (full by default; sliding:W keeps only a window of W keys
 // per layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the
 // others change the text: they show the policies decoding, not a better model.
+// --int8 quantizes every linear layer once on load (per output channel; activations per row at run time).
+// --lora applies a Hugging Face PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors),
+// scaled by SCALE (1 by default); repeat it to apply several at once. --merge-lora folds them into the weights
+// before decoding (not with --int8).
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <chrono>
 #include <cstdio>
@@ -18,8 +24,11 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <vector>
 
 #include "polyformer/polyformer.hpp"
+#include "polyformer/models/llama_lora.hpp"
 
 #include "cli.hpp"
 
@@ -32,7 +41,14 @@ using cli::usage_error;
 constexpr const char* usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
     "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
-    "                [--attention full|sliding:W|linear|performer:M]\n";
+    "                [--attention full|sliding:W|linear|performer:M]\n"
+    "                [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n";
+
+/// One --lora argument: a PEFT adapter directory and the strength its α/r is multiplied by.
+struct LoraOption {
+  std::string directory;
+  float strength = 1.0f;
+};
 
 struct Options {
   std::string model, tokenizer, prompt, attention = "full";
@@ -41,9 +57,29 @@ struct Options {
   long long top_k = 0, threads = 1;
   unsigned long long seed = 0;
   bool seed_given = false;
+  bool int8 = false, merge_lora = false;
+  std::vector<LoraOption> loras;
 };
 
 using cli::parse_number;
+
+/// DIR or DIR:SCALE (the last ':' starts a scale only when what follows is a number, so a directory may
+/// contain ':').
+LoraOption parse_lora(const std::string& text) {
+  LoraOption l{text, 1.0f};
+  const std::size_t colon = text.rfind(':');
+  if (colon != std::string::npos && colon > 0) {
+    const std::string tail = text.substr(colon + 1);
+    float scale = 0.0f;
+    const auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), scale);
+    if (ec == std::errc{} && end == tail.data() + tail.size() && !tail.empty()) {
+      if (!std::isfinite(scale)) throw usage_error("--lora " + text + ": the scale is not finite");
+      l = {text.substr(0, colon), scale};
+    }
+  }
+  if (l.directory.empty()) throw usage_error("--lora needs a directory");
+  return l;
+}
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -65,6 +101,9 @@ Options parse(int argc, char** argv) {
       o.seed_given = true;
     } else if (a == "--threads") o.threads = parse_number<long long>(a, value());
     else if (a == "--attention") o.attention = value();
+    else if (a == "--int8") o.int8 = true;
+    else if (a == "--lora") o.loras.push_back(parse_lora(value()));
+    else if (a == "--merge-lora") o.merge_lora = true;
     else if (a == "--help" || a == "-h") {
       std::fputs(usage, stdout);
       std::exit(0);
@@ -78,12 +117,20 @@ Options parse(int argc, char** argv) {
   if (o.threads < 1 || o.threads > 1024) throw usage_error("--threads is " + std::to_string(o.threads) + ", expected 1..1024");
   if (o.top_k < 0 || o.top_k > (1 << 30)) throw usage_error("--topk is " + std::to_string(o.top_k) + ", expected >= 0");
   if (o.seed_given && o.seed == 0) throw usage_error("--seed is 0, expected nonzero");
+  if (o.merge_lora && o.loras.empty()) throw usage_error("--merge-lora needs at least one --lora");
+  if (o.merge_lora && o.int8) throw usage_error("--merge-lora cannot merge into --int8 weights (drop one of them)");
   return o;
 }
 
-template <typename Attention>
+template <typename Linear, typename Attention>
 void run(const Options& o, const Attention& attention) {
-  auto model = pf::load_llama2c(o.model, attention);
+  auto model = pf::load_llama2c<pf::LoRA<Linear>>(o.model, attention);
+  for (std::size_t i = 0; i < o.loras.size(); ++i)
+    pf::add_lora_adapter(model, pf::io::read_peft_lora(o.loras[i].directory), "lora" + std::to_string(i),
+                         o.loras[i].strength);
+  if constexpr (pf::MergeableLinear<Linear>) {
+    if (o.merge_lora) pf::merge_lora_adapters(model);
+  }
   const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
   pf::SamplerOptions sampling;
   sampling.temperature = o.temperature;
@@ -116,7 +163,10 @@ int main(int argc, char** argv) {
     } catch (const pf::config_error& e) {
       throw usage_error(std::string("--attention: ") + e.what());
     }
-    pf::with_attention</*incremental_only=*/true>(spec, [&](const auto& attention) { run(o, attention); });
+    pf::with_attention</*incremental_only=*/true>(spec, [&](const auto& attention) {
+      if (o.int8) run<pf::Int8>(o, attention);
+      else run<pf::Dense>(o, attention);
+    });
     return 0;
   } catch (const usage_error& e) {
     std::fprintf(stderr, "generate: %s\n%s", e.what(), usage);

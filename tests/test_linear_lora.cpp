@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "polyformer/linear/dense.hpp"
+#include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
 #include "support.hpp"
 
@@ -160,4 +161,25 @@ TEST_CASE("LoRA: bad adapters and names are refused with clear messages", "[line
   CHECK_THROWS_AS(l.set_scaling("x", std::numeric_limits<float>::infinity()), pf::config_error);
   l.merge();
   CHECK_THROWS_WITH(l.mutable_inner(), Catch::Contains("unmerge() before changing the base layer"));
+}
+
+TEST_CASE("LoRA: around Int8, adapters add to the quantized product", "[linear][lora][int8]") {
+  const Index in = 96, out = 40;
+  const Matrix w = random_matrix(out, in, 50, 0.1f);
+  const pf::Int8 base(w);
+  pf::LoRA<pf::Int8> l(w);
+  const Matrix x = random_matrix(13, in, 51);
+  Matrix y_base(x.rows(), out), y(x.rows(), out);
+  base.forward(pf::cview(x), pf::view(y_base), pf::Context{1});
+  l.add_adapter("fresh", 4, 8.0f);
+  l.set_active("fresh");
+  l.forward(pf::cview(x), pf::view(y), pf::Context{1});
+  CHECK(y == y_base);  // B = 0
+  const AdapterD ad{random_matrix(4, in, 52, 0.3f), random_matrix(out, 4, 53, 0.3f), 2.0};
+  l.add_adapter("a", ad.a, ad.b, 2.0f);
+  l.activate_only({"a"});
+  l.forward(pf::cview(x), pf::view(y), pf::Context{2});
+  const MatrixD delta = oracle(x, Matrix::Zero(out, in), {}, {ad});
+  CHECK(rel((y - y_base).eval(), delta) < 1e-5);
+  static_assert(!pf::MergeableLinear<pf::Int8>);  // merge() is a compile error for LoRA<Int8>
 }

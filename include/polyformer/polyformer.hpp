@@ -11,6 +11,7 @@
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/int8_gemm.hpp"
 #include "polyformer/kernels/norm.hpp"
 #include "polyformer/kernels/packed_gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
@@ -21,10 +22,12 @@
 
 #include "polyformer/layers/activation.hpp"
 #include "polyformer/layers/ffn.hpp"
+#include "polyformer/layers/moe.hpp"
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/layers/position.hpp"
 #include "polyformer/layers/rotary.hpp"
 #include "polyformer/linear/dense.hpp"
+#include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
 
 #include "polyformer/attention/blockwise.hpp"

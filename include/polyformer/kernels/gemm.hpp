@@ -140,9 +140,12 @@ inline void gemm(ConstMatrixView a, const PackedMatrix& b, MatrixView c, const f
     packed_gemm(u(r1 - r0), a.data() + r0 * a.outerStride(), u(a.outerStride()), b, p0, p1, bias, accumulate,
                 c.data() + r0 * c.outerStride(), u(c.outerStride()));
   };
+  // A shallow product (a LoRA up-projection, k = r) is bound by C's loads and stores: split by rows, so each
+  // thread streams whole rows of C (by panels it is 4× slower there, rows revisited once per panel).
+  const bool shallow = k < 64 && m >= 8 * t;
   if (t == 1) {
     run(0, m, 0, panels);
-  } else if (panels >= 2 * static_cast<std::size_t>(t) || m < 2 * t) {
+  } else if (!shallow && (panels >= 2 * static_cast<std::size_t>(t) || m < 2 * t)) {
     parallel_chunks(static_cast<Index>(panels), t, [&](Index p0, Index p1, int) { run(0, m, u(p0), u(p1)); });
   } else {
     parallel_chunks(m, t, [&](Index r0, Index r1, int) { run(r0, r1, 0, panels); });

@@ -46,21 +46,37 @@ class FeedForward {
     check_shape(y, x.rows(), dim(), "FeedForward::forward", "y");
     const Index n = x.rows(), h = hidden_dim();
     ensure_shape(hidden_, n, h);
-    up_.forward(x, view(hidden_), ctx);
-    const int act_threads = n * h >= (1 << 15) ? ctx.threads : 1;
     if constexpr (gated) {
       ensure_shape(gate_out_, n, h);
-      gate_.forward(x, view(gate_out_), ctx);
+      forward_into(x, y, view(hidden_), view(gate_out_), ctx);
+    } else {
+      forward_into(x, y, view(hidden_), MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1)), ctx);
+    }
+  }
+
+  /// The same product with the caller's workspace: hidden (n, hidden) receives the activated hidden state and,
+  /// gated, gate_out (n, hidden) the gate projection (ignored when plain). For callers that run many FFNs over
+  /// changing row counts from one buffer (MixtureOfExperts). Shapes are the caller's contract.
+  void forward_into(ConstMatrixView x, MatrixView y, MatrixView hidden, MatrixView gate_out, const Context& ctx) const {
+    const Index n = x.rows(), h = hidden_dim();
+    POLYFORMER_ASSERT(hidden.rows() == n && hidden.cols() == h && hidden.outerStride() == h);
+    up_.forward(x, hidden, ctx);
+    const int act_threads = n * h >= (1 << 15) ? ctx.threads : 1;
+    float* const hid = hidden.data();
+    if constexpr (gated) {
+      POLYFORMER_ASSERT(gate_out.rows() == n && gate_out.cols() == h && gate_out.outerStride() == h);
+      gate_.forward(x, gate_out, ctx);
+      const float* const g = gate_out.data();
       parallel_chunks(n, act_threads, [&](Index r0, Index r1, int) {
-        Act::apply(gate_out_.data() + r0 * h, hidden_.data() + r0 * h, hidden_.data() + r0 * h,
-                   static_cast<std::size_t>((r1 - r0) * h));
+        Act::apply(g + r0 * h, hid + r0 * h, hid + r0 * h, static_cast<std::size_t>((r1 - r0) * h));
       });
     } else {
+      (void)gate_out;
       parallel_chunks(n, act_threads, [&](Index r0, Index r1, int) {
-        Act::apply(hidden_.data() + r0 * h, hidden_.data() + r0 * h, static_cast<std::size_t>((r1 - r0) * h));
+        Act::apply(hid + r0 * h, hid + r0 * h, static_cast<std::size_t>((r1 - r0) * h));
       });
     }
-    down_.forward(cview(hidden_), y, ctx);
+    down_.forward(ConstMatrixView(hid, n, h, Eigen::OuterStride<>(h)), y, ctx);
   }
 
   /// The activated hidden state of the last forward (n, hidden) — kept for a backward pass.

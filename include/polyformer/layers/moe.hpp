@@ -347,26 +347,12 @@ class MixtureOfExperts {
     for (Index r = r0; r < r0 + m; ++r)
       std::memcpy(gathered_.data() + r * d, x.data() + row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
                   span_d * sizeof(float));
-    expert_type& expert = experts_[static_cast<std::size_t>(e)];
     const ConstMatrixView in(gathered_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));         // (m, d)
     const MatrixView hidden(hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));            // (m, hidden)
     const MatrixView out(expert_out_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));           // (m, d)
-    expert.up().forward(in, hidden, ctx);
-    const int act_threads = m * h >= (1 << 15) ? ctx.threads : 1;
-    float* const hid = hidden_.data() + r0 * h;
-    if constexpr (gated) {
-      const MatrixView gate(gate_hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));       // (m, hidden)
-      expert.gate().forward(in, gate, ctx);
-      const float* const g = gate_hidden_.data() + r0 * h;
-      parallel_chunks(m, act_threads, [&](Index a, Index b, int) {
-        Act::apply(g + a * h, hid + a * h, hid + a * h, static_cast<std::size_t>((b - a) * h));
-      });
-    } else {
-      parallel_chunks(m, act_threads, [&](Index a, Index b, int) {
-        Act::apply(hid + a * h, hid + a * h, static_cast<std::size_t>((b - a) * h));
-      });
-    }
-    expert.down().forward(ConstMatrixView(hid, m, h, Eigen::OuterStride<>(h)), out, ctx);
+    const MatrixView gate = gated ? MatrixView(gate_hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h))
+                                  : MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1));       // (m, hidden)
+    experts_[static_cast<std::size_t>(e)].forward_into(in, out, hidden, gate, ctx);
   }
 
   /// y(t) = Σ over accepted choices of w(t, c) · (expert output row); zero when all were dropped.

@@ -210,6 +210,12 @@ TEST_CASE("models/llama_lora: malformed adapters are refused by name and change 
   auto wrong_module = good;
   wrong_module.push_back({"layers.0.attention.wz", good[0].a, good[0].b});
   apply_error(wrong_module, "'layers.0.attention.wz' is not a linear module of the model");
+  auto no_module = good;
+  no_module.push_back({"layers.3", good[0].a, good[0].b});
+  apply_error(no_module, "'layers.3' has no layer number and module");
+  auto no_number = good;
+  no_number.push_back({"layers.x.attention.wq", good[0].a, good[0].b});
+  apply_error(no_number, "'layers.x.attention.wq' has no layer number");
   auto wrong_shape = good;
   wrong_shape.push_back({"layers.2.feed_forward.w2", good[0].a, good[0].b});  // w2 is (64, 172): A must be (r, 172)
   apply_error(wrong_shape, "module 'layers.2.feed_forward.w2' has A (4, 64) and B (64, 4), expected A (r, 172) and B (64, r)");

@@ -4,7 +4,6 @@
 /// `layers.{i}.feed_forward.w1` (w2, w3), with w1 the SwiGLU gate, w3 its up-projection and w2 the
 /// down-projection.
 
-#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -31,9 +30,10 @@ Lin& llama_module(Llama<Attn, Lin>& model, std::string_view path) {
   if (path.substr(0, head.size()) != head) return fail("is not a layer's module");
   std::string_view rest = path.substr(head.size());
   const std::size_t dot = rest.find('.');
+  if (dot == std::string_view::npos || dot == 0) return fail("has no layer number and module");
   Index layer = -1;
-  const auto [end, ec] = std::from_chars(rest.data(), rest.data() + std::min(dot, rest.size()), layer);
-  if (ec != std::errc{} || end != rest.data() + dot || dot == 0) return fail("has no layer number");
+  const auto [end, ec] = std::from_chars(rest.data(), rest.data() + dot, layer);
+  if (ec != std::errc{} || end != rest.data() + dot) return fail("has no layer number");
   if (layer < 0 || layer >= model.config().n_layers) return fail("names a layer the model does not have");
   auto& l = model.layers()[static_cast<std::size_t>(layer)];
   const std::string_view module = rest.substr(dot + 1);

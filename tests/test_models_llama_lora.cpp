@@ -197,28 +197,23 @@ TEST_CASE("models/llama_lora: malformed adapters are refused by name and change 
   // Readable files that do not fit the model: nothing changes.
   auto model = pf::make_llama<pf::LoRA<pf::Dense>>(base);
   const Matrix before = logits(model);
-  const auto apply_error = [&](const std::vector<LoraModule>& modules, const std::string& what) {
+  // The good modules plus one at `path` (with the factors of layer 0's wq) must be refused with `what`.
+  const auto apply_error = [&](const std::string& path, const std::string& what) {
     INFO(what);
+    auto modules = good;
+    modules.push_back({path, good[0].a, good[0].b});
     pft::write_peft_adapter(dir, modules.front().a.rows(), 8.0, modules);
     CHECK_THROWS_WITH(pf::add_lora_adapter(model, pf::io::read_peft_lora(dir), "x"), Catch::Contains(what));
     CHECK(logits(model) == before);
     for (auto& layer : model.layers()) CHECK(layer.self_attn().q_proj().adapters().empty());
   };
-  auto wrong_layer = good;
-  wrong_layer.push_back({"layers.5.attention.wq", good[0].a, good[0].b});
-  apply_error(wrong_layer, "'layers.5.attention.wq' names a layer the model does not have");
-  auto wrong_module = good;
-  wrong_module.push_back({"layers.0.attention.wz", good[0].a, good[0].b});
-  apply_error(wrong_module, "'layers.0.attention.wz' is not a linear module of the model");
-  auto no_module = good;
-  no_module.push_back({"layers.3", good[0].a, good[0].b});
-  apply_error(no_module, "'layers.3' has no layer number and module");
-  auto no_number = good;
-  no_number.push_back({"layers.x.attention.wq", good[0].a, good[0].b});
-  apply_error(no_number, "'layers.x.attention.wq' has no layer number");
-  auto wrong_shape = good;
-  wrong_shape.push_back({"layers.2.feed_forward.w2", good[0].a, good[0].b});  // w2 is (64, 172): A must be (r, 172)
-  apply_error(wrong_shape, "module 'layers.2.feed_forward.w2' has A (4, 64) and B (64, 4), expected A (r, 172) and B (64, r)");
+  apply_error("layers.5.attention.wq", "'layers.5.attention.wq' names a layer the model does not have");
+  apply_error("layers.0.attention.wz", "'layers.0.attention.wz' is not a linear module of the model");
+  apply_error("layers.3", "'layers.3' has no layer number and module");
+  apply_error("layers.x.attention.wq", "'layers.x.attention.wq' has no layer number");
+  // w2 is (64, 172): A must be (r, 172).
+  apply_error("layers.2.feed_forward.w2",
+              "module 'layers.2.feed_forward.w2' has A (4, 64) and B (64, 4), expected A (r, 172) and B (64, r)");
   pft::write_peft_adapter(dir, 4, 8.0, good);
   pf::add_lora_adapter(model, pf::io::read_peft_lora(dir), "x");
   CHECK_THROWS_WITH(pf::add_lora_adapter(model, pf::io::read_peft_lora(dir), "x"), Catch::Contains("has an adapter named 'x' already"));

@@ -8,7 +8,10 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <string>
+#include <type_traits>
 
+#include "main.hpp"
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
@@ -58,30 +61,33 @@ void large_sizes(benchmark::internal::Benchmark* b) {
   b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
 }
 
-// Every attention policy by its spelling (as attention_zoo and generate --attention spell it), 12 heads × 64,
-// bidirectional, no mask: the scaling benchmark. Linformer's projections are random (n_max = n).
+// Every policy of the registry (AttentionPolicies) at its example spelling, as attention_zoo and generate
+// --attention spell it, 12 heads × 64, bidirectional, no mask: the scaling benchmark, BM_policy/<name>.
+// Linformer's projections are random (n_max = n).
 //   bench_attention --benchmark_filter=BM_policy --benchmark_out=policies.json && bench/policy_table.py policies.json
-void BM_policy(benchmark::State& state, const char* spelling) {
+template <typename Policy>
+void BM_policy(benchmark::State& state) {
   const pf::Index n = state.range(0), width = n_heads * head_dim;
   const pf::Context ctx{static_cast<int>(state.range(1))};
   pf::AttentionShape shape{n_heads, n_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
   const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
   pf::Matrix out(n, width);
-  pf::AttentionSpec spec = pf::parse_attention(spelling);
-  spec.n_max = n;
-  pf::with_attention(spec, [&](auto policy) {
-    const bench::PeakMemory memory;
-    policy.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), {}, pf::view(out), ctx);  // warm-up
-    const bench::LoopClock clock;
-    for (auto _ : state) {
-      policy.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), {}, pf::view(out), ctx);
-      benchmark::DoNotOptimize(out.data());
-      benchmark::ClobberMemory();
-    }
-    clock.report(state, 0.0);
-    memory.report(state);
-    state.SetLabel(spelling);
-  });
+  pf::AttentionOptions options;
+  options.set("n_max", n);
+  const Policy policy = pf::parse_attention_as<Policy>(Policy::example_spelling, options);
+  const bench::PeakMemory memory;
+  typename Policy::Workspace ws;
+  const pf::AttentionMask mask;
+  policy.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ws, ctx);  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    policy.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ws, ctx);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, 0.0);
+  memory.report(state);
+  state.SetLabel(policy.spelling());
 }
 
 void policy_sizes(benchmark::internal::Benchmark* b, pf::Index max_n) {
@@ -96,12 +102,16 @@ void full_sizes(benchmark::internal::Benchmark* b) { policy_sizes(b, 4096); }  /
 
 BENCHMARK(BM_attention)->Apply(small_sizes);
 BENCHMARK(BM_attention)->Apply(large_sizes);
-BENCHMARK_CAPTURE(BM_policy, full, "full")->Apply(full_sizes);
-BENCHMARK_CAPTURE(BM_policy, sliding, "sliding:128")->Apply(efficient_sizes);
-BENCHMARK_CAPTURE(BM_policy, blockwise, "blockwise:128")->Apply(efficient_sizes);
-BENCHMARK_CAPTURE(BM_policy, lsh, "lsh:4:64")->Apply(efficient_sizes);
-BENCHMARK_CAPTURE(BM_policy, linformer, "linformer:256")->Apply(efficient_sizes);
-BENCHMARK_CAPTURE(BM_policy, performer, "performer:256")->Apply(efficient_sizes);
-BENCHMARK_CAPTURE(BM_policy, linear, "linear")->Apply(efficient_sizes);
 
-BENCHMARK_MAIN();
+namespace {
+/// BM_policy/<name> for every policy of the registry; exact attention to n = 4096 only (larger n: BM_attention).
+const bool policies_registered = [] {
+  pf::for_each_attention_policy([]<typename P>(std::type_identity<P>) {
+    benchmark::RegisterBenchmark((std::string("BM_policy/") + P::name).c_str(), BM_policy<P>)
+        ->Apply(std::is_same_v<P, pf::FullAttention> ? full_sizes : efficient_sizes);
+  });
+  return true;
+}();
+}  // namespace
+
+POLYFORMER_BENCHMARK_MAIN()

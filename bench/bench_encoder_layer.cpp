@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "main.hpp"
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
@@ -52,10 +53,11 @@ void BM_encoder_layer(benchmark::State& state) {
   pf::Matrix y(n, d_model);
   const pf::MaskSpec mask{};
   const bench::PeakMemory memory;
-  layer.forward(pf::cview(x), 1, mask, pf::view(y), ctx);  // warm-up: sizes the workspaces once
+  Layer::Workspace ws;
+  layer.forward(pf::cview(x), 1, mask, pf::view(y), ws, ctx);  // warm-up: sizes the workspace once
   const bench::LoopClock clock;
   for (auto _ : state) {
-    layer.forward(pf::cview(x), 1, mask, pf::view(y), ctx);
+    layer.forward(pf::cview(x), 1, mask, pf::view(y), ws, ctx);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -106,4 +108,4 @@ void sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_encoder_layer)->Apply(sizes);
 BENCHMARK(BM_encoder_layer_gemms)->Apply(sizes);
 
-BENCHMARK_MAIN();
+POLYFORMER_BENCHMARK_MAIN()

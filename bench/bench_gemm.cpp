@@ -19,6 +19,7 @@
 #include <cmath>
 #include <string>
 
+#include "main.hpp"
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/kernels/gemm.hpp"
@@ -183,4 +184,4 @@ BENCHMARK(BM_linear_int8)->Apply(linear_shapes);
 BENCHMARK(BM_linear_lora)->Apply(lora_shapes);
 BENCHMARK(BM_linear_lora_merged)->Apply(lora_shapes);
 
-BENCHMARK_MAIN();
+POLYFORMER_BENCHMARK_MAIN()

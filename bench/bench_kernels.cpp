@@ -10,6 +10,7 @@
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
+#include "main.hpp"
 #include "polyformer/kernels/activation.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/norm.hpp"
@@ -184,4 +185,4 @@ BENCHMARK_TEMPLATE(BM_activation, k::silu<>)->Name("BM_silu")->Arg(3072);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+POLYFORMER_BENCHMARK_MAIN()

@@ -9,6 +9,8 @@
 //   BM_llama110m_prefill runs a prompt of n tokens as one batch: GFLOP/s, against the packed GEMM of the
 //   FFN's shape (512×768→2048) measured in the same benchmark (pct_of_gemm). BM_llama110m_decode_int8 decodes
 //   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token).
+//   BM_llama110m_decode_batch decodes B sequences per batched forward; BM_llama110m_decode_users runs one or two
+//   user threads on the shared model, one worker each.
 //
 //   bench_llama --benchmark_filter='threads:1/'
 
@@ -19,9 +21,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "main.hpp"
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
@@ -132,11 +137,14 @@ double stored_bytes(const pf::Int8& q) {
 
 /// Bytes of weights one decoded token reads: every stored matrix (the classifier included), one embedding row.
 template <typename Lin>
-double weight_bytes_per_token(pf::Llama<pf::FullAttention, Lin>& model) {
-  double bytes = stored_bytes(model.classifier()) + static_cast<double>(model.config().dim) * 4.0;
-  for (auto& layer : model.layers()) {
-    auto& a = layer.self_attn();
-    auto& f = layer.ffn();
+double weight_bytes_per_token(const pf::Llama<pf::FullAttention, Lin>& model) {
+  const auto& c = model.config();
+  const auto* classifier = model.classifier();  // none when tied: the logits read the embedding (vocab, dim)
+  double bytes = (classifier ? stored_bytes(*classifier) : 4.0 * static_cast<double>(c.vocab_size * c.dim)) +
+                 static_cast<double>(c.dim) * 4.0;
+  for (const auto& layer : model.layers()) {
+    const auto& a = layer.self_attn();
+    const auto& f = layer.ffn();
     bytes += stored_bytes(a.q_proj()) + stored_bytes(a.k_proj()) + stored_bytes(a.v_proj()) + stored_bytes(a.o_proj()) +
              stored_bytes(f.gate()) + stored_bytes(f.up()) + stored_bytes(f.down());
     bytes += 2.0 * static_cast<double>(model.config().dim) * 4.0;  // the two norms' gains
@@ -172,11 +180,12 @@ template <typename Lin>
 void BM_llama110m_decode(benchmark::State& state) {
   const pf::Context ctx{static_cast<int>(state.range(0))};
   auto& model = model_110m<Lin>();
+  auto sequence = model.new_sequence();
   constexpr int tokens = 32;  // per iteration: BOS, then 31 greedy tokens
   const auto run = [&] {
-    model.reset();
+    sequence.reset();
     int token = 1;
-    for (int i = 0; i < tokens; ++i) token = pf::Sampler::argmax(model.forward(std::span<const int>(&token, 1), ctx));
+    for (int i = 0; i < tokens; ++i) token = pf::Sampler::argmax(sequence.forward(std::span<const int>(&token, 1), ctx));
     return token;
   };
   run();  // warm-up
@@ -216,9 +225,10 @@ void BM_llama110m_prefill(benchmark::State& state) {
   const auto& c = model.config();
   std::vector<int> prompt(static_cast<std::size_t>(n));
   for (pf::Index i = 0; i < n; ++i) prompt[std::size_t(i)] = static_cast<int>((i * 7919) % c.vocab_size);
+  auto sequence = model.new_sequence();
   const auto run = [&] {
-    model.reset();
-    return pf::Sampler::argmax(model.forward(prompt, ctx));
+    sequence.reset();
+    return pf::Sampler::argmax(sequence.forward(prompt, ctx));
   };
   const double gemm = gemm_gflops(ctx.threads);
   run();  // warm-up: sizes the workspaces (the first run also pays their page faults)
@@ -236,6 +246,72 @@ void BM_llama110m_prefill(benchmark::State& state) {
   state.counters["pct_of_gemm"] = benchmark::Counter(100.0 * state.counters["GFLOP/s"] / gemm);
 }
 
+/// B sequences decoded together, one batched forward per step (each weight read once for all B): tok/s counts
+/// every sequence's tokens. Compare B = 8 with B = 1 on the same threads.
+void BM_llama110m_decode_batch(benchmark::State& state) {
+  const pf::Index batch = state.range(0);
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  const pf::Llama<>& model = model_110m();
+  using Model = pf::Llama<>;
+  constexpr int steps = 32;  // per iteration: BOS, then 31 greedy tokens per sequence
+  std::vector<Model::State> states;
+  for (pf::Index b = 0; b < batch; ++b) states.push_back(model.make_state());
+  std::vector<Model::State*> ptrs;
+  for (auto& st : states) ptrs.push_back(&st);
+  Model::Workspace ws;
+  std::vector<int> next(static_cast<std::size_t>(batch));
+  std::vector<std::span<const int>> inputs(static_cast<std::size_t>(batch));
+  const auto run = [&] {
+    for (pf::Index b = 0; b < batch; ++b) {
+      states[std::size_t(b)].clear();
+      next[std::size_t(b)] = 1 + static_cast<int>(b);  // a different first token per sequence
+    }
+    for (int s = 0; s < steps; ++s) {
+      for (pf::Index b = 0; b < batch; ++b) inputs[std::size_t(b)] = std::span<const int>(&next[std::size_t(b)], 1);
+      const pf::Matrix& logits = model.forward(ptrs, inputs, ws, ctx);
+      for (pf::Index b = 0; b < batch; ++b)
+        next[std::size_t(b)] = pf::Sampler::argmax(std::span<const float>(logits.data() + b * logits.cols(),
+                                                                          std::size_t(logits.cols())));
+    }
+    return next[0];
+  };
+  run();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  state.counters["tok/s"] = benchmark::Counter(double(batch) * steps / (state.counters["ms"] * 1e-3));
+}
+
+/// `users` user threads share the one model, each decoding its own sequence with one worker (Context{1}):
+/// tok/s over all of them. Two users should run side by side (≥ 1.8× one).
+void BM_llama110m_decode_users(benchmark::State& state) {
+  const int users = static_cast<int>(state.range(0));
+  const pf::Llama<>& model = model_110m();
+  constexpr int steps = 32;
+  std::vector<pf::Llama<>::Sequence> sequences;
+  for (int u = 0; u < users; ++u) sequences.push_back(model.new_sequence());
+  const auto decode = [&](int u) {
+    auto& seq = sequences[std::size_t(u)];
+    seq.reset();
+    int token = 1 + u;
+    for (int i = 0; i < steps; ++i) token = pf::Sampler::argmax(seq.forward(std::span<const int>(&token, 1), pf::Context{1}));
+    return token;
+  };
+  const auto run = [&] {
+    std::vector<std::thread> threads;
+    for (int u = 1; u < users; ++u) threads.emplace_back([&, u] { benchmark::DoNotOptimize(decode(u)); });
+    benchmark::DoNotOptimize(decode(0));
+    for (auto& t : threads) t.join();
+  };
+  run();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) run();
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  state.counters["tok/s"] = benchmark::Counter(double(users) * steps / (state.counters["ms"] * 1e-3));
+}
+
 }  // namespace
 
 BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -246,5 +322,9 @@ BENCHMARK(BM_llama110m_decode<pf::Int8>)->Name("BM_llama110m_decode_int8")->ArgN
     ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_prefill)->ArgNames({"n", "threads"})->Args({16, 1})->Args({512, 1})->Args({16, 2})
     ->Args({512, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_llama110m_decode_batch)->ArgNames({"batch", "threads"})->Args({1, 1})->Args({8, 1})->Args({1, 2})
+    ->Args({8, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_llama110m_decode_users)->ArgName("users")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0);
 
-BENCHMARK_MAIN();
+POLYFORMER_BENCHMARK_MAIN()

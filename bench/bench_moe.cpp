@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "main.hpp"
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
@@ -65,31 +66,34 @@ void BM_moe_ffn(benchmark::State& state) {
   const pf::Index n = state.range(0);
   const pf::Context ctx{static_cast<int>(state.range(1))};
   std::srand(1);
-  MoE moe = random_moe();
+  const MoE moe = random_moe();
   const pf::Matrix x = pf::Matrix::Random(n, d_model);
   pf::Matrix y(n, d_model);
+  MoE::Workspace ws;
   const bench::PeakMemory memory;
-  moe.forward(pf::cview(x), pf::view(y), ctx);  // warm-up: sizes the workspace once
+  moe.forward(pf::cview(x), pf::view(y), ws, ctx);  // warm-up: sizes the workspace once
   const bench::LoopClock clock;
   for (auto _ : state) {
-    moe.forward(pf::cview(x), pf::view(y), ctx);
+    moe.forward(pf::cview(x), pf::view(y), ws, ctx);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   clock.report(state, moe_flops(static_cast<double>(n)));
   memory.report(state);
   // The routing: the busiest expert's rows over the mean (1 = perfectly even), and the aux loss.
-  const auto counts = moe.expert_counts();
+  const auto counts = ws.expert_counts();
   state.counters["max_load"] = benchmark::Counter(static_cast<double>(*std::max_element(counts.begin(), counts.end())) *
                                                   static_cast<double>(n_experts) / static_cast<double>(n * top_k));
-  state.counters["aux"] = benchmark::Counter(moe.aux_loss());
+  state.counters["aux"] = benchmark::Counter(ws.aux_loss);
   // The dense FFN of one expert's shape in the same process, alternating with the MoE.
-  FFN dense = random_ffn();
-  dense.forward(pf::cview(x), pf::view(y), ctx);
+  const FFN dense = random_ffn();
+  FFN::Workspace dense_ws;
+  dense.forward(pf::cview(x), pf::view(y), dense_ws, ctx);
   double moe_best = 1e30, dense_best = 1e30;
   for (int round = 0; round < 5; ++round) {
-    moe_best = std::min(moe_best, best_seconds(1, [&] { moe.forward(pf::cview(x), pf::view(y), ctx); }));
-    dense_best = std::min(dense_best, best_seconds(1, [&] { dense.forward(pf::cview(x), pf::view(y), ctx); }));
+    moe_best = std::min(moe_best, best_seconds(1, [&] { moe.forward(pf::cview(x), pf::view(y), ws, ctx); }));
+    dense_best =
+        std::min(dense_best, best_seconds(1, [&] { dense.forward(pf::cview(x), pf::view(y), dense_ws, ctx); }));
   }
   state.counters["dense_ms"] = benchmark::Counter(dense_best * 1e3);
   state.counters["x_dense"] = benchmark::Counter(moe_best / dense_best);
@@ -99,14 +103,15 @@ void BM_dense_ffn(benchmark::State& state) {
   const pf::Index n = state.range(0);
   const pf::Context ctx{static_cast<int>(state.range(1))};
   std::srand(1);
-  FFN ffn = random_ffn();
+  const FFN ffn = random_ffn();
   const pf::Matrix x = pf::Matrix::Random(n, d_model);
   pf::Matrix y(n, d_model);
+  FFN::Workspace ws;
   const bench::PeakMemory memory;
-  ffn.forward(pf::cview(x), pf::view(y), ctx);  // warm-up
+  ffn.forward(pf::cview(x), pf::view(y), ws, ctx);  // warm-up: sizes the workspace once
   const bench::LoopClock clock;
   for (auto _ : state) {
-    ffn.forward(pf::cview(x), pf::view(y), ctx);
+    ffn.forward(pf::cview(x), pf::view(y), ws, ctx);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -125,4 +130,4 @@ void sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_moe_ffn)->Apply(sizes);
 BENCHMARK(BM_dense_ffn)->Apply(sizes);
 
-BENCHMARK_MAIN();
+POLYFORMER_BENCHMARK_MAIN()

@@ -12,7 +12,7 @@ for b in json.load(open(sys.argv[1]))["benchmarks"]:
     if not m or b.get("run_type") == "aggregate":
         continue
     runs[(m.group(1), int(m.group(2)))] = (b["real_time"], b.get("peak_MB", float("nan")))
-policies = ["full", "sliding", "blockwise", "lsh", "linformer", "performer", "linear"]
+policies = list(dict.fromkeys(p for p, _ in runs))  # the registry's order, as bench_attention ran them
 sizes = sorted({n for _, n in runs})
 print("| policy | " + " | ".join(f"n={n}" for n in sizes) + " | × full at 4K | t(32K)/t(4K) |")
 print("|---" * (len(sizes) + 3) + "|")

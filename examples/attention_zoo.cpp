@@ -7,8 +7,9 @@
 //   attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]
 //                 [--global i,j,...] [--prev-block] [--threads T]
 //
-// P is one of full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, performer:M, linear. Without
-// --policy the table has full, sliding:128, blockwise:128, lsh:4:64, linformer:256, performer:256, linear.
+// P is the spelling of a policy of polyformer's registry (attention/registry.hpp; --help lists the forms: full,
+// sliding:W, lsh:HASHES:CHUNK, …). Without --policy the table has every registered policy at its example
+// spelling (full, sliding:128, lsh:4:64, …).
 // --json prints one JSON object per line instead of the table: {"policy", "n", "ms", "peak_mb", "rel_error"}.
 // Time is the median of 5 runs after one warm-up. Peak memory is the resident memory the policy's runs
 // (warm-up included) added above the RSS just before them, in MB (2^20 bytes), read from VmHWM after
@@ -35,6 +36,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -60,15 +62,30 @@ namespace {
 
 using cli::usage_error;
 
-constexpr const char* usage =
-    "usage: attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]\n"
-    "       attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]\n"
-    "                     [--global i,j,...] [--prev-block] [--threads T]\n"
-    "P: full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, performer:M or linear\n";
+/// The usage text; the policies' spelling forms come from the registry.
+std::string usage() {
+  return "usage: attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]\n"
+         "       attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]\n"
+         "                     [--global i,j,...] [--prev-block] [--threads T]\n"
+         "P: " + pf::attention_usage() + "\n";
+}
 
-/// The policies of the table when no --policy is given.
-const std::vector<std::string> table_policies = {"full",     "sliding:128",   "blockwise:128", "lsh:4:64",
-                                                 "linformer:256", "performer:256", "linear"};
+/// The policies of the table when no --policy is given: every registered policy at its example spelling.
+std::vector<std::string> table_policies() {
+  std::vector<std::string> spellings;
+  pf::for_each_attention_policy([&]<typename P>(std::type_identity<P>) {
+    spellings.emplace_back(P::example_spelling);
+  });
+  return spellings;
+}
+
+/// The command-line flags that set policy options, and the names the policies read them under.
+struct PolicyFlag {
+  const char* flag;
+  const char* option;
+};
+constexpr PolicyFlag policy_flags[] = {{"--dilation", "dilation"}, {"--global", "global_positions"},
+                                       {"--prev-block", "previous_block"}};
 
 constexpr int warmup_runs = 1, timed_runs = 5;
 constexpr std::uint64_t input_seed = 20240607;
@@ -114,7 +131,7 @@ Options parse(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--help" || a == "-h") {
-      std::fputs(usage, stdout);
+      std::fputs(usage().c_str(), stdout);
       std::exit(0);
     }
     if (a == "--policy") o.policy = value();
@@ -151,24 +168,45 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-/// The spelling parsed, with the options outside it; throws usage_error when an option does not fit the policy.
-pf::AttentionSpec make_spec(const std::string& spelling, const Options& o, pf::Index n_max, bool check_options) {
-  pf::AttentionSpec spec;
+/// The options outside the spelling: those the command line gives, and n_max, the length of Linformer's
+/// projections.
+pf::AttentionOptions make_options(const Options& o, pf::Index n_max) {
+  pf::AttentionOptions options;
+  if (o.was_given("--dilation")) options.set("dilation", o.dilation);
+  if (o.was_given("--global")) options.set("global_positions", o.global_positions);
+  if (o.was_given("--prev-block")) options.set("previous_block", o.previous_block);
+  options.set("n_max", n_max);
+  return options;
+}
+
+/// A spelling checked before anything runs.
+struct CheckedPolicy {
+  std::string spelling;  // as the policy spells itself
+  bool supports_causal = false;
+};
+
+/// Parses `spelling` with `options`; throws usage_error when it is bad or, with `check_options`, when the policy
+/// does not read an option the command line gives.
+CheckedPolicy check_policy(const std::string& spelling, const pf::AttentionOptions& options, bool check_options) {
+  CheckedPolicy checked;
   try {
-    spec = pf::parse_attention(spelling);
+    checked = pf::with_attention(spelling, options, [](const auto& policy) {
+      return CheckedPolicy{policy.spelling(), std::decay_t<decltype(policy)>::supports_causal};
+    });
   } catch (const pf::config_error& e) {
     throw usage_error(std::string("--policy: ") + e.what());
   }
-  const auto option_for = [&](const char* flag, pf::AttentionKind kind, const char* form) {
-    if (check_options && o.was_given(flag) && spec.kind != kind)
-      throw usage_error(std::string(flag) + " applies to " + form + " only, not to '" + spelling + "'");
-    return spec.kind == kind;
-  };
-  if (option_for("--dilation", pf::AttentionKind::sliding, "sliding:W")) spec.dilation = o.dilation;
-  if (option_for("--global", pf::AttentionKind::sliding, "sliding:W")) spec.global_positions = o.global_positions;
-  if (option_for("--prev-block", pf::AttentionKind::blockwise, "blockwise:B")) spec.previous_block = o.previous_block;
-  spec.n_max = n_max;
-  return spec;
+  if (check_options)
+    for (const PolicyFlag& f : policy_flags)
+      if (options.has(f.option) && !options.was_read(f.option))
+        throw usage_error(std::string(f.flag) + " does not apply to '" + spelling + "'");
+  return checked;
+}
+
+/// Throws usage_error when --causal asks for what the policy cannot do.
+void check_causal(const CheckedPolicy& policy, bool causal) {
+  if (causal && !policy.supports_causal)
+    throw usage_error("--causal: '" + policy.spelling + "' cannot honour a causal mask (it is bidirectional only)");
 }
 
 // ---- peak resident memory ----
@@ -217,18 +255,6 @@ double relative_error(const pf::Matrix& out, const pf::Matrix& reference) {
   const double diff = (out.cast<double>() - reference.cast<double>()).squaredNorm();
   const double norm = reference.cast<double>().squaredNorm();
   return norm > 0.0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
-/// Whether the policy a spec describes can honour a causal mask (its supports_causal).
-bool supports_causal(pf::AttentionSpec spec) {
-  spec.n_max = std::max<pf::Index>(spec.n_max, 1);  // only the policy's type matters here
-  return pf::with_attention(spec, [](const auto& policy) { return std::decay_t<decltype(policy)>::supports_causal; });
-}
-
-/// Throws usage_error when --causal asks for what the policy cannot do.
-void check_causal(const pf::AttentionSpec& spec, bool causal) {
-  if (causal && !supports_causal(spec))
-    throw usage_error("--causal: '" + spec.spelling() + "' cannot honour a causal mask (it is bidirectional only)");
 }
 
 /// Times `policy` on the problem and measures its memory and its error against `reference`.
@@ -281,20 +307,21 @@ void print_row(const Row& row, bool json) {
 }
 
 void run_table(const Options& o) {
-  const std::vector<std::string> spellings = o.policy.empty() ? table_policies : std::vector<std::string>{o.policy};
+  const std::vector<std::string> spellings = o.policy.empty() ? table_policies() : std::vector<std::string>{o.policy};
   const bool one = !o.policy.empty();
+  const pf::AttentionOptions options = make_options(o, static_cast<pf::Index>(o.n));
   // Every spelling is checked before anything runs; with --causal the bidirectional-only policies are refused
   // (--policy) or left out of the table.
-  std::vector<pf::AttentionSpec> specs;
+  std::vector<std::string> policies;
   for (const std::string& s : spellings) {
-    pf::AttentionSpec spec = make_spec(s, o, static_cast<pf::Index>(o.n), one);
-    if (one) check_causal(spec, o.causal);
-    if (o.causal && !supports_causal(spec)) {
+    const CheckedPolicy checked = check_policy(s, options, one);
+    if (one) check_causal(checked, o.causal);
+    if (o.causal && !checked.supports_causal) {
       std::fprintf(stderr, "attention_zoo: %s left out: it cannot honour a causal mask (bidirectional only)\n",
                    s.c_str());
       continue;
     }
-    specs.push_back(std::move(spec));
+    policies.push_back(checked.spelling);
   }
   const pf::Context ctx{static_cast<int>(o.threads)};
   const Problem problem = random_problem(o);
@@ -304,14 +331,13 @@ void run_table(const Options& o) {
   out.setZero();  // resident before any policy is measured
   if (!o.json) print_table_header(o);
   bool peak_reset = true, any_lsh = false;
-  for (std::size_t i = 0; i < specs.size(); ++i) {
-    const std::string spelling = specs[i].spelling();
-    const Row row = pf::with_attention(specs[i], [&](auto policy) {  // a fresh policy: its workspaces count
+  for (const std::string& spelling : policies) {
+    const Row row = pf::with_attention(spelling, options, [&](auto policy) {  // a fresh policy: its workspaces count
+      any_lsh = any_lsh || std::is_same_v<decltype(policy), pf::LSHAttention>;
       return measure(policy, spelling, problem, reference, out, ctx);
     });
     print_row(row, o.json);
     peak_reset = peak_reset && row.peak_reset;
-    any_lsh = any_lsh || specs[i].kind == pf::AttentionKind::lsh;
   }
   const auto note = [&](const char* text) {  // after the table, or on stderr beside the JSON
     std::fprintf(o.json ? stderr : stdout, "%s%s\n", o.json ? "attention_zoo: " : "", text);
@@ -385,9 +411,10 @@ pf::io::FloatTensor to_heads(const pf::Matrix& m, pf::Index heads, pf::Index d) 
 }
 
 void run_file(const Options& o) {
-  const pf::AttentionSpec spec = make_spec(o.policy, o, 0, /*check_options=*/true);
-  const std::string spelling = spec.spelling();
-  check_causal(spec, o.causal);
+  // Checked before the file is read, with n_max 1 for Linformer (the projections come from the file).
+  const CheckedPolicy checked = check_policy(o.policy, make_options(o, 1), /*check_options=*/true);
+  const std::string& spelling = checked.spelling;
+  check_causal(checked, o.causal);
   const pf::io::SafetensorsFile file = pf::io::SafetensorsFile::open(o.inputs);
   const HeadTensor q = read_heads(file, "q", "(heads, n_q, d)");
   const HeadTensor k = read_heads(file, "k", "(heads, n_k, d)");
@@ -411,23 +438,22 @@ void run_file(const Options& o) {
   const pf::Matrix qm = to_rows(q), km = to_rows(k), vm = to_rows(v);  // (n_q, heads·d), (n_k, heads·d) twice
   pf::Matrix out(q.n, q.heads * q.d);                                  // (n_q, heads·d)
   const pf::Context ctx{static_cast<int>(o.threads)};
-  const auto run = [&](auto policy) {
+  const double ms = pf::with_attention(spelling, make_options(o, k.n), [&](auto policy) {
+    using Policy = decltype(policy);
+    // The policies with learned parameters read them from the file.
+    if constexpr (std::is_same_v<Policy, pf::Linformer>) {
+      const std::string why = spelling + " (the projection shared by the heads)";
+      pf::Matrix e = read_matrix(file, "e", policy.k(), k.n, why);
+      pf::Matrix f = read_matrix(file, "f", policy.k(), k.n, why);
+      policy = pf::Linformer(policy.k(), std::move(e), std::move(f));
+    } else if constexpr (std::is_same_v<Policy, pf::Performer>) {
+      const pf::Index m = policy.feature_map().features(q.d);
+      policy.feature_map().set_projection(read_matrix(file, "features", m, q.d, spelling + " (the random features W)"));
+    }
     const auto start = std::chrono::steady_clock::now();
     policy.forward(shape, pf::cview(qm), pf::cview(km), pf::cview(vm), mask, pf::view(out), ctx);
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  };
-  double ms = 0.0;
-  if (spec.kind == pf::AttentionKind::linformer) {
-    const std::string why = spelling + " (the projection shared by the heads)";
-    pf::Matrix e = read_matrix(file, "e", spec.k, k.n, why), f = read_matrix(file, "f", spec.k, k.n, why);
-    ms = run(pf::Linformer(spec.k, std::move(e), std::move(f)));
-  } else if (spec.kind == pf::AttentionKind::performer) {
-    pf::PositiveRandomFeatures features(spec.features);
-    features.set_projection(read_matrix(file, "features", spec.features, q.d, spelling + " (the random features W)"));
-    ms = run(pf::Performer(std::move(features)));
-  } else {
-    ms = pf::with_attention(spec, run);
-  }
+  });
   pf::io::write_safetensors(o.out, {{"out", to_heads(out, q.heads, q.d)}});
   std::printf("attention_zoo: %s%s on q %s, k %s: out %s in %s, %.3f ms\n", spelling.c_str(),
               o.causal ? " (causal)" : "", dims(q).c_str(), dims(k).c_str(), dims(q).c_str(), o.out.c_str(), ms);
@@ -436,13 +462,14 @@ void run_file(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   try {
     const Options o = parse(argc, argv);
     if (o.inputs.empty()) run_table(o);
     else run_file(o);
     return 0;
   } catch (const usage_error& e) {
-    std::fprintf(stderr, "attention_zoo: %s\n%s", e.what(), usage);
+    std::fprintf(stderr, "attention_zoo: %s\n%s", e.what(), usage().c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "attention_zoo: %s\n", e.what());

@@ -14,6 +14,7 @@
 namespace pf = polyformer;
 
 int main(int argc, char** argv) {
+  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   pf::Index n = 128, layers = 2;
   int threads = 1;
   bool causal = false;

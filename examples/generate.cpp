@@ -2,18 +2,22 @@
 // prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr.
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
-//            [--topk K] [--seed S] [--threads N] [--attention full|sliding:W|linear|performer:M]
-//            [--int8] [--lora DIR[:SCALE]]... [--merge-lora]
+//            [--topk K] [--seed S] [--threads N] [--attention A]
+//            [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
-// --attention swaps every layer's attention policy (full by default; sliding:W keeps only a window of W keys
-// per layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the
-// others change the text: they show the policies decoding, not a better model.
+// --attention swaps every layer's attention policy for A, the spelling of any policy of polyformer's registry
+// that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
+// layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
+// change the text: they show the policies decoding, not a better model.
 // --int8 quantizes every linear layer once on load (per output channel; activations per row at run time).
 // --lora applies a Hugging Face PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors),
 // scaled by SCALE (1 by default); repeat it to apply several at once. --merge-lora folds them into the weights
 // before decoding (not with --int8).
+// --prompts FILE reads one prompt per line and generates for each, up to N sequences (--batch, 8 by default)
+// advanced together by every forward and refilled as they end; stdout is, in the file's order, exactly what
+// one run per line with --prompt would print.
 
 #include <charconv>
 #include <cmath>
@@ -25,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <variant>
 #include <vector>
 
 #include "polyformer/polyformer.hpp"
@@ -38,11 +43,13 @@ namespace {
 
 using cli::usage_error;
 
-constexpr const char* usage =
+/// The usage text; the --attention spellings are those of the registry's policies that decode incrementally.
+const std::string usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
     "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
-    "                [--attention full|sliding:W|linear|performer:M]\n"
-    "                [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n";
+    "                [--attention " + pf::attention_usage<pf::AttentionPolicies, /*incremental_only=*/true>() + "]\n"
+    "                [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n"
+    "                [--prompts FILE [--batch N]]\n";
 
 /// One --lora argument: a PEFT adapter directory and the strength its α/r is multiplied by.
 struct LoraOption {
@@ -51,8 +58,8 @@ struct LoraOption {
 };
 
 struct Options {
-  std::string model, tokenizer, prompt, attention = "full";
-  long long steps = 256;
+  std::string model, tokenizer, prompt, attention = "full", prompts;
+  long long steps = 256, batch = 8;
   float temperature = 1.0f, top_p = 0.9f;
   long long top_k = 0, threads = 1;
   unsigned long long seed = 0;
@@ -104,8 +111,10 @@ Options parse(int argc, char** argv) {
     else if (a == "--int8") o.int8 = true;
     else if (a == "--lora") o.loras.push_back(parse_lora(value()));
     else if (a == "--merge-lora") o.merge_lora = true;
+    else if (a == "--prompts") o.prompts = value();
+    else if (a == "--batch") o.batch = parse_number<long long>(a, value());
     else if (a == "--help" || a == "-h") {
-      std::fputs(usage, stdout);
+      std::fputs(usage.c_str(), stdout);
       std::exit(0);
     } else {
       throw usage_error("unknown option '" + a + "'");
@@ -118,8 +127,53 @@ Options parse(int argc, char** argv) {
   if (o.top_k < 0 || o.top_k > (1 << 30)) throw usage_error("--topk is " + std::to_string(o.top_k) + ", expected >= 0");
   if (o.seed_given && o.seed == 0) throw usage_error("--seed is 0, expected nonzero");
   if (o.merge_lora && o.loras.empty()) throw usage_error("--merge-lora needs at least one --lora");
+  if (o.batch < 1 || o.batch > 4096) throw usage_error("--batch is " + std::to_string(o.batch) + ", expected 1..4096");
+  if (!o.prompts.empty() && !o.prompt.empty()) throw usage_error("--prompt and --prompts exclude each other");
   if (o.merge_lora && o.int8) throw usage_error("--merge-lora cannot merge into --int8 weights (drop one of them)");
   return o;
+}
+
+/// The lines of a prompts file (a final newline ends the last line; "\r\n" endings are accepted).
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw std::runtime_error("--prompts " + path + ": cannot open it");
+  std::string text;
+  char buffer[1 << 14];
+  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, f)) > 0;) text.append(buffer, n);
+  std::fclose(f);
+  std::vector<std::string> lines;
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(std::move(line));
+    start = end + 1;
+  }
+  if (lines.empty()) throw std::runtime_error("--prompts " + path + ": no lines, expected one prompt per line");
+  return lines;
+}
+
+/// --prompts: every line's text, printed in the file's order once generated.
+template <typename Model>
+void run_batch(const Model& model, const pf::io::Tokenizer& tokenizer, const Options& o,
+               const pf::SamplerOptions& sampling, const pf::Context& ctx) {
+  const std::vector<std::string> prompts = read_prompts(o.prompts);
+  std::vector<std::string> texts(prompts.size());
+  const auto start = std::chrono::steady_clock::now();
+  const auto stats = pf::generate_batch(
+      model, tokenizer, prompts, static_cast<pf::Index>(o.steps), sampling, static_cast<pf::Index>(o.batch),
+      [&](std::size_t i, std::string_view piece) { texts[i].append(piece); }, ctx);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const std::string& t : texts) std::fwrite(t.data(), 1, t.size(), stdout);
+  std::fflush(stdout);
+  long long decoded = 0, prefilled = 0;
+  for (const auto& s : stats) {
+    decoded += s.decoded_tokens;
+    prefilled += s.prefill_tokens;
+  }
+  std::fprintf(stderr, "%zu prompts, batch %lld: %lld prefill and %lld decoded tokens in %.3f s, %.1f tok/s\n",
+               prompts.size(), o.batch, prefilled, decoded, seconds, double(prefilled + decoded) / seconds);
 }
 
 template <typename Linear, typename Attention>
@@ -139,6 +193,11 @@ void run(const Options& o, const Attention& attention) {
   sampling.seed = o.seed_given ? o.seed
                                : static_cast<unsigned long long>(
                                      std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  const pf::Context ctx{static_cast<int>(o.threads)};
+  if (!o.prompts.empty()) {
+    run_batch(model, tokenizer, o, sampling, ctx);
+    return;
+  }
   pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
   const auto stats = pf::generate(
       model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler,
@@ -146,7 +205,7 @@ void run(const Options& o, const Attention& attention) {
         std::fwrite(piece.data(), 1, piece.size(), stdout);
         std::fflush(stdout);
       },
-      pf::Context{static_cast<int>(o.threads)});
+      ctx);
   std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
                static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
                static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
@@ -155,21 +214,25 @@ void run(const Options& o, const Attention& attention) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   try {
     const Options o = parse(argc, argv);
-    pf::AttentionSpec spec;
-    try {
-      spec = pf::parse_attention(o.attention);
-    } catch (const pf::config_error& e) {
-      throw usage_error(std::string("--attention: ") + e.what());
-    }
-    pf::with_attention</*incremental_only=*/true>(spec, [&](const auto& attention) {
-      if (o.int8) run<pf::Int8>(o, attention);
-      else run<pf::Dense>(o, attention);
-    });
+    const auto attention = [&] {
+      try {
+        return pf::parse_attention<pf::AttentionPolicies, /*incremental_only=*/true>(o.attention);
+      } catch (const pf::config_error& e) {
+        throw usage_error(std::string("--attention: ") + e.what());
+      }
+    }();
+    std::visit(  // run() is instantiated for every policy that decodes incrementally
+        [&](const auto& policy) {
+          if (o.int8) run<pf::Int8>(o, policy);
+          else run<pf::Dense>(o, policy);
+        },
+        attention);
     return 0;
   } catch (const usage_error& e) {
-    std::fprintf(stderr, "generate: %s\n%s", e.what(), usage);
+    std::fprintf(stderr, "generate: %s\n%s", e.what(), usage.c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "generate: %s\n", e.what());

@@ -202,8 +202,9 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
         masks.spec(in, "src_mask", "src_key_padding_mask", src.batch, src.length, src.length),
         masks.spec(in, "tgt_mask", "tgt_key_padding_mask", tgt.batch, tgt.length, tgt.length),
         masks.spec(in, "memory_mask", "memory_key_padding_mask", tgt.batch, tgt.length, src.length)};
-    out.emplace_back("y", to_tensor(model.forward(src.rows, tgt.rows, src.batch, em, ctx), tgt.shape));
-    out.emplace_back("memory", to_tensor(model.memory(), src.shape));
+    Matrix memory;
+    out.emplace_back("y", to_tensor(model.forward(src.rows, tgt.rows, src.batch, em, ctx, &memory), tgt.shape));
+    out.emplace_back("memory", to_tensor(memory, src.shape));
   }
   pf::io::write_safetensors(o.out, out, {{"producer", "polyformer torch_forward"}, {"module", o.module}});
 }
@@ -211,6 +212,7 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
 }  // namespace
 
 int main(int argc, char** argv) {
+  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   try {
     Options o = parse(argc, argv);
     const auto weights = pf::io::SafetensorsFile::open(o.weights);

@@ -1,8 +1,10 @@
 // Every attention policy inside EncoderLayer, DecoderLayer (the causal ones) and EncoderDecoder: a batch of
-// two padded sequences gives what each sequence gives alone, and the generic registry builds each policy.
+// two padded sequences gives what each sequence gives alone. Every policy of the registry's list runs at its
+// example spelling; windows, blocks and chunks shorter than the sequence are checked as well.
 
 #include <catch2/catch.hpp>
 
+#include <type_traits>
 #include <vector>
 
 #include "polyformer/polyformer.hpp"
@@ -81,8 +83,10 @@ void check_decoder_and_stack(const Attn& policy, bool strictly_causal = true) {
   changed.bottomRows(n / 2).setRandom();
   const Matrix a = layer.forward(Matrix(x.topRows(n)), Matrix(memory.topRows(m)), 1);
   const Matrix c = layer.forward(changed, Matrix(memory.topRows(m)), 1);
-  INFO(Attn::name << " causality");
-  if (strictly_causal) CHECK((a.topRows(n / 2) - c.topRows(n / 2)).cwiseAbs().maxCoeff() < 1e-6f);
+  const float change = (a.topRows(n / 2) - c.topRows(n / 2)).cwiseAbs().maxCoeff();
+  INFO(Attn::name << " causality: the first outputs changed by " << change);
+  // Up to rounding: Performer's stabilizer shifts a chunk's key exponents by their max, later keys' included.
+  if (strictly_causal) CHECK(change < 1e-5f);
   using Stack = pf::EncoderDecoder<pf::Encoder<pf::EncoderLayer<Attn>>, pf::Decoder<pf::DecoderLayer<Attn>>>;
   std::vector<pf::EncoderLayer<Attn>> enc;
   enc.push_back(encoder_layer(policy, 7));
@@ -96,19 +100,30 @@ void check_decoder_and_stack(const Attn& policy, bool strictly_causal = true) {
 
 }  // namespace
 
-TEST_CASE("Every attention policy works inside the blocks", "[attention][blocks]") {
+TEST_CASE("Every registered attention policy works inside the blocks", "[attention][blocks][registry]") {
+  pf::AttentionOptions options;
+  options.set("n_max", 64);  // Linformer's projections
+  pf::for_each_attention_policy([&]<typename P>(std::type_identity<P>) {
+    const P policy = pf::parse_attention_as<P>(P::example_spelling, options);
+    check_encoder(policy, false);
+    if constexpr (P::supports_causal) {
+      check_encoder(policy, true);
+      check_decoder_and_stack(policy);
+    }
+  });
+}
+
+TEST_CASE("Windows, blocks and chunks shorter than the sequence inside the blocks", "[attention][blocks]") {
   for (bool causal : {false, true}) {
     check_encoder(pf::SlidingWindow(5, 2, {1}), causal);
     check_encoder(pf::Blockwise(8, true), causal);
     check_encoder(pf::LSHAttention(pf::LSHOptions{2, 8, 0, 4}), causal);
-    check_encoder(pf::LinearAttention{}, causal);
     check_encoder(pf::Performer(pf::PositiveRandomFeatures(32, 2)), causal);
   }
   check_encoder(pf::Linformer::random(8, 40), false);
   check_decoder_and_stack(pf::SlidingWindow(5));
   check_decoder_and_stack(pf::Blockwise(8));
   check_decoder_and_stack(pf::LSHAttention(pf::LSHOptions{2, 8, 0, 4}), /*strictly_causal=*/false);
-  check_decoder_and_stack(pf::LinearAttention{});
   check_decoder_and_stack(pf::Performer(pf::PositiveRandomFeatures(32, 2)));
   // Linformer in an encoder-decoder: its encoder side, full attention in the decoder.
   using Stack = pf::EncoderDecoder<pf::Encoder<pf::EncoderLayer<pf::Linformer>>, pf::Decoder<pf::DecoderLayer<>>>;
@@ -122,28 +137,4 @@ TEST_CASE("Every attention policy works inside the blocks", "[attention][blocks]
   auto layer = encoder_layer(pf::Linformer::random(8, 40), 1);
   CHECK_THROWS_WITH(layer.forward(pft::random_matrix(10, d, 1), 1, pf::MaskSpec::causal_mask()),
                     Catch::Contains("bidirectional only"));
-}
-
-TEST_CASE("parse_attention reads every spelling and rejects others", "[attention][registry]") {
-  CHECK(pf::parse_attention("full").kind == pf::AttentionKind::full);
-  CHECK(pf::parse_attention("sliding:128").window == 128);
-  CHECK(pf::parse_attention("blockwise:64").block == 64);
-  const auto lsh = pf::parse_attention("lsh:4:64");
-  CHECK((lsh.kind == pf::AttentionKind::lsh && lsh.hashes == 4 && lsh.chunk == 64));
-  CHECK(pf::parse_attention("linformer:256").k == 256);
-  CHECK(pf::parse_attention("performer:256").features == 256);
-  CHECK(pf::parse_attention("linear").kind == pf::AttentionKind::linear);
-  for (const char* s : {"sliding:128", "blockwise:64", "lsh:4:64", "linformer:256", "performer:256", "linear", "full"})
-    CHECK(pf::parse_attention(s).spelling() == s);
-  CHECK_THROWS_WITH(pf::parse_attention("sliding"), Catch::Contains("expected sliding:W"));
-  CHECK_THROWS_WITH(pf::parse_attention("sliding:0"), Catch::Contains("W is '0', expected an integer >= 1"));
-  CHECK_THROWS_WITH(pf::parse_attention("lsh:4"), Catch::Contains("lsh:HASHES:CHUNK"));
-  CHECK_THROWS_WITH(pf::parse_attention("performer:x"), Catch::Contains("M is 'x'"));
-  CHECK_THROWS_WITH(pf::parse_attention("dense"), Catch::Contains("unknown policy 'dense'"));
-  const auto names = [](const auto& policy) { return std::string(std::decay_t<decltype(policy)>::name); };
-  CHECK(pf::with_attention(pf::parse_attention("lsh:2:32"), names) == "lsh");
-  CHECK(pf::with_attention<true>(pf::parse_attention("sliding:8"), names) == "sliding");
-  CHECK_THROWS_WITH(pf::with_attention<true>(pf::parse_attention("blockwise:8"), names),
-                    Catch::Contains("cannot decode incrementally"));
-  CHECK_THROWS_WITH(pf::with_attention(pf::parse_attention("linformer:8"), names), Catch::Contains("needs n_max"));
 }

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "attention_oracle.hpp"
@@ -77,7 +78,8 @@ TEST_CASE("Kernelized attention equals its feature-map definition, n = 1..1000",
       INFO("n " << n << " variant " << variant);
       CHECK(pft::rel_max_error(run(linear, q, k, v, heads, kv_heads, dh, mask), pft::feature_oracle(v, n, os, elu_q, elu_k, visible)) < 1e-5);
       pf::Performer performer(pf::PositiveRandomFeatures(48, 7));
-      const Matrix got = run(performer, q, k, v, heads, kv_heads, dh, mask);
+      const Matrix got = run(std::as_const(performer), q, k, v, heads, kv_heads, dh, mask);
+      performer.feature_map().prepare(dh);  // the W the forward drew in its workspace: (M, d, seed) decide it
       const Matrix& w = performer.feature_map().projection();
       REQUIRE(w.rows() == 48);
       REQUIRE(w.cols() == dh);

@@ -86,7 +86,7 @@ TEST_CASE("Linformer with k = n and E = F = I is FullAttention", "[attention][li
   pf::FullAttention full;
   pf::AttentionShape s{heads, heads, dh, 0.25f};
   Matrix expected(n, heads * dh);
-  full.forward(s, pf::cview(q), pf::cview(k), pf::cview(v), {}, pf::view(expected), pf::Context{1});
+  full.forward(s, pf::cview(q), pf::cview(k), pf::cview(v), pf::AttentionMask{}, pf::view(expected), pf::Context{1});
   CHECK(pft::rel_max_error(run(p, q, k, v, heads, heads, dh), expected) < 1e-5);
 }
 

@@ -21,12 +21,15 @@ using pf::Matrix;
 
 namespace {
 
-Matrix run(pf::LSHAttention& lsh, const Matrix& q, const Matrix& v, Index heads, Index kv_heads, Index dh,
-           const pf::AttentionMask& mask, int threads) {
+// With a workspace `ws` (which then tells the buckets the call used), or without (one of the call's own).
+Matrix run(const pf::LSHAttention& lsh, pf::LSHAttention::Workspace* ws, const Matrix& q, const Matrix& v, Index heads,
+           Index kv_heads, Index dh, const pf::AttentionMask& mask, int threads) {
   pf::AttentionShape s{heads, kv_heads, dh, 1.0f / std::sqrt(float(dh))};
   Matrix out = Matrix::Constant(q.rows(), heads * dh, std::numeric_limits<float>::quiet_NaN());
   const Matrix k_unused = Matrix::Constant(q.rows(), kv_heads * dh, std::numeric_limits<float>::quiet_NaN());
-  lsh.forward(s, pf::cview(q), pf::cview(k_unused), pf::cview(v), mask, pf::view(out), pf::Context{threads});
+  const pf::Context ctx{threads};
+  if (ws) lsh.forward(s, pf::cview(q), pf::cview(k_unused), pf::cview(v), mask, pf::view(out), *ws, ctx);
+  else lsh.forward(s, pf::cview(q), pf::cview(k_unused), pf::cview(v), mask, pf::view(out), ctx);
   return out;
 }
 
@@ -111,13 +114,14 @@ TEST_CASE("LSHAttention equals the oracle of its buckets for n = 1..1000", "[att
         for (Index j = 2; j < n; j += 7) padding[std::size_t(j)] = 1.0f;
         mask.key_padding = padding.data();
       }
-      pf::LSHAttention lsh(pf::LSHOptions{hashes, chunk, variant == 2 ? 8 : 0, 99});
-      const Matrix got = run(lsh, q, v, heads, kv_heads, dh, mask, 2);
+      const pf::LSHAttention lsh(pf::LSHOptions{hashes, chunk, variant == 2 ? 8 : 0, 99});
+      pf::LSHAttention::Workspace ws;
+      const Matrix got = run(lsh, &ws, q, v, heads, kv_heads, dh, mask, 2);
       const auto buckets = [&](Index h, Index r) {
-        const auto b = lsh.buckets(h, r);
+        const auto b = ws.buckets(h, r);
         return std::vector<int>(b.begin(), b.end());
       };
-      INFO("n " << n << " variant " << variant << " buckets " << lsh.last_n_buckets());
+      INFO("n " << n << " variant " << variant << " buckets " << ws.last_n_buckets());
       CHECK(pft::rel_max_error(got, lsh_oracle(q, v, heads, kv_heads, dh, hashes, chunk, buckets, mask)) < 1e-5);
     }
   }
@@ -126,14 +130,15 @@ TEST_CASE("LSHAttention equals the oracle of its buckets for n = 1..1000", "[att
 TEST_CASE("LSHAttention hashes by argmax over [xR; -xR], reproducibly", "[attention][lsh]") {
   const Index n = 200, heads = 2, dh = 16;
   const Matrix q = pft::random_matrix(n, heads * dh, 5), v = pft::random_matrix(n, heads * dh, 6);
-  pf::LSHAttention lsh(pf::LSHOptions{2, 32, 8, 123});
-  const Matrix a = run(lsh, q, v, heads, heads, dh, {}, 1);
+  const pf::LSHAttention lsh(pf::LSHOptions{2, 32, 8, 123});
+  pf::LSHAttention::Workspace ws;
+  const Matrix a = run(lsh, &ws, q, v, heads, heads, dh, {}, 1);
   for (Index h = 0; h < heads; ++h)
     for (Index r = 0; r < 2; ++r) {
-      const Matrix& rot = lsh.rotation(h, r);
+      const Matrix& rot = ws.rotation(h, r);
       REQUIRE(rot.rows() == dh);
       REQUIRE(rot.cols() == 4);
-      const auto b = lsh.buckets(h, r);
+      const auto b = ws.buckets(h, r);
       std::vector<int> counts(8, 0);
       for (Index i = 0; i < n; ++i) {
         double best = -1e300;
@@ -149,23 +154,26 @@ TEST_CASE("LSHAttention hashes by argmax over [xR; -xR], reproducibly", "[attent
       }
       CHECK(*std::max_element(counts.begin(), counts.end()) < n);  // the hash spreads positions
     }
-  pf::LSHAttention same(pf::LSHOptions{2, 32, 8, 123}), other(pf::LSHOptions{2, 32, 8, 124});
-  CHECK(run(same, q, v, heads, heads, dh, {}, 2) == a);  // bitwise, and independent of threads
-  run(other, q, v, heads, heads, dh, {}, 1);
+  const pf::LSHAttention same(pf::LSHOptions{2, 32, 8, 123}), other(pf::LSHOptions{2, 32, 8, 124});
+  CHECK(run(same, nullptr, q, v, heads, heads, dh, {}, 2) == a);  // bitwise, and independent of threads
+  CHECK(run(lsh, &ws, q, v, heads, heads, dh, {}, 2) == a);      // and of the workspace's reuse
+  pf::LSHAttention::Workspace other_ws = ws;  // rotations drawn for seed 123: redrawn for 124
+  run(other, &other_ws, q, v, heads, heads, dh, {}, 1);
   bool differs = false;
-  for (Index i = 0; i < n; ++i) differs |= other.buckets(0, 0)[std::size_t(i)] != lsh.buckets(0, 0)[std::size_t(i)];
+  for (Index i = 0; i < n; ++i) differs |= other_ws.buckets(0, 0)[std::size_t(i)] != ws.buckets(0, 0)[std::size_t(i)];
   CHECK(differs);
 }
 
 TEST_CASE("LSHAttention factorizes many automatic buckets into two hashes", "[attention][lsh]") {
   const Index n = 3000, dh = 8;
   const Matrix q = pft::random_matrix(n, dh, 15), v = pft::random_matrix(n, dh, 16);
-  pf::LSHAttention lsh(pf::LSHOptions{1, 16, 0, 7});
-  run(lsh, q, v, 1, 1, dh, {}, 2);
+  const pf::LSHAttention lsh(pf::LSHOptions{1, 16, 0, 7});
+  pf::LSHAttention::Workspace ws;
+  run(lsh, &ws, q, v, 1, 1, dh, {}, 2);
   // 2·⌈3000/16⌉ = 376 buckets wanted: b = 20 (even, b² ≥ 376), 400 buckets as 20 × 20.
-  REQUIRE(lsh.bucket_factors() == std::pair<Index, Index>(20, 20));
-  CHECK(lsh.last_n_buckets() == 400);
-  const Matrix& rot = lsh.rotation(0, 0);
+  REQUIRE(ws.bucket_factors() == std::pair<Index, Index>(20, 20));
+  CHECK(ws.last_n_buckets() == 400);
+  const Matrix& rot = ws.rotation(0, 0);
   REQUIRE(rot.cols() == 20);
   const auto argmax = [&](Index i, Index c0) {  // over [xR; -xR] of columns c0..c0+9
     double best = -1e300;
@@ -178,7 +186,7 @@ TEST_CASE("LSHAttention factorizes many automatic buckets into two hashes", "[at
     }
     return arg;
   };
-  const auto b = lsh.buckets(0, 0);
+  const auto b = ws.buckets(0, 0);
   std::vector<int> used(400, 0);
   for (Index i = 0; i < n; ++i) {
     CHECK(b[std::size_t(i)] == argmax(i, 0) + 20 * argmax(i, 10));
@@ -193,13 +201,13 @@ TEST_CASE("LSHAttention with one bucket is full shared-QK attention", "[attentio
   for (bool causal : {false, true}) {
     pf::AttentionMask mask;
     mask.causal = causal;
-    pf::LSHAttention lsh(pf::LSHOptions{2, n, 1, 3});
+    const pf::LSHAttention lsh(pf::LSHOptions{2, n, 1, 3});
     const Matrix k = shared_keys(q, heads, dh);
     const auto visible = [&](Index, Index i, Index j) { return (!causal || j <= i) && (j != i || (causal && i == 0)); };
     const Matrix expected =
         pft::masked_softmax_oracle(q, k, v, pft::OracleShape{heads, heads, dh, 1.0 / std::sqrt(double(dh))}, visible);
     INFO("causal " << causal);
-    CHECK(pft::rel_max_error(run(lsh, q, v, heads, heads, dh, mask, 2), expected) < 1e-5);
+    CHECK(pft::rel_max_error(run(lsh, nullptr, q, v, heads, heads, dh, mask, 2), expected) < 1e-5);
   }
 }
 
@@ -207,10 +215,11 @@ TEST_CASE("LSHAttention rejects bad options and cross-attention", "[attention][l
   CHECK_THROWS_WITH(pf::LSHAttention(pf::LSHOptions{0, 64, 0, 1}), Catch::Contains("n_hashes is 0"));
   CHECK_THROWS_WITH(pf::LSHAttention(pf::LSHOptions{1, 0, 0, 1}), Catch::Contains("chunk is 0"));
   CHECK_THROWS_WITH(pf::LSHAttention(pf::LSHOptions{1, 8, 3, 1}), Catch::Contains("n_buckets is 3"));
-  pf::LSHAttention lsh;
+  const pf::LSHAttention lsh;
   const Matrix q = pft::random_matrix(4, 8, 1), k = pft::random_matrix(5, 8, 2);
   Matrix out(4, 8);
-  CHECK_THROWS_WITH(lsh.forward(pf::AttentionShape{1, 1, 8, 0.3f}, pf::cview(q), pf::cview(k), pf::cview(k), {},
+  const pf::AttentionMask none;
+  CHECK_THROWS_WITH(lsh.forward(pf::AttentionShape{1, 1, 8, 0.3f}, pf::cview(q), pf::cview(k), pf::cview(k), none,
                                 pf::view(out), pf::Context{1}),
                     Catch::Contains("LSHAttention::forward") && Catch::Contains("4 queries and 5 keys"));
 }

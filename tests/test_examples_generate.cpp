@@ -10,6 +10,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 #include "peft_testing.hpp"
 #include "polyformer/io/llama2c.hpp"
@@ -50,6 +51,39 @@ TEST_CASE("examples/generate: greedy output equals run.c's golden text", "[examp
     CHECK(out == pft::read_text(pft::shared_path("models/golden/" + file + ".txt")));
     CHECK(err.find("tok/s") != std::string::npos);
   }
+}
+
+TEST_CASE("examples/generate: --prompts decodes a batch that prints what one run per line prints",
+          "[examples][llama][batch]") {
+  const std::string base = "--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
+                           pft::shared_path("models/tok512.bin") + " --steps 120";
+  const std::vector<std::string> prompts{"Once upon a time", "Lily and Tom went to the park", "",
+                                         "The cat sat on the mat and looked at the bird", "One day"};
+  const std::string file = temp_path("prompts.txt");
+  {
+    std::ofstream f(file, std::ios::binary);
+    for (const auto& p : prompts) f << p << "\n";
+  }
+  for (const std::string sampling : {" --temperature 0", " --temperature 0.9 --topp 0.8 --seed 11"}) {
+    std::string want;
+    for (const auto& p : prompts) {
+      std::string out;
+      REQUIRE(run(base + sampling + " --prompt '" + p + "'", &out) == 0);
+      want += out;
+    }
+    for (const std::string batch : {"1", "2", "8"}) {
+      INFO("sampling" << sampling << ", batch " << batch);
+      std::string out, err;
+      REQUIRE(run(base + sampling + " --threads 2 --prompts " + file + " --batch " + batch, &out, &err) == 0);
+      CHECK(out == want);
+      CHECK(err.find("tok/s") != std::string::npos);
+    }
+  }
+  std::string err;
+  CHECK(run(base + " --prompts " + temp_path("missing.txt"), nullptr, &err) == 2);
+  CHECK(err.find("cannot open") != std::string::npos);
+  CHECK(run(base + " --prompts " + file + " --batch 0", nullptr, &err) == 2);
+  CHECK(err.find("--batch is 0") != std::string::npos);
 }
 
 TEST_CASE("examples/generate: sampling with a seed is reproducible", "[examples][llama]") {

@@ -40,11 +40,16 @@ TEST_CASE("layers/ffn: SwiGLU and GELU FFNs equal their formulas", "[layers][ffn
     CHECK(pft::max_abs_diff(y, linear_d(a, ffn.down())) < 1e-5);
   }
   {
-    pf::FeedForward<pf::Dense, pf::GELU> ffn(dense(d, h, 5), dense(h, d, 6));
+    const pf::FeedForward<pf::Dense, pf::GELU> ffn(dense(d, h, 5), dense(h, d, 6));
     Matrix y(n, d);
-    ffn.forward(pf::cview(x), pf::view(y), pf::Context{2});
+    pf::FeedForward<pf::Dense, pf::GELU>::Workspace ws;
+    ffn.forward(pf::cview(x), pf::view(y), ws, pf::Context{2});
     MatrixD a = linear_d(xd, ffn.up()).unaryExpr([](double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); });
     CHECK(pft::max_abs_diff(y, linear_d(a, ffn.down())) < 1e-5);
+    CHECK(pft::max_abs_diff(ws.hidden, a) < 1e-5);  // the activated hidden state, kept in the workspace
+    Matrix y_own(n, d);
+    ffn.forward(pf::cview(x), pf::view(y_own), pf::Context{2});  // a workspace of the call's own: the same
+    CHECK((y_own.array() == y.array()).all());
   }
 }
 
@@ -74,7 +79,8 @@ TEST_CASE("attention/multi_head: grouped-query attention with RoPE equals a floa
           pf::HeadConfig{heads, kv_heads, dh});
   const Matrix x = pft::random_matrix(batch * n, d, 5);
   Matrix y(batch * n, d);
-  mha.forward(pf::cview(x), batch, pf::MaskSpec::causal_mask(), pf::view(y), pf::Context{2});
+  MHA::Workspace ws;
+  mha.forward(pf::cview(x), batch, pf::MaskSpec::causal_mask(), pf::view(y), ws, pf::Context{2});
 
   // Reference: float64 projections, rotation by (a, b) → (a cos − b sin, a sin + b cos) on (k, k + dh/2).
   const MatrixD xd = x.cast<double>();

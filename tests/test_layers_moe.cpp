@@ -1,12 +1,14 @@
 // MixtureOfExperts against a per-token float64 oracle (softmax, top-k, gates, capacity in priority order, each
 // chosen expert's FFN from the dense weights), capacity drops on known routings, the auxiliary loss by hand,
-// and the MoE as the FFN of encoder and decoder layers against their residual wiring.
+// the MoE as the FFN of encoder and decoder layers against their residual wiring, and one const MoE shared by
+// threads with a workspace each.
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +32,8 @@ static_assert(!pf::FeedForwardPolicy<pf::Dense>);  // no dim()
 
 template <typename Act>
 using MoE = pf::MixtureOfExperts<pf::Dense, Act>;
+template <typename Act>
+using Workspace = typename MoE<Act>::Workspace;
 template <typename Act>
 using Expert = pf::FeedForward<pf::Dense, Act>;
 
@@ -157,16 +161,17 @@ double rel_err(const Matrix& y, const MatrixD& ref, const std::vector<bool>& ski
   return err / scale;
 }
 
-/// The implementation's routing equals the oracle's on every unambiguous token.
+/// The implementation's routing (in the workspace of its last forward) equals the oracle's on every unambiguous
+/// token.
 template <typename Act>
-void check_routing(const MoE<Act>& moe, const Reference& ref) {
-  for (Index t = 0; t < moe.tokens(); ++t) {
+void check_routing(const MoE<Act>& moe, const Workspace<Act>& ws, const Reference& ref) {
+  for (Index t = 0; t < ws.tokens; ++t) {
     if (ref.ambiguous[std::size_t(t)]) continue;
     for (int c = 0; c < moe.top_k(); ++c) {
       INFO("token " << t << " choice " << c);
-      REQUIRE(moe.expert_of(t, c) == ref.choices[std::size_t(t)][std::size_t(c)]);
-      CHECK(moe.gate(t, c) == Approx(ref.gates[std::size_t(t)][std::size_t(c)]).margin(1e-6));
-      CHECK(moe.dropped(t, c) == ref.dropped[std::size_t(t)][std::size_t(c)]);
+      REQUIRE(ws.expert_of(t, c) == ref.choices[std::size_t(t)][std::size_t(c)]);
+      CHECK(ws.gate(t, c) == Approx(ref.gates[std::size_t(t)][std::size_t(c)]).margin(1e-6));
+      CHECK(ws.dropped(t, c) == ref.dropped[std::size_t(t)][std::size_t(c)]);
     }
   }
 }
@@ -181,6 +186,7 @@ TEMPLATE_TEST_CASE("layers/moe: top-k mixture equals a per-token float64 oracle"
     float skew;  // added to the router bias of expert 0: uneven loads
   };
   unsigned seed = 1;
+  Workspace<TestType> ws;  // one for every shape: it grows (and follows the number of experts) as needed
   for (const Shape s : {Shape{4, 16, 24, true, true, 0.0f}, Shape{5, 33, 40, false, false, 0.0f},
                         Shape{8, 20, 36, true, true, 0.0f}, Shape{6, 17, 19, true, true, 2.5f}})
     for (int k : {1, 2, 3}) {
@@ -190,21 +196,22 @@ TEMPLATE_TEST_CASE("layers/moe: top-k mixture equals a per-token float64 oracle"
         for (int threads : {1, 2}) {
           const Matrix x = pft::random_matrix(n, s.d, seed + unsigned(n));
           Matrix y(n, s.d);
-          moe.forward(pf::cview(x), pf::view(y), pf::Context{threads});
+          moe.forward(pf::cview(x), pf::view(y), ws, pf::Context{threads});
           const Reference ref = oracle(moe, x);
           INFO(TestType::name << " experts " << s.n_exp << " d " << s.d << " hidden " << s.h << " k " << k << " n " << n
                               << " threads " << threads << " skew " << s.skew);
           CHECK(std::count(ref.ambiguous.begin(), ref.ambiguous.end(), true) <= 1);
-          check_routing(moe, ref);
+          check_routing(moe, ws, ref);
           CHECK(rel_err(y, ref.y, ref.ambiguous) < 1e-5);
-          CHECK(moe.dropped_count() == 0);
-          CHECK(moe.capacity() == n);
-          CHECK(moe.aux_loss() == Approx(ref.aux).epsilon(1e-5));
-          CHECK(rel_err(Matrix(moe.router_probs()), ref.probs) < 1e-6);
+          CHECK(ws.dropped_count() == 0);
+          CHECK(ws.capacity == n);
+          CHECK(ws.aux_loss == Approx(ref.aux).epsilon(1e-5));
+          CHECK(rel_err(Matrix(ws.router_probs()), ref.probs) < 1e-6);
+          REQUIRE(static_cast<Index>(ws.expert_counts().size()) == s.n_exp);
           Index accepted = 0;
           for (Index e = 0; e < s.n_exp; ++e) {
-            accepted += moe.expert_counts()[std::size_t(e)];
-            CHECK(moe.expert_counts()[std::size_t(e)] == moe.expert_requests()[std::size_t(e)]);
+            accepted += ws.expert_counts()[std::size_t(e)];
+            CHECK(ws.expert_counts()[std::size_t(e)] == ws.expert_requests()[std::size_t(e)]);
           }
           CHECK(accepted == n * k);
         }
@@ -217,51 +224,83 @@ TEMPLATE_TEST_CASE("layers/moe: one expert with k = 1 is the dense FeedForward e
   Expert<TestType> ffn = make_expert<TestType>(d, h, 5);
   for (bool renormalize : {true, false}) {
     MoE<TestType> moe(dense(d, 1, 6), {ffn}, 1, pf::MoEOptions{renormalize, 0.0});
+    Workspace<TestType> ws;
     for (Index n : {7, 300})
       for (int threads : {1, 2}) {
         const Matrix x = pft::random_matrix(n, d, 7 + unsigned(n));
         Matrix dense_y(n, d), moe_y(n, d);
         ffn.forward(pf::cview(x), pf::view(dense_y), pf::Context{threads});
-        moe.forward(pf::cview(x), pf::view(moe_y), pf::Context{threads});
+        moe.forward(pf::cview(x), pf::view(moe_y), ws, pf::Context{threads});
         INFO("n " << n << " threads " << threads << " renormalize " << renormalize);
         CHECK((moe_y.array() == dense_y.array()).all());
-        CHECK(moe.aux_loss() == 1.0);
+        CHECK(ws.aux_loss == 1.0);
       }
   }
 }
 
 TEST_CASE("layers/moe: the buffers kept for a backward pass hold each expert's rows", "[layers][moe]") {
   const Index d = 12, h = 20, n = 40;
-  auto moe = make_moe<pf::SwiGLU>(4, d, h, 2, 3, pf::MoEOptions{true, 1.0});
+  const auto moe = make_moe<pf::SwiGLU>(4, d, h, 2, 3, pf::MoEOptions{true, 1.0});
   const Matrix x = pft::random_matrix(n, d, 4);
-  const Matrix y = moe.forward(x, pf::Context{2});
+  Workspace<pf::SwiGLU> ws;
+  const Matrix y = moe.forward(x, ws, pf::Context{2});
   for (Index e = 0; e < moe.n_experts(); ++e) {
-    const auto tokens = moe.expert_tokens(e);
-    REQUIRE(static_cast<Index>(tokens.size()) == moe.expert_counts()[std::size_t(e)]);
-    const Matrix in = moe.expert_input(e);
+    const auto tokens = ws.expert_tokens(e);
+    REQUIRE(static_cast<Index>(tokens.size()) == ws.expert_counts()[std::size_t(e)]);
+    const Matrix in = ws.expert_input(e);
     for (std::size_t r = 0; r < tokens.size(); ++r) CHECK((in.row(Index(r)).array() == x.row(tokens[r]).array()).all());
     Matrix out(in.rows(), d);
-    moe.experts()[std::size_t(e)].forward(pf::cview(in), pf::view(out), {});
-    CHECK(pft::max_abs_diff(out, Matrix(moe.expert_output(e))) < 1e-6);
-    CHECK(pft::max_abs_diff(moe.experts()[std::size_t(e)].hidden(), Matrix(moe.expert_hidden(e))) < 1e-6);
+    Expert<pf::SwiGLU>::Workspace expert_ws;
+    moe.experts()[std::size_t(e)].forward(pf::cview(in), pf::view(out), expert_ws, {});
+    CHECK(pft::max_abs_diff(out, Matrix(ws.expert_output(e))) < 1e-6);
+    CHECK(pft::max_abs_diff(expert_ws.hidden, Matrix(ws.expert_hidden(e))) < 1e-6);
+    CHECK(pft::max_abs_diff(expert_ws.gate_out, Matrix(ws.expert_gate_projection(e))) < 1e-6);
   }
   // y(t) from the kept rows and gates.
   Matrix combined = Matrix::Zero(n, d);
   for (Index t = 0; t < n; ++t)
     for (int c = 0; c < 2; ++c)
-      if (!moe.dropped(t, c)) {
-        const Index e = moe.expert_of(t, c), row = moe.buffer_row(t, c) - moe.expert_offset(e);
-        CHECK(moe.expert_tokens(e)[std::size_t(row)] == t);
-        combined.row(t) += moe.gate(t, c) * moe.expert_output(e).row(row);
+      if (!ws.dropped(t, c)) {
+        const Index e = ws.expert_of(t, c), row = ws.buffer_row(t, c) - ws.expert_offset(e);
+        CHECK(ws.expert_tokens(e)[std::size_t(row)] == t);
+        combined.row(t) += ws.gate(t, c) * ws.expert_output(e).row(row);
       }
   CHECK(pft::max_abs_diff(combined, y) < 1e-6);
   // Grow-only workspace: fewer tokens, then as many again, reuse the same buffers.
-  const float* probs = moe.router_probs().data();
-  const float* outputs = moe.expert_output(0).data();
-  moe.forward(Matrix(x.topRows(7)), pf::Context{1});
-  moe.forward(x, pf::Context{2});
-  CHECK(moe.router_probs().data() == probs);
-  CHECK(moe.expert_output(0).data() == outputs);
+  const float* probs = ws.router_probs().data();
+  const float* outputs = ws.expert_output(0).data();
+  moe.forward(Matrix(x.topRows(7)), ws, pf::Context{1});
+  CHECK(ws.tokens == 7);
+  CHECK((moe.forward(x, ws, pf::Context{2}).array() == y.array()).all());
+  CHECK(ws.router_probs().data() == probs);
+  CHECK(ws.expert_output(0).data() == outputs);
+}
+
+TEST_CASE("layers/moe: one const MoE serves several threads at once, a workspace each", "[layers][moe][threads]") {
+  const Index d = 16, h = 24;
+  const auto moe = make_moe<pf::SwiGLU>(4, d, h, 2, 61, pf::MoEOptions{true, 1.25});
+  const std::vector<Matrix> xs{pft::random_matrix(50, d, 62), pft::random_matrix(13, d, 63),
+                               pft::random_matrix(1, d, 64)};
+  std::vector<Matrix> expected;
+  std::vector<double> expected_aux;
+  for (const Matrix& x : xs) {
+    Workspace<pf::SwiGLU> ws;
+    expected.push_back(moe.forward(x, ws, pf::Context{1}));
+    expected_aux.push_back(ws.aux_loss);
+  }
+  std::vector<int> mismatches(xs.size(), 0);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < xs.size(); ++i)
+    threads.emplace_back([&, i] {
+      Workspace<pf::SwiGLU> ws;
+      Matrix y(xs[i].rows(), d);
+      for (int rep = 0; rep < 20; ++rep) {
+        moe.forward(pf::cview(xs[i]), pf::view(y), ws, pf::Context{1});
+        mismatches[i] += !(y.array() == expected[i].array()).all() || ws.aux_loss != expected_aux[i];
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < xs.size(); ++i) CHECK(mismatches[i] == 0);
 }
 
 namespace {
@@ -296,19 +335,20 @@ TEST_CASE("layers/moe: capacity drops choices in priority order", "[layers][moe]
     MoE<pf::ReLU> moe(identity_router(2, d), make_experts<pf::ReLU>(2, d, h, 11), 1, pf::MoEOptions{false, 1.0});
     const Matrix x = routed_input({{0, 1}, {0, 1}, {0, 1}, {0, 1}, {1, 0}, {0, 1}}, 2, d, 12);
     for (int threads : {1, 2}) {
-      const Matrix y = moe.forward(x, pf::Context{threads});
-      CHECK(moe.capacity() == 3);
+      Workspace<pf::ReLU> ws;
+      const Matrix y = moe.forward(x, ws, pf::Context{threads});
+      CHECK(ws.capacity == 3);
       for (Index t = 0; t < 6; ++t) {
         INFO("token " << t);
-        CHECK(moe.dropped(t, 0) == (t == 3 || t == 5));
-        CHECK(moe.token_dropped(t) == (t == 3 || t == 5));
-        CHECK(moe.expert_of(t, 0) == (t == 4 ? 1 : 0));
+        CHECK(ws.dropped(t, 0) == (t == 3 || t == 5));
+        CHECK(ws.token_dropped(t) == (t == 3 || t == 5));
+        CHECK(ws.expert_of(t, 0) == (t == 4 ? 1 : 0));
       }
       CHECK(y.row(3).isZero(0));
       CHECK(y.row(5).isZero(0));
-      CHECK(moe.dropped_count() == 2);
-      CHECK(std::vector<Index>(moe.expert_counts().begin(), moe.expert_counts().end()) == std::vector<Index>{3, 1});
-      CHECK(std::vector<Index>(moe.expert_requests().begin(), moe.expert_requests().end()) == std::vector<Index>{5, 1});
+      CHECK(ws.dropped_count() == 2);
+      CHECK(std::vector<Index>(ws.expert_counts().begin(), ws.expert_counts().end()) == std::vector<Index>{3, 1});
+      CHECK(std::vector<Index>(ws.expert_requests().begin(), ws.expert_requests().end()) == std::vector<Index>{5, 1});
       const Reference ref = oracle(moe, x);
       CHECK(rel_err(y, ref.y) < 1e-5);
       // Accepted tokens are as without capacity: no renormalization after drops.
@@ -324,28 +364,29 @@ TEST_CASE("layers/moe: capacity drops choices in priority order", "[layers][moe]
     MoE<pf::GELU> moe(identity_router(3, d), make_experts<pf::GELU>(3, d, h, 21), 2, pf::MoEOptions{true, 0.5});
     const Matrix x = routed_input({{0, 1, 2}, {0, 1, 2}, {1, 0, 2}, {2, 0, 1}, {0, 1, 2}}, 3, d, 22);
     for (int threads : {1, 2}) {
-      const Matrix y = moe.forward(x, pf::Context{threads});
-      CHECK(moe.capacity() == 2);
+      Workspace<pf::GELU> ws;
+      const Matrix y = moe.forward(x, ws, pf::Context{threads});
+      CHECK(ws.capacity == 2);
       const std::vector<std::vector<bool>> dropped{{false, false}, {false, true}, {false, true}, {false, true},
                                                    {true, true}};
       for (Index t = 0; t < 5; ++t)
         for (int c = 0; c < 2; ++c) {
           INFO("token " << t << " choice " << c);
-          CHECK(moe.dropped(t, c) == dropped[std::size_t(t)][std::size_t(c)]);
+          CHECK(ws.dropped(t, c) == dropped[std::size_t(t)][std::size_t(c)]);
         }
-      CHECK(moe.token_dropped(4));
-      CHECK_FALSE(moe.token_dropped(1));
+      CHECK(ws.token_dropped(4));
+      CHECK_FALSE(ws.token_dropped(1));
       CHECK(y.row(4).isZero(0));
-      CHECK(moe.dropped_count() == 5);
-      CHECK(std::vector<Index>(moe.expert_counts().begin(), moe.expert_counts().end()) == std::vector<Index>{2, 2, 1});
-      CHECK(std::vector<Index>(moe.expert_requests().begin(), moe.expert_requests().end()) ==
+      CHECK(ws.dropped_count() == 5);
+      CHECK(std::vector<Index>(ws.expert_counts().begin(), ws.expert_counts().end()) == std::vector<Index>{2, 2, 1});
+      CHECK(std::vector<Index>(ws.expert_requests().begin(), ws.expert_requests().end()) ==
             std::vector<Index>{5, 4, 1});
-      CHECK(std::vector<Index>(moe.expert_tokens(1).begin(), moe.expert_tokens(1).end()) == std::vector<Index>{2, 0});
+      CHECK(std::vector<Index>(ws.expert_tokens(1).begin(), ws.expert_tokens(1).end()) == std::vector<Index>{2, 0});
       const Reference ref = oracle(moe, x);
-      check_routing(moe, ref);
+      check_routing(moe, ws, ref);
       CHECK(rel_err(y, ref.y) < 1e-5);
       // Token 1 keeps only its first choice, weighted by its renormalized gate (< 1): not renormalized again.
-      CHECK(moe.gate(1, 0) < 1.0f);
+      CHECK(ws.gate(1, 0) < 1.0f);
       const VectorD e0 = expert_d(moe.experts()[0], x.row(1).cast<double>().transpose());
       CHECK((y.row(1).cast<double>().transpose() - ref.gates[1][0] * e0).cwiseAbs().maxCoeff() < 1e-5);
     }
@@ -374,19 +415,21 @@ TEST_CASE("layers/moe: auxiliary loss by hand", "[layers][moe][aux]") {
     x(0, 0) = 0.25f;  // router logits 4·x: (1, 0), (2, 0), (0, 3)
     x(1, 0) = 0.5f;
     x(2, 1) = 0.75f;
-    moe.forward(x);
+    Workspace<pf::ReLU> ws;
+    moe.forward(x, ws);
     const double e = std::exp(1.0);
     const double p0[3] = {e / (e + 1), e * e / (e * e + 1), 1 / (1 + e * e * e)};  // probability of expert 0
     const double P0 = (p0[0] + p0[1] + p0[2]) / 3, P1 = 1 - P0;
     const double f0 = 2.0 / 3, f1 = 1.0 / 3;  // tokens 0, 1 pick expert 0; token 2 expert 1
-    CHECK(moe.aux_loss() == Approx(2 * (f0 * P0 + f1 * P1)).epsilon(1e-6));
-    for (Index t = 0; t < 3; ++t) CHECK(moe.router_probs()(t, 0) == Approx(p0[t]).epsilon(1e-6));
+    CHECK(ws.aux_loss == Approx(2 * (f0 * P0 + f1 * P1)).epsilon(1e-6));
+    for (Index t = 0; t < 3; ++t) CHECK(ws.router_probs()(t, 0) == Approx(p0[t]).epsilon(1e-6));
   }
   SECTION("k = 2, three experts") {
     MoE<pf::ReLU> moe(identity_router(3, d), make_experts<pf::ReLU>(3, d, h, 41), 2);
     // Rankings (0, 1, 2), (1, 0, 2), (2, 0, 1): requests 3, 2, 1 of 6 choices.
     const Matrix x = routed_input({{0, 1, 2}, {1, 0, 2}, {2, 0, 1}}, 3, d, 42);
-    moe.forward(x);
+    Workspace<pf::ReLU> ws;
+    moe.forward(x, ws);
     double P[3] = {0, 0, 0};
     for (Index t = 0; t < 3; ++t) {
       double z[3], s = 0;
@@ -394,18 +437,19 @@ TEST_CASE("layers/moe: auxiliary loss by hand", "[layers][moe][aux]") {
       for (Index e = 0; e < 3; ++e) P[e] += z[e] / s / 3;
     }
     const double f[3] = {3.0 / 6, 2.0 / 6, 1.0 / 6};
-    CHECK(moe.aux_loss() == Approx(3 * (f[0] * P[0] + f[1] * P[1] + f[2] * P[2])).epsilon(1e-6));
-    CHECK(moe.aux_loss() > 1.0);
+    CHECK(ws.aux_loss == Approx(3 * (f[0] * P[0] + f[1] * P[1] + f[2] * P[2])).epsilon(1e-6));
+    CHECK(ws.aux_loss > 1.0);
   }
   SECTION("uniform routing (zero router weights) gives 1") {
     for (int k : {1, 2, 4})
       for (bool renormalize : {true, false}) {
         MoE<pf::GELU> moe(pf::Dense(d, 4, false), make_experts<pf::GELU>(4, d, h, 51), k, {renormalize, 0.0});
-        moe.forward(pft::random_matrix(9, d, 52));
-        CHECK(moe.aux_loss() == Approx(1.0).epsilon(1e-6));
+        Workspace<pf::GELU> ws;
+        moe.forward(pft::random_matrix(9, d, 52), ws);
+        CHECK(ws.aux_loss == Approx(1.0).epsilon(1e-6));
         for (int c = 0; c < k; ++c) {
-          CHECK(moe.expert_of(5, c) == c);  // ties go to the lower index
-          CHECK(moe.gate(5, c) == Approx(renormalize ? 1.0 / k : 0.25));
+          CHECK(ws.expert_of(5, c) == c);  // ties go to the lower index
+          CHECK(ws.gate(5, c) == Approx(renormalize ? 1.0 / k : 0.25));
         }
       }
   }
@@ -433,13 +477,13 @@ pf::LayerNorm layer_norm(unsigned seed) {
                        pf::Vector(pft::random_matrix(d_model, 1, seed + 1, 0.1f).col(0)));
 }
 
-/// The rows of the layer's FFN input the MoE saw: checks the layer's routing against the oracle, then returns
-/// the oracle's output.
+/// The rows of the layer's FFN input the MoE saw: checks the layer's routing (ws, the MoE's workspace in the
+/// layer's) against the oracle, then returns the oracle's output.
 template <typename Act>
-MatrixD moe_reference(const MoE<Act>& moe, const Matrix& ffn_in) {
+MatrixD moe_reference(const MoE<Act>& moe, const Workspace<Act>& ws, const Matrix& ffn_in) {
   const Reference ref = oracle(moe, ffn_in);
   REQUIRE(std::none_of(ref.ambiguous.begin(), ref.ambiguous.end(), [](bool b) { return b; }));
-  check_routing(moe, ref);
+  check_routing(moe, ws, ref);
   return ref.y;
 }
 
@@ -458,12 +502,15 @@ TEMPLATE_TEST_CASE("layers/moe: MoE as the FFN of encoder layers (pre- and post-
   for (int threads : {1, 2}) {
     const pf::Context ctx{threads};
     Matrix y(n, d_model);
-    layer.forward(pf::cview(x), batch, pf::MaskSpec{}, pf::view(y), ctx);
-    auto& moe = layer.ffn();
-    REQUIRE(moe.tokens() == n);
-    CHECK(moe.capacity() == 3);
+    typename Layer::Workspace ws;
+    typename Layer::Attention::Workspace attn_ws;
+    layer.forward(pf::cview(x), batch, pf::MaskSpec{}, pf::view(y), ws, ctx);
+    const auto& moe = layer.ffn();
+    const auto& moe_ws = ws.ffn;
+    REQUIRE(moe_ws.tokens == n);
+    CHECK(moe_ws.capacity == 3);
     Index fully_dropped = 0;
-    for (Index t = 0; t < n; ++t) fully_dropped += moe.token_dropped(t);
+    for (Index t = 0; t < n; ++t) fully_dropped += moe_ws.token_dropped(t);
     CHECK(fully_dropped >= n / 2);
     // The residual wiring spelled out with the layer's own sublayers; the FFN from the float64 oracle.
     Matrix attn_out(n, d_model), h(n, d_model), ffn_in(n, d_model);
@@ -471,18 +518,18 @@ TEMPLATE_TEST_CASE("layers/moe: MoE as the FFN of encoder layers (pre- and post-
     if constexpr (Layer::placement == pf::NormPlacement::pre) {
       Matrix normed(n, d_model);
       layer.norm1().forward(pf::cview(x), pf::view(normed));
-      layer.self_attn().forward(pf::cview(normed), batch, pf::MaskSpec{}, pf::view(attn_out), ctx);
+      layer.self_attn().forward(pf::cview(normed), batch, pf::MaskSpec{}, pf::view(attn_out), attn_ws, ctx);
       h = x + attn_out;
       layer.norm2().forward(pf::cview(h), pf::view(ffn_in));
-      ref = h.cast<double>() + moe_reference(moe, ffn_in);
+      ref = h.cast<double>() + moe_reference(moe, moe_ws, ffn_in);
       for (Index t = 0; t < n; ++t)
-        if (moe.token_dropped(t)) CHECK((y.row(t).array() == h.row(t).array()).all());  // the residual only
+        if (moe_ws.token_dropped(t)) CHECK((y.row(t).array() == h.row(t).array()).all());  // the residual only
     } else {
-      layer.self_attn().forward(pf::cview(x), batch, pf::MaskSpec{}, pf::view(attn_out), ctx);
+      layer.self_attn().forward(pf::cview(x), batch, pf::MaskSpec{}, pf::view(attn_out), attn_ws, ctx);
       h = x + attn_out;
       layer.norm1().forward(pf::cview(h), pf::view(h));
       ffn_in = h;
-      const MatrixD sum = h.cast<double>() + moe_reference(moe, ffn_in);
+      const MatrixD sum = h.cast<double>() + moe_reference(moe, moe_ws, ffn_in);
       ref = sum;
       for (Index t = 0; t < n; ++t) {  // norm2 in float64
         const double mean = sum.row(t).mean();
@@ -493,7 +540,7 @@ TEMPLATE_TEST_CASE("layers/moe: MoE as the FFN of encoder layers (pre- and post-
       Matrix normed_h(n, d_model);
       layer.norm2().forward(pf::cview(h), pf::view(normed_h));
       for (Index t = 0; t < n; ++t)
-        if (moe.token_dropped(t)) CHECK((y.row(t).array() == normed_h.row(t).array()).all());  // norm2(h + 0)
+        if (moe_ws.token_dropped(t)) CHECK((y.row(t).array() == normed_h.row(t).array()).all());  // norm2(h + 0)
     }
     INFO("threads " << threads);
     CHECK(rel_err(y, ref) < 2e-5);
@@ -510,26 +557,30 @@ TEMPLATE_TEST_CASE_SIG("layers/moe: MoE as the FFN of decoder layers", "[layers]
   const Matrix x = pft::random_matrix(n, d_model, 3), memory = pft::random_matrix(batch * mem, d_model, 4);
   const pf::DecoderMasks masks{};
   const pf::Context ctx{2};
-  const Matrix y = layer.forward(x, memory, batch, masks, ctx);
+  Matrix y(n, d_model);
+  typename Layer::Workspace ws;
+  layer.forward(pf::cview(x), pf::cview(memory), batch, masks, pf::view(y), ws, ctx);
+  typename Layer::SelfAttention::Workspace self_ws;
+  typename Layer::CrossAttention::Workspace cross_ws;
   Matrix a(n, d_model), h1(n, d_model), h2(n, d_model), normed(n, d_model);
   MatrixD ref;
   if constexpr (P == pf::NormPlacement::pre) {
     layer.norm1().forward(pf::cview(x), pf::view(normed));
-    layer.self_attn().forward(pf::cview(normed), batch, masks.self, pf::view(a), ctx);
+    layer.self_attn().forward(pf::cview(normed), batch, masks.self, pf::view(a), self_ws, ctx);
     h1 = x + a;
     layer.norm2().forward(pf::cview(h1), pf::view(normed));
-    layer.cross_attn().forward(pf::cview(normed), batch, pf::cview(memory), masks.cross, pf::view(a), ctx);
+    layer.cross_attn().forward(pf::cview(normed), batch, pf::cview(memory), masks.cross, pf::view(a), cross_ws, ctx);
     h2 = h1 + a;
     layer.norm3().forward(pf::cview(h2), pf::view(normed));
-    ref = h2.cast<double>() + moe_reference(layer.ffn(), normed);
+    ref = h2.cast<double>() + moe_reference(layer.ffn(), ws.ffn, normed);
   } else {
-    layer.self_attn().forward(pf::cview(x), batch, masks.self, pf::view(a), ctx);
+    layer.self_attn().forward(pf::cview(x), batch, masks.self, pf::view(a), self_ws, ctx);
     h1 = x + a;
     layer.norm1().forward(pf::cview(h1), pf::view(h1));
-    layer.cross_attn().forward(pf::cview(h1), batch, pf::cview(memory), masks.cross, pf::view(a), ctx);
+    layer.cross_attn().forward(pf::cview(h1), batch, pf::cview(memory), masks.cross, pf::view(a), cross_ws, ctx);
     h2 = h1 + a;
     layer.norm2().forward(pf::cview(h2), pf::view(h2));
-    const MatrixD sum = h2.cast<double>() + moe_reference(layer.ffn(), h2);
+    const MatrixD sum = h2.cast<double>() + moe_reference(layer.ffn(), ws.ffn, h2);
     ref = sum;
     for (Index t = 0; t < n; ++t) {
       const double mean = sum.row(t).mean();

@@ -1,10 +1,11 @@
 // LoRA<Inner>: against a float64 evaluation of y = x·Wᵀ + b + Σ s·(x·Aᵀ)·Bᵀ written here, a fresh adapter
-// changes nothing, merge/unmerge, switching and removing adapters, errors.
+// changes nothing, merge/unmerge, switching and removing adapters, one const layer shared by threads, errors.
 
 #include <catch2/catch.hpp>
 
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "polyformer/linear/dense.hpp"
@@ -83,6 +84,29 @@ TEST_CASE("LoRA: forward equals the float64 formula for any rows, ranks and thre
       }
     }
   }
+}
+
+TEST_CASE("LoRA: one const layer serves several threads at once", "[linear][lora][threads]") {
+  const Index in = 64, out = 40, r = 8;
+  pf::LoRA<pf::Dense> layer(random_matrix(out, in, 60, 0.1f));
+  layer.add_adapter("a", random_matrix(r, in, 61, 0.2f), random_matrix(out, r, 62, 0.2f), 2.0f);
+  layer.add_adapter("b", random_matrix(2 * r, in, 63, 0.2f), random_matrix(out, 2 * r, 64, 0.2f), 0.5f);
+  layer.activate_only({"a", "b"});
+  const pf::LoRA<pf::Dense>& shared = layer;
+  // n·r of 8 and 16 per row: the intermediate on the stack for the small inputs, on the heap for 300 rows.
+  const std::vector<Matrix> xs{random_matrix(1, in, 65), random_matrix(7, in, 66), random_matrix(300, in, 67)};
+  REQUIRE(300 * 2 * r > pf::LoRA<pf::Dense>::stack_floats);
+  std::vector<Matrix> expected;
+  for (const Matrix& x : xs) expected.push_back(forward(shared, x));
+  std::vector<int> mismatches(xs.size(), 0);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < xs.size(); ++i)
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 50; ++rep)
+        mismatches[i] += !(forward(shared, xs[i]).array() == expected[i].array()).all();
+    });
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < xs.size(); ++i) CHECK(mismatches[i] == 0);
 }
 
 TEST_CASE("LoRA: merge folds the adapters into the weight and unmerge restores it", "[linear][lora]") {

@@ -155,17 +155,18 @@ pf::io::LlamaConfig small_config() {
 TEST_CASE("models/llama: stories260K logits match a float64 oracle", "[models][llama]") {
   const auto weights = pf::io::read_llama2c(pft::shared_path("models/stories260K.bin"));
   auto model = pf::make_llama(weights);
+  auto seq = model.new_sequence();
   // "Once upon a time" as run.c encodes it, then a few more tokens.
   const std::vector<int> tokens{1, 403, 407, 261, 378, 270, 300, 265, 500, 3};
   const Rows want = oracle_logits(weights, tokens);
   for (int threads : {1, 2}) {
     INFO("threads " << threads);
-    model.reset();
-    model.forward(tokens, pf::Context{threads}, /*all_logits=*/true);
-    REQUIRE(model.logits().rows() == Index(tokens.size()));
+    seq.reset();
+    seq.forward(tokens, pf::Context{threads}, /*all_logits=*/true);
+    REQUIRE(seq.logits().rows() == Index(tokens.size()));
     for (std::size_t p = 0; p < tokens.size(); ++p) {
       INFO("position " << p);
-      CHECK(row_error(model.logits().data() + p * 512, want[p]) < 1e-4);
+      CHECK(row_error(seq.logits().data() + p * 512, want[p]) < 1e-4);
     }
   }
 }
@@ -174,38 +175,40 @@ TEST_CASE("models/llama: grouped-query model in chunks across attention tiles ma
           "[models][llama]") {
   const auto weights = random_weights(small_config(), 11);
   auto model = pf::make_llama(weights);
+  auto seq = model.new_sequence();
   std::vector<int> tokens(290);
   for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 17 + 3) % 40);
   const Rows want = oracle_logits(weights, tokens);
   // Chunks of 1..4 take the decoding path, longer ones the tiled path over the cache (tiles of 128 × 256).
   for (const std::vector<int>& chunks : {std::vector<int>{290}, {1, 5, 130, 3, 151}, {4, 257, 2, 27}}) {
-    model.reset();
+    seq.reset();
     std::size_t at = 0;
     for (int n : chunks) {
-      model.forward(std::span<const int>(tokens.data() + at, std::size_t(n)), pf::Context{2}, true);
+      seq.forward(std::span<const int>(tokens.data() + at, std::size_t(n)), pf::Context{2}, true);
       for (int r = 0; r < n; ++r) {
         INFO("chunk of " << n << ", position " << at + std::size_t(r));
-        CHECK(row_error(model.logits().data() + r * 40, want[at + std::size_t(r)]) < 1e-4);
+        CHECK(row_error(seq.logits().data() + r * 40, want[at + std::size_t(r)]) < 1e-4);
       }
       at += std::size_t(n);
     }
-    CHECK(model.position() == 290);
+    CHECK(seq.position() == 290);
   }
 }
 
 TEST_CASE("models/llama: prefill then decode equals token-by-token decoding", "[models][llama]") {
   auto model = pf::load_llama2c(pft::shared_path("models/stories260K.bin"));
+  auto seq = model.new_sequence();
   const std::vector<int> prompt{1, 317, 269, 274, 287, 263, 377, 267, 265, 282, 295, 433};
   const pf::Context ctx{1};
   // The last position's logits after one batched prefill, and after feeding one token at a time.
   const std::vector<float> prefill_logits = [&] {
-    const auto l = model.forward(prompt, ctx);
+    const auto l = seq.forward(prompt, ctx);
     return std::vector<float>(l.begin(), l.end());
   }();
   std::vector<float> decode_logits;
-  model.reset();
+  seq.reset();
   for (int t : prompt) {
-    const auto l = model.forward(std::span<const int>(&t, 1), ctx);
+    const auto l = seq.forward(std::span<const int>(&t, 1), ctx);
     decode_logits.assign(l.begin(), l.end());
   }
   double worst = 0, scale = 0;
@@ -217,16 +220,16 @@ TEST_CASE("models/llama: prefill then decode equals token-by-token decoding", "[
   // Continuing both ways gives the same greedy tokens.
   std::vector<int> a, b;
   for (auto* out : {&a, &b}) {
-    model.reset();
+    seq.reset();
     int next = 0;
     if (out == &a) {
-      next = pf::Sampler::argmax(model.forward(prompt, ctx));
+      next = pf::Sampler::argmax(seq.forward(prompt, ctx));
     } else {
-      for (int t : prompt) next = pf::Sampler::argmax(model.forward(std::span<const int>(&t, 1), ctx));
+      for (int t : prompt) next = pf::Sampler::argmax(seq.forward(std::span<const int>(&t, 1), ctx));
     }
     for (int i = 0; i < 40; ++i) {
       out->push_back(next);
-      next = pf::Sampler::argmax(model.forward(std::span<const int>(&next, 1), ctx));
+      next = pf::Sampler::argmax(seq.forward(std::span<const int>(&next, 1), ctx));
     }
   }
   CHECK(a == b);
@@ -274,20 +277,21 @@ TEST_CASE("models/llama: steps shorter than the prompt print only prompt pieces,
 
 TEST_CASE("models/llama: bad tokens and positions past seq_len throw and change nothing", "[models][llama][errors]") {
   auto model = pf::make_llama(random_weights(small_config(), 5));
+  auto seq = model.new_sequence();
   const pf::Context ctx{1};
   const std::vector<int> ok{1, 2, 3};
-  model.forward(ok, ctx);
-  const std::vector<float> before(model.logits().data(), model.logits().data() + 40);
-  REQUIRE_THROWS_AS(model.forward(std::vector<int>{1, 40}, ctx), pf::config_error);
-  REQUIRE_THROWS_WITH(model.forward(std::vector<int>{-1}, ctx), Catch::Contains("token 0 is -1, expected 0..39"));
-  REQUIRE_THROWS_WITH(model.forward(std::vector<int>{}, ctx), Catch::Contains("no tokens"));
-  REQUIRE_THROWS_WITH(model.forward(std::vector<int>(298, 1), ctx), Catch::Contains("pass the model's seq_len 300"));
-  CHECK(model.position() == 3);
-  REQUIRE_THROWS_AS(model.forward(ok, pf::Context{0}), pf::config_error);
+  seq.forward(ok, ctx);
+  const std::vector<float> before(seq.logits().data(), seq.logits().data() + 40);
+  REQUIRE_THROWS_AS(seq.forward(std::vector<int>{1, 40}, ctx), pf::config_error);
+  REQUIRE_THROWS_WITH(seq.forward(std::vector<int>{-1}, ctx), Catch::Contains("token 0 is -1, expected 0..39"));
+  REQUIRE_THROWS_WITH(seq.forward(std::vector<int>{}, ctx), Catch::Contains("no tokens"));
+  REQUIRE_THROWS_WITH(seq.forward(std::vector<int>(298, 1), ctx), Catch::Contains("pass the model's seq_len 300"));
+  CHECK(seq.position() == 3);
+  REQUIRE_THROWS_AS(seq.forward(ok, pf::Context{0}), pf::config_error);
   // The model still continues the sequence it had.
-  model.reset();
-  model.forward(ok, ctx);
-  CHECK(std::vector<float>(model.logits().data(), model.logits().data() + 40) == before);
+  seq.reset();
+  seq.forward(ok, ctx);
+  CHECK(std::vector<float>(seq.logits().data(), seq.logits().data() + 40) == before);
 }
 
 TEST_CASE("generate/sampler: greedy, seeded reproducibility, top-k, top-p and the distribution", "[generate][sampler]") {

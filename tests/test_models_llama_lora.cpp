@@ -64,10 +64,10 @@ pf::io::LlamaWeights merged_weights(pf::io::LlamaWeights w, const std::vector<Lo
 }
 
 template <typename Model>
-Matrix logits(Model& model) {
-  model.reset();
-  model.forward(tokens, pf::Context{2}, /*all_logits=*/true);
-  return model.logits();
+Matrix logits(const Model& model) {
+  auto sequence = model.new_sequence();
+  sequence.forward(tokens, pf::Context{2}, /*all_logits=*/true);
+  return sequence.logits();
 }
 
 double rel(const Matrix& a, const Matrix& b) {

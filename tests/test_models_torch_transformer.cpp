@@ -102,8 +102,9 @@ void run_transformer(const pf::io::SafetensorsFile& f, const Meta& m, const pf::
   pf::EncoderDecoderMasks masks;
   masks.tgt = pf::MaskSpec{};
   masks.tgt.additive = pf::cview(tgt_mask);
-  check_output(f, "y", model.forward(src, tgt, batch, masks, ctx));
-  check_output(f, "memory", model.memory());
+  Matrix memory;
+  check_output(f, "y", model.forward(src, tgt, batch, masks, ctx, &memory));
+  check_output(f, "memory", memory);
   check_output(f, "y", model.forward(src, tgt, batch, pf::EncoderDecoderMasks{}, ctx));
 }
 
@@ -158,4 +159,59 @@ TEST_CASE("models/torch_transformer: odd head sizes and untiled lengths match Py
     INFO(path);
     run_file(path, 2);
   }
+}
+
+namespace {
+
+/// nn.Transformer decoded one target position at a time (and in uneven chunks) over the encoder's memory
+/// equals the full forward with a causal target mask, sequence by sequence.
+template <typename Act, NormPlacement P>
+void decode_transformer(const pf::io::SafetensorsFile& f, const Meta& m, const pf::Context& ctx) {
+  const auto model = pf::torch::load_transformer<pf::torch::Transformer<Act, P>>(f, m.enc_layers, m.dec_layers,
+                                                                                 {m.nhead, m.eps});
+  const Matrix src = pft::as_rows(f.tensor("input.src")), tgt = pft::as_rows(f.tensor("input.tgt"));
+  const pf::Index batch = batch_of(f, "input.src"), src_len = src.rows() / batch, tgt_len = tgt.rows() / batch;
+  Matrix memory;
+  const Matrix full = model.forward(src, tgt, batch, pf::EncoderDecoderMasks{}, ctx, &memory);  // causal tgt
+  using Decoder = std::remove_cvref_t<decltype(model.decoder())>;
+  typename Decoder::Workspace ws;
+  for (pf::Index b = 0; b < batch; ++b)
+    for (const std::vector<pf::Index>& chunks : {std::vector<pf::Index>(std::size_t(tgt_len), 1),
+                                                 std::vector<pf::Index>{2, tgt_len - 3, 1}}) {
+      INFO(f.path() << ": sequence " << b << ", " << chunks.size() << " chunks");
+      const Matrix mem_b = memory.middleRows(b * src_len, src_len);
+      auto state = model.decoder().make_state(tgt_len, pf::cview(mem_b), ctx);
+      pf::Index at = 0;
+      for (pf::Index n : chunks) {
+        const Matrix x = tgt.middleRows(b * tgt_len + at, n);
+        Matrix y(n, x.cols());
+        model.decoder().forward_cached(pf::cview(x), state, pf::view(y), ws, ctx);
+        const Matrix want = full.middleRows(b * tgt_len + at, n);
+        INFO("positions " << at << ".." << at + n - 1);
+        CHECK(pft::max_abs_diff(y, want) < tolerance);
+        at += n;
+      }
+      CHECK(state.size() == tgt_len);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("models/torch_transformer: nn.Transformer decodes token by token as full recomputation",
+          "[torch][decode]") {
+  int transformers = 0;
+  for (const auto& path : safetensors_in(pft::shared_path("reference/torch"))) {
+    const auto f = pf::io::SafetensorsFile::open(path);
+    const Meta m = read_meta(f);
+    if (m.module != "Transformer") continue;
+    ++transformers;
+    for (int threads : {1, 2}) {
+      const pf::Context ctx{threads};
+      if (m.activation == "gelu" && m.norm_first) decode_transformer<pf::GELU, NormPlacement::pre>(f, m, ctx);
+      else if (m.activation == "gelu") decode_transformer<pf::GELU, NormPlacement::post>(f, m, ctx);
+      else if (m.norm_first) decode_transformer<pf::ReLU, NormPlacement::pre>(f, m, ctx);
+      else decode_transformer<pf::ReLU, NormPlacement::post>(f, m, ctx);
+    }
+  }
+  CHECK(transformers == 2);
 }

@@ -5,6 +5,7 @@
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
+#include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 
 #include "polyformer/kernels/activation.hpp"
@@ -43,15 +44,18 @@
 #include "polyformer/attention/multi_head.hpp"
 #include "polyformer/attention/registry.hpp"
 
-#include "polyformer/blocks/decoder.hpp"
+#include "polyformer/blocks/block_names.hpp"
+#include "polyformer/blocks/block_policies.hpp"
 #include "polyformer/blocks/decoder_layer.hpp"
-#include "polyformer/blocks/encoder.hpp"
+#include "polyformer/blocks/residual.hpp"
+#include "polyformer/blocks/layer_stack.hpp"
 #include "polyformer/blocks/encoder_decoder.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 
 #include "polyformer/io/llama2c.hpp"
 #include "polyformer/io/peft.hpp"
 #include "polyformer/io/safetensors.hpp"
+#include "polyformer/io/state_dict.hpp"
 #include "polyformer/io/tokenizer.hpp"
 #include "polyformer/models/llama.hpp"
 #include "polyformer/models/llama_lora.hpp"

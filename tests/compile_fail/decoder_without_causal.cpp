@@ -4,9 +4,10 @@
 
 struct BidirectionalOnly {
   static constexpr bool supports_causal = false;
+  struct Workspace {};
   void forward(const polyformer::AttentionShape&, polyformer::ConstMatrixView, polyformer::ConstMatrixView,
-               polyformer::ConstMatrixView, const polyformer::AttentionMask&, polyformer::MatrixView,
-               const polyformer::Context&) {}
+               polyformer::ConstMatrixView, const polyformer::AttentionMask&, polyformer::MatrixView, Workspace&,
+               const polyformer::Context&) const {}
 };
 
 int main() {

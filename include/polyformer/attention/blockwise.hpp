@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "polyformer/attention/local_tile.hpp"
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
@@ -17,11 +20,34 @@
 namespace polyformer {
 
 /// Query i (at position i + mask.causal_offset) sees key j when both lie in the same block of `block`
-/// positions, or, with `previous_block`, j lies in the block before i's.
-class Blockwise {
+/// positions, or, with `previous_block`, j lies in the block before i's. The object holds only its settings;
+/// the tasks and per-thread tiles live in a Workspace of the caller's.
+class Blockwise : public PerCallWorkspace<Blockwise> {
+ private:
+  struct Task {
+    Index head, block, i0, i_end;
+  };
+
  public:
+  using PerCallWorkspace<Blockwise>::forward;
+
+  /// Scratch of one caller: the call's tasks and one tile per thread.
+  struct Workspace {
+    std::vector<Task> tasks;
+    std::vector<detail::LocalTile> tiles;  // one per thread
+  };
+
   static constexpr bool supports_causal = true;
   static constexpr const char* name = "blockwise";
+
+  // The spelling (attention/spelling.hpp): "blockwise:B", B the block length.
+  static constexpr std::string_view spelling_form = "blockwise:B";
+  static constexpr std::string_view example_spelling = "blockwise:128";
+  /// Options: "previous_block" (a flag, false by default).
+  static Blockwise from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    return Blockwise(spelling.positive(0), options.flag("previous_block", false));
+  }
+  std::string spelling() const { return detail::cat(name, ':', block_); }
 
   Blockwise() = default;
   explicit Blockwise(Index block, bool previous_block = false) : block_(block), previous_(previous_block) {
@@ -33,28 +59,31 @@ class Blockwise {
 
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d).
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
     // Tasks: (head, block, first query of a slice of at most query_slice queries of that block).
-    tasks_.clear();
+    ws.tasks.clear();
     if (n_q > 0) {
       const Index first_block = off / block_, last_block = (off + n_q - 1) / block_;
       // Block-major: a block's rows serve every head while they are in cache.
       for (Index b = first_block; b <= last_block; ++b) {
         const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
         for (Index h = 0; h < s.n_heads; ++h)
-          for (Index i0 = i_begin; i0 < i_end; i0 += query_slice) tasks_.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
+          for (Index i0 = i_begin; i0 < i_end; i0 += query_slice)
+            ws.tasks.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
       }
     }
     const Index span = (previous_ ? 2 : 1) * block_;
     const double work = double(n_q) * double(s.n_heads) * double(std::min(span, n_k)) * double(dh);
-    const int t = work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), Index(tasks_.size())));
-    if (static_cast<int>(tiles_.size()) < t) tiles_.resize(std::size_t(t));
-    for (int i = 0; i < t; ++i) tiles_[std::size_t(i)].reserve(query_slice, std::min(span, std::max<Index>(n_k, 1)), dh);
-    parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task_index, int thread) {
+    const int t =
+        work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), Index(ws.tasks.size())));
+    if (static_cast<int>(ws.tiles.size()) < t) ws.tiles.resize(std::size_t(t));
+    for (int i = 0; i < t; ++i)
+      ws.tiles[std::size_t(i)].reserve(query_slice, std::min(span, std::max<Index>(n_k, 1)), dh);
+    parallel_for(static_cast<Index>(ws.tasks.size()), t, [&](Index task_index, int thread) {
       constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-      const Task& task = tasks_[std::size_t(task_index)];
-      detail::LocalTile& tile = tiles_[std::size_t(thread)];
+      const Task& task = ws.tasks[std::size_t(task_index)];
+      detail::LocalTile& tile = ws.tiles[std::size_t(thread)];
       const Index h = task.head, g = s.kv_head(h), nq = task.i_end - task.i0;
       const Index j0 = std::clamp<Index>((previous_ ? task.block - 1 : task.block) * block_, 0, n_k);
       const Index j1 = std::clamp<Index>((task.block + 1) * block_, j0, n_k);
@@ -79,15 +108,10 @@ class Blockwise {
 
  private:
   static constexpr Index query_slice = 128;  // queries per tile: bounds the score tile for large blocks
-  struct Task {
-    Index head, block, i0, i_end;
-  };
   Index block_ = 64;
   bool previous_ = false;
-  std::vector<Task> tasks_;
-  std::vector<detail::LocalTile> tiles_;
 };
 
-static_assert(AttentionPolicy<Blockwise>);
+static_assert(SpelledAttention<Blockwise>);
 
 }  // namespace polyformer

@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "polyformer/attention/kv_cache.hpp"
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/parallel.hpp"
@@ -21,12 +24,40 @@
 
 namespace polyformer {
 
-/// softmax(scale·Q·Kᵀ + mask)·V per head, exact, computed in tiles. Owns per-thread tile buffers;
-/// one forward at a time per object.
-class FullAttention {
+/// softmax(scale·Q·Kᵀ + mask)·V per head, exact, computed in tiles. The object holds only its tile sizes;
+/// the per-thread tile buffers live in a Workspace of the caller's.
+class FullAttention : public PerCallWorkspace<FullAttention> {
+ private:
+  struct Scratch {
+    Matrix queries;                 // (query_block, head_dim): the block's queries, scaled
+    Matrix scores;                  // (query_block, key_block)
+    Matrix acc;                     // (query_block, head_dim): unnormalized output
+    std::vector<float> row_max;     // running max of each row's scores
+    std::vector<float> row_sum;     // running sum of exp(score − row_max)
+    std::vector<float> correction;  // exp(old max − new max) of the current tile
+    std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
+  };
+
  public:
+  using PerCallWorkspace<FullAttention>::forward;
+  using PerCallWorkspace<FullAttention>::forward_cached;
+
+  /// Scratch of one caller: per-thread tiles, and the keys and values rearranged for the tiles.
+  struct Workspace {
+    std::vector<Scratch> scratch;  // one per thread
+    Matrix keys_t;  // (key_blocks·kv_heads·d, key_block): keys transposed, tile by tile
+    Matrix values;  // (kv_heads·n_k, d): values head by head
+  };
+
   static constexpr bool supports_causal = true;
   static constexpr const char* name = "full";
+
+  // The spelling (attention/spelling.hpp): "full", no arguments; the tiles keep their defaults.
+  static constexpr std::string_view spelling_form = "full";
+  static constexpr std::string_view example_spelling = "full";
+  /// Reads no options.
+  static FullAttention from_spelling(const AttentionSpelling&, const AttentionOptions&) { return FullAttention{}; }
+  std::string spelling() const { return name; }
 
   /// Tile sizes: rows of queries and of keys per tile.
   struct Tiles {
@@ -45,9 +76,9 @@ class FullAttention {
 
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d), for one sequence.
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     if (q.rows() <= few_queries) {
-      forward_few_queries(s, q, k, v, mask, out, ctx);
+      forward_few_queries(s, q, k, v, mask, out, ws, ctx);
       return;
     }
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
@@ -59,18 +90,18 @@ class FullAttention {
     // score tile is a plain Q·Kᵀ micro-kernel product over a contiguous panel (rows n_k apart would alias
     // in L1 when n_k is a multiple of 1024).
     const Index bk = tiles_.key_block, k_blocks = (n_k + bk - 1) / bk, kd = k.cols();
-    ensure_shape(keys_t_, k_blocks * kd, bk);
+    ensure_shape(ws.keys_t, k_blocks * kd, bk);
     parallel_for(k_blocks, t, [&](Index kb, int) {
       const Index k0 = kb * bk, nk = std::min(bk, n_k - k0);
-      block(view(keys_t_), kb * kd, 0, kd, nk) = block(k, k0, 0, nk, kd).transpose();
+      block(view(ws.keys_t), kb * kd, 0, kd, nk) = block(k, k0, 0, nk, kd).transpose();
     });
     // Values head by head, (kv_heads·n_k, d), so a value tile's rows are d floats apart (not heads·d).
-    ensure_shape(values_, s.n_kv_heads * n_k, dh);
+    ensure_shape(ws.values, s.n_kv_heads * n_k, dh);
     parallel_for(s.n_kv_heads, t, [&](Index g, int) {
-      block(view(values_), g * n_k, 0, n_k, dh) = block(v, 0, g * dh, n_k, dh);
+      block(view(ws.values), g * n_k, 0, n_k, dh) = block(v, 0, g * dh, n_k, dh);
     });
-    run_tiles(s, q, n_k, mask, out, t, [&](Index g) {
-      return HeadKeys{KeyTiles{keys_t_.data() + g * dh * bk, bk, kd * bk}, block(cview(values_), g * n_k, 0, n_k, dh)};
+    run_tiles(s, q, n_k, mask, out, t, ws, [&](Index g) {
+      return HeadKeys{KeyTiles{ws.keys_t.data() + g * dh * bk, bk, kd * bk}, block(cview(ws.values), g * n_k, 0, n_k, dh)};
     });
   }
 
@@ -85,7 +116,7 @@ class FullAttention {
   /// rotated) to `cache` as positions cache.size().., then each query row i of q (n_new, heads·d) attends
   /// causally to the cached positions up to its own. out (n_new, heads·d).
   void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
-                      KVCache& cache, MatrixView out, const Context& ctx) {
+                      KVCache& cache, MatrixView out, Workspace& ws, const Context& ctx) const {
     if (cache.n_kv_heads() != s.n_kv_heads || cache.head_dim() != s.head_dim)
       throw shape_error(detail::cat("FullAttention::forward_cached: the cache holds ", cache.n_kv_heads(),
                                     " kv heads of ", cache.head_dim(), ", expected ", s.n_kv_heads, " of ", s.head_dim));
@@ -95,13 +126,13 @@ class FullAttention {
     cache.append(k_new, v_new);
     const Index n_q = q.rows(), n_k = cache.size();
     if (n_q <= few_queries) {
-      decode(s, q, cache, mask, out, ctx);
+      decode(s, q, cache, mask, out, ws, ctx);
       return;
     }
     const Index bq = std::min(tiles_.query_block, n_q), tasks = s.n_heads * ((n_q + bq - 1) / bq);
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
     const Index bk = tiles_.key_block;
-    run_tiles(s, q, n_k, mask, out, t, [&](Index g) {
+    run_tiles(s, q, n_k, mask, out, t, ws, [&](Index g) {
       const ConstMatrixView kt = cache.keys_t(g);
       return HeadKeys{KeyTiles{kt.data(), kt.outerStride(), bk}, cache.values(g)};
     });
@@ -123,16 +154,16 @@ class FullAttention {
   /// Every (head, query block) task over `t` threads; keys_of(g) gives kv head g's keys and values.
   template <typename KeysOf>
   void run_tiles(const AttentionShape& s, ConstMatrixView q, Index n_k, const AttentionMask& mask, MatrixView out,
-                 int t, KeysOf&& keys_of) {
+                 int t, Workspace& ws, KeysOf&& keys_of) const {
     const Index n_q = q.rows(), dh = s.head_dim;
     const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
     const Index q_blocks = (n_q + bq - 1) / bq;
-    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+    if (static_cast<int>(ws.scratch.size()) < t) ws.scratch.resize(static_cast<std::size_t>(t));
     parallel_for(s.n_heads * q_blocks, t, [&](Index task, int thread) {
       const Index h = task / q_blocks, q0 = (task % q_blocks) * bq, rows = std::min(bq, n_q - q0);
       const HeadKeys hk = keys_of(s.kv_head(h));
       tile_loop(s, block(q, q0, h * dh, rows, dh), q0, hk.keys, hk.values, n_k, mask, block(out, q0, h * dh, rows, dh),
-                scratch_[static_cast<std::size_t>(thread)]);
+                ws.scratch[static_cast<std::size_t>(thread)]);
     });
   }
 
@@ -140,13 +171,13 @@ class FullAttention {
   /// the kv head are one small product Q_g·Kᵀ over the transposed keys (vectorized over keys, run to a whole
   /// number of vectors), then each row's softmax, then head_dim dot products with the transposed values.
   void decode(const AttentionShape& s, ConstMatrixView q, const KVCache& cache, const AttentionMask& mask,
-              MatrixView out, const Context& ctx) {
+              MatrixView out, Workspace& ws, const Context& ctx) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index n_q = q.rows(), n_k = cache.size(), dh = s.head_dim, group = s.n_heads / s.n_kv_heads;
     const Index tasks = n_q * s.n_kv_heads, width_max = cache.padded_size();
     const double work = static_cast<double>(n_q * s.n_heads) * static_cast<double>(n_k) * static_cast<double>(dh);
     const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
-    reserve_key_scores(t, group * width_max);
+    reserve_key_scores(ws, t, group * width_max);
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index i = task / s.n_kv_heads, g = task % s.n_kv_heads;
       const Index visible = mask.key_end(i, n_k), width = std::min((visible + 15) / 16 * 16, width_max);
@@ -155,7 +186,7 @@ class FullAttention {
         std::fill(dst, dst + group * dh, 0.0f);  // a query that sees no key
         return;
       }
-      MatrixView scores(scratch_[std::size_t(thread)].key_scores.data(), group, width, Eigen::OuterStride<>(width));
+      MatrixView scores(ws.scratch[std::size_t(thread)].key_scores.data(), group, width, Eigen::OuterStride<>(width));
       const ConstMatrixView qg(q.data() + i * q.outerStride() + g * group * dh, group, dh, Eigen::OuterStride<>(dh));
       kernels::gemm(qg, cache.keys_t(g, width), kernels::Transpose::no, scores, s.scale, 0.0f, 1);
       const ConstMatrixView vt = cache.values_t(g, width);
@@ -177,10 +208,10 @@ class FullAttention {
   }
 
   /// Per-thread score rows of at least n_k floats for `t` threads (amortized growth, no per-token allocation).
-  void reserve_key_scores(int t, Index n_k) {
-    if (static_cast<int>(scratch_.size()) < t) scratch_.resize(static_cast<std::size_t>(t));
+  static void reserve_key_scores(Workspace& ws, int t, Index n_k) {
+    if (static_cast<int>(ws.scratch.size()) < t) ws.scratch.resize(static_cast<std::size_t>(t));
     for (int i = 0; i < t; ++i) {
-      std::vector<float>& sc = scratch_[std::size_t(i)].key_scores;
+      std::vector<float>& sc = ws.scratch[std::size_t(i)].key_scores;
       if (sc.size() < std::size_t(n_k)) sc.resize(std::max(std::size_t(n_k), 2 * sc.size()));
     }
   }
@@ -191,18 +222,18 @@ class FullAttention {
 
   /// Each (query, head) on its own: scores against the keys as stored, softmax, weighted sum of values.
   void forward_few_queries(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-                           const AttentionMask& mask, MatrixView out, const Context& ctx) {
+                           const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, tasks = n_q * s.n_heads;
     // A thread pays for itself from about a million multiply-adds (OpenMP wake-up is tens of µs).
     const double work = static_cast<double>(tasks) * static_cast<double>(n_k) * static_cast<double>(dh);
     const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
-    reserve_key_scores(t, n_k);
+    reserve_key_scores(ws, t, n_k);
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index i = task / s.n_heads, h = task % s.n_heads, g = s.kv_head(h);
       const float* qi = q.data() + i * q.outerStride() + h * dh;
       float* dst = out.data() + i * out.outerStride() + h * dh;
-      float* row = scratch_[std::size_t(thread)].key_scores.data();
+      float* row = ws.scratch[std::size_t(thread)].key_scores.data();
       const Index visible = mask.key_end(i, n_k);
       for (Index j = 0; j < visible; ++j)
         row[j] = s.scale * kernels::dot(qi, k.data() + j * k.outerStride() + g * dh, std::size_t(dh));
@@ -218,16 +249,6 @@ class FullAttention {
       kernels::scale(dst, 1.0f / sum, std::size_t(dh));
     });
   }
-
-  struct Scratch {
-    Matrix queries;                 // (query_block, head_dim): the block's queries, scaled
-    Matrix scores;                  // (query_block, key_block)
-    Matrix acc;                     // (query_block, head_dim): unnormalized output
-    std::vector<float> row_max;     // running max of each row's scores
-    std::vector<float> row_sum;     // running sum of exp(score − row_max)
-    std::vector<float> correction;  // exp(old max − new max) of the current tile
-    std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
-  };
 
   /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles from `keys`.
   void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, const KeyTiles& keys, ConstMatrixView vh,
@@ -294,11 +315,8 @@ class FullAttention {
   }
 
   Tiles tiles_{};
-  std::vector<Scratch> scratch_;
-  Matrix keys_t_;  // (key_blocks·kv_heads·d, key_block): keys transposed, tile by tile
-  Matrix values_;  // (kv_heads·n_k, d): values head by head
 };
 
-static_assert(AttentionPolicy<FullAttention> && IncrementalAttention<FullAttention>);
+static_assert(SpelledAttention<FullAttention> && IncrementalAttention<FullAttention>);
 
 }  // namespace polyformer

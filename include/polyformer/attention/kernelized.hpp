@@ -16,11 +16,14 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include <Eigen/QR>
 
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
@@ -75,15 +78,25 @@ class KernelState {
 struct EluPlusOneFeatures {
   static constexpr bool exponential = false;
   static constexpr const char* name = "linear";
+  // The spelling of LinearAttention (attention/spelling.hpp): "linear", no arguments.
+  static constexpr std::string_view spelling_form = "linear";
+  static constexpr std::string_view example_spelling = "linear";
+  /// Reads no options.
+  static EluPlusOneFeatures from_spelling(const AttentionSpelling&, const AttentionOptions&) { return {}; }
+  std::string spelling() const { return name; }
+  struct Projection {};  // nothing drawn
+  struct Workspace {};
   Index features(Index head_dim) const noexcept { return head_dim; }
   void prepare(Index) {}
+  void check(Index) const noexcept {}
+  Projection projection_for(Index, Workspace&) const noexcept { return {}; }
   /// phi (n, M) = φ(q) for q (n, d).
-  void map_queries(ConstMatrixView q, MatrixView phi, float) const {
+  void map_queries(ConstMatrixView q, MatrixView phi, float, const Projection&) const {
     for (Index i = 0; i < q.rows(); ++i)
       kernels::elu_plus_one(q.data() + i * q.outerStride(), phi.data() + i * phi.outerStride(), std::size_t(q.cols()));
   }
   /// phi_t (M, n) = φ(k)ᵀ for the keys transposed, kt (d, n); columns whose bias is −inf (padded keys) zero.
-  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float) const {
+  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float, const Projection&) const {
     const Index n = kt.cols();
     for (Index f = 0; f < kt.rows(); ++f)
       kernels::elu_plus_one(kt.data() + f * kt.outerStride(), phi_t.data() + f * phi_t.outerStride(), std::size_t(n));
@@ -92,11 +105,34 @@ struct EluPlusOneFeatures {
   }
 };
 
-/// FAVOR+ positive random features, drawn on first use for the head size (or set explicitly).
+/// FAVOR+ positive random features for the head size: set explicitly, drawn into the object by prepare or
+/// redraw, or else drawn by the call that needs them into the caller's Workspace (the same W: a draw depends
+/// only on M, d, the seed and orthogonality).
 class PositiveRandomFeatures {
  public:
   static constexpr bool exponential = true;
   static constexpr const char* name = "performer";
+  // The spelling of Performer (attention/spelling.hpp): "performer:M", M the random features.
+  static constexpr std::string_view spelling_form = "performer:M";
+  static constexpr std::string_view example_spelling = "performer:256";
+  /// Options: "seed" (an integer, 1 by default) of the draw of W.
+  static PositiveRandomFeatures from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    return PositiveRandomFeatures(spelling.positive(0), static_cast<std::uint64_t>(options.integer("seed", 1)));
+  }
+  std::string spelling() const { return detail::cat(name, ':', m_); }
+
+  /// W and its transpose for one head size.
+  struct Projection {
+    Matrix w;   // (M, d)
+    Matrix wt;  // (d, M): W transposed, for the queries' product
+  };
+  /// A caller's draw of W, for the objects that hold none of the head size.
+  // Drawn here, not lazily into the object: forward is const, and a draw depends only on (M, d, seed, orthogonal).
+  struct Workspace {
+    Projection drawn;
+    std::uint64_t seed = 0;  // the seed and orthogonality `drawn` was drawn with
+    bool orthogonal = true;
+  };
 
   explicit PositiveRandomFeatures(Index n_features = 256, std::uint64_t seed = 1, bool orthogonal = true)
       : m_(n_features), seed_(seed), orthogonal_(orthogonal) {
@@ -104,33 +140,50 @@ class PositiveRandomFeatures {
   }
   Index features(Index) const noexcept { return m_; }
   std::uint64_t seed() const noexcept { return seed_; }
-  /// W (M, d) of the current draw (empty before the first forward or redraw(head_dim)).
-  const Matrix& projection() const noexcept { return w_; }
+  /// W (M, d) the object holds (empty before set_projection, prepare(head_dim) or redraw(head_dim); a
+  /// forward's own draw stays in its workspace).
+  const Matrix& projection() const noexcept { return own_.w; }
   /// Uses the given W (M, d) instead of a draw.
   void set_projection(Matrix w) {
     if (w.rows() < 1 || w.cols() < 1) throw shape_error("Performer::set_projection: W is empty, expected (M, d)");
     m_ = w.rows();
-    w_ = std::move(w);
-    wt_ = w_.transpose();
+    own_.w = std::move(w);
+    own_.wt = own_.w.transpose();
     fixed_ = true;
   }
-  /// Draws a new W for head size d (with `seed`).
+  /// Draws a new W for head size d (with `seed`) into the object.
   void redraw(Index head_dim, std::uint64_t seed) {
     seed_ = seed;
     fixed_ = false;
-    draw(head_dim);
+    draw(head_dim, own_);
   }
+  /// Draws W for head size d into the object unless it holds one of that size.
   void prepare(Index head_dim) {
-    if (w_.cols() != head_dim || w_.rows() != m_) {
-      if (fixed_)
-        throw shape_error(detail::cat("Performer: W is ", detail::shape_str(w_.rows(), w_.cols()), ", expected (",
-                                      m_, ", ", head_dim, ") for head size ", head_dim));
-      draw(head_dim);
+    if (holds(head_dim)) return;
+    check(head_dim);
+    draw(head_dim, own_);
+  }
+  /// Throws if W was set explicitly with another shape than (M, head_dim).
+  void check(Index head_dim) const {
+    if (fixed_ && !holds(head_dim))
+      throw shape_error(detail::cat("Performer: W is ", detail::shape_str(own_.w.rows(), own_.w.cols()), ", expected (",
+                                    m_, ", ", head_dim, ") for head size ", head_dim));
+  }
+  /// The W for head size d: the object's if it holds one of that size, else the draw kept in ws (drawn anew only
+  /// when ws holds none for this M, d, seed and orthogonality).
+  const Projection& projection_for(Index head_dim, Workspace& ws) const {
+    if (holds(head_dim)) return own_;
+    check(head_dim);
+    if (ws.drawn.w.rows() != m_ || ws.drawn.w.cols() != head_dim || ws.seed != seed_ || ws.orthogonal != orthogonal_) {
+      draw(head_dim, ws.drawn);
+      ws.seed = seed_;
+      ws.orthogonal = orthogonal_;
     }
+    return ws.drawn;
   }
   /// phi (n, M) ∝ φ(q) (each row scaled by its own positive constant, which cancels).
-  void map_queries(ConstMatrixView q, MatrixView phi, float scale) const {
-    kernels::gemm(q, cview(wt_), kernels::Transpose::no, phi, std::sqrt(scale), 0.0f, 1);
+  void map_queries(ConstMatrixView q, MatrixView phi, float scale, const Projection& p) const {
+    kernels::gemm(q, cview(p.wt), kernels::Transpose::no, phi, std::sqrt(scale), 0.0f, 1);
     for (Index i = 0; i < phi.rows(); ++i) {
       float* row = phi.data() + i * phi.outerStride();
       const float m = kernels::reduce_max(row, std::size_t(phi.cols()));
@@ -139,17 +192,21 @@ class PositiveRandomFeatures {
   }
   /// phi_t (M, n) = the exponents W·k′ + bias for the keys transposed, kt (d, n), with bias_j = −|k′_j|²/2
   /// (−inf for a padded key); the caller shifts and exponentiates.
-  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float scale) const {
-    kernels::gemm(cview(w_), kt, kernels::Transpose::no, phi_t, std::sqrt(scale), 0.0f, 1);
+  void map_keys_t(ConstMatrixView kt, const float* bias, MatrixView phi_t, float scale, const Projection& p) const {
+    kernels::gemm(cview(p.w), kt, kernels::Transpose::no, phi_t, std::sqrt(scale), 0.0f, 1);
     for (Index f = 0; f < phi_t.rows(); ++f)
       kernels::add(bias, phi_t.data() + f * phi_t.outerStride(), std::size_t(phi_t.cols()));
   }
 
  private:
-  void draw(Index d) {
+  bool holds(Index head_dim) const noexcept { return own_.w.cols() == head_dim && own_.w.rows() == m_; }
+
+  /// W (M, d) drawn with the seed into `into`.
+  void draw(Index d, Projection& into) const {
+    Matrix& w = into.w;
     std::mt19937_64 rng(seed_);
     std::normal_distribution<double> normal(0.0, 1.0);
-    w_.resize(m_, d);
+    w.resize(m_, d);
     for (Index r0 = 0; r0 < m_; r0 += d) {
       const Index rows = std::min(d, m_ - r0);
       Eigen::MatrixXd g(d, d);
@@ -169,26 +226,53 @@ class PositiveRandomFeatures {
           }
           norm = std::sqrt(sq);
         }
-        for (Index c = 0; c < d; ++c) w_(r0 + r, c) = static_cast<float>(basis(c, r) * norm);
+        for (Index c = 0; c < d; ++c) w(r0 + r, c) = static_cast<float>(basis(c, r) * norm);
       }
     }
-    wt_ = w_.transpose();
+    into.wt = w.transpose();
   }
 
   Index m_ = 256;
   std::uint64_t seed_ = 1;
   bool orthogonal_ = true, fixed_ = false;
-  Matrix w_;   // (M, d)
-  Matrix wt_;  // (d, M): W transposed, for the queries' product
+  Projection own_;  // set, prepared or redrawn; empty otherwise
 };
 
 /// Attention through a feature map φ (EluPlusOneFeatures, PositiveRandomFeatures). Key padding and key
-/// lengths are honoured (a padded key contributes nothing); an additive mask throws.
+/// lengths are honoured (a padded key contributes nothing); an additive mask throws. The object holds only the
+/// feature map; scratch (and a feature draw the map does not hold) lives in a Workspace of the caller's.
 template <typename Map>
-class Kernelized {
+class Kernelized : public PerCallWorkspace<Kernelized<Map>> {
+ private:
+  struct Work {
+    Matrix phi_q, phi_kt, gram, num;  // (c, M), (M, c), (c, c), (c, d)
+    Matrix keys_t;                    // (d, c)
+    std::vector<float> den, bias;     // (c) each
+  };
+  using Projection = typename Map::Projection;
+
  public:
+  using PerCallWorkspace<Kernelized<Map>>::forward;
+  using PerCallWorkspace<Kernelized<Map>>::forward_cached;
+
+  /// Scratch of one caller.
+  struct Workspace {
+    std::vector<Work> work;            // one per thread
+    KernelState sums;                  // the bidirectional forward's sums over all keys (cleared, not reallocated)
+    typename Map::Workspace features;  // the feature map's draw for the head size, if the map holds none
+  };
+
   static constexpr bool supports_causal = true;
   static constexpr const char* name = Map::name;
+
+  // The spelling (attention/spelling.hpp) is the feature map's: "linear", "performer:M".
+  static constexpr std::string_view spelling_form = Map::spelling_form;
+  static constexpr std::string_view example_spelling = Map::example_spelling;
+  /// The feature map from the spelling; the options are the map's.
+  static Kernelized from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    return Kernelized(Map::from_spelling(spelling, options));
+  }
+  std::string spelling() const { return map_.spelling(); }
 
   Kernelized() = default;
   explicit Kernelized(Map map) : map_(std::move(map)) {}
@@ -197,54 +281,48 @@ class Kernelized {
   const Map& feature_map() const noexcept { return map_; }
 
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     const char* func = "Kernelized::forward";
     if (mask.additive) throw config_error(detail::cat(func, ": an additive mask, expected none (", name, " attention)"));
     if (mask.causal && (q.rows() + mask.causal_offset != k.rows()))
       throw shape_error(detail::cat(func, ": causal with ", q.rows(), " queries at offset ", mask.causal_offset,
                                     " and ", k.rows(), " keys, expected queries + offset = keys"));
-    map_.prepare(s.head_dim);
+    const auto& fm = map_.projection_for(s.head_dim, ws.features);
     const Index M = map_.features(s.head_dim);
     if (mask.causal) {
       KernelState state(s.n_kv_heads, M, s.head_dim);
       const Index before = mask.causal_offset;  // keys before the first query: folded in as a prefix
       run(s, ConstMatrixView(q.data(), 0, q.cols(), Eigen::OuterStride<>(q.outerStride())), block(k, 0, 0, before, k.cols()),
-          block(v, 0, 0, before, v.cols()), mask, 0, state, out, ctx);
+          block(v, 0, 0, before, v.cols()), mask, 0, state, out, ws, fm, ctx);
       run(s, q, block(k, before, 0, k.rows() - before, k.cols()), block(v, before, 0, v.rows() - before, v.cols()), mask,
-          before, state, out, ctx);
+          before, state, out, ws, fm, ctx);
     } else {
-      run_bidirectional(s, q, k, v, mask, out, ctx);
+      run_bidirectional(s, q, k, v, mask, out, ws, fm, ctx);
     }
   }
 
   using State = KernelState;
   /// O(1) state per kv head whatever the capacity.
-  State make_state(Index /*capacity*/, Index n_kv_heads, Index head_dim) {
-    map_.prepare(head_dim);
+  State make_state(Index /*capacity*/, Index n_kv_heads, Index head_dim) const {
+    map_.check(head_dim);
     return State(n_kv_heads, map_.features(head_dim), head_dim);
   }
 
   /// Folds k_new, v_new (n_new, kv_heads·d) into the state; query i of q (n_new, heads·d) sees the state's
   /// earlier positions and new ones up to its own.
   void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
-                      State& state, MatrixView out, const Context& ctx) {
-    map_.prepare(s.head_dim);
+                      State& state, MatrixView out, Workspace& ws, const Context& ctx) const {
+    const auto& fm = map_.projection_for(s.head_dim, ws.features);
     if (state.n_kv_heads() != s.n_kv_heads || state.head_dim() != s.head_dim ||
         state.features() != map_.features(s.head_dim))
       throw shape_error(detail::cat("Kernelized::forward_cached: the state holds ", state.n_kv_heads(), " kv heads of ",
                                     state.features(), " features × ", state.head_dim(), ", expected ", s.n_kv_heads,
                                     " of ", map_.features(s.head_dim), " × ", s.head_dim));
-    run(s, q, k_new, v_new, AttentionMask{}, 0, state, out, ctx);
+    run(s, q, k_new, v_new, AttentionMask{}, 0, state, out, ws, fm, ctx);
   }
 
  private:
   static constexpr Index causal_chunk = 64, bidirectional_chunk = 256;
-
-  struct Work {
-    Matrix phi_q, phi_kt, gram, num;  // (c, M), (M, c), (c, c), (c, d)
-    Matrix keys_t;                    // (d, c)
-    std::vector<float> den, bias;     // (c) each
-  };
 
   bool key_padded(const AttentionMask& mask, Index j) const noexcept {
     return j >= mask.n_valid_keys || (mask.key_padding && mask.key_padding[j] != 0.0f);
@@ -254,7 +332,7 @@ class Kernelized {
   /// exponential features the state's shift of kv head g first grows to the largest exponent, rescaling what
   /// the state has summed so far.
   void key_features(const AttentionShape& s, ConstMatrixView keys, const AttentionMask& mask, Index first_key,
-                    KernelState& state, Index g, MatrixView phi_t, Work& w) const {
+                    KernelState& state, Index g, MatrixView phi_t, Work& w, const Projection& fm) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index n = keys.rows(), dh = keys.cols();
     ensure_shape(w.keys_t, dh, std::max(n, w.keys_t.cols()));
@@ -265,7 +343,7 @@ class Kernelized {
       w.bias[std::size_t(j)] = key_padded(mask, first_key + j)
                                    ? neg_inf
                                    : (Map::exponential ? -0.5f * s.scale * keys.row(j).squaredNorm() : 0.0f);
-    map_.map_keys_t(cview(kt), w.bias.data(), phi_t, s.scale);
+    map_.map_keys_t(cview(kt), w.bias.data(), phi_t, s.scale, fm);
     if constexpr (Map::exponential) {
       float m = neg_inf;
       for (Index f = 0; f < phi_t.rows(); ++f)
@@ -296,41 +374,42 @@ class Kernelized {
 
   /// out_i = φ(q_i)·S / φ(q_i)·z with the sums over all keys, query rows in chunks.
   void run_bidirectional(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-                         const AttentionMask& mask, MatrixView out, const Context& ctx) {
+                         const AttentionMask& mask, MatrixView out, Workspace& ws, const Projection& fm,
+                         const Context& ctx) const {
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, M = map_.features(dh);
     const Index C = bidirectional_chunk;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_kv_heads));
-    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    // The sums over all keys, in a state kept between calls (cleared, not reallocated).
-    if (sums_.n_kv_heads() != s.n_kv_heads || sums_.features() != M || sums_.head_dim() != dh)
-      sums_ = KernelState(s.n_kv_heads, M, dh);
+    if (static_cast<int>(ws.work.size()) < t) ws.work.resize(std::size_t(t));
+    // The sums over all keys, in a state kept in the workspace between calls (cleared, not reallocated).
+    if (ws.sums.n_kv_heads() != s.n_kv_heads || ws.sums.features() != M || ws.sums.head_dim() != dh)
+      ws.sums = KernelState(s.n_kv_heads, M, dh);
     else
-      sums_.clear();
-    KernelState& state = sums_;
+      ws.sums.clear();
+    KernelState& state = ws.sums;
     // Chunk-major: a chunk's rows serve every head while they are in cache (head-major order would stream
     // the whole sequence once per head, from memory once it outgrows the caches).
     for (Index j0 = 0; j0 < n_k; j0 += C) {
       const Index nc = std::min(C, n_k - j0);
       parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
-        Work& w = work_[std::size_t(thread)];
+        Work& w = ws.work[std::size_t(thread)];
         ensure_shape(w.phi_kt, M, C);
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
-        key_features(s, block(k, j0, g * dh, nc, dh), mask, j0, state, g, phi_t, w);
+        key_features(s, block(k, j0, g * dh, nc, dh), mask, j0, state, g, phi_t, w, fm);
         fold(state, g, cview(phi_t), block(v, j0, g * dh, nc, dh));
       });
     }
     const int tq = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_heads));
-    if (static_cast<int>(work_.size()) < tq) work_.resize(std::size_t(tq));
+    if (static_cast<int>(ws.work.size()) < tq) ws.work.resize(std::size_t(tq));
     for (Index i0 = 0; i0 < n_q; i0 += C) {
       const Index nc = std::min(C, n_q - i0);
       parallel_for(s.n_heads, tq, [&](Index h, int thread) {
-        Work& w = work_[std::size_t(thread)];
+        Work& w = ws.work[std::size_t(thread)];
         const Index g = s.kv_head(h);
         ensure_shape(w.phi_q, C, M);
         ensure_shape(w.num, C, dh);
         w.den.resize(std::size_t(C));
         MatrixView phi = block(view(w.phi_q), 0, 0, nc, M);
-        map_.map_queries(block(q, i0, h * dh, nc, dh), phi, s.scale);
+        map_.map_queries(block(q, i0, h * dh, nc, dh), phi, s.scale, fm);
         MatrixView num = block(view(w.num), 0, 0, nc, dh);
         kernels::gemm(cview(phi), cview(state.sums(g)), kernels::Transpose::no, num, 1.0f, 0.0f, 1);
         for (Index i = 0; i < nc; ++i)
@@ -343,17 +422,18 @@ class Kernelized {
   /// Causal prefix sums over new keys k, v (n, kv_heads·d) continuing `state`; queries q (n or 0 rows) sit at
   /// the new keys' positions. Key j of the sequence is first_key + row (for padding).
   void run(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v, const AttentionMask& mask,
-           Index first_key, KernelState& state, MatrixView out, const Context& ctx) {
+           Index first_key, KernelState& state, MatrixView out, Workspace& ws, const Projection& fm,
+           const Context& ctx) const {
     const Index n = k.rows(), dh = s.head_dim, M = state.features(), group = s.n_heads / s.n_kv_heads;
     const Index C = causal_chunk;
     const bool with_queries = q.rows() > 0;
     const double work = double(n) * double(M) * double(dh) * double(s.n_heads);
     const int t = work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), s.n_kv_heads));
-    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
+    if (static_cast<int>(ws.work.size()) < t) ws.work.resize(std::size_t(t));
     for (Index c0 = 0; c0 < n; c0 += C) {  // chunk-major, as in run_bidirectional
       const Index nc = std::min(C, n - c0);
       parallel_for(s.n_kv_heads, t, [&](Index g, int thread) {
-        Work& w = work_[std::size_t(thread)];
+        Work& w = ws.work[std::size_t(thread)];
         ensure_shape(w.phi_kt, M, C);
         ensure_shape(w.phi_q, C, M);
         ensure_shape(w.gram, C, C);
@@ -361,11 +441,11 @@ class Kernelized {
         w.den.resize(std::size_t(C));
         MatrixView phi_t = block(view(w.phi_kt), 0, 0, M, nc);
         const ConstMatrixView kc = block(k, c0, g * dh, nc, dh), vc = block(v, c0, g * dh, nc, dh);
-        key_features(s, kc, mask, first_key + c0, state, g, phi_t, w);
+        key_features(s, kc, mask, first_key + c0, state, g, phi_t, w, fm);
         if (with_queries)
           for (Index h = g * group; h < (g + 1) * group; ++h) {
             MatrixView phi = block(view(w.phi_q), 0, 0, nc, M);
-            map_.map_queries(block(q, c0, h * dh, nc, dh), phi, s.scale);
+            map_.map_queries(block(q, c0, h * dh, nc, dh), phi, s.scale, fm);
             MatrixView gram = block(view(w.gram), 0, 0, nc, nc);  // φ(q_i)·φ(k_j) inside the chunk, j ≤ i
             kernels::gemm(cview(phi), cview(phi_t), kernels::Transpose::no, gram, 1.0f, 0.0f, 1);
             for (Index i = 0; i < nc; ++i) std::fill(gram.data() + i * gram.outerStride() + i + 1, gram.data() + i * gram.outerStride() + nc, 0.0f);
@@ -394,8 +474,6 @@ class Kernelized {
   }
 
   Map map_{};
-  std::vector<Work> work_;
-  KernelState sums_;  // bidirectional forward's sums
 };
 
 /// Linear attention with φ = elu + 1 (Katharopoulos et al. 2020).
@@ -403,6 +481,7 @@ using LinearAttention = Kernelized<EluPlusOneFeatures>;
 /// Performer FAVOR+ attention (Choromanski et al. 2020); Performer(PositiveRandomFeatures(M, seed)).
 using Performer = Kernelized<PositiveRandomFeatures>;
 
-static_assert(AttentionPolicy<LinearAttention> && AttentionPolicy<Performer>);
+static_assert(SpelledAttention<LinearAttention> && IncrementalAttention<LinearAttention>);
+static_assert(SpelledAttention<Performer> && IncrementalAttention<Performer>);
 
 }  // namespace polyformer

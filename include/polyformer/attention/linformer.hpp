@@ -7,15 +7,21 @@
 /// Sharing (the paper's §4 "parameter sharing"): E and F of shape (k, n_max) are shared by the heads
 /// (headwise); of shape (heads·k, n_max) head h uses rows h·k.. (none); key_value_shared() uses E for both;
 /// and layerwise sharing is several layers' policies holding the same matrices (std::shared_ptr).
+///
+/// The object holds only k and the projections (read through `const`); the zeroed keys and values and the
+/// projected ones live in a Workspace of the caller's.
 
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "polyformer/attention/full.hpp"
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
@@ -25,10 +31,33 @@
 
 namespace polyformer {
 
-class Linformer {
+class Linformer : public PerCallWorkspace<Linformer> {
  public:
+  using PerCallWorkspace<Linformer>::forward;
+
+  /// Scratch of one caller: keys and values with padded rows zeroed, their projections, and the attention's.
+  struct Workspace {
+    Matrix keys, values;            // (n_k, kv_heads·d): only when keys are padded
+    Matrix proj_k, proj_v;          // (k, heads'·d)
+    FullAttention::Workspace full;  // the softmax over the projected keys
+  };
+
   static constexpr bool supports_causal = false;
   static constexpr const char* name = "linformer";
+
+  // The spelling (attention/spelling.hpp): "linformer:K", K the projected length; the projections are random.
+  static constexpr std::string_view spelling_form = "linformer:K";
+  static constexpr std::string_view example_spelling = "linformer:256";
+  /// Options: "n_max" (an integer >= 1, required), the length of the random projections, shared by the heads,
+  /// and their "seed" (an integer, 1 by default).
+  static Linformer from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    const Index k = spelling.positive(0), n_max = options.integer("n_max", 0);
+    if (n_max < 1)
+      throw config_error(detail::cat("Linformer::from_spelling: '", spelling.text(),
+                                     "' needs n_max >= 1 (the length of its random projections), found ", n_max));
+    return random(k, n_max, 1, static_cast<std::uint64_t>(options.integer("seed", 1)));
+  }
+  std::string spelling() const { return detail::cat(name, ':', k_); }
 
   /// Unconfigured: forward throws until projections are given.
   Linformer() = default;
@@ -73,10 +102,23 @@ class Linformer {
   const std::shared_ptr<const Matrix>& e() const noexcept { return e_; }
   const std::shared_ptr<const Matrix>& f() const noexcept { return f_; }
 
+  /// The learned projections "E" and "F" (heads'·k, n_max). Writing one gives this layer its own copy (projections
+  /// shared between layers stop being shared).
+  void parameters(ParameterList& list, const std::string& prefix) {
+    for (auto [name, m] : {std::pair{"E", &e_}, std::pair{"F", &f_}}) {
+      if (!*m) continue;
+      const Index rows = (*m)->rows(), cols = (*m)->cols();
+      list.add({prefix + name, {rows, cols}, [m](float* out) { std::copy_n((*m)->data(), (*m)->size(), out); },
+                [m, rows, cols](const float* in) {
+                  *m = std::make_shared<const Matrix>(Eigen::Map<const Matrix>(in, rows, cols));
+                }});
+    }
+  }
+
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d), n_k ≤ n_max. Key padding and key
   /// lengths are honoured; causal and additive masks throw (they have no meaning over projected keys).
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     const char* func = "Linformer::forward";
     if (!e_) throw config_error(detail::cat(func, ": no projections (a default-constructed Linformer)"));
     if (mask.causal)
@@ -92,21 +134,21 @@ class Linformer {
     const Index valid = std::min(n_k, mask.n_valid_keys);
     const bool padded = valid < n_k || mask.key_padding;
     if (padded) {
-      ensure_shape(keys_, n_k, kvd);
-      ensure_shape(values_, n_k, kvd);
-      view(keys_) = k;
-      view(values_) = v;
+      ensure_shape(ws.keys, n_k, kvd);
+      ensure_shape(ws.values, n_k, kvd);
+      view(ws.keys) = k;
+      view(ws.values) = v;
       for (Index j = 0; j < n_k; ++j)
         if (j >= valid || (mask.key_padding && mask.key_padding[j] != 0.0f)) {
-          keys_.row(j).setZero();
-          values_.row(j).setZero();
+          ws.keys.row(j).setZero();
+          ws.values.row(j).setZero();
         }
     }
-    const ConstMatrixView kk = padded ? cview(keys_) : k, vv = padded ? cview(values_) : v;
+    const ConstMatrixView kk = padded ? cview(ws.keys) : k, vv = padded ? cview(ws.values) : v;
     // Projected keys and values, (k, heads'·d) with heads' = kv heads (shared E) or query heads (per head).
     const Index out_heads = proj_heads == 1 ? s.n_kv_heads : s.n_heads;
-    ensure_shape(proj_k_, k_, out_heads * dh);
-    ensure_shape(proj_v_, k_, out_heads * dh);
+    ensure_shape(ws.proj_k, k_, out_heads * dh);
+    ensure_shape(ws.proj_v, k_, out_heads * dh);
     const int t = effective_threads(ctx.threads);
     parallel_for(2 * out_heads, std::min<int>(t, static_cast<int>(2 * out_heads)), [&](Index task, int) {
       const Index oh = task / 2, src_head = proj_heads == 1 ? oh : s.kv_head(oh), row0 = proj_heads == 1 ? 0 : oh * k_;
@@ -114,7 +156,7 @@ class Linformer {
       const Matrix& p = is_key ? *e_ : *f_;
       // In slices of the sequence, accumulated: each slice's product stays in L2 and on the micro-kernels
       // (one product over all n would take a BLAS call that repacks both operands).
-      MatrixView dst = block(view(is_key ? proj_k_ : proj_v_), 0, oh * dh, k_, dh);
+      MatrixView dst = block(view(is_key ? ws.proj_k : ws.proj_v), 0, oh * dh, k_, dh);
       const ConstMatrixView src = is_key ? kk : vv;
       if (n_k == 0) dst.setZero();
       for (Index j0 = 0; j0 < n_k; j0 += projection_slice) {
@@ -125,17 +167,16 @@ class Linformer {
     });
     AttentionShape projected = s;
     projected.n_kv_heads = out_heads;
-    attention_.forward(projected, q, cview(proj_k_), cview(proj_v_), AttentionMask{}, out, ctx);
+    attention_.forward(projected, q, cview(ws.proj_k), cview(ws.proj_v), AttentionMask{}, out, ws.full, ctx);
   }
 
  private:
   static constexpr Index projection_slice = 512;
   Index k_ = 0;
   std::shared_ptr<const Matrix> e_, f_;
-  Matrix keys_, values_, proj_k_, proj_v_;
   FullAttention attention_;  // exact softmax over the k projected keys
 };
 
-static_assert(AttentionPolicy<Linformer>);
+static_assert(SpelledAttention<Linformer>);
 
 }  // namespace polyformer

@@ -13,11 +13,14 @@
 #include <limits>
 #include <random>
 #include <span>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "polyformer/attention/local_tile.hpp"
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
@@ -40,11 +43,62 @@ struct LSHOptions {
 };
 
 /// Reformer's LSH attention over shared query-keys: the `k` input is not read (the keys are the normalized
-/// queries), so it needs self-attention (n_q = n_k).
-class LSHAttention {
+/// queries), so it needs self-attention (n_q = n_k). The object holds only its options; the rotations (drawn
+/// for the head count, head size and bucket count of a call) and all scratch live in a Workspace of the caller's.
+class LSHAttention : public PerCallWorkspace<LSHAttention> {
+ private:
+  struct Work {
+    detail::LocalTile tile;
+    Matrix projection;        // (n, Σ factor / 2)
+    Matrix sorted_rows;       // (n, head_dim): a round's keys in sorted order, before the transpose
+    std::vector<Index> count; // (n_buckets + 1)
+  };
+
  public:
+  using PerCallWorkspace<LSHAttention>::forward;
+
+  /// Scratch of one caller, and what its last forward hashed: n_buckets (= factors.first · factors.second),
+  /// and the bucket of every position for head h, round r. With two factors (b1, b2) the bucket is
+  /// a1 + b1·a2, a_i the argmax of factor i over [xR_i; −xR_i], R_i the columns [0, b1/2) and
+  /// [b1/2, b1/2 + b2/2) of rotation(h, r).
+  class Workspace {
+   public:
+    Index last_n_buckets() const noexcept { return n_buckets_; }
+    std::pair<Index, Index> bucket_factors() const noexcept { return {factor1_, factor2_}; }
+    std::span<const int> buckets(Index h, Index r) const {
+      const std::size_t n = std::size_t(n_);
+      return {buckets_.data() + std::size_t(h * n_hashes_ + r) * n, n};
+    }
+    /// The rotation of head h, round r (head_dim, Σ factor/2) of the last forward.
+    const Matrix& rotation(Index h, Index r) const { return rotations_[std::size_t(h * n_hashes_ + r)]; }
+
+   private:
+    friend class LSHAttention;
+    Index n_ = 0, n_hashes_ = 0, n_buckets_ = 0, factor1_ = 0, factor2_ = 1;
+    std::uint64_t rotations_seed_ = 0;  // the seed rotations_ were drawn with
+    std::vector<Matrix> rotations_;     // (head_dim, n_buckets / 2) per (head, round)
+    std::vector<int> buckets_;          // (heads, n_hashes, n)
+    std::vector<Index> order_;          // (n_hashes, n): positions sorted by (bucket, position), current head
+    Matrix keys_;                       // (n, head_dim): the current head's unit-length queries
+    Matrix sorted_keys_t_;              // (n_hashes·head_dim, n): each round's keys transposed, in sorted order
+    Matrix sorted_values_;              // (n_hashes·n, head_dim): each round's values in sorted order
+    Matrix round_out_;                  // (n_hashes·n, head_dim): each round's output, by position
+    std::vector<float> round_lse_;      // (n_hashes·n)
+    std::vector<Work> work_;            // one per thread
+  };
+
   static constexpr bool supports_causal = true;
   static constexpr const char* name = "lsh";
+
+  // The spelling (attention/spelling.hpp): "lsh:HASHES:CHUNK", the rounds of hashing and the chunk length.
+  static constexpr std::string_view spelling_form = "lsh:HASHES:CHUNK";
+  static constexpr std::string_view example_spelling = "lsh:4:64";
+  /// Options: "seed" (an integer, 1 by default) of the random rotations; the buckets are automatic.
+  static LSHAttention from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    return LSHAttention(LSHOptions{spelling.positive(0), spelling.positive(1), 0,
+                                   static_cast<std::uint64_t>(options.integer("seed", 1))});
+  }
+  std::string spelling() const { return detail::cat(name, ':', opt_.n_hashes, ':', opt_.chunk); }
 
   LSHAttention() = default;
   explicit LSHAttention(LSHOptions options) : opt_(options) {
@@ -57,77 +111,66 @@ class LSHAttention {
 
   const LSHOptions& options() const noexcept { return opt_; }
 
-  /// The buckets the last forward used: n_buckets (= factors.first · factors.second), and the bucket of every
-  /// position for head h, round r. With two factors (b1, b2) the bucket is a1 + b1·a2, a_i the argmax of
-  /// factor i over [xR_i; −xR_i], R_i the columns [0, b1/2) and [b1/2, b1/2 + b2/2) of rotation(h, r).
-  Index last_n_buckets() const noexcept { return n_buckets_; }
-  std::pair<Index, Index> bucket_factors() const noexcept { return {factor1_, factor2_}; }
-  std::span<const int> buckets(Index h, Index r) const {
-    const std::size_t n = std::size_t(n_);
-    return {buckets_.data() + std::size_t(h * opt_.n_hashes + r) * n, n};
-  }
-  /// The rotation of head h, round r (head_dim, Σ factor/2) of the last forward.
-  const Matrix& rotation(Index h, Index r) const { return rotations_[std::size_t(h * opt_.n_hashes + r)]; }
-
   /// out (n, heads·d) from q (n, heads·d) and v (n, kv_heads·d); k (n, kv_heads·d) is only checked for its
-  /// length.
+  /// length. ws afterwards tells the buckets this call used.
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     const char* func = "LSHAttention::forward";
     if (q.rows() != k.rows())
       throw shape_error(detail::cat(func, ": ", q.rows(), " queries and ", k.rows(),
                                     " keys, expected equal (shared query-key attention is self-attention)"));
     const Index n = q.rows(), dh = s.head_dim, H = opt_.n_hashes, C = opt_.chunk;
-    n_ = n;
-    factor1_ = opt_.n_buckets ? opt_.n_buckets : std::max<Index>(2, 2 * ((n + C - 1) / C));
-    factor2_ = 1;
-    if (!opt_.n_buckets && factor1_ > max_single_factor) {
-      const Index b = 2 * static_cast<Index>(std::ceil(std::sqrt(static_cast<double>(factor1_)) / 2.0));
-      factor1_ = factor2_ = b;
+    ws.n_ = n;
+    ws.n_hashes_ = H;
+    ws.factor1_ = opt_.n_buckets ? opt_.n_buckets : std::max<Index>(2, 2 * ((n + C - 1) / C));
+    ws.factor2_ = 1;
+    if (!opt_.n_buckets && ws.factor1_ > max_single_factor) {
+      const Index b = 2 * static_cast<Index>(std::ceil(std::sqrt(static_cast<double>(ws.factor1_)) / 2.0));
+      ws.factor1_ = ws.factor2_ = b;
     }
-    n_buckets_ = factor1_ * factor2_;
-    prepare_rotations(s.n_heads, dh);
-    buckets_.resize(std::size_t(s.n_heads * H * n));
-    order_.resize(std::size_t(H * n));
+    ws.n_buckets_ = ws.factor1_ * ws.factor2_;
+    prepare_rotations(s.n_heads, dh, ws);
+    ws.buckets_.resize(std::size_t(s.n_heads * H * n));
+    ws.order_.resize(std::size_t(H * n));
     if (n == 0) return;
-    ensure_shape(keys_, n, dh);
-    ensure_shape(sorted_keys_t_, H * dh, n);
-    ensure_shape(sorted_values_, H * n, dh);
-    ensure_shape(round_out_, H * n, dh);
-    round_lse_.resize(std::size_t(H * n));
+    ensure_shape(ws.keys_, n, dh);
+    ensure_shape(ws.sorted_keys_t_, H * dh, n);
+    ensure_shape(ws.sorted_values_, H * n, dh);
+    ensure_shape(ws.round_out_, H * n, dh);
+    ws.round_lse_.resize(std::size_t(H * n));
     const Index chunks = (n + C - 1) / C;
     const int t = effective_threads(ctx.threads);
-    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    for (auto& w : work_) w.tile.reserve(C, 2 * C, dh);
+    if (static_cast<int>(ws.work_.size()) < t) ws.work_.resize(std::size_t(t));
+    for (auto& w : ws.work_) w.tile.reserve(C, 2 * C, dh);
     for (Index h = 0; h < s.n_heads; ++h) {
       const Index g = s.kv_head(h);
       // Shared query-keys: unit-length queries (a zero query stays zero).
       for (Index i = 0; i < n; ++i) {
         const auto qi = block(q, i, h * dh, 1, dh);
         const float norm = qi.norm();
-        block(view(keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
+        block(view(ws.keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
       }
       parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) {
-        hash_round(h, r, work_[std::size_t(thread)]);
-        sort_round(s, g, r, v, work_[std::size_t(thread)]);
+        hash_round(h, r, ws, ws.work_[std::size_t(thread)]);
+        sort_round(s, g, r, v, ws, ws.work_[std::size_t(thread)]);
       });
       parallel_for(H * chunks, t, [&](Index task, int thread) {
-        attend_chunk(s, h, task / chunks, task % chunks, q, mask, work_[std::size_t(thread)]);
+        attend_chunk(s, h, task / chunks, task % chunks, q, mask, ws, ws.work_[std::size_t(thread)]);
       });
       // Combine the rounds: weights softmax over each round's log-sum-exp.
       parallel_chunks(n, t, [&](Index i0, Index i1, int) {
         constexpr float neg_inf = -std::numeric_limits<float>::infinity();
         for (Index i = i0; i < i1; ++i) {
           float m = neg_inf;
-          for (Index r = 0; r < H; ++r) m = std::max(m, round_lse_[std::size_t(r * n + i)]);
+          for (Index r = 0; r < H; ++r) m = std::max(m, ws.round_lse_[std::size_t(r * n + i)]);
           auto dst = block(out, i, h * dh, 1, dh);
           dst.setZero();
           if (m == neg_inf) continue;
           float total = 0.0f;
           for (Index r = 0; r < H; ++r) {
-            const float w = std::exp(round_lse_[std::size_t(r * n + i)] - m);
+            const float w = std::exp(ws.round_lse_[std::size_t(r * n + i)] - m);
             total += w;
-            if (w != 0.0f) dst += w * block(cview(round_out_), r * n + i, 0, 1, dh);
+            if (w != 0.0f) dst += w * block(cview(ws.round_out_), r * n + i, 0, 1, dh);
           }
           dst /= total;
         }
@@ -136,64 +179,59 @@ class LSHAttention {
   }
 
  private:
-  struct Work {
-    detail::LocalTile tile;
-    Matrix projection;        // (n, Σ factor / 2)
-    Matrix sorted_rows;       // (n, head_dim): a round's keys in sorted order, before the transpose
-    std::vector<Index> count; // (n_buckets + 1)
-  };
-
-  /// Draws the rotations when the head count, head size or bucket count changed (seeded per head and round).
-  void prepare_rotations(Index n_heads, Index dh) {
-    const Index half = factor1_ / 2 + factor2_ / 2, wanted = n_heads * opt_.n_hashes;
-    if (static_cast<Index>(rotations_.size()) == wanted && !rotations_.empty() && rotations_[0].rows() == dh &&
-        rotations_[0].cols() == half)
+  /// Draws the rotations into ws when the seed, head count, head size or bucket count changed (seeded per head
+  /// and round). They depend on nothing else, so a workspace's draw serves every object with the same seed.
+  void prepare_rotations(Index n_heads, Index dh, Workspace& ws) const {
+    const Index half = ws.factor1_ / 2 + ws.factor2_ / 2, wanted = n_heads * opt_.n_hashes;
+    if (ws.rotations_seed_ == opt_.seed && static_cast<Index>(ws.rotations_.size()) == wanted &&
+        !ws.rotations_.empty() && ws.rotations_[0].rows() == dh && ws.rotations_[0].cols() == half)
       return;
-    rotations_.assign(std::size_t(wanted), Matrix());
+    ws.rotations_seed_ = opt_.seed;
+    ws.rotations_.assign(std::size_t(wanted), Matrix());
     for (Index i = 0; i < wanted; ++i) {
       std::mt19937_64 rng(opt_.seed * 0x9E3779B97F4A7C15ull + std::uint64_t(i));
       std::normal_distribution<float> normal(0.0f, 1.0f);
-      Matrix& rot = rotations_[std::size_t(i)];
+      Matrix& rot = ws.rotations_[std::size_t(i)];
       rot.resize(dh, half);
       for (Index e = 0; e < rot.size(); ++e) rot.data()[e] = normal(rng);
     }
   }
 
   /// Buckets of every position for head h, round r, and the positions sorted by (bucket, position).
-  void hash_round(Index h, Index r, Work& w) {
-    const Index n = n_, half1 = factor1_ / 2, half2 = factor2_ / 2, half = half1 + half2;
-    int* bucket = buckets_.data() + std::size_t(h * opt_.n_hashes + r) * std::size_t(n);
-    if (n_buckets_ == 1) {
+  void hash_round(Index h, Index r, Workspace& ws, Work& w) const {
+    const Index n = ws.n_, half1 = ws.factor1_ / 2, half2 = ws.factor2_ / 2, half = half1 + half2;
+    int* bucket = ws.buckets_.data() + std::size_t(h * opt_.n_hashes + r) * std::size_t(n);
+    if (ws.n_buckets_ == 1) {
       std::fill(bucket, bucket + n, 0);
     } else {
       ensure_shape(w.projection, n, half);
-      kernels::gemm(cview(keys_), cview(rotations_[std::size_t(h * opt_.n_hashes + r)]), kernels::Transpose::no,
+      kernels::gemm(cview(ws.keys_), cview(ws.rotations_[std::size_t(h * opt_.n_hashes + r)]), kernels::Transpose::no,
                     view(w.projection), 1.0f, 0.0f, 1);
       for (Index i = 0; i < n; ++i) {
         const float* p = w.projection.data() + i * half;
-        bucket[i] = argmax_signed(p, half1) + (half2 ? int(factor1_) * argmax_signed(p + half1, half2) : 0);
+        bucket[i] = argmax_signed(p, half1) + (half2 ? int(ws.factor1_) * argmax_signed(p + half1, half2) : 0);
       }
     }
     // Stable counting sort by bucket.
-    w.count.assign(std::size_t(n_buckets_ + 1), 0);
+    w.count.assign(std::size_t(ws.n_buckets_ + 1), 0);
     for (Index i = 0; i < n; ++i) ++w.count[std::size_t(bucket[i] + 1)];
-    for (Index b = 0; b < n_buckets_; ++b) w.count[std::size_t(b + 1)] += w.count[std::size_t(b)];
-    Index* order = order_.data() + r * n;
+    for (Index b = 0; b < ws.n_buckets_; ++b) w.count[std::size_t(b + 1)] += w.count[std::size_t(b)];
+    Index* order = ws.order_.data() + r * n;
     for (Index i = 0; i < n; ++i) order[w.count[std::size_t(bucket[i])]++] = i;
   }
 
   /// Round r's keys (transposed) and values in sorted order, so every chunk reads its keys in place.
-  void sort_round(const AttentionShape& s, Index g, Index r, ConstMatrixView v, Work& w) {
-    const Index n = n_, dh = s.head_dim;
-    const Index* order = order_.data() + r * n;
+  static void sort_round(const AttentionShape& s, Index g, Index r, ConstMatrixView v, Workspace& ws, Work& w) {
+    const Index n = ws.n_, dh = s.head_dim;
+    const Index* order = ws.order_.data() + r * n;
     ensure_shape(w.sorted_rows, n, dh);
     for (Index a = 0; a < n; ++a) {
-      const float* key = keys_.data() + order[a] * dh;
+      const float* key = ws.keys_.data() + order[a] * dh;
       std::copy(key, key + dh, w.sorted_rows.data() + a * dh);
       const float* value = v.data() + order[a] * v.outerStride() + g * dh;
-      std::copy(value, value + dh, sorted_values_.data() + (r * n + a) * dh);
+      std::copy(value, value + dh, ws.sorted_values_.data() + (r * n + a) * dh);
     }
-    kernels::transpose(w.sorted_rows.data(), dh, n, dh, sorted_keys_t_.data() + r * dh * n, n);
+    kernels::transpose(w.sorted_rows.data(), dh, n, dh, ws.sorted_keys_t_.data() + r * dh * n, n);
   }
 
   /// argmax over [p; −p] for p (half): the index in [0, 2·half).
@@ -209,16 +247,16 @@ class LSHAttention {
 
   /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
   void attend_chunk(const AttentionShape& s, Index h, Index r, Index c, ConstMatrixView q, const AttentionMask& mask,
-                    Work& w) {
+                    Workspace& ws, Work& w) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index n = n_, C = opt_.chunk, dh = s.head_dim;
-    const Index* order = order_.data() + r * n;
+    const Index n = ws.n_, C = opt_.chunk, dh = s.head_dim;
+    const Index* order = ws.order_.data() + r * n;
     const Index q0 = c * C, nq = std::min(C, n - q0), k0 = std::max<Index>(q0 - C, 0), nk = q0 + nq - k0;
     detail::LocalTile& tile = w.tile;
     MatrixView qs = tile.query_rows(nq);
     for (Index a = 0; a < nq; ++a) block(qs, a, 0, 1, dh) = block(q, order[q0 + a], h * dh, 1, dh) * s.scale;
-    const ConstMatrixView keys_t(sorted_keys_t_.data() + r * dh * n + k0, dh, nk, Eigen::OuterStride<>(n));
-    const ConstMatrixView values = block(cview(sorted_values_), r * n + k0, 0, nk, dh);
+    const ConstMatrixView keys_t(ws.sorted_keys_t_.data() + r * dh * n + k0, dh, nk, Eigen::OuterStride<>(n));
+    const ConstMatrixView values = block(cview(ws.sorted_values_), r * n + k0, 0, nk, dh);
     const bool plain = !mask.causal && !mask.key_padding && !mask.additive && mask.n_valid_keys >= n;
     tile.attend(nq, keys_t, values, [&](Index a, float* row) {
       if (plain) {  // every key of the two chunks but itself (it sits at column q0 + a − k0)
@@ -242,25 +280,15 @@ class LSHAttention {
     });
     for (Index a = 0; a < nq; ++a) {
       const Index i = order[q0 + a];
-      std::copy(tile.out_row(a), tile.out_row(a) + dh, round_out_.data() + (r * n + i) * dh);
-      round_lse_[std::size_t(r * n + i)] = tile.lse[std::size_t(a)];
+      std::copy(tile.out_row(a), tile.out_row(a) + dh, ws.round_out_.data() + (r * n + i) * dh);
+      ws.round_lse_[std::size_t(r * n + i)] = tile.lse[std::size_t(a)];
     }
   }
 
   static constexpr Index max_single_factor = 64;
   LSHOptions opt_{};
-  Index n_ = 0, n_buckets_ = 0, factor1_ = 0, factor2_ = 1;
-  std::vector<Matrix> rotations_;  // (head_dim, n_buckets / 2) per (head, round)
-  std::vector<int> buckets_;       // (heads, n_hashes, n)
-  std::vector<Index> order_;       // (n_hashes, n): positions sorted by (bucket, position), current head
-  Matrix keys_;                    // (n, head_dim): the current head's unit-length queries
-  Matrix sorted_keys_t_;           // (n_hashes·head_dim, n): each round's keys transposed, in sorted order
-  Matrix sorted_values_;           // (n_hashes·n, head_dim): each round's values in sorted order
-  Matrix round_out_;               // (n_hashes·n, head_dim): each round's output, by position
-  std::vector<float> round_lse_;   // (n_hashes·n)
-  std::vector<Work> work_;
 };
 
-static_assert(AttentionPolicy<LSHAttention>);
+static_assert(SpelledAttention<LSHAttention>);
 
 }  // namespace polyformer

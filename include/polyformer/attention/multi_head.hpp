@@ -4,6 +4,9 @@
 /// part per sequence, and the output projection.
 
 #include <cmath>
+#include <span>
+#include <string>
+#include <vector>
 #include <utility>
 
 #include "polyformer/attention/mask.hpp"
@@ -21,13 +24,31 @@ struct HeadConfig {
   Index head_dim = 0;    ///< 0 means d_model / n_heads
 };
 
+/// How a multi-head attention module's tensors are named in a checkpoint: separate projections (q, k, v, o
+/// prefixes), or PyTorch nn.MultiheadAttention's fused "in_proj_weight" (3·d, d) / "in_proj_bias" (3·d) holding
+/// q, k and v as row blocks, with "out_proj.*". torch_names() and llama2c_names() give the two in use.
+struct AttentionNames {
+  std::string q = "q_proj.", k = "k_proj.", v = "v_proj.", o = "out_proj.";
+  bool fused_in_proj = false;
+  std::string policy = "policy.";  ///< prefix of the attention policy's own parameters (Linformer's E, F)
+};
+
 /// Projections around an attention policy. Inputs are batches laid out as (batch·seq, d_model) rows.
-/// The object owns its projected Q/K/V and context buffers (kept for a backward pass).
+/// The module holds weights only and is used through `const`; a call's projections and the policy's scratch
+/// live in the caller's Workspace, and a decoding sequence's keys and values in its State.
 template <AttentionPolicy Attn, LinearPolicy Lin, RotaryPolicy Rot = NoRotary>
 class MultiHeadAttention {
  public:
   using attention_type = Attn;
   using linear_type = Lin;
+
+  /// One caller's scratch; after a forward it holds that call's intermediates.
+  struct Workspace {
+    Matrix q;        ///< (rows, heads·d) after rotary
+    Matrix k, v;     ///< (key rows, kv_heads·d), keys after rotary
+    Matrix context;  ///< (rows, heads·d) before the output projection
+    typename Attn::Workspace attention;
+  };
 
   MultiHeadAttention() = default;
 
@@ -59,25 +80,105 @@ class MultiHeadAttention {
 
   Index d_model() const noexcept { return q_proj_.in_features(); }
   const AttentionShape& shape() const noexcept { return shape_; }
+  // Mutable access is for setting a model up (adapters, quantization); forward never needs it.
   Lin& q_proj() noexcept { return q_proj_; }
   Lin& k_proj() noexcept { return k_proj_; }
   Lin& v_proj() noexcept { return v_proj_; }
   Lin& o_proj() noexcept { return o_proj_; }
   Attn& attention() noexcept { return attention_; }
+  const Lin& q_proj() const noexcept { return q_proj_; }
+  const Lin& k_proj() const noexcept { return k_proj_; }
+  const Lin& v_proj() const noexcept { return v_proj_; }
+  const Lin& o_proj() const noexcept { return o_proj_; }
+  const Attn& attention() const noexcept { return attention_; }
+
+  /// The projections' (and the policy's) parameters, named by `names` under `prefix`.
+  void parameters(ParameterList& list, const std::string& prefix, const AttentionNames& names = {})
+    requires HasParameters<Lin>
+  {
+    if (names.fused_in_proj) {
+      ParameterList qkv;  // q, k, v under one prefix each, then fused as row blocks
+      q_proj_.parameters(qkv, "q.");
+      k_proj_.parameters(qkv, "k.");
+      v_proj_.parameters(qkv, "v.");
+      for (const char* field : {"weight", "bias"}) {
+        std::vector<const Parameter*> parts;
+        for (const char* head : {"q.", "k.", "v."})
+          if (const Parameter* p = qkv.find(std::string(head) + field)) parts.push_back(p);
+        if (parts.empty()) continue;
+        if (parts.size() != 3)
+          throw config_error(detail::cat("MultiHeadAttention::parameters: a fused in_proj_", field,
+                                         " needs it on all of q, k and v"));
+        std::vector<Index> shape = parts[0]->shape;
+        shape[0] = parts[0]->shape[0] + parts[1]->shape[0] + parts[2]->shape[0];
+        const Index n0 = parts[0]->numel(), n1 = parts[1]->numel();
+        list.add({prefix + "in_proj_" + field, shape,
+                  [r0 = parts[0]->read, r1 = parts[1]->read, r2 = parts[2]->read, n0, n1](float* out) {
+                    r0(out);
+                    r1(out + n0);
+                    r2(out + n0 + n1);
+                  },
+                  [w0 = parts[0]->write, w1 = parts[1]->write, w2 = parts[2]->write, n0, n1](const float* in) {
+                    w0(in);
+                    w1(in + n0);
+                    w2(in + n0 + n1);
+                  }});
+      }
+    } else {
+      q_proj_.parameters(list, prefix + names.q);
+      k_proj_.parameters(list, prefix + names.k);
+      v_proj_.parameters(list, prefix + names.v);
+    }
+    o_proj_.parameters(list, prefix + names.o);
+    if constexpr (HasParameters<Attn>) attention_.parameters(list, prefix + names.policy);
+  }
 
   /// Self-attention: y (batch·seq, d_model) from x (batch·seq, d_model).
-  void forward(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, const Context& ctx) {
-    run("MultiHeadAttention::forward", x, batch, x, mask, y, ctx, true);
+  void forward(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Workspace& ws,
+               const Context& ctx) const {
+    run("MultiHeadAttention::forward", x, batch, x, mask, y, ws, ctx, true);
   }
 
   /// Cross-attention: queries from x (batch·seq, d_model), keys and values from memory (batch·mem, d_kv).
   void forward(ConstMatrixView x, Index batch, ConstMatrixView memory, const MaskSpec& mask, MatrixView y,
-               const Context& ctx) {
-    run("MultiHeadAttention::forward (cross)", x, batch, memory, mask, y, ctx, false);
+               Workspace& ws, const Context& ctx) const {
+    run("MultiHeadAttention::forward (cross)", x, batch, memory, mask, y, ws, ctx, false);
+  }
+
+  /// The keys and values of an encoder's memory for one sequence, projected once and attended by every
+  /// decoding step (cross-attention).
+  struct MemoryKV {
+    Matrix k, v;  // (mem, kv_heads·d) each
+    Index rows() const noexcept { return k.rows(); }
+  };
+
+  /// Projects memory (mem, d_kv) of one sequence into kv.
+  void project_memory(ConstMatrixView memory, MemoryKV& kv, const Context& ctx) const {
+    const char* func = "MultiHeadAttention::project_memory";
+    ctx.validate(func);
+    check_cols(memory, k_proj_.in_features(), func, "memory");
+    const Index kvd = shape_.n_kv_heads * shape_.head_dim;
+    ensure_shape(kv.k, memory.rows(), kvd);
+    ensure_shape(kv.v, memory.rows(), kvd);
+    k_proj_.forward(memory, view(kv.k), ctx);
+    v_proj_.forward(memory, view(kv.v), ctx);
+  }
+
+  /// Cross-attention of one sequence over memory projected by project_memory: y (n, d_model) from x (n, d_model).
+  void forward(ConstMatrixView x, const MemoryKV& memory, const MaskSpec& mask, MatrixView y, Workspace& ws,
+               const Context& ctx) const {
+    const char* func = "MultiHeadAttention::forward (projected memory)";
+    ctx.validate(func);
+    check_cols(x, d_model(), func, "x");
+    check_shape(y, x.rows(), d_model(), func, "y");
+    check_cols(memory.k, shape_.n_kv_heads * shape_.head_dim, func, "memory.k");
+    check_shape(memory.v, memory.k.rows(), memory.k.cols(), func, "memory.v");
+    mask.validate(func, 1, x.rows(), memory.rows());
+    attend(x, 1, cview(memory.k), cview(memory.v), mask, y, ws, ctx, false);
   }
 
   /// The per-sequence decoding state of this module (a KV cache for FullAttention), for `capacity` positions.
-  auto make_state(Index capacity) requires IncrementalAttention<Attn> {
+  auto make_state(Index capacity) const requires IncrementalAttention<Attn> {
     return attention_.make_state(capacity, shape_.n_kv_heads, shape_.head_dim);
   }
 
@@ -87,24 +188,55 @@ class MultiHeadAttention {
   /// one call per token.
   template <typename State>
     requires IncrementalAttention<Attn> && std::same_as<State, typename Attn::State>
-  void forward_cached(ConstMatrixView x, State& state, MatrixView y, const Context& ctx) {
+  void forward_cached(ConstMatrixView x, State& state, MatrixView y, Workspace& ws, const Context& ctx) const {
+    State* const states[] = {&state};
+    const Index rows[] = {x.rows()};
+    forward_cached(x, std::span<State* const>(states), std::span<const Index>(rows), y, ws, ctx);
+  }
+
+  /// Incremental causal self-attention of several sequences in one pass: x (Σ rows[i], d_model) holds
+  /// rows[i] new positions of sequence i (after those of sequence i − 1), which continue states[i]. The
+  /// projections run once over all rows (each weight read once for the whole batch); each sequence attends
+  /// over its own state. y (Σ rows[i], d_model).
+  template <typename State>
+    requires IncrementalAttention<Attn> && std::same_as<State, typename Attn::State>
+  void forward_cached(ConstMatrixView x, std::span<State* const> states, std::span<const Index> rows, MatrixView y,
+                      Workspace& ws, const Context& ctx) const {
     const char* func = "MultiHeadAttention::forward_cached";
     ctx.validate(func);
     check_cols(x, d_model(), func, "x");
     check_shape(y, x.rows(), d_model(), func, "y");
-    const Index n = x.rows(), qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-    const Index first_position = state.size();
-    for (Matrix* m : {&q_, &ctx_}) ensure_shape(*m, n, qd);
-    for (Matrix* m : {&k_, &v_}) ensure_shape(*m, n, kvd);
-    q_proj_.forward(x, view(q_), ctx);
-    k_proj_.forward(x, view(k_), ctx);
-    v_proj_.forward(x, view(v_), ctx);
-    if constexpr (Rot::enabled) {
-      rotary_.apply(q_.data(), n, qd, shape_.n_heads, shape_.head_dim, first_position);
-      rotary_.apply(k_.data(), n, kvd, shape_.n_kv_heads, shape_.head_dim, first_position);
+    if (states.size() != rows.size())
+      throw config_error(detail::cat(func, ": ", states.size(), " states for ", rows.size(), " row counts, expected as many"));
+    Index total = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] < 0 || states[i] == nullptr)
+        throw config_error(detail::cat(func, ": sequence ", i, " has ", rows[i], " rows", states[i] ? "" : " and no state",
+                                       ", expected >= 0 rows and a state"));
+      total += rows[i];
     }
-    attention_.forward_cached(shape_, cview(q_), cview(k_), cview(v_), state, view(ctx_), ctx);
-    o_proj_.forward(cview(ctx_), y, ctx);
+    if (total != x.rows())
+      throw shape_error(detail::cat(func, ": x has ", x.rows(), " rows, expected the sum of the sequences' rows ", total));
+    const Index n = x.rows(), qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+    for (Matrix* m : {&ws.q, &ws.context}) ensure_shape(*m, n, qd);
+    for (Matrix* m : {&ws.k, &ws.v}) ensure_shape(*m, n, kvd);
+    q_proj_.forward(x, view(ws.q), ctx);
+    k_proj_.forward(x, view(ws.k), ctx);
+    v_proj_.forward(x, view(ws.v), ctx);
+    Index r0 = 0;
+    for (std::size_t i = 0; i < rows.size(); r0 += rows[i], ++i) {
+      const Index m = rows[i];
+      if (m == 0) continue;
+      if constexpr (Rot::enabled) {
+        const Index first_position = states[i]->size();
+        rotary_.apply(ws.q.data() + r0 * qd, m, qd, shape_.n_heads, shape_.head_dim, first_position);
+        rotary_.apply(ws.k.data() + r0 * kvd, m, kvd, shape_.n_kv_heads, shape_.head_dim, first_position);
+      }
+      attention_.forward_cached(shape_, block(cview(ws.q), r0, 0, m, qd), block(cview(ws.k), r0, 0, m, kvd),
+                                block(cview(ws.v), r0, 0, m, kvd), *states[i], block(view(ws.context), r0, 0, m, qd),
+                                ws.attention, ctx);
+    }
+    o_proj_.forward(cview(ws.context), y, ctx);
   }
 
   /// Precomputes what rotary positions need for positions [0, max_positions) (a no-op without rotary).
@@ -112,14 +244,9 @@ class MultiHeadAttention {
     if constexpr (Rot::enabled) rotary_.reserve(max_positions, shape_.head_dim);
   }
 
-  const Matrix& queries() const noexcept { return q_; }   ///< (batch·seq, heads·d) after rotary
-  const Matrix& keys() const noexcept { return k_; }      ///< (batch·n_k, kv_heads·d) after rotary
-  const Matrix& values() const noexcept { return v_; }    ///< (batch·n_k, kv_heads·d)
-  const Matrix& context() const noexcept { return ctx_; } ///< (batch·seq, heads·d) before the output projection
-
  private:
   void run(const char* func, ConstMatrixView x, Index batch, ConstMatrixView kv_in, const MaskSpec& mask,
-           MatrixView y, const Context& ctx, bool self) {
+           MatrixView y, Workspace& ws, const Context& ctx, bool self) const {
     ctx.validate(func);
     check_cols(x, d_model(), func, "x");
     check_cols(kv_in, k_proj_.in_features(), func, self ? "x" : "memory");
@@ -127,35 +254,42 @@ class MultiHeadAttention {
       throw shape_error(detail::cat(func, ": batch is ", batch, " but x has ", x.rows(), " rows and keys ",
                                     kv_in.rows(), ", expected multiples of batch"));
     check_shape(y, x.rows(), d_model(), func, "y");
-    const Index n_q = x.rows() / batch, n_k = kv_in.rows() / batch;
-    mask.validate(func, batch, n_q, n_k);
+    mask.validate(func, batch, x.rows() / batch, kv_in.rows() / batch);
+    const Index kvd = shape_.n_kv_heads * shape_.head_dim;
+    ensure_shape(ws.k, kv_in.rows(), kvd);
+    ensure_shape(ws.v, kv_in.rows(), kvd);
+    k_proj_.forward(kv_in, view(ws.k), ctx);
+    v_proj_.forward(kv_in, view(ws.v), ctx);
+    attend(x, batch, cview(ws.k), cview(ws.v), mask, y, ws, ctx, self);
+  }
+
+  /// Projects the queries of x, rotates queries and keys (self-attention), runs the policy per sequence over
+  /// keys and values k, v (batch·n_k, kv_heads·d), and projects the context into y.
+  void attend(ConstMatrixView x, Index batch, ConstMatrixView k, ConstMatrixView v, const MaskSpec& mask,
+              MatrixView y, Workspace& ws, const Context& ctx, bool self) const {
+    const Index n_q = x.rows() / batch, n_k = k.rows() / batch;
     const Index qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-    ensure_shape(q_, x.rows(), qd);
-    ensure_shape(k_, kv_in.rows(), kvd);
-    ensure_shape(v_, kv_in.rows(), kvd);
-    ensure_shape(ctx_, x.rows(), qd);
-    q_proj_.forward(x, view(q_), ctx);
-    k_proj_.forward(kv_in, view(k_), ctx);
-    v_proj_.forward(kv_in, view(v_), ctx);
+    ensure_shape(ws.q, x.rows(), qd);
+    ensure_shape(ws.context, x.rows(), qd);
+    q_proj_.forward(x, view(ws.q), ctx);
     if constexpr (Rot::enabled) {
       if (self)
         for (Index b = 0; b < batch; ++b) {
-          rotary_.apply(q_.data() + b * n_q * qd, n_q, qd, shape_.n_heads, shape_.head_dim, 0);
-          rotary_.apply(k_.data() + b * n_k * kvd, n_k, kvd, shape_.n_kv_heads, shape_.head_dim, 0);
+          rotary_.apply(ws.q.data() + b * n_q * qd, n_q, qd, shape_.n_heads, shape_.head_dim, 0);
+          rotary_.apply(ws.k.data() + b * n_k * kvd, n_k, kvd, shape_.n_kv_heads, shape_.head_dim, 0);
         }
     }
     for (Index b = 0; b < batch; ++b)
-      attention_.forward(shape_, block(cview(q_), b * n_q, 0, n_q, qd), block(cview(k_), b * n_k, 0, n_k, kvd),
-                         block(cview(v_), b * n_k, 0, n_k, kvd), mask.for_sequence(b),
-                         block(view(ctx_), b * n_q, 0, n_q, qd), ctx);
-    o_proj_.forward(cview(ctx_), y, ctx);
+      attention_.forward(shape_, block(cview(ws.q), b * n_q, 0, n_q, qd), block(k, b * n_k, 0, n_k, kvd),
+                         block(v, b * n_k, 0, n_k, kvd), mask.for_sequence(b),
+                         block(view(ws.context), b * n_q, 0, n_q, qd), ws.attention, ctx);
+    o_proj_.forward(cview(ws.context), y, ctx);
   }
 
   Lin q_proj_{}, k_proj_{}, v_proj_{}, o_proj_{};
   Attn attention_{};
   Rot rotary_{};
   AttentionShape shape_{};
-  Matrix q_, k_, v_, ctx_;
 };
 
 }  // namespace polyformer

@@ -1,14 +1,22 @@
 #pragma once
-/// \file A run-time registry over the compile-time attention policies, for programs that pick the policy on
-/// the command line: a spelling such as "sliding:128" is parsed into an AttentionSpec, and with_attention()
-/// calls a generic callable with the policy object, so the rest of the program is instantiated once per
-/// policy. Spellings: full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, performer:M, linear.
+/// \file The run-time registry over the compile-time attention policies, for programs that pick the policy on
+/// the command line. It is one list of policy types, AttentionPolicies; each policy declares its spelling next to
+/// its own definition (SpelledAttention, attention/spelling.hpp). A spelling such as "sliding:128" is parsed into
+/// the policy object (parse_attention), and with_attention() calls a generic callable with it, so the rest of
+/// the program is instantiated once per policy of the list. Usage texts (attention_usage), tables and
+/// benchmarks (for_each_attention_policy) iterate the same list, and whether a policy decodes incrementally
+/// comes from the IncrementalAttention concept.
+///
+/// Adding a policy is its header (the policy and its spelling members) plus one entry in AttentionPolicies; a
+/// program or test with policies of its own extends the list instead: AttentionPolicies::append<MyPolicy>.
 
-#include <charconv>
-#include <cstdint>
+#include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
+#include <type_traits>
+#include <utility>
+#include <variant>
 
 #include "polyformer/attention/blockwise.hpp"
 #include "polyformer/attention/full.hpp"
@@ -16,134 +24,128 @@
 #include "polyformer/attention/linformer.hpp"
 #include "polyformer/attention/lsh.hpp"
 #include "polyformer/attention/sliding_window.hpp"
+#include "polyformer/attention/spelling.hpp"
+#include "polyformer/core/concepts.hpp"
 #include "polyformer/core/error.hpp"
 
 namespace polyformer {
 
-/// The attention families with a spelling.
-enum class AttentionKind { full, sliding, blockwise, lsh, linformer, performer, linear };
-
-/// A parsed policy spelling and the options a program may add to it.
-struct AttentionSpec {
-  AttentionKind kind = AttentionKind::full;
-  Index window = 0;          ///< sliding: keys each side
-  Index block = 0;           ///< blockwise: block length
-  Index hashes = 0;          ///< lsh: rounds
-  Index chunk = 0;           ///< lsh: chunk length
-  Index k = 0;               ///< linformer: projected length
-  Index features = 0;        ///< performer: random features
-  // Options outside the spelling.
-  Index dilation = 1;                 ///< sliding
-  std::vector<Index> global_positions;  ///< sliding
-  bool previous_block = false;        ///< blockwise
-  std::uint64_t seed = 1;             ///< lsh rotations, performer features, random linformer projections
-  Index n_max = 0;                    ///< linformer: length of the random projections
-
-  /// The spelling, e.g. "lsh:4:64".
-  std::string spelling() const {
-    switch (kind) {
-      case AttentionKind::full: return "full";
-      case AttentionKind::sliding: return detail::cat("sliding:", window);
-      case AttentionKind::blockwise: return detail::cat("blockwise:", block);
-      case AttentionKind::lsh: return detail::cat("lsh:", hashes, ":", chunk);
-      case AttentionKind::linformer: return detail::cat("linformer:", k);
-      case AttentionKind::performer: return detail::cat("performer:", features);
-      case AttentionKind::linear: return "linear";
-    }
-    return "?";
-  }
+/// A compile-time list of policy types.
+template <typename... Ps>
+struct PolicyList {
+  /// This list with more policies at its end.
+  template <typename... Qs>
+  using append = PolicyList<Ps..., Qs...>;
+  /// T<Ps...>, e.g. std::variant of the policies.
+  template <template <typename...> class T>
+  using apply = T<Ps...>;
+  static constexpr std::size_t size = sizeof...(Ps);
 };
 
+/// Every attention policy with a spelling; a program's usage text lists them in this order.
+using AttentionPolicies =
+    PolicyList<FullAttention, SlidingWindow, Blockwise, LSHAttention, Linformer, Performer, LinearAttention>;
+
 namespace detail {
-inline Index parse_spec_number(std::string_view text, std::string_view spelling, const char* what) {
-  Index v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || v < 1)
-    throw config_error(cat("parse_attention: '", spelling, "': ", what, " is '", text, "', expected an integer >= 1"));
-  return v;
+
+/// The policies of several lists in one list.
+template <typename... Lists>
+struct concat_policies;
+template <typename... A>
+struct concat_policies<PolicyList<A...>> {
+  using type = PolicyList<A...>;
+};
+template <typename... A, typename... B, typename... Rest>
+struct concat_policies<PolicyList<A...>, PolicyList<B...>, Rest...>
+    : concat_policies<PolicyList<A..., B...>, Rest...> {};
+
+/// List, or (incremental_only) the list of its policies modelling IncrementalAttention.
+template <typename List, bool incremental_only>
+struct eligible_policies {
+  using type = List;
+};
+template <typename... Ps>
+struct eligible_policies<PolicyList<Ps...>, true>
+    : concat_policies<PolicyList<>, std::conditional_t<IncrementalAttention<Ps>, PolicyList<Ps>, PolicyList<>>...> {};
+
+template <typename List>
+inline constexpr bool all_spelled = false;
+template <typename... Ps>
+inline constexpr bool all_spelled<PolicyList<Ps...>> = (SpelledAttention<Ps> && ...);
+
+}  // namespace detail
+
+/// The policies of List, or with `incremental_only` those of them modelling IncrementalAttention.
+template <typename List = AttentionPolicies, bool incremental_only = false>
+using EligiblePolicies = typename detail::eligible_policies<List, incremental_only>::type;
+
+/// A parsed policy: one of the (eligible) policies of List.
+template <typename List = AttentionPolicies, bool incremental_only = false>
+using AnyAttention = typename EligiblePolicies<List, incremental_only>::template apply<std::variant>;
+
+/// Calls f(std::type_identity<P>{}) for every policy P of List, in order.
+template <typename List = AttentionPolicies, typename F>
+void for_each_attention_policy(F&& f) {
+  static_assert(detail::all_spelled<List>,
+                "every policy of the list needs the spelling members of SpelledAttention (attention/spelling.hpp)");
+  [&]<typename... Ps>(PolicyList<Ps...>) { (f(std::type_identity<Ps>{}), ...); }(List{});
+}
+
+/// The spelling forms of List's (eligible) policies joined by `separator`, e.g. "full|sliding:W|blockwise:B|…".
+template <typename List = AttentionPolicies, bool incremental_only = false>
+std::string attention_usage(std::string_view separator = "|") {
+  std::string usage;
+  for_each_attention_policy<EligiblePolicies<List, incremental_only>>([&]<typename P>(std::type_identity<P>) {
+    if (!usage.empty()) usage += separator;
+    usage += P::spelling_form;
+  });
+  return usage;
+}
+
+namespace detail {
+/// "a, b or c": the spelling forms for an error message.
+template <typename List, bool incremental_only>
+std::string spelling_choices() {
+  std::string choices;
+  std::size_t i = 0;
+  constexpr std::size_t n = EligiblePolicies<List, incremental_only>::size;
+  for_each_attention_policy<EligiblePolicies<List, incremental_only>>([&]<typename P>(std::type_identity<P>) {
+    choices += i == 0 ? "" : i + 1 == n ? " or " : ", ";
+    choices += P::spelling_form;
+    ++i;
+  });
+  return choices;
 }
 }  // namespace detail
 
-/// Parses a policy spelling; throws config_error naming the spelling and what was expected.
-inline AttentionSpec parse_attention(std::string_view spelling) {
-  std::vector<std::string_view> parts;
-  for (std::size_t start = 0;;) {
-    const std::size_t colon = spelling.find(':', start);
-    parts.push_back(spelling.substr(start, colon == std::string_view::npos ? std::string_view::npos : colon - start));
-    if (colon == std::string_view::npos) break;
-    start = colon + 1;
-  }
-  const auto arity = [&](std::size_t n, const char* form) {
-    if (parts.size() != n)
-      throw config_error(detail::cat("parse_attention: '", spelling, "', expected ", form));
-  };
-  AttentionSpec spec;
-  const std::string_view name = parts[0];
-  if (name == "full") {
-    arity(1, "full");
-  } else if (name == "sliding") {
-    arity(2, "sliding:W");
-    spec.kind = AttentionKind::sliding;
-    spec.window = detail::parse_spec_number(parts[1], spelling, "W");
-  } else if (name == "blockwise") {
-    arity(2, "blockwise:B");
-    spec.kind = AttentionKind::blockwise;
-    spec.block = detail::parse_spec_number(parts[1], spelling, "B");
-  } else if (name == "lsh") {
-    arity(3, "lsh:HASHES:CHUNK");
-    spec.kind = AttentionKind::lsh;
-    spec.hashes = detail::parse_spec_number(parts[1], spelling, "HASHES");
-    spec.chunk = detail::parse_spec_number(parts[2], spelling, "CHUNK");
-  } else if (name == "linformer") {
-    arity(2, "linformer:K");
-    spec.kind = AttentionKind::linformer;
-    spec.k = detail::parse_spec_number(parts[1], spelling, "K");
-  } else if (name == "performer") {
-    arity(2, "performer:M");
-    spec.kind = AttentionKind::performer;
-    spec.features = detail::parse_spec_number(parts[1], spelling, "M");
-  } else if (name == "linear") {
-    arity(1, "linear");
-    spec.kind = AttentionKind::linear;
-  } else {
-    throw config_error(detail::cat("parse_attention: unknown policy '", spelling,
-                                   "', expected full, sliding:W, blockwise:B, lsh:HASHES:CHUNK, linformer:K, "
-                                   "performer:M or linear"));
-  }
-  return spec;
+/// The policy `spelling` describes, among List's policies (those modelling IncrementalAttention when
+/// `incremental_only`), made by its from_spelling with `options`. Throws config_error for an unknown name, a
+/// policy that cannot decode incrementally when that is asked for, or what the policy's from_spelling refuses.
+template <typename List = AttentionPolicies, bool incremental_only = false>
+AnyAttention<List, incremental_only> parse_attention(std::string_view spelling, const AttentionOptions& options = {}) {
+  using Eligible = EligiblePolicies<List, incremental_only>;
+  const std::string_view name = AttentionSpelling::name_of(spelling);
+  std::optional<AnyAttention<List, incremental_only>> parsed;
+  for_each_attention_policy<Eligible>([&]<typename P>(std::type_identity<P>) {
+    if (!parsed && name == std::string_view(P::name))
+      parsed.emplace(std::in_place_type<P>, parse_attention_as<P>(spelling, options));
+  });
+  if (parsed) return std::move(*parsed);
+  bool known = false;
+  for_each_attention_policy<List>([&]<typename P>(std::type_identity<P>) { known = known || name == P::name; });
+  if (known)
+    throw config_error(detail::cat("parse_attention: '", spelling, "' cannot decode incrementally, expected ",
+                                   detail::spelling_choices<List, incremental_only>()));
+  throw config_error(detail::cat("parse_attention: unknown policy '", spelling, "', expected ",
+                                 detail::spelling_choices<List, incremental_only>()));
 }
 
-/// Calls f(policy) with the policy object the spec describes (f is instantiated for every policy type, or
-/// only for those modelling IncrementalAttention when `incremental_only`; other kinds then throw).
-template <bool incremental_only = false, typename F>
-decltype(auto) with_attention(const AttentionSpec& spec, F&& f) {
-  switch (spec.kind) {
-    case AttentionKind::full: return f(FullAttention{});
-    case AttentionKind::sliding: {
-      SlidingWindowOptions o;
-      o.window = spec.window;
-      o.dilation = {spec.dilation};
-      o.global_positions = spec.global_positions;
-      return f(SlidingWindow(std::move(o)));
-    }
-    case AttentionKind::linear: return f(LinearAttention{});
-    case AttentionKind::performer: return f(Performer(PositiveRandomFeatures(spec.features, spec.seed)));
-    default: break;
-  }
-  if constexpr (!incremental_only) {
-    switch (spec.kind) {
-      case AttentionKind::blockwise: return f(Blockwise(spec.block, spec.previous_block));
-      case AttentionKind::lsh: return f(LSHAttention(LSHOptions{spec.hashes, spec.chunk, 0, spec.seed}));
-      case AttentionKind::linformer: {
-        if (spec.n_max < 1)
-          throw config_error(detail::cat("with_attention: ", spec.spelling(), " needs n_max >= 1 for its projections"));
-        return f(Linformer::random(spec.k, spec.n_max, 1, spec.seed));
-      }
-      default: break;
-    }
-  }
-  throw config_error(detail::cat("with_attention: '", spec.spelling(),
-                                 "' cannot decode incrementally, expected full, sliding:W, linear or performer:M"));
+/// Calls f(policy) with the policy `spelling` describes (see parse_attention) and returns what f returns: f is
+/// instantiated for every policy of List, or only for those modelling IncrementalAttention when
+/// `incremental_only`, and must return the same type for each.
+template <typename List = AttentionPolicies, bool incremental_only = false, typename F>
+decltype(auto) with_attention(std::string_view spelling, const AttentionOptions& options, F&& f) {
+  return std::visit(std::forward<F>(f), parse_attention<List, incremental_only>(spelling, options));
 }
 
 }  // namespace polyformer

@@ -11,12 +11,15 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "polyformer/attention/full.hpp"
 #include "polyformer/attention/local_tile.hpp"
 #include "polyformer/attention/mask.hpp"
+#include "polyformer/attention/spelling.hpp"
 #include "polyformer/attention/window_cache.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
@@ -36,11 +39,51 @@ struct SlidingWindowOptions {
 };
 
 /// Longformer attention. Without global positions it decodes incrementally over a WindowKVCache that keeps
-/// only the last w·max(D) positions.
-class SlidingWindow {
+/// only the last w·max(D) positions. The object holds only its options; the per-call gathers and per-thread
+/// tiles live in a Workspace of the caller's.
+class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
+ private:
+  struct Task {
+    Index head, residue, m0;
+  };
+
+  struct Work {  // one thread's
+    detail::LocalTile tile;
+    std::vector<Index> extra;    // global keys outside the current band
+  };
+
  public:
+  using PerCallWorkspace<SlidingWindow>::forward;
+  using PerCallWorkspace<SlidingWindow>::forward_cached;
+
+  /// Scratch of one caller: the current head's prepared keys and values, the global flags of the call, tasks
+  /// and per-thread tiles.
+  struct Workspace {
+    std::vector<Task> tasks;
+    std::vector<Work> work;  // one per thread
+    FullAttention::Workspace full;  // a global query's row
+    Index key_stride = 0;
+    Matrix keys_t;  // (d, key_stride): the current head's keys transposed, residue classes one after another
+    Matrix values;  // (n_k, d): the current head's values in the same order
+    std::vector<char> is_global;  // by key position
+    std::vector<Index> globals_in_keys;
+  };
+
   static constexpr bool supports_causal = true;
   static constexpr const char* name = "sliding";
+
+  // The spelling (attention/spelling.hpp): "sliding:W", W the window.
+  static constexpr std::string_view spelling_form = "sliding:W";
+  static constexpr std::string_view example_spelling = "sliding:128";
+  /// Options: "dilation" (an integer, 1 by default: one for every head) and "global_positions" (integers).
+  static SlidingWindow from_spelling(const AttentionSpelling& spelling, const AttentionOptions& options) {
+    SlidingWindowOptions o;
+    o.window = spelling.positive(0);
+    o.dilation = {options.integer("dilation", 1)};
+    o.global_positions = options.integers("global_positions");
+    return SlidingWindow(std::move(o));
+  }
+  std::string spelling() const { return detail::cat(name, ':', opt_.window); }
 
   SlidingWindow() = default;
   explicit SlidingWindow(Index window, Index dilation = 1, std::vector<Index> global_positions = {})
@@ -71,54 +114,54 @@ class SlidingWindow {
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d). Query i sits at key position
   /// i + mask.causal_offset (0 outside cached decoding).
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-               const AttentionMask& mask, MatrixView out, const Context& ctx) {
+               const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
     if (opt_.dilation.size() != 1 && static_cast<Index>(opt_.dilation.size()) != s.n_heads)
       throw config_error(detail::cat("SlidingWindow::forward: ", opt_.dilation.size(), " dilations for ", s.n_heads,
                                      " heads, expected 1 or one per head"));
     const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
     // Global flags by key position.
-    is_global_.assign(std::size_t(std::max(n_k, n_q + off)), 0);
-    globals_in_keys_.clear();
+    ws.is_global.assign(std::size_t(std::max(n_k, n_q + off)), 0);
+    ws.globals_in_keys.clear();
     for (Index p : opt_.global_positions) {
-      if (p < static_cast<Index>(is_global_.size())) is_global_[std::size_t(p)] = 1;
-      if (p < n_k) globals_in_keys_.push_back(p);
+      if (p < static_cast<Index>(ws.is_global.size())) ws.is_global[std::size_t(p)] = 1;
+      if (p < n_k) ws.globals_in_keys.push_back(p);
     }
     const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) *
                                        double(dh), n_q / std::max<Index>(opt_.query_block, 1) + 1);
-    if (static_cast<int>(work_.size()) < t) work_.resize(std::size_t(t));
-    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(globals_in_keys_.size());
-    for (int i = 0; i < t; ++i) work_[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
-    key_stride_ = (n_k + 15) / 16 * 16 + 16;  // rows not a multiple of 4 KiB apart (L1 set aliasing)
+    if (static_cast<int>(ws.work.size()) < t) ws.work.resize(std::size_t(t));
+    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(ws.globals_in_keys.size());
+    for (int i = 0; i < t; ++i) ws.work[std::size_t(i)].tile.reserve(opt_.query_block, max_keys, dh);
+    ws.key_stride = (n_k + 15) / 16 * 16 + 16;  // rows not a multiple of 4 KiB apart (L1 set aliasing)
     // Head by head, so the head's prepared keys and values stay in cache while its blocks read them.
     for (Index h = 0; h < s.n_heads; ++h) {
       const Index D = dilation(h), g = s.kv_head(h);
-      if (globals_in_keys_.empty()) {
+      if (ws.globals_in_keys.empty()) {
         // The head's keys transposed and its values copied, both in residue-class order, so a block's band is
         // a contiguous run of columns (rows): the tiles read them in place.
-        ensure_shape(keys_t_, dh, key_stride_);
-        ensure_shape(values_, n_k, dh);
+        ensure_shape(ws.keys_t, dh, ws.key_stride);
+        ensure_shape(ws.values, n_k, dh);
         const Index ks = k.outerStride(), vs = v.outerStride();
         Index col = 0;
         for (Index r = 0; r < D && r < n_k; ++r) {
           const Index count = (n_k - 1 - r) / D + 1;
           parallel_chunks(count, t, [&](Index i0, Index i1, int) {
-            kernels::transpose(k.data() + (r + D * i0) * ks + g * dh, D * ks, i1 - i0, dh, keys_t_.data() + col + i0,
-                               key_stride_);
-            block(view(values_), col + i0, 0, i1 - i0, dh) =
+            kernels::transpose(k.data() + (r + D * i0) * ks + g * dh, D * ks, i1 - i0, dh, ws.keys_t.data() + col + i0,
+                               ws.key_stride);
+            block(view(ws.values), col + i0, 0, i1 - i0, dh) =
                 ConstMatrixView(v.data() + (r + D * i0) * vs + g * dh, i1 - i0, dh, Eigen::OuterStride<>(D * vs));
           });
           col += count;
         }
       }
       // Tasks: (head, residue class, first query of the block within the class).
-      tasks_.clear();
+      ws.tasks.clear();
       for (Index r = 0; r < D; ++r) {
         const Index first = ((r - off) % D + D) % D;  // first query whose position is ≡ r
         const Index count = first < n_q ? (n_q - 1 - first) / D + 1 : 0;
-        for (Index m0 = 0; m0 < count; m0 += opt_.query_block) tasks_.push_back({h, r, m0});
+        for (Index m0 = 0; m0 < count; m0 += opt_.query_block) ws.tasks.push_back({h, r, m0});
       }
-      parallel_for(static_cast<Index>(tasks_.size()), t, [&](Index task, int thread) {
-        run_block(s, tasks_[std::size_t(task)], q, k, v, mask, out, work_[std::size_t(thread)]);
+      parallel_for(static_cast<Index>(ws.tasks.size()), t, [&](Index task, int thread) {
+        run_block(s, ws.tasks[std::size_t(task)], q, k, v, mask, out, ws, ws.work[std::size_t(thread)]);
       });
     }
     // Global queries see every key: their rows again, densely.
@@ -128,7 +171,7 @@ class SlidingWindow {
       AttentionMask row_mask = mask;
       row_mask.causal_offset = mask.causal_offset + i;
       if (mask.additive) row_mask.additive = mask.additive + i * mask.additive_stride;
-      dense_.forward(s, block(q, i, 0, 1, q.cols()), k, v, row_mask, block(out, i, 0, 1, out.cols()), ctx);
+      dense_.forward(s, block(q, i, 0, 1, q.cols()), k, v, row_mask, block(out, i, 0, 1, out.cols()), ws.full, ctx);
     }
   }
 
@@ -146,7 +189,7 @@ class SlidingWindow {
   /// each query of q (n_new, heads·d) attends to its causal window. Global positions are not supported here
   /// (a global query would need every earlier key, which the state does not keep).
   void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
-                      State& state, MatrixView out, const Context& ctx) {
+                      State& state, MatrixView out, Workspace& ws, const Context& ctx) const {
     const char* func = "SlidingWindow::forward_cached";
     if (!opt_.global_positions.empty())
       throw config_error(detail::cat(func, ": ", opt_.global_positions.size(),
@@ -162,28 +205,20 @@ class SlidingWindow {
       mask.causal = true;
       mask.causal_offset = held;
       forward(s, block(q, c0, 0, nc, q.cols()), state.recent_keys(held + nc), state.recent_values(held + nc), mask,
-              block(out, c0, 0, nc, out.cols()), ctx);
+              block(out, c0, 0, nc, out.cols()), ws, ctx);
     }
   }
 
  private:
-  struct Task {
-    Index head, residue, m0;
-  };
-
-  struct Work {  // one thread's
-    detail::LocalTile tile;
-    std::vector<Index> extra;    // global keys outside the current band
-  };
-
   static int threads_for(const Context& ctx, double work, Index tasks) {
     if (work < 2e5 || tasks < 2) return 1;
     return static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
   }
 
-  /// One block of queries of one residue class of one head.
+  /// One block of queries of one residue class of one head; `ws` is read only (its prepared keys and values,
+  /// global flags), `work` is the thread's own.
   void run_block(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-                 const AttentionMask& mask, MatrixView out, Work& work) const {
+                 const AttentionMask& mask, MatrixView out, const Workspace& ws, Work& work) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index h = task.head, r = task.residue, g = s.kv_head(h), D = dilation(h), w = opt_.window;
     const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
@@ -200,16 +235,16 @@ class SlidingWindow {
     detail::LocalTile& tile = work.tile;
     std::vector<Index>& extra = work.extra;
     extra.clear();
-    for (Index j : globals_in_keys_)
+    for (Index j : ws.globals_in_keys)
       if (j % D != r || (j - r) / D < lo || (j - r) / D >= hi) extra.push_back(j);
     const Index n_cols = band + static_cast<Index>(extra.size());
     const Index qs = q.outerStride(), ks = k.outerStride(), vs = v.outerStride();
     const Index i0 = first + D * task.m0;                          // the block's first query
     tile.query_rows(nb) = ConstMatrixView(q.data() + i0 * qs + h * dh, nb, dh, Eigen::OuterStride<>(D * qs)) * s.scale;
-    MatrixView kt = tile.key_cols(gathered_cols(n_cols));
-    MatrixView vr = tile.value_rows(gathered_cols(n_cols));
+    MatrixView kt = tile.key_cols(gathered_cols(ws, n_cols));
+    MatrixView vr = tile.value_rows(gathered_cols(ws, n_cols));
     const Index j0 = r + D * lo;
-    const bool gathered = !globals_in_keys_.empty();
+    const bool gathered = !ws.globals_in_keys.empty();
     if (gathered) {
       block(kt, 0, 0, dh, band) = ConstMatrixView(k.data() + j0 * ks + g * dh, band, dh, Eigen::OuterStride<>(D * ks)).transpose();
       block(vr, 0, 0, band, dh) = ConstMatrixView(v.data() + j0 * vs + g * dh, band, dh, Eigen::OuterStride<>(D * vs));
@@ -222,11 +257,12 @@ class SlidingWindow {
     // Otherwise the prepared class-ordered copies: class r starts after the smaller classes.
     Index start = 0;
     for (Index r2 = 0; r2 < r; ++r2) start += r2 < n_k ? (n_k - 1 - r2) / D + 1 : 0;
-    const ConstMatrixView keys_in =
-        gathered ? cview(kt) : ConstMatrixView(keys_t_.data() + start + lo, dh, band, Eigen::OuterStride<>(key_stride_));
-    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(values_), start + lo, 0, band, dh);
+    const ConstMatrixView keys_in = gathered ? cview(kt)
+                                             : ConstMatrixView(ws.keys_t.data() + start + lo, dh, band,
+                                                               Eigen::OuterStride<>(ws.key_stride));
+    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(ws.values), start + lo, 0, band, dh);
     const auto key_of = [&](Index c) { return c < band ? j0 + D * c : extra[std::size_t(c - band)]; };
-    const bool any_global = !globals_in_keys_.empty();
+    const bool any_global = !ws.globals_in_keys.empty();
     tile.attend(nb, keys_in, values_in, [&](Index row_index, float* row) {
       const Index i = i0 + D * row_index, mq = mq0 + row_index;
       const Index key_end = mask.key_end(i, n_k);  // causal and n_valid_keys
@@ -240,7 +276,7 @@ class SlidingWindow {
         std::fill(row + c_hi, row + band, neg_inf);
       } else {  // a global key is visible outside the window too
         for (Index c = 0; c < band; ++c)
-          if ((c < c_lo || c >= c_hi) && (c >= c_end || !is_global_[std::size_t(j0 + D * c)])) row[c] = neg_inf;
+          if ((c < c_lo || c >= c_hi) && (c >= c_end || !ws.is_global[std::size_t(j0 + D * c)])) row[c] = neg_inf;
       }
       for (Index c = band; c < n_cols; ++c)
         if (extra[std::size_t(c - band)] >= key_end) row[c] = neg_inf;
@@ -259,20 +295,15 @@ class SlidingWindow {
     }
   }
 
-  SlidingWindowOptions opt_{};
-  std::vector<Task> tasks_;
   /// Columns a tile gathers itself (none when the prepared copies are read in place).
-  Index gathered_cols(Index n_cols) const noexcept { return globals_in_keys_.empty() ? 0 : n_cols; }
+  static Index gathered_cols(const Workspace& ws, Index n_cols) noexcept {
+    return ws.globals_in_keys.empty() ? 0 : n_cols;
+  }
 
-  std::vector<Work> work_;
+  SlidingWindowOptions opt_{};
   FullAttention dense_;  // a global query's row
-  Index key_stride_ = 0;
-  Matrix keys_t_;  // (d, key_stride_): the current head's keys transposed, residue classes one after another
-  Matrix values_;  // (n_k, d): the current head's values in the same order
-  std::vector<char> is_global_;  // by key position
-  std::vector<Index> globals_in_keys_;
 };
 
-static_assert(AttentionPolicy<SlidingWindow>);
+static_assert(SpelledAttention<SlidingWindow> && IncrementalAttention<SlidingWindow>);
 
 }  // namespace polyformer

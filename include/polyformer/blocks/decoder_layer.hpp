@@ -2,11 +2,18 @@
 /// \file Transformer decoder layer: (causal) self-attention, cross-attention over an encoder's memory,
 /// and FFN, with pre- or post-norm residual wiring, as torch.nn.TransformerDecoderLayer.
 
+#include <concepts>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "polyformer/attention/full.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/multi_head.hpp"
+#include "polyformer/blocks/block_names.hpp"
+#include "polyformer/blocks/residual.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -24,27 +31,71 @@ struct DecoderMasks {
   MaskSpec cross{};
 };
 
+/// The cross-attention choice of a decoder layer that has none: a decoder-only model's block (GPT, Llama).
+struct NoCrossAttention {
+  struct MemoryKV {};
+  struct Workspace {};
+};
+
+namespace detail {
+/// The cross-attention module of a decoder layer: multi-head attention over policy CrossAttn, or none.
+template <typename CrossAttn, typename Lin>
+struct CrossAttentionModule {
+  using type = MultiHeadAttention<CrossAttn, Lin, NoRotary>;
+};
+template <typename Lin>
+struct CrossAttentionModule<NoCrossAttention, Lin> {
+  using type = NoCrossAttention;
+};
+}  // namespace detail
+
 /// One decoder layer composed from policies; `Attn` serves the self-attention and must support causal
-/// masking, `CrossAttn` the attention over memory.
+/// masking, `CrossAttn` the attention over an encoder's memory, or NoCrossAttention for none.
 /// post-norm: h = norm1(x + SA(x)); h2 = norm2(h + CA(h, m)); y = norm3(h2 + FF(h2)).
 /// pre-norm:  h = x + SA(norm1(x)); h2 = h + CA(norm2(h), m); y = h2 + FF(norm3(h2)).
+/// Without cross-attention: h = x + SA(norm1(x)); y = h + FF(norm2(h)) (pre-norm; post-norm likewise).
 /// FF is `FFNType`: the dense FeedForward<Lin, Act> by default, or any FeedForwardPolicy (MixtureOfExperts).
+/// The layer holds weights only and is used through `const`; a call's intermediates live in its Workspace,
+/// and a decoding sequence's self-attention state and projected memory in its State.
 template <AttentionPolicy Attn = FullAttention, LinearPolicy Lin = Dense, NormPolicy Norm = LayerNorm,
           ActivationPolicy Act = ReLU, NormPlacement Placement = NormPlacement::post, RotaryPolicy Rot = NoRotary,
-          AttentionPolicy CrossAttn = FullAttention, FeedForwardPolicy FFNType = FeedForward<Lin, Act>>
+          typename CrossAttn = FullAttention, FeedForwardPolicy FFNType = FeedForward<Lin, Act>>
+  requires AttentionPolicy<CrossAttn> || std::same_as<CrossAttn, NoCrossAttention>
 class DecoderLayer {
   static_assert(Attn::supports_causal,
                 "DecoderLayer: the self-attention policy does not support causal masking (a decoder needs it)");
 
  public:
+  /// Whether the layer attends to an encoder's memory.
+  static constexpr bool has_cross_attention = !std::same_as<CrossAttn, NoCrossAttention>;
   using SelfAttention = MultiHeadAttention<Attn, Lin, Rot>;
-  using CrossAttention = MultiHeadAttention<CrossAttn, Lin, NoRotary>;
+  using CrossAttention = typename detail::CrossAttentionModule<CrossAttn, Lin>::type;
   using FFN = FFNType;
   using norm_type = Norm;
   static constexpr NormPlacement placement = Placement;
 
+  /// One caller's scratch (reused across calls and across the layers of a stack).
+  struct Workspace {
+    typename SelfAttention::Workspace self_attention;
+    [[no_unique_address]] typename CrossAttention::Workspace cross_attention;
+    typename FFN::Workspace ffn;
+    Matrix normed, sublayer, hidden1, hidden2;  // (rows, d_model) each
+  };
+
+  /// What one sequence carries while it decodes: its self-attention state and, with cross-attention, the keys
+  /// and values of its memory projected once (with the memory's key padding, if any).
+  struct State {
+    typename Attn::State self;
+    [[no_unique_address]] typename CrossAttention::MemoryKV memory;
+    Matrix memory_padding;  // (1, mem), nonzero = padded; empty when none
+
+    Index size() const noexcept { return self.size(); }  ///< positions decoded so far
+  };
+
   DecoderLayer() = default;
+  /// With cross-attention: the norms before/after the self-attention, the cross-attention and the FFN.
   DecoderLayer(SelfAttention self_attn, CrossAttention cross_attn, FFN ffn, Norm norm1, Norm norm2, Norm norm3)
+    requires has_cross_attention
       : self_attn_(std::move(self_attn)), cross_attn_(std::move(cross_attn)), ffn_(std::move(ffn)),
         norm1_(std::move(norm1)), norm2_(std::move(norm2)), norm3_(std::move(norm3)) {
     const Index d = self_attn_.d_model();
@@ -53,60 +104,149 @@ class DecoderLayer {
                                     cross_attn_.d_model(), ", FFN ", ffn_.dim(), ", norms ", norm1_.dim(), "/",
                                     norm2_.dim(), "/", norm3_.dim(), ", expected all equal"));
   }
+  /// Without cross-attention: the norms of the self-attention and of the FFN.
+  DecoderLayer(SelfAttention self_attn, FFN ffn, Norm norm1, Norm norm2) requires(!has_cross_attention)
+      : self_attn_(std::move(self_attn)), ffn_(std::move(ffn)), norm1_(std::move(norm1)), norm2_(std::move(norm2)) {
+    const Index d = self_attn_.d_model();
+    if (ffn_.dim() != d || norm1_.dim() != d || norm2_.dim() != d)
+      throw shape_error(detail::cat("DecoderLayer: d_model of self-attention ", d, ", FFN ", ffn_.dim(), ", norms ",
+                                    norm1_.dim(), "/", norm2_.dim(), ", expected all equal"));
+  }
 
   Index d_model() const noexcept { return self_attn_.d_model(); }
+  // Mutable access is for setting a model up (adapters, quantization); forward never needs it.
   SelfAttention& self_attn() noexcept { return self_attn_; }
-  CrossAttention& cross_attn() noexcept { return cross_attn_; }
+  CrossAttention& cross_attn() noexcept requires has_cross_attention { return cross_attn_; }
   FFN& ffn() noexcept { return ffn_; }
   Norm& norm1() noexcept { return norm1_; }
   Norm& norm2() noexcept { return norm2_; }
-  Norm& norm3() noexcept { return norm3_; }
+  Norm& norm3() noexcept requires has_cross_attention { return norm3_; }
+  const SelfAttention& self_attn() const noexcept { return self_attn_; }
+  const CrossAttention& cross_attn() const noexcept requires has_cross_attention { return cross_attn_; }
+  const FFN& ffn() const noexcept { return ffn_; }
+  const Norm& norm1() const noexcept { return norm1_; }
+  const Norm& norm2() const noexcept { return norm2_; }
+  const Norm& norm3() const noexcept requires has_cross_attention { return norm3_; }
+
+  /// Every tensor of the layer, named by `names` (PyTorch's by default) under `prefix`.
+  void parameters(ParameterList& list, const std::string& prefix, const BlockNames& names = {}) {
+    self_attn_.parameters(list, prefix + names.self_attn, names.attention);
+    if constexpr (has_cross_attention) cross_attn_.parameters(list, prefix + names.cross_attn, names.attention);
+    ffn_.parameters(list, prefix + names.ffn, names.ffn_names);
+    norm1_.parameters(list, prefix + names.norm1);
+    norm2_.parameters(list, prefix + names.norm2);
+    if constexpr (has_cross_attention) norm3_.parameters(list, prefix + names.norm3);
+  }
 
   /// y (batch·seq, d_model) from x (batch·seq, d_model) and memory (batch·mem, d_model); y must not alias x.
   void forward(ConstMatrixView x, ConstMatrixView memory, Index batch, const DecoderMasks& masks, MatrixView y,
-               const Context& ctx) {
+               Workspace& ws, const Context& ctx) const requires has_cross_attention {
     check_cols(x, d_model(), "DecoderLayer::forward", "x");
     check_shape(y, x.rows(), d_model(), "DecoderLayer::forward", "y");
-    const Index n = x.rows(), d = d_model();
-    for (Matrix* m : {&self_out_, &hidden1_, &cross_out_, &hidden2_, &ffn_out_}) ensure_shape(*m, n, d);
-    if constexpr (Placement == NormPlacement::post) {
-      self_attn_.forward(x, batch, masks.self, view(self_out_), ctx);
-      hidden1_ = x + self_out_;
-      norm1_.forward(cview(hidden1_), view(hidden1_));
-      cross_attn_.forward(cview(hidden1_), batch, memory, masks.cross, view(cross_out_), ctx);
-      hidden2_ = hidden1_ + cross_out_;
-      norm2_.forward(cview(hidden2_), view(hidden2_));
-      ffn_.forward(cview(hidden2_), view(ffn_out_), ctx);
-      y = hidden2_ + ffn_out_;
-      norm3_.forward(cview(y), y);
-    } else {
-      for (Matrix* m : {&normed1_, &normed2_, &normed3_}) ensure_shape(*m, n, d);
-      norm1_.forward(x, view(normed1_));
-      self_attn_.forward(cview(normed1_), batch, masks.self, view(self_out_), ctx);
-      hidden1_ = x + self_out_;
-      norm2_.forward(cview(hidden1_), view(normed2_));
-      cross_attn_.forward(cview(normed2_), batch, memory, masks.cross, view(cross_out_), ctx);
-      hidden2_ = hidden1_ + cross_out_;
-      norm3_.forward(cview(hidden2_), view(normed3_));
-      ffn_.forward(cview(normed3_), view(ffn_out_), ctx);
-      y = hidden2_ + ffn_out_;
-    }
+    run(x, y, ws, ctx,
+        [&](ConstMatrixView in, MatrixView out) { self_attn_.forward(in, batch, masks.self, out, ws.self_attention, ctx); },
+        [&](ConstMatrixView in, MatrixView out) {
+          cross_attn_.forward(in, batch, memory, masks.cross, out, ws.cross_attention, ctx);
+        });
   }
 
-  /// Convenience: returns y.
+  /// Without cross-attention: y (batch·seq, d_model) from x under `mask` (causal by default).
+  void forward(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Workspace& ws,
+               const Context& ctx) const requires(!has_cross_attention) {
+    check_cols(x, d_model(), "DecoderLayer::forward", "x");
+    check_shape(y, x.rows(), d_model(), "DecoderLayer::forward", "y");
+    run(x, y, ws, ctx,
+        [&](ConstMatrixView in, MatrixView out) { self_attn_.forward(in, batch, mask, out, ws.self_attention, ctx); },
+        nullptr);
+  }
+
+  /// Convenience: returns y, with a workspace of this call's.
   Matrix forward(const Matrix& x, const Matrix& memory, Index batch = 1, const DecoderMasks& masks = {},
-                 const Context& ctx = {}) {
+                 const Context& ctx = {}) const requires has_cross_attention {
     Matrix y(x.rows(), x.cols());
-    forward(cview(x), cview(memory), batch, masks, view(y), ctx);
+    Workspace ws;
+    forward(cview(x), cview(memory), batch, masks, view(y), ws, ctx);
     return y;
   }
 
+  /// The decoding state of one sequence over memory (mem, d_model), for `capacity` positions: the memory's
+  /// keys and values are projected here, once. memory_key_padding (1, mem), nonzero = padded, is optional.
+  State make_state(Index capacity, ConstMatrixView memory, const Context& ctx,
+                   std::optional<ConstMatrixRef> memory_key_padding = std::nullopt) const
+    requires IncrementalAttention<Attn> && has_cross_attention
+  {
+    State state{self_attn_.make_state(capacity), {}, {}};
+    cross_attn_.project_memory(memory, state.memory, ctx);
+    if (memory_key_padding) {
+      check_shape(memory_key_padding->view(), 1, memory.rows(), "DecoderLayer::make_state", "memory key padding");
+      state.memory_padding = memory_key_padding->view();
+    }
+    return state;
+  }
+  /// Without cross-attention: the self-attention state of one sequence, for `capacity` positions.
+  State make_state(Index capacity) const requires IncrementalAttention<Attn> && (!has_cross_attention) {
+    return State{self_attn_.make_state(capacity), {}, {}};
+  }
+
+  /// Incremental causal forward of one sequence: x (n_new, d_model) holds the positions after those in
+  /// state (their keys and values join it); each attends causally to itself and to the whole memory.
+  /// Equal to forward() over all positions with a causal self-attention mask. y must not alias x.
+  void forward_cached(ConstMatrixView x, State& state, MatrixView y, Workspace& ws, const Context& ctx) const
+    requires IncrementalAttention<Attn>
+  {
+    check_cols(x, d_model(), "DecoderLayer::forward_cached", "x");
+    check_shape(y, x.rows(), d_model(), "DecoderLayer::forward_cached", "y");
+    const auto self = [&](ConstMatrixView in, MatrixView out) {
+      self_attn_.forward_cached(in, state.self, out, ws.self_attention, ctx);
+    };
+    if constexpr (has_cross_attention) {
+      MaskSpec cross;
+      if (state.memory_padding.size() != 0) cross.key_padding = ConstMatrixRef(state.memory_padding);
+      run(x, y, ws, ctx, self, [&](ConstMatrixView in, MatrixView out) {
+        cross_attn_.forward(in, state.memory, cross, out, ws.cross_attention, ctx);
+      });
+    } else {
+      run(x, y, ws, ctx, self, nullptr);
+    }
+  }
+
+  /// Without cross-attention, several sequences in one pass: x (Σ rows[i], d_model) holds rows[i] new positions
+  /// of sequence i, continuing its self-attention state states[i] (MultiHeadAttention::forward_cached). Every
+  /// weight is read once for the whole batch.
+  template <typename SelfState>
+    requires IncrementalAttention<Attn> && (!has_cross_attention) && std::same_as<SelfState, typename Attn::State>
+  void forward_cached(ConstMatrixView x, std::span<SelfState* const> states, std::span<const Index> rows,
+                      MatrixView y, Workspace& ws, const Context& ctx) const {
+    check_cols(x, d_model(), "DecoderLayer::forward_cached", "x");
+    check_shape(y, x.rows(), d_model(), "DecoderLayer::forward_cached", "y");
+    run(x, y, ws, ctx, [&](ConstMatrixView in, MatrixView out) {
+      self_attn_.forward_cached(in, states, rows, out, ws.self_attention, ctx);
+    }, nullptr);
+  }
+
  private:
+  /// The sublayers around `self_attend` and (with cross-attention) `cross_attend`, then the FFN.
+  template <typename SelfAttend, typename CrossAttend>
+  void run(ConstMatrixView x, MatrixView y, Workspace& ws, const Context& ctx, SelfAttend&& self_attend,
+           CrossAttend&& cross_attend) const {
+    const auto ffn = [&](ConstMatrixView in, MatrixView out) { ffn_.forward(in, out, ws.ffn, ctx); };
+    ensure_shape(ws.hidden1, x.rows(), x.cols());
+    residual_sublayer<Placement>(x, norm1_, view(ws.hidden1), ws.normed, ws.sublayer, self_attend);
+    if constexpr (has_cross_attention) {
+      ensure_shape(ws.hidden2, x.rows(), x.cols());
+      residual_sublayer<Placement>(cview(ws.hidden1), norm2_, view(ws.hidden2), ws.normed, ws.sublayer, cross_attend);
+      residual_sublayer<Placement>(cview(ws.hidden2), norm3_, y, ws.normed, ws.sublayer, ffn);
+    } else {
+      (void)cross_attend;
+      residual_sublayer<Placement>(cview(ws.hidden1), norm2_, y, ws.normed, ws.sublayer, ffn);
+    }
+  }
+
   SelfAttention self_attn_{};
-  CrossAttention cross_attn_{};
+  [[no_unique_address]] CrossAttention cross_attn_{};
   FFN ffn_{};
-  Norm norm1_{}, norm2_{}, norm3_{};
-  Matrix self_out_, hidden1_, cross_out_, hidden2_, ffn_out_, normed1_, normed2_, normed3_;  // (batch·seq, d)
+  Norm norm1_{}, norm2_{};
+  [[no_unique_address]] std::conditional_t<has_cross_attention, Norm, NoCrossAttention> norm3_{};
 };
 
 }  // namespace polyformer

@@ -2,10 +2,10 @@
 /// \file Encoder-decoder model (Vaswani et al. 2017), as torch.nn.Transformer: memory = Encoder(src),
 /// y = Decoder(tgt, memory).
 
+#include <string>
 #include <utility>
 
-#include "polyformer/blocks/decoder.hpp"
-#include "polyformer/blocks/encoder.hpp"
+#include "polyformer/blocks/layer_stack.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/tensor.hpp"
 
@@ -18,10 +18,17 @@ struct EncoderDecoderMasks {
   MaskSpec memory{};                          ///< decoder cross-attention over memory
 };
 
-/// An encoder stack and a decoder stack.
+/// An encoder stack and a decoder stack. Weights only, used through `const`. To decode token by token:
+/// memory = encode(src); state = decoder().make_state(capacity, memory, ctx); then decoder().forward_cached
+/// over the new target rows.
 template <typename EncoderStack, typename DecoderStack>
 class EncoderDecoder {
  public:
+  struct Workspace {
+    typename EncoderStack::Workspace encoder;
+    typename DecoderStack::Workspace decoder;
+  };
+
   EncoderDecoder() = default;
   EncoderDecoder(EncoderStack encoder, DecoderStack decoder) : encoder_(std::move(encoder)), decoder_(std::move(decoder)) {
     if (encoder_.d_model() != decoder_.d_model())
@@ -31,30 +38,41 @@ class EncoderDecoder {
 
   EncoderStack& encoder() noexcept { return encoder_; }
   DecoderStack& decoder() noexcept { return decoder_; }
+  const EncoderStack& encoder() const noexcept { return encoder_; }
+  const DecoderStack& decoder() const noexcept { return decoder_; }
+
+  /// "encoder.*" and "decoder.*" (each named by `names`, PyTorch's by default): nn.Transformer's names.
+  void parameters(ParameterList& list, const std::string& prefix, const BlockNames& names = {}) {
+    encoder_.parameters(list, prefix + "encoder.", names);
+    decoder_.parameters(list, prefix + "decoder.", names);
+  }
 
   /// y (batch·tgt_len, d) and memory (batch·src_len, d) from src (batch·src_len, d) and tgt (batch·tgt_len, d).
   void forward(ConstMatrixView src, ConstMatrixView tgt, Index batch, const EncoderDecoderMasks& masks, MatrixView y,
-               MatrixView memory, const Context& ctx) {
-    encoder_.forward(src, batch, masks.src, memory, ctx);
-    decoder_.forward(tgt, cview(memory), batch, DecoderMasks{masks.tgt, masks.memory}, y, ctx);
+               MatrixView memory, Workspace& ws, const Context& ctx) const {
+    encoder_.forward(src, batch, masks.src, memory, ws.encoder, ctx);
+    decoder_.forward(tgt, cview(memory), batch, DecoderMasks{masks.tgt, masks.memory}, y, ws.decoder, ctx);
   }
 
-  /// Convenience: returns y; the memory stays available through memory().
+  /// Convenience: returns y, with a workspace of this call's; the encoder's output goes to *memory if given.
   Matrix forward(const Matrix& src, const Matrix& tgt, Index batch = 1, const EncoderDecoderMasks& masks = {},
-                 const Context& ctx = {}) {
-    Matrix y(tgt.rows(), tgt.cols());
-    ensure_shape(memory_, src.rows(), src.cols());
-    forward(cview(src), cview(tgt), batch, masks, view(y), view(memory_), ctx);
+                 const Context& ctx = {}, Matrix* memory = nullptr) const {
+    Matrix y(tgt.rows(), tgt.cols()), own_memory;
+    Matrix& mem = memory ? *memory : own_memory;
+    ensure_shape(mem, src.rows(), src.cols());
+    Workspace ws;
+    forward(cview(src), cview(tgt), batch, masks, view(y), view(mem), ws, ctx);
     return y;
   }
 
-  /// The encoder output of the last convenience forward (batch·src_len, d).
-  const Matrix& memory() const noexcept { return memory_; }
+  /// The encoder's output, memory (batch·src_len, d), for src (batch·src_len, d).
+  Matrix encode(const Matrix& src, Index batch = 1, const MaskSpec& mask = {}, const Context& ctx = {}) const {
+    return encoder_.forward(src, batch, mask, ctx);
+  }
 
  private:
   EncoderStack encoder_{};
   DecoderStack decoder_{};
-  Matrix memory_;
 };
 
 }  // namespace polyformer

@@ -4,8 +4,10 @@
 
 #include <concepts>
 #include <cstddef>
+#include <utility>
 
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 
 namespace polyformer {
@@ -13,7 +15,8 @@ namespace polyformer {
 struct AttentionShape;
 struct AttentionMask;
 
-/// A linear map y (n, out) = f(x (n, in)): Dense, and later MoE, LoRA<Inner>, Int8.
+/// A linear map y (n, out) = f(x (n, in)): Dense, Int8, LoRA<Inner>. forward is `const` and keeps no state
+/// between calls, so one layer serves any number of threads.
 template <typename L>
 concept LinearPolicy = std::movable<L> && requires(const L& l, ConstMatrixView x, MatrixView y, const Context& ctx) {
   { l.in_features() } -> std::convertible_to<Index>;
@@ -23,13 +26,14 @@ concept LinearPolicy = std::movable<L> && requires(const L& l, ConstMatrixView x
 };
 
 /// A position-wise feed-forward sublayer y (n, d) = f(x (n, d)) that a block calls between its residuals:
-/// FeedForward (layers/ffn.hpp), MixtureOfExperts (layers/moe.hpp). forward may update the object's own
-/// workspace (hence non-const); y must not alias x.
+/// FeedForward (layers/ffn.hpp), MixtureOfExperts (layers/moe.hpp). The weights are read through `const`;
+/// everything a call writes besides y lives in the caller's `Workspace` (one per concurrent caller, reused
+/// across calls so that nothing is allocated once it has grown). y must not alias x.
 template <typename F>
-concept FeedForwardPolicy = std::movable<F> && requires(F& f, const F& cf, ConstMatrixView x, MatrixView y,
-                                                        const Context& ctx) {
-  { cf.dim() } -> std::convertible_to<Index>;
-  f.forward(x, y, ctx);
+concept FeedForwardPolicy = std::movable<F> && std::default_initializable<typename F::Workspace> &&
+    requires(const F& f, ConstMatrixView x, MatrixView y, typename F::Workspace& ws, const Context& ctx) {
+  { f.dim() } -> std::convertible_to<Index>;
+  f.forward(x, y, ws, ctx);
 };
 
 /// A row-wise normalization (LayerNorm, RMSNorm): y (n, d) = norm(x (n, d)).
@@ -66,27 +70,49 @@ concept RotaryPolicy = requires(const R& r, float* rows, Index n_rows, Index row
 
 /// The score/softmax/value part of attention: out (n_q, heads·d) from q (n_q, heads·d),
 /// k and v (n_k, kv_heads·d), one sequence at a time. `supports_causal` says whether a causal mask can
-/// be honoured (decoders require it at compile time).
+/// be honoured (decoders require it at compile time). The policy object holds only its settings and
+/// parameters and is used through `const`: scratch lives in the caller's `P::Workspace`, so one policy
+/// object serves any number of threads, each with its own workspace.
 template <typename P>
-concept AttentionPolicy = std::default_initializable<P> &&
-    requires(P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-             const AttentionMask& mask, MatrixView out, const Context& ctx) {
+concept AttentionPolicy = std::default_initializable<P> && std::default_initializable<typename P::Workspace> &&
+    requires(const P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+             const AttentionMask& mask, MatrixView out, typename P::Workspace& ws, const Context& ctx) {
   { P::supports_causal } -> std::convertible_to<bool>;
-  p.forward(shape, q, k, v, mask, out, ctx);
+  p.forward(shape, q, k, v, mask, out, ws, ctx);
 };
 
 /// An attention policy that can decode incrementally: it makes the per-sequence state it keeps (`State`: a
 /// KV cache, a window of recent keys, or recurrent sums) with make_state(capacity, kv_heads, head_dim), and
 /// `forward_cached` appends new positions' keys and values (n_new, kv_heads·d) to it while its queries
-/// (n_new, heads·d) attend causally. state.size() is the number of positions seen.
+/// (n_new, heads·d) attend causally. state.size() is the number of positions seen. The state belongs to
+/// one sequence and its caller; the policy stays `const`.
 template <typename P>
 concept IncrementalAttention = AttentionPolicy<P> &&
-    requires(P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-             typename P::State& state, MatrixView out, const Context& ctx, Index n) {
+    requires(const P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+             typename P::State& state, MatrixView out, typename P::Workspace& ws, const Context& ctx, Index n) {
   { p.make_state(n, n, n) } -> std::same_as<typename P::State>;
-  { state.size() } -> std::convertible_to<Index>;
+  { std::as_const(state).size() } -> std::convertible_to<Index>;
   state.clear();
-  p.forward_cached(shape, q, k, v, state, out, ctx);
+  p.forward_cached(shape, q, k, v, state, out, ws, ctx);
+};
+
+/// Gives an attention policy `Derived` the workspace-free overloads forward(shape, q, k, v, mask, out, ctx)
+/// and forward_cached(shape, q, k, v, state, out, ctx), each with a scratch workspace of its own call (simple
+/// and thread-safe; a caller that runs many calls keeps a Workspace and passes it instead). Derived says
+/// `using PerCallWorkspace<Derived>::forward;` (and `::forward_cached`) beside its own overloads.
+template <typename Derived>
+struct PerCallWorkspace {
+  void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+               const AttentionMask& mask, MatrixView out, const Context& ctx) const {
+    typename Derived::Workspace ws;
+    static_cast<const Derived&>(*this).forward(s, q, k, v, mask, out, ws, ctx);
+  }
+  template <typename State>
+  void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new, State& state,
+                      MatrixView out, const Context& ctx) const {
+    typename Derived::Workspace ws;
+    static_cast<const Derived&>(*this).forward_cached(s, q, k_new, v_new, state, out, ws, ctx);
+  }
 };
 
 }  // namespace polyformer

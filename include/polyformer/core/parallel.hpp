@@ -41,8 +41,10 @@ inline void spin_pause() noexcept {
 #endif
 }
 
-/// Persistent workers 1..n; the calling thread is member 0 of every team. One region at a time (a region
-/// started from inside a region runs serially on the calling thread).
+/// Persistent workers shared by every caller. A parallel region of `team` members claims team − 1 idle
+/// workers (starting new ones when none is idle), so regions started by different user threads run side by
+/// side on workers of their own; the calling thread is member 0 of its team. A region started from inside a
+/// region runs serially on the calling thread.
 class ThreadPool {
  public:
   /// How long an idle worker spins before it sleeps.
@@ -57,13 +59,13 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(dispatch_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_seq_cst);
-      generation_.notify_all();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& w : workers_) {
+      w->stop = true;
+      w->generation.fetch_add(1, std::memory_order_seq_cst);
+      w->generation.notify_one();
     }
-    for (auto& w : workers_) w.join();
+    for (auto& w : workers_) w->thread.join();
   }
 
   /// Calls body(i) for i in [0, team) on `team` threads (body(0) on the caller) and returns when all are done.
@@ -73,28 +75,51 @@ class ThreadPool {
       for (int i = 0; i < team; ++i) body(i);
       return;
     }
-    std::lock_guard<std::mutex> lock(dispatch_);
-    grow(team - 1);
-    job_ = Job{&call<Body>, &body, team};
-    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes job_
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) generation_.notify_all();
+    Region region{&call<Body>, &body};
+    region.pending.store(team - 1, std::memory_order_relaxed);
+    Worker* members[max_team];
+    const int claimed = claim(team - 1, members);
+    for (int i = claimed; i < team - 1; ++i) members[i] = nullptr;
+    for (int i = 0; i < team - 1; ++i) {
+      if (members[i] == nullptr) continue;
+      Worker& w = *members[i];
+      w.region = &region;
+      w.index = i + 1;
+      w.generation.fetch_add(1, std::memory_order_seq_cst);  // publishes region and index
+      if (w.sleeping.load(std::memory_order_seq_cst)) w.generation.notify_one();
+    }
     inside_region() = true;
     body(0);
+    // Members beyond max_team (more threads than any CPU here has) run on the caller.
+    for (int i = claimed + 1; i < team; ++i) {
+      body(i);
+      region.pending.fetch_sub(1, std::memory_order_relaxed);
+    }
     inside_region() = false;
-    // Every worker acknowledges every region (members after running their part), so job_ is never
-    // rewritten while a worker may still read it.
-    for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    for (unsigned spins = 0; region.pending.load(std::memory_order_acquire) != 0; ++spins) {
       if (spins < 4096) spin_pause();
       else std::this_thread::yield();
     }
+    release(members, claimed);
   }
 
  private:
-  struct Job {
+  static constexpr int max_team = 256;
+
+  /// One region: what to call, and how many workers have yet to finish their part.
+  struct Region {
     void (*fn)(void*, int) = nullptr;
     void* body = nullptr;
-    int team = 0;
+    std::atomic<int> pending{0};
+  };
+
+  struct Worker {
+    std::atomic<std::uint32_t> generation{0};  // bumped to hand the worker a region (or to stop it)
+    std::atomic<bool> sleeping{false};
+    Region* region = nullptr;  // written before the bump that the worker acquires
+    int index = 0;
+    bool stop = false;
+    std::thread thread;
   };
 
   ThreadPool() = default;
@@ -109,47 +134,58 @@ class ThreadPool {
     return inside;
   }
 
-  /// At least n workers (under dispatch_).
-  void grow(int n) {
-    while (static_cast<int>(workers_.size()) < n) {
-      const int index = static_cast<int>(workers_.size()) + 1;
-      const std::uint64_t seen = generation_.load(std::memory_order_relaxed);
-      workers_.emplace_back([this, index, seen] { work(index, seen); });
+  /// Takes up to n (at most max_team − 1) idle workers into out, starting new ones as needed; returns how many.
+  int claim(int n, Worker** out) {
+    n = std::min(n, max_team - 1);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < n; ++i) {
+      if (idle_.empty()) {
+        workers_.push_back(std::make_unique<Worker>());
+        Worker* w = workers_.back().get();
+        w->thread = std::thread([this, w] { work(*w); });
+        idle_.push_back(w);
+      }
+      out[i] = idle_.back();
+      idle_.pop_back();
     }
+    return n;
   }
 
-  void work(int index, std::uint64_t seen) {
+  void release(Worker** members, int n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < n; ++i) idle_.push_back(members[i]);
+  }
+
+  static void work(Worker& w) {
     inside_region() = true;
+    std::uint32_t seen = 0;
     for (;;) {
-      wait_past(seen);
-      seen = generation_.load(std::memory_order_acquire);
-      if (stop_) return;
-      const Job job = job_;
-      if (index < job.team) job.fn(job.body, index);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      seen = wait_past(w, seen);
+      if (w.stop) return;
+      Region* region = w.region;
+      region->fn(region->body, w.index);
+      region->pending.fetch_sub(1, std::memory_order_acq_rel);  // the region may end now: not touched after
     }
   }
 
-  /// Returns once the generation differs from `seen`: spins for spin_time, then sleeps.
-  void wait_past(std::uint64_t seen) {
+  /// Returns the worker's generation once it differs from `seen`: spins for spin_time, then sleeps.
+  static std::uint32_t wait_past(Worker& w, std::uint32_t seen) {
     const auto start = std::chrono::steady_clock::now();
     for (unsigned spins = 1;; ++spins) {
-      if (generation_.load(std::memory_order_acquire) != seen) return;
+      const std::uint32_t g = w.generation.load(std::memory_order_acquire);
+      if (g != seen) return g;
       spin_pause();
       if (spins % 256 == 0 && std::chrono::steady_clock::now() - start > spin_time) break;
     }
-    sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    while (generation_.load(std::memory_order_seq_cst) == seen) generation_.wait(seen, std::memory_order_seq_cst);
-    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    w.sleeping.store(true, std::memory_order_seq_cst);
+    while (w.generation.load(std::memory_order_seq_cst) == seen) w.generation.wait(seen, std::memory_order_seq_cst);
+    w.sleeping.store(false, std::memory_order_seq_cst);
+    return w.generation.load(std::memory_order_acquire);
   }
 
-  std::mutex dispatch_;
-  std::vector<std::thread> workers_;
-  Job job_{};
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
-  std::atomic<int> sleepers_{0};
-  bool stop_ = false;  // written under dispatch_ before the generation bump that workers acquire
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<Worker*> idle_;
 };
 
 }  // namespace detail

@@ -33,20 +33,19 @@ inline const char* gemm_backend() noexcept {
 #endif
 }
 
-namespace detail {
-
-/// The backends run single-threaded: polyformer splits work over its own threads (parallel.hpp), so
-/// nested pools never fight over the two cores.
-inline void make_backend_single_threaded() noexcept {
-  static const bool once = [] {
+/// Makes the BLAS backend (and Eigen, when built with OpenMP) run each product on one thread. polyformer
+/// splits its products over its own threads (parallel.hpp) and calls the backend from each of them, so a
+/// backend that starts threads of its own oversubscribes the cores. The library never changes these
+/// process-wide settings by itself: a program calls this once at start (polyformer's own programs do), or
+/// links a single-threaded OpenBLAS (Debian's libopenblas0-serial), or sets OPENBLAS_NUM_THREADS=1.
+inline void use_single_threaded_backends() noexcept {
 #ifdef POLYFORMER_USE_OPENBLAS
-    openblas_set_num_threads(1);
+  openblas_set_num_threads(1);
 #endif
-    Eigen::setNbThreads(1);
-    return true;
-  }();
-  (void)once;
+  Eigen::setNbThreads(1);
 }
+
+namespace detail {
 
 /// Whether a product is small enough for the micro-kernels: all of B and a strip of A stay in L1/L2.
 inline bool use_small_gemm(Index m, Index n, Index k, Transpose tb) noexcept {
@@ -95,7 +94,6 @@ inline void gemm(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView 
   POLYFORMER_ASSERT(a.rows() == c.rows());
   POLYFORMER_ASSERT((tb == Transpose::yes ? b.cols() : b.rows()) == a.cols());
   POLYFORMER_ASSERT((tb == Transpose::yes ? b.rows() : b.cols()) == c.cols());
-  detail::make_backend_single_threaded();
   const Index m = c.rows(), n = c.cols(), k = a.cols();
   // Below ~1 MFLOP a second thread costs more than it saves.
   const int t = (2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) < 1e6)

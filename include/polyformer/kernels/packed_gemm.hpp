@@ -71,6 +71,15 @@ class PackedMatrix {
     const std::size_t p = j / panel_width;
     return panel(p)[r * panel_cols(p) + j % panel_width];
   }
+  /// Unpacks Bᵀ = W into w (n, k) row-major with rows ldw floats apart: pack_transposed undone exactly.
+  void unpack_transposed(float* w, std::size_t ldw) const noexcept {
+    for (std::size_t p = 0; p < panels(); ++p) {
+      const float* src = panel(p);
+      const std::size_t col0 = p * panel_width, cols = std::min(panel_width, n_ - col0), width = panel_cols(p);
+      for (std::size_t j = 0; j < cols; ++j)
+        for (std::size_t r = 0; r < k_; ++r) w[(col0 + j) * ldw + r] = src[r * width + j];
+    }
+  }
 
  private:
   PackedMatrix(std::size_t k, std::size_t n) : k_(k), n_(n) {

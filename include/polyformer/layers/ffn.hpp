@@ -1,6 +1,7 @@
 #pragma once
 /// \file Position-wise feed-forward network: down(act(up(x))) or, gated, down(act(gate(x), up(x))).
 
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -13,15 +14,28 @@
 
 namespace polyformer {
 
+/// How an FFN's projections are named in a checkpoint: torch.nn.TransformerEncoderLayer's linear1 and linear2
+/// by default; llama2.c's w1 (gate), w3 (up) and w2 (down) with llama_names().
+struct FFNNames {
+  std::string gate = "gate_proj.", up = "linear1.", down = "linear2.";
+};
+
 /// FFN over linear policy `Lin` and activation `Act`. Plain: y = down(act(up x)) — torch's linear1 (up)
 /// and linear2 (down). Gated (SwiGLU): y = down(act(gate x, up x)) — Llama's w1 (gate), w3 (up), w2 (down).
-/// The object owns its hidden buffer, sized once per number of rows.
+/// The weights are read through `const`; the hidden buffers live in the caller's Workspace, so one object serves
+/// any number of threads, each with its own workspace.
 template <LinearPolicy Lin, ActivationPolicy Act>
 class FeedForward {
  public:
   using linear_type = Lin;
   using activation_type = Act;
   static constexpr bool gated = Act::gated;
+
+  /// One caller's scratch, sized to the rows of the last forward (reused while they stay the same).
+  struct Workspace {
+    Matrix hidden;    ///< (n, hidden): the activated hidden state of the last forward — kept for a backward pass
+    Matrix gate_out;  ///< (n, hidden): the gate projection, gated only
+  };
 
   FeedForward() = default;
 
@@ -33,6 +47,16 @@ class FeedForward {
 
   Index dim() const noexcept { return up_.in_features(); }
   Index hidden_dim() const noexcept { return up_.out_features(); }
+
+  /// The projections' parameters, named by `names` under `prefix`.
+  void parameters(ParameterList& list, const std::string& prefix, const FFNNames& names = {})
+    requires HasParameters<Lin>
+  {
+    if constexpr (gated) gate_.parameters(list, prefix + names.gate);
+    up_.parameters(list, prefix + names.up);
+    down_.parameters(list, prefix + names.down);
+  }
+
   Lin& up() noexcept { return up_; }
   Lin& down() noexcept { return down_; }
   Lin& gate() noexcept requires(gated) { return gate_; }
@@ -40,21 +64,27 @@ class FeedForward {
   const Lin& down() const noexcept { return down_; }
   const Lin& gate() const noexcept requires(gated) { return gate_; }
 
-  /// y (n, d) = FFN(x (n, d)). y must not alias x.
-  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) {
+  /// y (n, d) = FFN(x (n, d)) with the caller's workspace. y must not alias x.
+  void forward(ConstMatrixView x, MatrixView y, Workspace& ws, const Context& ctx) const {
     check_cols(x, dim(), "FeedForward::forward", "x");
     check_shape(y, x.rows(), dim(), "FeedForward::forward", "y");
     const Index n = x.rows(), h = hidden_dim();
-    ensure_shape(hidden_, n, h);
+    ensure_shape(ws.hidden, n, h);
     if constexpr (gated) {
-      ensure_shape(gate_out_, n, h);
-      forward_into(x, y, view(hidden_), view(gate_out_), ctx);
+      ensure_shape(ws.gate_out, n, h);
+      forward_into(x, y, view(ws.hidden), view(ws.gate_out), ctx);
     } else {
-      forward_into(x, y, view(hidden_), MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1)), ctx);
+      forward_into(x, y, view(ws.hidden), MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1)), ctx);
     }
   }
 
-  /// The same product with the caller's workspace: hidden (n, hidden) receives the activated hidden state and,
+  /// The same with a workspace of this call's own (allocates its hidden buffers every call).
+  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
+    Workspace ws;
+    forward(x, y, ws, ctx);
+  }
+
+  /// The same product over the caller's buffers: hidden (n, hidden) receives the activated hidden state and,
   /// gated, gate_out (n, hidden) the gate projection (ignored when plain). For callers that run many FFNs over
   /// changing row counts from one buffer (MixtureOfExperts). Shapes are the caller's contract.
   void forward_into(ConstMatrixView x, MatrixView y, MatrixView hidden, MatrixView gate_out, const Context& ctx) const {
@@ -79,9 +109,6 @@ class FeedForward {
     down_.forward(ConstMatrixView(hid, n, h, Eigen::OuterStride<>(h)), y, ctx);
   }
 
-  /// The activated hidden state of the last forward (n, hidden) — kept for a backward pass.
-  const Matrix& hidden() const noexcept { return hidden_; }
-
  private:
   void check() const {
     if (down_.in_features() != up_.out_features() || down_.out_features() != up_.in_features())
@@ -97,8 +124,6 @@ class FeedForward {
 
   std::conditional_t<gated, Lin, std::monostate> gate_{};
   Lin up_{}, down_{};
-  Matrix hidden_;    // (n, hidden)
-  Matrix gate_out_;  // (n, hidden), gated only
 };
 
 }  // namespace polyformer

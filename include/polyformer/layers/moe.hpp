@@ -21,10 +21,12 @@
 /// Load-balancing auxiliary loss (Switch Transformer eq. 4, generalized from 1 to k choices):
 ///     aux = E · Σ_i f_i · P_i,   f_i = #{(t, c) : e(t, c) = i} / (n · k),   P_i = (1/n) · Σ_t p(t, i),
 /// f_i counted over all n·k choices before capacity drops. Uniform routing (f_i = P_i = 1/E) gives 1; the
-/// training loop scales it (Switch uses 0.01) and adds it to the loss. aux_loss() holds the last forward's.
+/// training loop scales it (Switch uses 0.01) and adds it to the loss. After a forward, the caller's
+/// Workspace holds it as ws.aux_loss.
 ///
-/// Backward-pass data is the last forward's router probabilities, choices, gates, gathered rows, hidden
-/// activations and expert outputs (as FeedForward, the activated hidden state, not the pre-activation).
+/// Backward-pass data, in the Workspace after a forward: its router probabilities, choices, gates, gathered
+/// rows, hidden activations and expert outputs (as FeedForward, the activated hidden state, not the
+/// pre-activation).
 ///
 /// Execution, grouped by expert: the rows routed to expert e are gathered into one contiguous block
 /// (count_e, d) of a shared buffer (experts' blocks back to back), each expert runs one product per
@@ -32,8 +34,8 @@
 /// blocks (no scatter-add, so no races and a deterministic sum). Experts run in parallel, one expert's
 /// products on one thread, largest first on whichever thread is free (longest-processing-time list
 /// scheduling); when fewer experts are busy than there are threads, or the loads are too uneven to balance,
-/// the experts run one after another on all threads each. Every buffer only grows, so a steady state
-/// allocates nothing.
+/// the experts run one after another on all threads each. Every buffer of the caller's Workspace only grows, so
+/// a steady state allocates nothing.
 
 #include <algorithm>
 #include <cmath>
@@ -80,7 +82,9 @@ void grow_size(std::vector<T>& v, std::size_t n) {
 }  // namespace detail
 
 /// Top-k mixture of FeedForward<Lin, Act> experts (plain or gated) with a Dense router; see the file comment
-/// for the routing, capacity and auxiliary-loss definitions. The object owns its workspace.
+/// for the routing, capacity and auxiliary-loss definitions. The weights are read through `const`; the routing
+/// and expert buffers live in the caller's Workspace, so one object serves any number of threads, each with its
+/// own workspace.
 template <LinearPolicy Lin, ActivationPolicy Act>
 class MixtureOfExperts {
  public:
@@ -88,6 +92,90 @@ class MixtureOfExperts {
   using linear_type = Lin;
   using activation_type = Act;
   static constexpr bool gated = Act::gated;
+
+  /// One caller's scratch. After a forward it holds that forward's routing and expert rows, for inspection and
+  /// a backward pass; its buffers only grow, so reused across calls it allocates nothing once grown.
+  struct Workspace {
+    // ---- The last forward. ----
+
+    /// Tokens (n).
+    Index tokens = 0;
+    /// Capacity per expert (n when unlimited).
+    Index capacity = 0;
+    /// The load-balancing loss E · Σ_i f_i · P_i (0 for n = 0).
+    double aux_loss = 0.0;
+
+    /// Router probabilities (n, n_experts): the softmax over experts of every token.
+    ConstMatrixView router_probs() const { return rows_of(probs_, tokens); }
+    /// The expert of token t's choice c (c = 0 is its most probable expert).
+    Index expert_of(Index t, int c) const noexcept { return choice_[at(t, c)]; }
+    /// The gate weight of token t's choice c (as routed; a dropped choice's weight is not applied).
+    float gate(Index t, int c) const noexcept { return gates_[at(t, c)]; }
+    /// Whether token t's choice c was dropped for lack of capacity.
+    bool dropped(Index t, int c) const noexcept { return rows_[at(t, c)] < 0; }
+    /// Whether all of token t's choices were dropped (its output is zero).
+    bool token_dropped(Index t) const noexcept {
+      for (int c = 0; c < top_k_; ++c)
+        if (!dropped(t, c)) return false;
+      return true;
+    }
+    /// (token, choice) pairs dropped.
+    Index dropped_count() const noexcept { return offsets_.empty() ? 0 : tokens * top_k_ - offsets_.back(); }
+    /// Row of token t's choice c in the expert buffers (expert_input, expert_hidden, expert_output of all
+    /// experts back to back), -1 when dropped; its row within expert e's block is this minus expert_offset(e).
+    Index buffer_row(Index t, int c) const noexcept { return rows_[at(t, c)]; }
+    /// Tokens accepted by each expert (n_experts); they sum to n·k − dropped_count().
+    std::span<const Index> expert_counts() const noexcept { return counts_; }
+    /// Choices that picked each expert before capacity (n_experts): f_i = expert_requests()[i] / (n·k).
+    std::span<const Index> expert_requests() const noexcept { return requests_; }
+    /// First row of expert e's block in the expert buffers.
+    Index expert_offset(Index e) const noexcept { return offsets_[static_cast<std::size_t>(e)]; }
+    /// The token of each row of expert e's block (expert_counts()[e]), in priority order.
+    std::span<const Index> expert_tokens(Index e) const noexcept {
+      return std::span<const Index>(row_token_.data() + expert_offset(e), static_cast<std::size_t>(count(e)));
+    }
+    /// Expert e's gathered input rows (count_e, d).
+    ConstMatrixView expert_input(Index e) const { return expert_block(gathered_, e); }
+    /// Expert e's activated hidden rows (count_e, hidden): act(up x), or act(gate x, up x) when gated.
+    ConstMatrixView expert_hidden(Index e) const { return expert_block(hidden_, e); }
+    /// Expert e's gate projection rows (count_e, hidden), before the activation; gated experts only.
+    ConstMatrixView expert_gate_projection(Index e) const requires(gated) { return expert_block(gate_hidden_, e); }
+    /// Expert e's output rows (count_e, d), before the gate weights.
+    ConstMatrixView expert_output(Index e) const { return expert_block(expert_out_, e); }
+
+   private:
+    friend class MixtureOfExperts;
+
+    std::size_t at(Index t, int c) const noexcept {
+      POLYFORMER_ASSERT(t >= 0 && t < tokens && c >= 0 && c < top_k_);
+      return static_cast<std::size_t>(t * top_k_ + c);
+    }
+    Index count(Index e) const noexcept { return counts_[static_cast<std::size_t>(e)]; }
+    static ConstMatrixView rows_of(const Matrix& m, Index rows) {
+      return ConstMatrixView(m.data(), rows, m.cols(), Eigen::OuterStride<>(m.cols()));
+    }
+    ConstMatrixView expert_block(const Matrix& m, Index e) const {
+      POLYFORMER_ASSERT(e >= 0 && e < static_cast<Index>(counts_.size()));
+      return ConstMatrixView(m.data() + expert_offset(e) * m.cols(), count(e), m.cols(),
+                             Eigen::OuterStride<>(m.cols()));
+    }
+
+    int top_k_ = 0;                   // k of the last forward
+    Matrix probs_;                    // (≥ n, n_experts): router logits, then probabilities
+    std::vector<Index> choice_;       // (n, k) expert of each choice
+    std::vector<float> gates_;        // (n, k) gate weights
+    std::vector<Index> rows_;         // (n, k) row in the expert buffers, -1 when dropped
+    std::vector<Index> counts_;       // (n_experts) accepted rows
+    std::vector<Index> requests_;     // (n_experts) choices before capacity
+    std::vector<Index> offsets_;      // (n_experts + 1) first row of each expert's block
+    std::vector<Index> order_;        // (n_experts) busy experts, largest first
+    std::vector<Index> row_token_;    // (rows) token of every row of the expert buffers
+    std::vector<Index> thread_load_;  // (threads) list-scheduling estimate
+    Matrix gathered_;                 // (≥ rows, d) experts' inputs, block by block
+    Matrix hidden_;                   // (≥ rows, hidden) activated hidden
+    Matrix gate_hidden_;              // (≥ rows, hidden) gate projections, gated only
+    Matrix expert_out_;               // (≥ rows, d) experts' outputs before the gates
+  };
 
   MixtureOfExperts() = default;
 
@@ -114,14 +202,18 @@ class MixtureOfExperts {
                                       experts_[e].hidden_dim(), " -> ", experts_[e].dim(), ", expected ", d, " -> ", h,
                                       " -> ", d, " as experts[0]"));
     set_options(options);
-    const auto ne = static_cast<std::size_t>(n_exp);
-    counts_.assign(ne, 0);
-    requests_.assign(ne, 0);
-    offsets_.assign(ne + 1, 0);
-    order_.assign(ne, 0);
   }
 
   Index dim() const noexcept { return router_.in_features(); }
+
+  /// "router.*", then each expert's projections as "experts.<e>.<name>" (named by `names`, as FeedForward).
+  void parameters(ParameterList& list, const std::string& prefix, const FFNNames& names = {})
+    requires HasParameters<Lin>
+  {
+    router_.parameters(list, prefix + "router.");
+    for (std::size_t e = 0; e < experts_.size(); ++e)
+      experts_[e].parameters(list, detail::cat(prefix, "experts.", e, "."), names);
+  }
   Index hidden_dim() const noexcept { return experts_.empty() ? 0 : experts_[0].hidden_dim(); }
   Index n_experts() const noexcept { return static_cast<Index>(experts_.size()); }
   int top_k() const noexcept { return top_k_; }
@@ -149,103 +241,63 @@ class MixtureOfExperts {
     return c >= static_cast<double>(n) ? n : std::max<Index>(1, static_cast<Index>(c));
   }
 
-  /// y (n, d) = MoE(x (n, d)). y must not alias x.
-  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) {
+  /// y (n, d) = MoE(x (n, d)) with the caller's workspace, which then holds this forward's routing and expert
+  /// rows. y must not alias x.
+  void forward(ConstMatrixView x, MatrixView y, Workspace& ws, const Context& ctx) const {
     if (experts_.empty())
       throw config_error("MixtureOfExperts::forward: no experts (default-constructed), expected at least 1");
     check_cols(x, dim(), "MixtureOfExperts::forward", "x");
     check_shape(y, x.rows(), dim(), "MixtureOfExperts::forward", "y");
     ctx.validate("MixtureOfExperts::forward");
-    n_ = x.rows();
-    route(x, ctx);
-    assign();
-    run_experts(x, ctx);
-    combine(y, ctx);
+    ws.tokens = x.rows();
+    ws.top_k_ = top_k_;
+    route(x, ws, ctx);
+    assign(ws);
+    run_experts(x, ws, ctx);
+    combine(y, ws, ctx);
   }
 
-  /// Convenience: returns y for x (n, d).
-  Matrix forward(const Matrix& x, const Context& ctx = {}) {
+  /// The same with a workspace of this call's own (allocates its buffers every call).
+  void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
+    Workspace ws;
+    forward(x, y, ws, ctx);
+  }
+
+  /// Convenience: returns y for x (n, d); ws then holds this forward's routing and expert rows.
+  Matrix forward(const Matrix& x, Workspace& ws, const Context& ctx = {}) const {
     Matrix y(x.rows(), x.cols());
-    forward(cview(x), view(y), ctx);
+    forward(cview(x), view(y), ws, ctx);
     return y;
   }
 
-  // ---- The last forward, for inspection and a backward pass. ----
-
-  /// Tokens of the last forward (n).
-  Index tokens() const noexcept { return n_; }
-  /// Capacity per expert in the last forward (n when unlimited).
-  Index capacity() const noexcept { return capacity_; }
-  /// The load-balancing loss E · Σ_i f_i · P_i of the last forward (0 for n = 0).
-  double aux_loss() const noexcept { return aux_loss_; }
-  /// Router probabilities (n, n_experts): the softmax over experts of every token.
-  ConstMatrixView router_probs() const { return rows_of(probs_, n_); }
-  /// The expert of token t's choice c (c = 0 is its most probable expert).
-  Index expert_of(Index t, int c) const noexcept { return choice_[at(t, c)]; }
-  /// The gate weight of token t's choice c (as routed; a dropped choice's weight is not applied).
-  float gate(Index t, int c) const noexcept { return gates_[at(t, c)]; }
-  /// Whether token t's choice c was dropped for lack of capacity.
-  bool dropped(Index t, int c) const noexcept { return rows_[at(t, c)] < 0; }
-  /// Whether all of token t's choices were dropped (its output is zero).
-  bool token_dropped(Index t) const noexcept {
-    for (int c = 0; c < top_k_; ++c)
-      if (!dropped(t, c)) return false;
-    return true;
+  /// Convenience: returns y for x (n, d).
+  Matrix forward(const Matrix& x, const Context& ctx = {}) const {
+    Workspace ws;
+    return forward(x, ws, ctx);
   }
-  /// (token, choice) pairs dropped in the last forward.
-  Index dropped_count() const noexcept { return offsets_.empty() ? 0 : n_ * top_k_ - offsets_.back(); }
-  /// Row of token t's choice c in the expert buffers (expert_input, expert_hidden, expert_output of all
-  /// experts back to back), -1 when dropped; its row within expert e's block is this minus expert_offset(e).
-  Index buffer_row(Index t, int c) const noexcept { return rows_[at(t, c)]; }
-  /// Tokens accepted by each expert (n_experts); they sum to n·k − dropped_count().
-  std::span<const Index> expert_counts() const noexcept { return counts_; }
-  /// Choices that picked each expert before capacity (n_experts): f_i = expert_requests()[i] / (n·k).
-  std::span<const Index> expert_requests() const noexcept { return requests_; }
-  /// First row of expert e's block in the expert buffers.
-  Index expert_offset(Index e) const noexcept { return offsets_[static_cast<std::size_t>(e)]; }
-  /// The token of each row of expert e's block (expert_counts()[e]), in priority order.
-  std::span<const Index> expert_tokens(Index e) const noexcept {
-    return std::span<const Index>(row_token_.data() + expert_offset(e), static_cast<std::size_t>(count(e)));
-  }
-  /// Expert e's gathered input rows (count_e, d).
-  ConstMatrixView expert_input(Index e) const { return expert_block(gathered_, e); }
-  /// Expert e's activated hidden rows (count_e, hidden): act(up x), or act(gate x, up x) when gated.
-  ConstMatrixView expert_hidden(Index e) const { return expert_block(hidden_, e); }
-  /// Expert e's gate projection rows (count_e, hidden), before the activation; gated experts only.
-  ConstMatrixView expert_gate_projection(Index e) const requires(gated) { return expert_block(gate_hidden_, e); }
-  /// Expert e's output rows (count_e, d), before the gate weights.
-  ConstMatrixView expert_output(Index e) const { return expert_block(expert_out_, e); }
 
  private:
-  std::size_t at(Index t, int c) const noexcept {
-    POLYFORMER_ASSERT(t >= 0 && t < n_ && c >= 0 && c < top_k_);
-    return static_cast<std::size_t>(t * top_k_ + c);
-  }
-  Index count(Index e) const noexcept { return counts_[static_cast<std::size_t>(e)]; }
-  static ConstMatrixView rows_of(const Matrix& m, Index rows) {
-    return ConstMatrixView(m.data(), rows, m.cols(), Eigen::OuterStride<>(m.cols()));
-  }
-  ConstMatrixView expert_block(const Matrix& m, Index e) const {
-    POLYFORMER_ASSERT(e >= 0 && e < n_experts());
-    return ConstMatrixView(m.data() + expert_offset(e) * m.cols(), count(e), m.cols(), Eigen::OuterStride<>(m.cols()));
-  }
-
   /// Router probabilities, top-k choices and gates of every token; the request counts and the aux loss.
-  void route(ConstMatrixView x, const Context& ctx) {
-    const Index n = n_, n_exp = n_experts();
+  void route(ConstMatrixView x, Workspace& ws, const Context& ctx) const {
+    const Index n = ws.tokens, n_exp = n_experts();
     const int k = top_k_;
-    detail::grow_rows(probs_, n, n_exp);
+    detail::grow_rows(ws.probs_, n, n_exp);
     const std::size_t pairs = static_cast<std::size_t>(n * k);
-    detail::grow_size(choice_, pairs);
-    detail::grow_size(gates_, pairs);
-    detail::grow_size(rows_, pairs);
-    router_.forward(x, MatrixView(probs_.data(), n, n_exp, Eigen::OuterStride<>(n_exp)), ctx);  // logits (n, E)
+    detail::grow_size(ws.choice_, pairs);
+    detail::grow_size(ws.gates_, pairs);
+    detail::grow_size(ws.rows_, pairs);
+    const auto ne = static_cast<std::size_t>(n_exp);
+    ws.counts_.resize(ne);
+    ws.requests_.resize(ne);
+    ws.offsets_.resize(ne + 1);
+    ws.order_.resize(ne);
+    router_.forward(x, MatrixView(ws.probs_.data(), n, n_exp, Eigen::OuterStride<>(n_exp)), ctx);  // logits (n, E)
     const bool renormalize = options_.renormalize;
     parallel_chunks(n, n * n_exp >= (1 << 14) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
       for (Index t = t0; t < t1; ++t) {
-        float* p = probs_.data() + t * n_exp;  // (E)
+        float* p = ws.probs_.data() + t * n_exp;  // (E)
         kernels::softmax(p, static_cast<std::size_t>(n_exp));
-        Index* chosen = choice_.data() + t * k;  // (k)
+        Index* chosen = ws.choice_.data() + t * k;  // (k)
         float sum = 0.0f;
         for (int c = 0; c < k; ++c) {
           // The best expert not chosen yet; the strict > keeps the lower index on ties.
@@ -257,117 +309,121 @@ class MixtureOfExperts {
           chosen[c] = best;
           sum += p[best];
         }
-        float* w = gates_.data() + t * k;  // (k)
+        float* w = ws.gates_.data() + t * k;  // (k)
         const float scale = renormalize ? 1.0f / sum : 1.0f;
         for (int c = 0; c < k; ++c) w[c] = p[chosen[c]] * scale;
       }
     });
-    std::fill(requests_.begin(), requests_.end(), Index{0});
-    for (std::size_t i = 0; i < pairs; ++i) ++requests_[static_cast<std::size_t>(choice_[i])];
+    std::fill(ws.requests_.begin(), ws.requests_.end(), Index{0});
+    for (std::size_t i = 0; i < pairs; ++i) ++ws.requests_[static_cast<std::size_t>(ws.choice_[i])];
     // aux = E · Σ_i f_i · P_i (Switch Transformer eq. 4 with n·k choices), in double.
-    aux_loss_ = 0.0;
+    ws.aux_loss = 0.0;
     if (n > 0) {
       for (Index e = 0; e < n_exp; ++e) {
         double p_sum = 0.0;
-        for (Index t = 0; t < n; ++t) p_sum += probs_(t, e);
-        const double f = static_cast<double>(requests_[static_cast<std::size_t>(e)]) / static_cast<double>(pairs);
-        aux_loss_ += f * (p_sum / static_cast<double>(n));
+        for (Index t = 0; t < n; ++t) p_sum += ws.probs_(t, e);
+        const double f = static_cast<double>(ws.requests_[static_cast<std::size_t>(e)]) / static_cast<double>(pairs);
+        ws.aux_loss += f * (p_sum / static_cast<double>(n));
       }
-      aux_loss_ *= static_cast<double>(n_exp);
+      ws.aux_loss *= static_cast<double>(n_exp);
     }
   }
 
   /// Capacity in priority order (all first choices in token order, then all second choices, ...): each pair's
   /// row in the expert buffers, the experts' counts and offsets, and the token of every row.
-  void assign() {
-    const Index n = n_, n_exp = n_experts();
+  void assign(Workspace& ws) const {
+    const Index n = ws.tokens, n_exp = n_experts();
     const int k = top_k_;
-    capacity_ = capacity_for(n);
-    std::fill(counts_.begin(), counts_.end(), Index{0});
+    ws.capacity = capacity_for(n);
+    std::fill(ws.counts_.begin(), ws.counts_.end(), Index{0});
     for (int c = 0; c < k; ++c)
       for (Index t = 0; t < n; ++t) {
         const std::size_t i = static_cast<std::size_t>(t * k + c);
-        Index& filled = counts_[static_cast<std::size_t>(choice_[i])];
-        rows_[i] = filled < capacity_ ? filled++ : -1;  // the slot within the expert for now
+        Index& filled = ws.counts_[static_cast<std::size_t>(ws.choice_[i])];
+        ws.rows_[i] = filled < ws.capacity ? filled++ : -1;  // the slot within the expert for now
       }
+    ws.offsets_[0] = 0;
     for (Index e = 0; e < n_exp; ++e)
-      offsets_[static_cast<std::size_t>(e + 1)] = offsets_[static_cast<std::size_t>(e)] + count(e);
-    const Index total = offsets_.back();
-    detail::grow_size(row_token_, static_cast<std::size_t>(total));
+      ws.offsets_[static_cast<std::size_t>(e + 1)] = ws.offsets_[static_cast<std::size_t>(e)] + ws.count(e);
+    const Index total = ws.offsets_.back();
+    detail::grow_size(ws.row_token_, static_cast<std::size_t>(total));
     for (Index t = 0; t < n; ++t)
       for (int c = 0; c < k; ++c) {
-        Index& row = rows_[at(t, c)];
+        Index& row = ws.rows_[ws.at(t, c)];
         if (row < 0) continue;
-        row += expert_offset(choice_[at(t, c)]);
-        row_token_[static_cast<std::size_t>(row)] = t;
+        row += ws.expert_offset(ws.choice_[ws.at(t, c)]);
+        ws.row_token_[static_cast<std::size_t>(row)] = t;
       }
     const Index d = dim(), h = hidden_dim();
-    detail::grow_rows(gathered_, total, d);
-    detail::grow_rows(hidden_, total, h);
-    if constexpr (gated) detail::grow_rows(gate_hidden_, total, h);
-    detail::grow_rows(expert_out_, total, d);
+    detail::grow_rows(ws.gathered_, total, d);
+    detail::grow_rows(ws.hidden_, total, h);
+    if constexpr (gated) detail::grow_rows(ws.gate_hidden_, total, h);
+    detail::grow_rows(ws.expert_out_, total, d);
   }
 
   /// Every busy expert: in parallel one per thread (largest first), or one after another on all threads.
-  void run_experts(ConstMatrixView x, const Context& ctx) {
+  void run_experts(ConstMatrixView x, Workspace& ws, const Context& ctx) const {
     const Index n_exp = n_experts();
     const int threads = ctx.threads;
     Index busy = 0;
     for (Index e = 0; e < n_exp; ++e)
-      if (count(e) > 0) order_[static_cast<std::size_t>(busy++)] = e;
-    std::sort(order_.begin(), order_.begin() + busy, [&](Index a, Index b) {
-      return count(a) != count(b) ? count(a) > count(b) : a < b;
+      if (ws.count(e) > 0) ws.order_[static_cast<std::size_t>(busy++)] = e;
+    std::sort(ws.order_.begin(), ws.order_.begin() + busy, [&](Index a, Index b) {
+      return ws.count(a) != ws.count(b) ? ws.count(a) > ws.count(b) : a < b;
     });
-    if (threads > 1 && busy >= threads && balanced(busy, threads)) {
+    if (threads > 1 && busy >= threads && balanced(busy, threads, ws)) {
       const Context one{1};
-      parallel_for(busy, threads, [&](Index i, int) { run_expert(order_[static_cast<std::size_t>(i)], x, one); });
+      parallel_for(busy, threads, [&](Index i, int) {
+        run_expert(ws.order_[static_cast<std::size_t>(i)], x, ws, one);
+      });
     } else {
-      for (Index i = 0; i < busy; ++i) run_expert(order_[static_cast<std::size_t>(i)], x, ctx);
+      for (Index i = 0; i < busy; ++i) run_expert(ws.order_[static_cast<std::size_t>(i)], x, ws, ctx);
     }
   }
 
-  /// Whether list scheduling of the busy experts (order_, largest first) over `threads` threads finishes
+  /// Whether list scheduling of the busy experts (ws.order_, largest first) over `threads` threads finishes
   /// within 1.15× of a perfect split of the rows; otherwise all threads per expert is faster.
-  bool balanced(Index busy, int threads) {
-    detail::grow_size(thread_load_, static_cast<std::size_t>(threads));
-    std::fill(thread_load_.begin(), thread_load_.begin() + threads, Index{0});
+  static bool balanced(Index busy, int threads, Workspace& ws) {
+    std::vector<Index>& load = ws.thread_load_;
+    detail::grow_size(load, static_cast<std::size_t>(threads));
+    std::fill(load.begin(), load.begin() + threads, Index{0});
     for (Index i = 0; i < busy; ++i)
-      *std::min_element(thread_load_.begin(), thread_load_.begin() + threads) += count(order_[static_cast<std::size_t>(i)]);
-    const Index makespan = *std::max_element(thread_load_.begin(), thread_load_.begin() + threads);
-    const double ideal = static_cast<double>(offsets_.back()) / threads;
+      *std::min_element(load.begin(), load.begin() + threads) += ws.count(ws.order_[static_cast<std::size_t>(i)]);
+    const Index makespan = *std::max_element(load.begin(), load.begin() + threads);
+    const double ideal = static_cast<double>(ws.offsets_.back()) / threads;
     return static_cast<double>(makespan) <= 1.15 * ideal;
   }
 
   /// Expert e over its block: gather its rows of x, then FeedForward's formula, one product per projection.
-  /// (Not expert.forward: FeedForward sizes its hidden buffer to exactly the rows it gets, which change with
-  /// every routing, and would reallocate; the blocks here live in grow-only buffers.)
-  void run_expert(Index e, ConstMatrixView x, const Context& ctx) {
-    const Index m = count(e), r0 = expert_offset(e), d = dim(), h = hidden_dim();
+  /// (Not expert.forward: a FeedForward::Workspace is sized to exactly the rows it gets, which change with every
+  /// routing, and would reallocate; the blocks here live in grow-only buffers, and stay for a backward pass.)
+  void run_expert(Index e, ConstMatrixView x, Workspace& ws, const Context& ctx) const {
+    const Index m = ws.count(e), r0 = ws.expert_offset(e), d = dim(), h = hidden_dim();
     const auto span_d = static_cast<std::size_t>(d);
     for (Index r = r0; r < r0 + m; ++r)
-      std::memcpy(gathered_.data() + r * d, x.data() + row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
+      std::memcpy(ws.gathered_.data() + r * d, x.data() + ws.row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
                   span_d * sizeof(float));
-    const ConstMatrixView in(gathered_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));         // (m, d)
-    const MatrixView hidden(hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));            // (m, hidden)
-    const MatrixView out(expert_out_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));           // (m, d)
-    const MatrixView gate = gated ? MatrixView(gate_hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h))
-                                  : MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1));       // (m, hidden)
+    const ConstMatrixView in(ws.gathered_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));       // (m, d)
+    const MatrixView hidden(ws.hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));          // (m, hidden)
+    const MatrixView out(ws.expert_out_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));         // (m, d)
+    const MatrixView gate = gated ? MatrixView(ws.gate_hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h))
+                                  : MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1));        // (m, hidden)
     experts_[static_cast<std::size_t>(e)].forward_into(in, out, hidden, gate, ctx);
   }
 
   /// y(t) = Σ over accepted choices of w(t, c) · (expert output row); zero when all were dropped.
-  void combine(MatrixView y, const Context& ctx) {
-    const Index n = n_, d = dim();
+  void combine(MatrixView y, const Workspace& ws, const Context& ctx) const {
+    const Index n = ws.tokens, d = dim();
     const int k = top_k_;
     parallel_chunks(n, n * k * d >= (1 << 16) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
       for (Index t = t0; t < t1; ++t) {
         auto yt = y.row(t);  // (d)
         bool any = false;
         for (int c = 0; c < k; ++c) {
-          const Index row = rows_[static_cast<std::size_t>(t * k + c)];
+          const Index row = ws.rows_[static_cast<std::size_t>(t * k + c)];
           if (row < 0) continue;
-          const float w = gates_[static_cast<std::size_t>(t * k + c)];
-          const auto out = expert_out_.row(row);  // (d)
+          const float w = ws.gates_[static_cast<std::size_t>(t * k + c)];
+          const auto out = ws.expert_out_.row(row);  // (d)
           if (any) yt += w * out;
           else yt = w * out;
           any = true;
@@ -377,27 +433,10 @@ class MixtureOfExperts {
     });
   }
 
-  Dense router_{};                       // (n_experts, d)
-  std::vector<expert_type> experts_;     // n_experts, each d → hidden → d
+  Dense router_{};                    // (n_experts, d)
+  std::vector<expert_type> experts_;  // n_experts, each d → hidden → d
   int top_k_ = 1;
   MoEOptions options_{};
-
-  Index n_ = 0, capacity_ = 0;
-  double aux_loss_ = 0.0;
-  Matrix probs_;                    // (≥ n, n_experts): router logits, then probabilities
-  std::vector<Index> choice_;       // (n, k) expert of each choice
-  std::vector<float> gates_;        // (n, k) gate weights
-  std::vector<Index> rows_;         // (n, k) row in the expert buffers, -1 when dropped
-  std::vector<Index> counts_;       // (n_experts) accepted rows
-  std::vector<Index> requests_;     // (n_experts) choices before capacity
-  std::vector<Index> offsets_;      // (n_experts + 1) first row of each expert's block
-  std::vector<Index> order_;        // (n_experts) busy experts, largest first
-  std::vector<Index> row_token_;    // (rows) token of every row of the expert buffers
-  std::vector<Index> thread_load_;  // (threads) list-scheduling estimate
-  Matrix gathered_;                 // (≥ rows, d) experts' inputs, block by block
-  Matrix hidden_;                   // (≥ rows, hidden) activated hidden
-  Matrix gate_hidden_;              // (≥ rows, hidden) gate projections, gated only
-  Matrix expert_out_;               // (≥ rows, d) experts' outputs before the gates
 };
 
 static_assert(FeedForwardPolicy<MixtureOfExperts<Dense, ReLU>> && FeedForwardPolicy<MixtureOfExperts<Dense, SwiGLU>>);

@@ -1,6 +1,7 @@
 #pragma once
 /// \file Norm policies: LayerNorm (Ba et al. 2016, as torch.nn.LayerNorm) and RMSNorm (Zhang & Sennrich 2019).
 
+#include <string>
 #include <utility>
 
 #include "polyformer/core/concepts.hpp"
@@ -43,6 +44,11 @@ class LayerNorm {
 
   Index dim() const noexcept { return gamma_.size(); }
   float eps() const noexcept { return eps_; }
+  /// "weight" (the gain) and "bias" (d), as nn.LayerNorm names them.
+  void parameters(ParameterList& list, const std::string& prefix) {
+    list.add_vector(prefix + "weight", gamma_);
+    list.add_vector(prefix + "bias", beta_);
+  }
   Vector& gamma() noexcept { return gamma_; }
   Vector& beta() noexcept { return beta_; }
   const Vector& gamma() const noexcept { return gamma_; }
@@ -75,6 +81,8 @@ class RMSNorm {
 
   Index dim() const noexcept { return gamma_.size(); }
   float eps() const noexcept { return eps_; }
+  /// "weight" (the gain, d).
+  void parameters(ParameterList& list, const std::string& prefix) { list.add_vector(prefix + "weight", gamma_); }
   Vector& gamma() noexcept { return gamma_; }
   const Vector& gamma() const noexcept { return gamma_; }
 

@@ -3,9 +3,11 @@
 /// 2017, §3.5) and learned (a trained table, as GPT-2 and BERT).
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 
 namespace polyformer {
@@ -58,6 +60,8 @@ class LearnedPosition {
 
   const Matrix& table() const noexcept { return table_; }  ///< (max_positions, d)
   Matrix& table() noexcept { return table_; }
+  /// The table as "weight" (max_positions, d).
+  void parameters(ParameterList& list, const std::string& prefix) { list.add_matrix(prefix + "weight", table_); }
 
   /// x (batch·seq, d) += table[first_position + s] on every sequence's row s.
   void add(MatrixView x, Index batch, Index first_position = 0) const {

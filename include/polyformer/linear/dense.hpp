@@ -1,6 +1,7 @@
 #pragma once
 /// \file Dense linear policy: y = x·Wᵀ + b with W stored (out, in) as in torch.nn.Linear.
 
+#include <string>
 #include <utility>
 
 #include "polyformer/core/concepts.hpp"
@@ -11,9 +12,9 @@
 
 namespace polyformer {
 
-/// Fully connected layer; weight (out, in) row-major, optional bias (out). The weight is also kept packed
-/// for the GEMM micro-kernels (kernels/packed_gemm.hpp), so it is set through the constructor or
-/// set_weight, never written in place.
+/// Fully connected layer; weight (out, in) as in torch.nn.Linear, optional bias (out). The weight is stored
+/// once, packed for the GEMM micro-kernels (kernels/packed_gemm.hpp): weight() unpacks a copy, set_weight
+/// repacks, so it is never written in place.
 class Dense {
  public:
   Dense() = default;
@@ -27,7 +28,8 @@ class Dense {
     set_weight(Matrix::Zero(out_features, in_features));
   }
 
-  /// Takes ownership of weight (out, in) and, when non-empty, bias (out).
+  /// Packs weight (out, in) — taken by value, so a moved-in weight is freed once packed — and keeps bias (out)
+  /// when non-empty.
   explicit Dense(Matrix weight, Vector bias = Vector()) : bias_(std::move(bias)) {
     if (weight.rows() < 1 || weight.cols() < 1)
       throw shape_error(detail::cat("Dense: weight has shape ", detail::shape_str(weight.rows(), weight.cols()),
@@ -36,28 +38,40 @@ class Dense {
     if (has_bias_ && bias_.size() != weight.rows())
       throw shape_error(detail::cat("Dense: bias has shape ", detail::shape_str(bias_.size()), ", expected ",
                                     detail::shape_str(weight.rows())));
-    set_weight(std::move(weight));
+    set_weight(weight);
   }
 
-  Index in_features() const noexcept { return weight_.cols(); }
-  Index out_features() const noexcept { return weight_.rows(); }
+  Index in_features() const noexcept { return static_cast<Index>(packed_.rows()); }
+  Index out_features() const noexcept { return static_cast<Index>(packed_.cols()); }
   bool has_bias() const noexcept { return has_bias_; }
 
-  const Matrix& weight() const noexcept { return weight_; }  ///< (out, in)
+  /// A copy of the weight (out, in), unpacked.
+  Matrix weight() const {
+    Matrix w(out_features(), in_features());
+    packed_.unpack_transposed(w.data(), static_cast<std::size_t>(w.cols()));
+    return w;
+  }
   const kernels::PackedMatrix& packed_weight() const noexcept { return packed_; }  ///< Wᵀ, packed
 
-  /// Replaces the weight (out, in) — same shape as before — and repacks it.
-  void set_weight(Matrix weight) {
-    if (weight_.size() != 0 && (weight.rows() != weight_.rows() || weight.cols() != weight_.cols()))
+  /// Replaces the weight (out, in) — the same shape as before, if any — and packs it.
+  void set_weight(const Matrix& weight) {
+    if (packed_.size() != 0 && (weight.rows() != out_features() || weight.cols() != in_features()))
       throw shape_error(detail::cat("Dense::set_weight: weight has shape ", detail::shape_str(weight.rows(), weight.cols()),
-                                    ", expected ", detail::shape_str(weight_.rows(), weight_.cols())));
-    weight_ = std::move(weight);
-    packed_ = kernels::PackedMatrix::pack_transposed(weight_.data(), static_cast<std::size_t>(weight_.rows()),
-                                                     static_cast<std::size_t>(weight_.cols()),
-                                                     static_cast<std::size_t>(weight_.cols()));
+                                    ", expected ", detail::shape_str(out_features(), in_features())));
+    packed_ = kernels::PackedMatrix::pack_transposed(weight.data(), static_cast<std::size_t>(weight.rows()),
+                                                     static_cast<std::size_t>(weight.cols()),
+                                                     static_cast<std::size_t>(weight.cols()));
   }
   const Vector& bias() const noexcept { return bias_; }  ///< (out) or empty
   Vector& bias() noexcept { return bias_; }
+
+  /// "weight" (out, in) and, with a bias, "bias" (out), as nn.Linear names them.
+  void parameters(ParameterList& list, const std::string& prefix) {
+    list.add({prefix + "weight", {out_features(), in_features()},
+              [this](float* out) { packed_.unpack_transposed(out, static_cast<std::size_t>(in_features())); },
+              [this](const float* in) { set_weight(Eigen::Map<const Matrix>(in, out_features(), in_features())); }});
+    if (has_bias_) list.add_vector(prefix + "bias", bias_);
+  }
 
   /// y (n, out) = x (n, in) · Wᵀ + b.
   void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
@@ -67,11 +81,17 @@ class Dense {
   }
 
  private:
-  Matrix weight_;                   // (out, in)
-  kernels::PackedMatrix packed_;    // Wᵀ (in, out) in micro-kernel panels
-  Vector bias_;    // (out) or empty
+  kernels::PackedMatrix packed_;  // Wᵀ (in, out) in micro-kernel panels
+  Vector bias_;                   // (out) or empty
   bool has_bias_ = false;
 };
+
+/// Whether a linear policy computes with its float weight exactly as given, so that a model may run it from a
+/// weight it already holds instead (a Llama's tied classifier reads the embedding itself).
+template <typename L>
+inline constexpr bool exact_float_weights = false;
+template <>
+inline constexpr bool exact_float_weights<Dense> = true;
 
 static_assert(LinearPolicy<Dense>);
 

@@ -4,6 +4,7 @@
 /// Keeps only the int8 weight (¼ of Dense's bytes), not the float one.
 
 #include <cstddef>
+#include <string>
 #include <utility>
 
 #include "polyformer/core/concepts.hpp"
@@ -60,6 +61,16 @@ class Int8 {
   const Vector& bias() const noexcept { return bias_; }  ///< (out) or empty
 
   /// y (n, out) = quantized x (n, in) · quantized Wᵀ + b.
+  /// "weight" (out, in) — dequantized on read, quantized again on write — and "bias" (out) when present.
+  void parameters(ParameterList& list, const std::string& prefix) {
+    list.add({prefix + "weight", {out_features(), in_features()},
+              [this](float* out) { Eigen::Map<Matrix>(out, out_features(), in_features()) = dequantized_weight(); },
+              [this](const float* in) {
+                *this = Int8(Matrix(Eigen::Map<const Matrix>(in, out_features(), in_features())), bias_);
+              }});
+    if (bias_.size() != 0) list.add_vector(prefix + "bias", bias_);
+  }
+
   void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
     check_cols(x, in_features(), "Int8::forward", "x");
     check_shape(y, x.rows(), out_features(), "Int8::forward", "y");

@@ -40,7 +40,8 @@ struct LoRAAdapter {
 /// `Inner` with any number of named low-rank adapters; those active add s·B(A x) to its output. Adapters
 /// are added, switched and removed at run time without touching the base weight, or — for a mergeable Inner
 /// (Dense) — folded into it with merge() (no extra cost per token) and taken out again with unmerge().
-/// forward() keeps its (n, r) intermediate in a workspace: like every policy, one object serves one thread.
+/// forward() is `const` and writes nothing to the object: its (n, r) intermediate is scratch of the call (on the
+/// stack when small), so one layer serves any number of threads.
 template <LinearPolicy Inner>
 class LoRA {
  public:
@@ -139,18 +140,53 @@ class LoRA {
     merged_ = false;
   }
 
-  /// y (n, out) = Inner(x (n, in)) + Σ_active s·(x·Aᵀ)·Bᵀ.
+  /// y (n, out) = Inner(x (n, in)) + Σ_active s·(x·Aᵀ)·Bᵀ. The intermediate x·Aᵀ (n, r) of each adapter lives
+  /// in a buffer of this call: on the stack when n·r ≤ stack_floats (decoding, small batches), else on the heap.
+  /// Either way it is one product per factor over all n rows, so the result does not depend on the buffer.
+  /// The inner layer's parameters under `prefix`, and every adapter's factors as PEFT names them inside a model:
+  /// "lora_A.<adapter>.weight" (r, in) and "lora_B.<adapter>.weight" (out, r). Not writable while merged.
+  void parameters(ParameterList& list, const std::string& prefix) {
+    ParameterList own;
+    inner_.parameters(own, prefix);
+    for (auto& x : adapters_) {
+      own.add_matrix(prefix + "lora_A." + x.name + ".weight", x.a);
+      own.add_matrix(prefix + "lora_B." + x.name + ".weight", x.b);
+    }
+    for (const Parameter& p : own.items()) {
+      const bool adapter = p.name.compare(0, prefix.size() + 5, prefix + "lora_") == 0;
+      list.add({p.name, p.shape, p.read, [this, write = p.write, name = p.name, adapter](const float* in) {
+                  if (merged_)
+                    throw config_error(detail::cat("LoRA: '", name, "' cannot be written while the adapters are ",
+                                                   "merged, unmerge() first"));
+                  write(in);
+                  if (adapter) repack();
+                }});
+    }
+  }
+
   void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
     inner_.forward(x, y, ctx);
     if (merged_) return;
+    alignas(64) float stack[stack_floats];  // (n, r) when it fits
+    Matrix heap;                            // (n, r) otherwise
+    const Index n = x.rows();
     for (std::size_t i = 0; i < adapters_.size(); ++i) {
       if (!adapters_[i].active) continue;
       const Packed& p = packed_[i];
-      ensure_shape(down_, x.rows(), static_cast<Index>(p.a_t.cols()));
-      kernels::gemm(x, p.a_t, view(down_), nullptr, /*accumulate=*/false, ctx.threads);  // (n, r)
-      kernels::gemm(cview(down_), p.sb_t, y, nullptr, /*accumulate=*/true, ctx.threads);
+      const Index r = static_cast<Index>(p.a_t.cols());
+      float* down = stack;
+      if (n * r > stack_floats) {
+        ensure_shape(heap, n, r);
+        down = heap.data();
+      }
+      const MatrixView down_view(down, n, r, Eigen::OuterStride<>(r));  // (n, r): x·Aᵀ of this adapter
+      kernels::gemm(x, p.a_t, down_view, nullptr, /*accumulate=*/false, ctx.threads);
+      kernels::gemm(cview(down_view), p.sb_t, y, nullptr, /*accumulate=*/true, ctx.threads);
     }
   }
+
+  /// Floats of forward()'s stack buffer for x·Aᵀ (8 KB): n·r up to this is not allocated.
+  static constexpr Index stack_floats = 2048;
 
  private:
   /// An adapter as forward() streams it: Aᵀ (in, r) and (s·B)ᵀ (r, out), packed for the micro-kernels.
@@ -212,8 +248,11 @@ class LoRA {
   std::vector<LoRAAdapter> adapters_;
   std::vector<Packed> packed_;  // one per adapter
   bool merged_ = false;
-  mutable Matrix down_;  // (n, r): x·Aᵀ of the adapter being applied
 };
+
+/// A LoRA layer without adapters computes as its inner layer does.
+template <typename Inner>
+inline constexpr bool exact_float_weights<LoRA<Inner>> = exact_float_weights<Inner>;
 
 static_assert(LinearPolicy<LoRA<Dense>>);
 static_assert(MergeableLinear<Dense>);

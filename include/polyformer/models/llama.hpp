@@ -1,20 +1,25 @@
 #pragma once
 /// \file Llama-2-architecture decoder-only model (Touvron et al. 2023) composed from polyformer's policies:
 /// token embedding → layers of pre-norm RMSNorm, grouped-query self-attention with interleaved RoPE and SwiGLU
-/// FFN (EncoderLayer run causally over a KV cache) → final RMSNorm → classifier. Loads llama2.c checkpoints.
+/// FFN (DecoderLayer without cross-attention, decoding over a KV cache) → final RMSNorm → classifier. Loads
+/// llama2.c checkpoints.
 
 #include <concepts>
+#include <optional>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "polyformer/attention/full.hpp"
-#include "polyformer/blocks/encoder_layer.hpp"
+#include "polyformer/blocks/decoder_layer.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/llama2c.hpp"
+#include "polyformer/kernels/dot.hpp"
+#include "polyformer/kernels/gemm.hpp"
 #include "polyformer/layers/activation.hpp"
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/layers/rotary.hpp"
@@ -22,18 +27,40 @@
 
 namespace polyformer {
 
-/// A decoder-only Llama model over attention policy `Attn` and linear policy `Lin`. It owns one KV cache per
-/// layer, sized for config.seq_len positions when built, so generating allocates nothing per token.
-/// One sequence at a time; forward() appends positions, reset() starts a new sequence.
+/// A decoder-only Llama model over attention policy `Attn` and linear policy `Lin`. The model holds weights
+/// only and is used through `const`: one loaded model serves any number of sequences from any number of
+/// threads. What a sequence carries (a KV cache per layer, sized for config.seq_len positions when made, so
+/// decoding allocates nothing per token) is its State; a call's scratch is a Workspace (one per thread).
+/// Sequence bundles the two for the common one-sequence case.
 template <IncrementalAttention Attn = FullAttention, LinearPolicy Lin = Dense>
 class Llama {
  public:
-  using Layer = EncoderLayer<Attn, Lin, RMSNorm, SwiGLU, NormPlacement::pre, RoPE<RotaryStyle::interleaved>>;
+  using Layer = DecoderLayer<Attn, Lin, RMSNorm, SwiGLU, NormPlacement::pre, RoPE<RotaryStyle::interleaved>,
+                             NoCrossAttention>;
+
+  /// One sequence: every layer's attention state. position() is where its next token goes.
+  struct State {
+    std::vector<typename Attn::State> caches;  // one per layer
+    Index position() const noexcept { return caches.empty() ? 0 : caches.front().size(); }
+    void clear() noexcept {  ///< starts a new sequence; the caches keep their memory
+      for (auto& c : caches) c.clear();
+    }
+  };
+
+  /// One caller's scratch. After a forward, logits holds the wanted positions' logits (rows, vocab).
+  struct Workspace {
+    typename Layer::Workspace layer;
+    Matrix x, y, normed, logits;              // (rows, dim), (rows, dim), (wanted, dim), (wanted, vocab)
+    std::vector<typename Attn::State*> layer_states;
+    std::vector<Index> rows, wanted;          // per sequence: new rows; the rows whose logits are wanted
+  };
 
   Llama() = default;
 
-  /// embedding (vocab, dim); layers; final norm; classifier dim → vocab.
-  Llama(io::LlamaConfig config, Matrix embedding, std::vector<Layer> layers, RMSNorm final_norm, Lin classifier)
+  /// embedding (vocab, dim); layers; final norm; classifier dim → vocab, or none for a classifier tied to the
+  /// embedding, which then computes the logits from the embedding itself (no second copy of it).
+  Llama(io::LlamaConfig config, Matrix embedding, std::vector<Layer> layers, RMSNorm final_norm,
+        std::optional<Lin> classifier)
       : config_(config), embedding_(std::move(embedding)), layers_(std::move(layers)),
         final_norm_(std::move(final_norm)), classifier_(std::move(classifier)) {
     config_.validate("Llama");
@@ -45,78 +72,179 @@ class Llama {
         throw shape_error(detail::cat("Llama: layer ", l, " has d_model ", layers_[l].d_model(), ", expected ", config_.dim));
     if (final_norm_.dim() != config_.dim)
       throw shape_error(detail::cat("Llama: final norm has dim ", final_norm_.dim(), ", expected ", config_.dim));
-    if (classifier_.in_features() != config_.dim || classifier_.out_features() != config_.vocab_size)
-      throw shape_error(detail::cat("Llama: classifier maps ", classifier_.in_features(), " -> ",
-                                    classifier_.out_features(), ", expected ", config_.dim, " -> ", config_.vocab_size));
-    caches_.reserve(layers_.size());
-    for (auto& layer : layers_) {
-      caches_.push_back(layer.self_attn().make_state(config_.seq_len));
-      layer.self_attn().reserve_positions(config_.seq_len);
-    }
-    logits_.resize(1, config_.vocab_size);
+    if (classifier_ && (classifier_->in_features() != config_.dim || classifier_->out_features() != config_.vocab_size))
+      throw shape_error(detail::cat("Llama: classifier maps ", classifier_->in_features(), " -> ",
+                                    classifier_->out_features(), ", expected ", config_.dim, " -> ", config_.vocab_size));
+    for (auto& layer : layers_) layer.self_attn().reserve_positions(config_.seq_len);
   }
 
   const io::LlamaConfig& config() const noexcept { return config_; }
+  // Mutable access is for setting the model up (adapters, quantization); forward never needs it.
   std::vector<Layer>& layers() noexcept { return layers_; }
+  const std::vector<Layer>& layers() const noexcept { return layers_; }
   const Matrix& embedding() const noexcept { return embedding_; }
-  Lin& classifier() noexcept { return classifier_; }
+  /// The classifier, or nullptr when it is tied to the embedding.
+  Lin* classifier() noexcept { return classifier_ ? &*classifier_ : nullptr; }
+  const Lin* classifier() const noexcept { return classifier_ ? &*classifier_ : nullptr; }
+  const RMSNorm& final_norm() const noexcept { return final_norm_; }
 
-  /// Positions held in the KV caches: the next token goes there.
-  Index position() const noexcept { return caches_.empty() ? 0 : caches_.front().size(); }
-  /// Starts a new sequence (the caches keep their memory).
-  void reset() noexcept {
-    for (auto& c : caches_) c.clear();
+  /// Every tensor by llama2.c model.py's name under `prefix`: "tok_embeddings.weight", "layers.<i>.attention.wq.weight"
+  /// … "layers.<i>.feed_forward.w2.weight", "layers.<i>.attention_norm.weight", "layers.<i>.ffn_norm.weight",
+  /// "norm.weight", and "output.weight" unless the classifier is tied to the embedding.
+  void parameters(ParameterList& list, const std::string& prefix) {
+    const BlockNames names = llama2c_block_names();
+    list.add_matrix(prefix + "tok_embeddings.weight", embedding_);
+    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].parameters(list, detail::cat(prefix, "layers.", l, "."), names);
+    final_norm_.parameters(list, prefix + "norm.");
+    if (classifier_) classifier_->parameters(list, prefix + "output.");
   }
 
-  /// Runs `tokens` at positions position() onwards as one batch (a prompt's prefill, or one decoding step)
-  /// and returns the logits of the last one, (vocab). With `all_logits`, logits() then holds every
-  /// position's logits (n, vocab). Throws config_error for a token id outside the vocabulary or when the
-  /// positions would pass config.seq_len; nothing changes then.
-  std::span<const float> forward(std::span<const int> tokens, const Context& ctx, bool all_logits = false) {
-    const char* func = "Llama::forward";
-    ctx.validate(func);
-    const Index n = static_cast<Index>(tokens.size());
-    if (n < 1) throw config_error(detail::cat(func, ": no tokens, expected at least 1"));
-    if (position() + n > config_.seq_len)
-      throw config_error(detail::cat(func, ": positions ", position(), "..", position() + n - 1,
-                                     " pass the model's seq_len ", config_.seq_len));
-    for (Index i = 0; i < n; ++i)
-      if (tokens[std::size_t(i)] < 0 || tokens[std::size_t(i)] >= config_.vocab_size)
-        throw config_error(detail::cat(func, ": token ", i, " is ", tokens[std::size_t(i)], ", expected 0..",
-                                       config_.vocab_size - 1));
-    ensure_shape(x_, n, config_.dim);  // (n, dim)
-    ensure_shape(y_, n, config_.dim);
-    for (Index i = 0; i < n; ++i) x_.row(i) = embedding_.row(tokens[std::size_t(i)]);
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      layers_[l].forward_cached(cview(x_), caches_[l], view(y_), ctx);
-      x_.swap(y_);
+  /// A new sequence's state, for config.seq_len positions.
+  State make_state() const {
+    State state;
+    state.caches.reserve(layers_.size());
+    for (const auto& layer : layers_) state.caches.push_back(layer.self_attn().make_state(config_.seq_len));
+    return state;
+  }
+
+  /// Runs `tokens` at positions state.position() onwards as one batch (a prompt's prefill, or one decoding
+  /// step) and returns the logits of the last one, (vocab), held in ws.logits. With `all_logits`, ws.logits
+  /// holds every position's logits (n, vocab). Throws config_error for a token id outside the vocabulary or
+  /// when the positions would pass config.seq_len; nothing changes then.
+  std::span<const float> forward(State& state, std::span<const int> tokens, Workspace& ws, const Context& ctx,
+                                 bool all_logits = false) const {
+    State* const states[] = {&state};
+    const std::span<const int> lists[] = {tokens};
+    run("Llama::forward", states, lists, ws, ctx, all_logits);
+    return {ws.logits.data() + (ws.logits.rows() - 1) * config_.vocab_size, static_cast<std::size_t>(config_.vocab_size)};
+  }
+
+  /// Advances several sequences in one pass: tokens[i] (at least one) continue states[i]. Every weight is read
+  /// once for the whole batch. Afterwards ws.logits row i holds the logits of sequence i's last token
+  /// (batch, vocab). Throws as forward() does, naming the sequence; nothing changes then.
+  const Matrix& forward(std::span<State* const> states, std::span<const std::span<const int>> tokens, Workspace& ws,
+                        const Context& ctx) const {
+    run("Llama::forward (batch)", states, tokens, ws, ctx, false);
+    return ws.logits;
+  }
+
+  /// A state and a workspace of one sequence over this model, for callers that run one sequence at a time.
+  class Sequence {
+   public:
+    explicit Sequence(const Llama& model) : model_(&model), state_(model.make_state()) {}
+    /// As Llama::forward over this sequence.
+    std::span<const float> forward(std::span<const int> tokens, const Context& ctx, bool all_logits = false) {
+      return model_->forward(state_, tokens, ws_, ctx, all_logits);
     }
-    // Only the rows whose logits are wanted go through the final norm and the classifier.
-    const Index first = all_logits ? 0 : n - 1, rows = n - first;
-    ensure_shape(normed_, rows, config_.dim);
-    final_norm_.forward(block(cview(x_), first, 0, rows, config_.dim), view(normed_));
-    ensure_shape(logits_, rows, config_.vocab_size);
-    classifier_.forward(cview(normed_), view(logits_), ctx);
-    return {logits_.data() + (rows - 1) * config_.vocab_size, static_cast<std::size_t>(config_.vocab_size)};
-  }
+    const io::LlamaConfig& config() const noexcept { return model_->config(); }
+    Index position() const noexcept { return state_.position(); }
+    void reset() noexcept { state_.clear(); }
+    /// Logits of the last forward: (1, vocab), or (n, vocab) after forward(..., all_logits = true).
+    const Matrix& logits() const noexcept { return ws_.logits; }
+    State& state() noexcept { return state_; }
 
-  /// Logits of the last forward: (1, vocab), or (n, vocab) after forward(..., all_logits = true).
-  const Matrix& logits() const noexcept { return logits_; }
+   private:
+    const Llama* model_;
+    State state_;
+    Workspace ws_;
+  };
+
+  /// A new sequence over this model (which must outlive it).
+  Sequence new_sequence() const { return Sequence(*this); }
 
  private:
+  void run(const char* func, std::span<State* const> states, std::span<const std::span<const int>> tokens,
+           Workspace& ws, const Context& ctx, bool all_logits) const {
+    ctx.validate(func);
+    if (states.size() != tokens.size() || states.empty())
+      throw config_error(detail::cat(func, ": ", states.size(), " states and ", tokens.size(),
+                                     " token lists, expected as many, at least 1"));
+    Index total = 0;
+    for (std::size_t s = 0; s < states.size(); ++s) {
+      const char* seq = states.size() > 1 ? detail::cat(" (sequence ", s, ")").c_str() : "";
+      const std::string where = states.size() > 1 ? detail::cat(func, ": sequence ", s) : std::string(func);
+      (void)seq;
+      const Index n = static_cast<Index>(tokens[s].size());
+      if (states[s] == nullptr) throw config_error(detail::cat(where, ": no state"));
+      if (states[s]->caches.size() != layers_.size())
+        throw config_error(detail::cat(where, ": the state has ", states[s]->caches.size(), " layers, expected ",
+                                       layers_.size(), " (make it with make_state)"));
+      if (n < 1) throw config_error(detail::cat(where, ": no tokens, expected at least 1"));
+      const Index position = states[s]->position();
+      if (position + n > config_.seq_len)
+        throw config_error(detail::cat(where, ": positions ", position, "..", position + n - 1,
+                                       " pass the model's seq_len ", config_.seq_len));
+      for (Index i = 0; i < n; ++i)
+        if (tokens[s][std::size_t(i)] < 0 || tokens[s][std::size_t(i)] >= config_.vocab_size)
+          throw config_error(detail::cat(where, ": token ", i, " is ", tokens[s][std::size_t(i)], ", expected 0..",
+                                         config_.vocab_size - 1));
+      for (std::size_t o = 0; o < s; ++o)
+        if (states[o] == states[s]) throw config_error(detail::cat(where, ": the same state as sequence ", o));
+      total += n;
+    }
+    const Index d = config_.dim;
+    ensure_shape(ws.x, total, d);  // (rows, dim)
+    ensure_shape(ws.y, total, d);
+    ws.rows.clear();
+    for (std::size_t s = 0, r = 0; s < states.size(); ++s) {
+      for (int t : tokens[s]) ws.x.row(Index(r++)) = embedding_.row(t);
+      ws.rows.push_back(static_cast<Index>(tokens[s].size()));
+    }
+    ws.layer_states.resize(states.size());
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      for (std::size_t s = 0; s < states.size(); ++s) ws.layer_states[s] = &states[s]->caches[l];
+      layers_[l].forward_cached(cview(ws.x), std::span<typename Attn::State* const>(ws.layer_states),
+                                std::span<const Index>(ws.rows), view(ws.y), ws.layer, ctx);
+      ws.x.swap(ws.y);
+    }
+    // Only the rows whose logits are wanted go through the final norm and the classifier.
+    ws.wanted.clear();
+    if (all_logits) {
+      for (Index r = 0; r < total; ++r) ws.wanted.push_back(r);
+    } else {
+      for (Index s = 0, end = 0; s < Index(ws.rows.size()); ++s) ws.wanted.push_back((end += ws.rows[std::size_t(s)]) - 1);
+    }
+    const Index wanted = static_cast<Index>(ws.wanted.size());
+    ensure_shape(ws.normed, wanted, d);
+    if (wanted == total) {
+      final_norm_.forward(cview(ws.x), view(ws.normed));
+    } else {
+      for (Index w = 0; w < wanted; ++w)
+        final_norm_.forward(block(cview(ws.x), ws.wanted[std::size_t(w)], 0, 1, d), block(view(ws.normed), w, 0, 1, d));
+    }
+    ensure_shape(ws.logits, wanted, config_.vocab_size);
+    if (classifier_) classifier_->forward(cview(ws.normed), view(ws.logits), ctx);
+    else tied_logits(cview(ws.normed), view(ws.logits), ctx);
+  }
+
+  /// logits (m, vocab) = x (m, dim) · Eᵀ over the embedding E (vocab, dim): a few rows as one dot product per
+  /// (row, token) over contiguous embedding rows, more as a GEMM.
+  void tied_logits(ConstMatrixView x, MatrixView logits, const Context& ctx) const {
+    const Index m = x.rows(), vocab = config_.vocab_size, d = config_.dim;
+    if (m > 4) {
+      kernels::gemm(x, cview(embedding_), kernels::Transpose::yes, logits, 1.0f, 0.0f, ctx.threads);
+      return;
+    }
+    const int t = static_cast<double>(m * vocab * d) < 1e6 ? 1 : ctx.threads;
+    parallel_chunks(vocab, t, [&](Index j0, Index j1, int) {
+      for (Index i = 0; i < m; ++i)
+        for (Index j = j0; j < j1; ++j)
+          logits(i, j) = kernels::dot(x.data() + i * x.outerStride(), embedding_.data() + j * d, std::size_t(d));
+    });
+  }
+
   io::LlamaConfig config_{};
   Matrix embedding_;  // (vocab, dim)
   std::vector<Layer> layers_;
   RMSNorm final_norm_{};
-  Lin classifier_{};
-  std::vector<typename Attn::State> caches_;  // one per layer, for seq_len positions
-  Matrix x_, y_, normed_, logits_;
+  std::optional<Lin> classifier_;  // none: tied to the embedding
 };
 
 /// A Llama over the float weights of a parsed llama2.c checkpoint, every layer's attention a copy of
 /// `attention` (FullAttention by default; any IncrementalAttention policy, e.g. SlidingWindow for a bounded
 /// cache) and every linear layer a `Lin` built from its weight (out, in) once: Dense keeps it, Int8 quantizes
-/// it, LoRA<Inner> wraps it with no adapters yet. A shared classifier is built from a copy of the embedding.
+/// it, LoRA<Inner> wraps it with no adapters yet. A shared (tied) classifier reads the embedding itself when
+/// `Lin` computes with exact float weights (Dense, LoRA<Dense>); otherwise it is built from a copy (Int8).
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
 Llama<Attn, Lin> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) {
@@ -127,16 +255,44 @@ Llama<Attn, Lin> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) 
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
   for (std::size_t l = 0; l < static_cast<std::size_t>(c.n_layers); ++l) {
-    typename Layer::Attention attn(Lin(std::move(w.wq[l])), Lin(std::move(w.wk[l])), Lin(std::move(w.wv[l])),
-                                   Lin(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
-                                   attention, RoPE<RotaryStyle::interleaved>(c.rope_theta));
+    typename Layer::SelfAttention attn(Lin(std::move(w.wq[l])), Lin(std::move(w.wk[l])), Lin(std::move(w.wv[l])),
+                                       Lin(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
+                                       attention, RoPE<RotaryStyle::interleaved>(c.rope_theta));
     typename Layer::FFN ffn(Lin(std::move(w.w1[l])), Lin(std::move(w.w3[l])), Lin(std::move(w.w2[l])));
     layers.emplace_back(std::move(attn), std::move(ffn), RMSNorm(std::move(w.attn_norm[l]), c.norm_eps),
                         RMSNorm(std::move(w.ffn_norm[l]), c.norm_eps));
   }
-  Lin classifier(c.shared_classifier ? Matrix(w.token_embedding) : std::move(w.classifier));
+  std::optional<Lin> classifier;
+  if (!c.shared_classifier) classifier.emplace(std::move(w.classifier));
+  else if constexpr (!exact_float_weights<Lin>) classifier.emplace(Matrix(w.token_embedding));
   return Model(c, std::move(w.token_embedding), std::move(layers), RMSNorm(std::move(w.final_norm), c.norm_eps),
                std::move(classifier));
+}
+
+/// A Llama of the sizes in `config` with zero weights (unit norm gains), to be filled by name through
+/// parameters() and load_state_dict (io/state_dict.hpp), e.g. from a safetensors export.
+template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
+  requires std::constructible_from<Lin, Matrix>
+Llama<Attn, Lin> make_llama(const io::LlamaConfig& config, const Attn& attention = Attn{}) {
+  config.validate("make_llama");
+  io::LlamaWeights w;
+  w.config = config;
+  const Index d = config.dim, h = config.hidden_dim, kv = config.kv_dim();
+  w.token_embedding = Matrix::Zero(config.vocab_size, d);
+  for (Index l = 0; l < config.n_layers; ++l) {
+    w.attn_norm.push_back(Vector::Ones(d));
+    w.ffn_norm.push_back(Vector::Ones(d));
+    w.wq.push_back(Matrix::Zero(config.n_heads * config.head_dim(), d));
+    w.wk.push_back(Matrix::Zero(kv, d));
+    w.wv.push_back(Matrix::Zero(kv, d));
+    w.wo.push_back(Matrix::Zero(d, config.n_heads * config.head_dim()));
+    w.w1.push_back(Matrix::Zero(h, d));
+    w.w3.push_back(Matrix::Zero(h, d));
+    w.w2.push_back(Matrix::Zero(d, h));
+  }
+  w.final_norm = Vector::Ones(d);
+  if (!config.shared_classifier) w.classifier = Matrix::Zero(config.vocab_size, d);
+  return make_llama<Lin>(std::move(w), attention);
 }
 
 /// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over linear policy `Lin` and attention

@@ -75,7 +75,7 @@ void add_lora_adapter(Llama<Attn, LoRA<Inner>>& model, const io::PeftLoraAdapter
   }
 }
 
-/// Every LoRA layer of a Llama (all projections and the classifier), for switching adapters model-wide.
+/// Every LoRA layer of a Llama (all projections and an untied classifier), for switching adapters model-wide.
 template <IncrementalAttention Attn, LinearPolicy Inner, typename F>
 void for_each_lora(Llama<Attn, LoRA<Inner>>& model, F&& f) {
   for (auto& l : model.layers()) {
@@ -84,7 +84,7 @@ void for_each_lora(Llama<Attn, LoRA<Inner>>& model, F&& f) {
                              &l.ffn().down()})
       f(*lin);
   }
-  f(model.classifier());
+  if (auto* classifier = model.classifier()) f(*classifier);  // none when tied to the embedding
 }
 
 /// Makes exactly the named adapters active in every layer that has them (others: none active). An empty list

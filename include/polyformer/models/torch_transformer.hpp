@@ -1,19 +1,20 @@
 #pragma once
 /// \file PyTorch nn.TransformerEncoderLayer / nn.TransformerDecoderLayer / nn.Transformer state dicts
-/// (safetensors, exact state_dict names) mapped onto polyformer blocks.
+/// (safetensors, exact state_dict names) mapped onto polyformer blocks: blocks of the file's sizes are made with
+/// zero weights, then filled by name through the generic loader (io/state_dict.hpp).
 
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "polyformer/attention/full.hpp"
-#include "polyformer/blocks/decoder.hpp"
 #include "polyformer/blocks/decoder_layer.hpp"
-#include "polyformer/blocks/encoder.hpp"
+#include "polyformer/blocks/layer_stack.hpp"
 #include "polyformer/blocks/encoder_decoder.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/io/safetensors.hpp"
+#include "polyformer/io/state_dict.hpp"
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/linear/dense.hpp"
 
@@ -36,28 +37,7 @@ struct LayerOptions {
 
 namespace detail {
 
-inline Dense load_linear(const io::SafetensorsFile& f, const std::string& name) {
-  Matrix w = f.matrix(name + ".weight");
-  Vector b = f.contains(name + ".bias") ? f.vector(name + ".bias") : Vector();
-  return Dense(std::move(w), std::move(b));
-}
-
-inline LayerNorm load_layer_norm(const io::SafetensorsFile& f, const std::string& name, Index d, float eps) {
-  Matrix g = f.matrix(name + ".weight", 1, d), b = f.matrix(name + ".bias", 1, d);
-  return LayerNorm(Vector(g.row(0).transpose()), Vector(b.row(0).transpose()), eps);
-}
-
-/// nn.MultiheadAttention: in_proj_weight (3d, d) holds W_q, W_k, W_v as row blocks; in_proj_bias likewise.
-template <typename MHA>
-MHA load_mha(const io::SafetensorsFile& f, const std::string& name, Index d, Index nhead) {
-  const Matrix w = f.matrix(name + ".in_proj_weight", 3 * d, d);
-  const Matrix b = f.matrix(name + ".in_proj_bias", 1, 3 * d);
-  const auto part = [&](Index i) {
-    return Dense(Matrix(w.middleRows(i * d, d)), Vector(b.row(0).segment(i * d, d).transpose()));
-  };
-  return MHA(part(0), part(1), part(2), load_linear(f, name + ".out_proj"), HeadConfig{nhead, nhead, 0});
-}
-
+/// d_model from "<prefix>self_attn.out_proj.weight" (d, d).
 inline Index d_model_of(const io::SafetensorsFile& f, const std::string& prefix) {
   const auto& info = f.info(prefix + "self_attn.out_proj.weight");
   if (info.shape.size() != 2)
@@ -67,30 +47,75 @@ inline Index d_model_of(const io::SafetensorsFile& f, const std::string& prefix)
   return static_cast<Index>(info.shape[0]);
 }
 
+/// A zero nn.Linear in → out, with a bias when the file has "<name>.bias" (nn.Linear(bias=False) has none).
+inline Dense zero_linear(const io::SafetensorsFile& f, const std::string& name, Index in, Index out) {
+  return Dense(in, out, f.contains(name + ".bias"));
+}
+
+/// A zero nn.MultiheadAttention of d_model d: biases as the file has them.
+template <typename MHA>
+MHA zero_mha(const io::SafetensorsFile& f, const std::string& name, Index d, Index nhead) {
+  const bool bias = f.contains(name + ".in_proj_bias");
+  return MHA(Dense(d, d, bias), Dense(d, d, bias), Dense(d, d, bias), zero_linear(f, name + ".out_proj", d, d),
+             HeadConfig{nhead, nhead, 0});
+}
+
+/// The FFN width, from "<prefix>linear1.weight" (dff, d).
+inline Index ffn_width_of(const io::SafetensorsFile& f, const std::string& prefix) {
+  const auto& info = f.info(prefix + "linear1.weight");
+  if (info.shape.size() != 2)
+    throw shape_error(polyformer::detail::cat("torch loader: ", f.path(), ": '", prefix, "linear1.weight' has ",
+                                              info.shape.size(), " dimensions, expected 2"));
+  return static_cast<Index>(info.shape[0]);
+}
+
+/// A decoder layer that attends to memory (nn.TransformerDecoderLayer).
+template <typename Layer>
+concept CrossAttending = requires { typename Layer::CrossAttention; } && Layer::has_cross_attention;
+
+/// A layer of the file's sizes with zero weights, for the names below to fill.
+template <typename Layer>
+Layer zero_layer(const io::SafetensorsFile& f, const std::string& prefix, const LayerOptions& opt) {
+  const Index d = d_model_of(f, prefix), dff = ffn_width_of(f, prefix);
+  using FFN = typename Layer::FFN;
+  FFN ffn(zero_linear(f, prefix + "linear1", d, dff), zero_linear(f, prefix + "linear2", dff, d));
+  const auto norm = [&] { return LayerNorm(d, opt.layer_norm_eps); };
+  if constexpr (CrossAttending<Layer>) {
+    return Layer(zero_mha<typename Layer::SelfAttention>(f, prefix + "self_attn", d, opt.nhead),
+                 zero_mha<typename Layer::CrossAttention>(f, prefix + "multihead_attn", d, opt.nhead), std::move(ffn),
+                 norm(), norm(), norm());
+  } else {
+    return Layer(zero_mha<typename Layer::Attention>(f, prefix + "self_attn", d, opt.nhead), std::move(ffn), norm(),
+                 norm());
+  }
+}
+
+/// Fills `module` from the file's tensors under its state-dict names (PyTorch's); other tensors in the file
+/// (inputs, outputs) are left alone.
+template <typename Module>
+void load_torch_names(Module& module, const io::SafetensorsFile& f, const std::string& prefix) {
+  ParameterList params;
+  module.parameters(params, prefix);
+  load_state_dict(params, f, /*strict=*/false);
+}
+
 }  // namespace detail
 
-/// Loads "<prefix>self_attn.*", "linear1/2.*", "norm1/2.*" into an encoder layer.
+/// Loads "<prefix>self_attn.*", "linear1/2.*", "norm1/2.*" into an encoder layer: a layer of the file's sizes
+/// filled through its PyTorch state-dict names (io/state_dict.hpp).
 template <typename Layer>
 Layer load_encoder_layer(const io::SafetensorsFile& f, const std::string& prefix, const LayerOptions& opt) {
-  const Index d = detail::d_model_of(f, prefix);
-  using FFN = typename Layer::FFN;
-  return Layer(detail::load_mha<typename Layer::Attention>(f, prefix + "self_attn", d, opt.nhead),
-               FFN(detail::load_linear(f, prefix + "linear1"), detail::load_linear(f, prefix + "linear2")),
-               detail::load_layer_norm(f, prefix + "norm1", d, opt.layer_norm_eps),
-               detail::load_layer_norm(f, prefix + "norm2", d, opt.layer_norm_eps));
+  Layer layer = detail::zero_layer<Layer>(f, prefix, opt);
+  detail::load_torch_names(layer, f, prefix);
+  return layer;
 }
 
 /// Loads "<prefix>self_attn.*", "multihead_attn.*", "linear1/2.*", "norm1/2/3.*" into a decoder layer.
 template <typename Layer>
 Layer load_decoder_layer(const io::SafetensorsFile& f, const std::string& prefix, const LayerOptions& opt) {
-  const Index d = detail::d_model_of(f, prefix);
-  using FFN = typename Layer::FFN;
-  return Layer(detail::load_mha<typename Layer::SelfAttention>(f, prefix + "self_attn", d, opt.nhead),
-               detail::load_mha<typename Layer::CrossAttention>(f, prefix + "multihead_attn", d, opt.nhead),
-               FFN(detail::load_linear(f, prefix + "linear1"), detail::load_linear(f, prefix + "linear2")),
-               detail::load_layer_norm(f, prefix + "norm1", d, opt.layer_norm_eps),
-               detail::load_layer_norm(f, prefix + "norm2", d, opt.layer_norm_eps),
-               detail::load_layer_norm(f, prefix + "norm3", d, opt.layer_norm_eps));
+  Layer layer = detail::zero_layer<Layer>(f, prefix, opt);
+  detail::load_torch_names(layer, f, prefix);
+  return layer;
 }
 
 /// Loads nn.Transformer: encoder.layers.{i}.*, encoder.norm.*, decoder.layers.{i}.*, decoder.norm.*.
@@ -105,16 +130,18 @@ Model load_transformer(const io::SafetensorsFile& f, Index num_encoder_layers, I
   std::vector<typename EncoderStack::layer_type> enc;
   std::vector<typename DecoderStack::layer_type> dec;
   for (Index i = 0; i < num_encoder_layers; ++i)
-    enc.push_back(load_encoder_layer<typename EncoderStack::layer_type>(
+    enc.push_back(detail::zero_layer<typename EncoderStack::layer_type>(
         f, polyformer::detail::cat("encoder.layers.", i, "."), opt));
   for (Index i = 0; i < num_decoder_layers; ++i)
-    dec.push_back(load_decoder_layer<typename DecoderStack::layer_type>(
+    dec.push_back(detail::zero_layer<typename DecoderStack::layer_type>(
         f, polyformer::detail::cat("decoder.layers.", i, "."), opt));
   const Index d = enc.front().d_model();
   std::optional<LayerNorm> enc_norm, dec_norm;
-  if (f.contains("encoder.norm.weight")) enc_norm = detail::load_layer_norm(f, "encoder.norm", d, opt.layer_norm_eps);
-  if (f.contains("decoder.norm.weight")) dec_norm = detail::load_layer_norm(f, "decoder.norm", d, opt.layer_norm_eps);
-  return Model(EncoderStack(std::move(enc), std::move(enc_norm)), DecoderStack(std::move(dec), std::move(dec_norm)));
+  if (f.contains("encoder.norm.weight")) enc_norm = LayerNorm(d, opt.layer_norm_eps);
+  if (f.contains("decoder.norm.weight")) dec_norm = LayerNorm(d, opt.layer_norm_eps);
+  Model model(EncoderStack(std::move(enc), std::move(enc_norm)), DecoderStack(std::move(dec), std::move(dec_norm)));
+  detail::load_torch_names(model, f, "");
+  return model;
 }
 
 }  // namespace polyformer::torch

@@ -41,17 +41,26 @@ class PackedMatrix {
 
   /// Packs B = Wᵀ for W (n, k) row-major with rows ldw floats apart: the nn.Linear weight (out, in).
   static PackedMatrix pack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
-    PackedMatrix p(k, n);
-    for (std::size_t panel = 0; panel < p.panels(); ++panel) {
-      float* dst = p.data_.data() + panel * k * panel_width;
+    PackedMatrix p;
+    p.repack_transposed(w, n, k, ldw);
+    return p;
+  }
+
+  /// The same into this object, reusing its storage when it is large enough (no allocation then): for callers
+  /// that pack blocks of a weight on the fly.
+  void repack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
+    k_ = k;
+    n_ = n;
+    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width + panel_cols(panels() - 1)) * k, 0.0f);
+    for (std::size_t panel = 0; panel < panels(); ++panel) {
+      float* dst = data_.data() + panel * k * panel_width;
       const std::size_t col0 = panel * panel_width, cols = std::min(panel_width, n - col0);
-      const std::size_t width = p.panel_cols(panel);
+      const std::size_t width = panel_cols(panel);
       for (std::size_t j = 0; j < cols; ++j) {
         const float* src = w + (col0 + j) * ldw;
         for (std::size_t r = 0; r < k; ++r) dst[r * width + j] = src[r];
       }
     }
-    return p;
   }
 
   std::size_t rows() const noexcept { return k_; }  ///< k
@@ -82,10 +91,6 @@ class PackedMatrix {
   }
 
  private:
-  PackedMatrix(std::size_t k, std::size_t n) : k_(k), n_(n) {
-    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width + panel_cols(panels() - 1)) * k, 0.0f);
-  }
-
   std::size_t k_ = 0, n_ = 0;
   std::vector<float, Eigen::aligned_allocator<float>> data_;  // full panels, then the last one
 };

@@ -18,7 +18,7 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/llama2c.hpp"
-#include "polyformer/kernels/dot.hpp"
+#include "polyformer/kernels/gemm_nt.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/layers/activation.hpp"
 #include "polyformer/layers/norm.hpp"
@@ -217,19 +217,25 @@ class Llama {
     else tied_logits(cview(ws.normed), view(ws.logits), ctx);
   }
 
-  /// logits (m, vocab) = x (m, dim) · Eᵀ over the embedding E (vocab, dim): a few rows as one dot product per
-  /// (row, token) over contiguous embedding rows, more as a GEMM.
+  /// logits (m, vocab) = x (m, dim) · Eᵀ over the embedding E (vocab, dim) itself, by dot products over blocks of
+  /// E's rows, each block read once from memory for all of x (kernels/gemm_nt.hpp); m > 16 through the GEMM
+  /// entry point.
   void tied_logits(ConstMatrixView x, MatrixView logits, const Context& ctx) const {
     const Index m = x.rows(), vocab = config_.vocab_size, d = config_.dim;
-    if (m > 4) {
+    if (m > 16) {
       kernels::gemm(x, cview(embedding_), kernels::Transpose::yes, logits, 1.0f, 0.0f, ctx.threads);
       return;
     }
-    const int t = static_cast<double>(m * vocab * d) < 1e6 ? 1 : ctx.threads;
-    parallel_chunks(vocab, t, [&](Index j0, Index j1, int) {
-      for (Index i = 0; i < m; ++i)
-        for (Index j = j0; j < j1; ++j)
-          logits(i, j) = kernels::dot(x.data() + i * x.outerStride(), embedding_.data() + j * d, std::size_t(d));
+    constexpr Index block_rows = 256;  // rows of E per task
+    const Index blocks = (vocab + block_rows - 1) / block_rows;
+    const int t = static_cast<double>(m * vocab * d) < 1e6 ? 1 : static_cast<int>(std::min<Index>(ctx.threads, blocks));
+    const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+    parallel_chunks(blocks, t, [&](Index b0, Index b1, int) {
+      for (Index b = b0; b < b1; ++b) {  // a block stays in L2 while every group of 4 rows of x passes over it
+        const Index j0 = b * block_rows, rows = std::min(block_rows, vocab - j0);
+        kernels::gemm_nt(u(m), u(rows), u(d), x.data(), u(x.outerStride()), embedding_.data() + j0 * d, u(d),
+                         logits.data() + j0, u(logits.outerStride()));
+      }
     });
   }
 

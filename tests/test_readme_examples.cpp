@@ -19,7 +19,7 @@ struct Sparse : pf::BlockPolicies {
 
 }  // namespace
 
-TEST_CASE("readme: one model, many sequences; named parameters; policy sets", "[readme]") {
+TEST_CASE("readme: one model with many sequences, named parameters, policy sets", "[readme]") {
   using Layer = pf::EncoderLayerOf<Sparse>;   // a sparse block, every other policy the default
   STATIC_REQUIRE(std::is_same_v<Layer::FFN, pf::MixtureOfExperts<pf::Dense, pf::ReLU>>);
 

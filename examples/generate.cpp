@@ -35,6 +35,7 @@
 #include "polyformer/polyformer.hpp"
 #include "polyformer/models/llama_lora.hpp"
 
+#include "../bench/resident_memory.hpp"
 #include "cli.hpp"
 
 namespace pf = polyformer;
@@ -133,6 +134,16 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+/// stderr: the resident memory once the model is loaded (what loading freed handed back first), beside its
+/// parameters' bytes as fp32.
+template <typename Model>
+void report_loaded(Model& model) {
+  malloc_trim(0);
+  const double parameters = static_cast<double>(pf::parameters_of(model).numel());
+  std::fprintf(stderr, "loaded: %.1f MB resident, %.0f parameters (%.1f MB as fp32)\n",
+               bench::proc_status_mib("VmRSS") * 1.048576, parameters, parameters * 4e-6);
+}
+
 /// The lines of a prompts file (a final newline ends the last line; "\r\n" endings are accepted).
 std::vector<std::string> read_prompts(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
@@ -185,6 +196,7 @@ void run(const Options& o, const Attention& attention) {
   if constexpr (pf::MergeableLinear<Linear>) {
     if (o.merge_lora) pf::merge_lora_adapters(model);
   }
+  report_loaded(model);
   const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
   pf::SamplerOptions sampling;
   sampling.temperature = o.temperature;

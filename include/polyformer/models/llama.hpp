@@ -161,9 +161,7 @@ class Llama {
                                      " token lists, expected as many, at least 1"));
     Index total = 0;
     for (std::size_t s = 0; s < states.size(); ++s) {
-      const char* seq = states.size() > 1 ? detail::cat(" (sequence ", s, ")").c_str() : "";
       const std::string where = states.size() > 1 ? detail::cat(func, ": sequence ", s) : std::string(func);
-      (void)seq;
       const Index n = static_cast<Index>(tokens[s].size());
       if (states[s] == nullptr) throw config_error(detail::cat(where, ": no state"));
       if (states[s]->caches.size() != layers_.size())

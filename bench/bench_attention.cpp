@@ -32,13 +32,14 @@ void BM_attention(benchmark::State& state) {
   const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
   pf::Matrix out(n, width);
   const pf::AttentionMask mask{};
-  pf::FullAttention attention;
+  const pf::FullAttention attention;
+  pf::FullAttention::Workspace ws;  // reused across iterations, as a layer's caller keeps it
   const bench::PeakMemory memory;
   // Warm-up (sizes the tile buffers) only where an iteration is short; the large sizes run once.
-  if (n < 8192) attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ctx);
+  if (n < 8192) attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ws, ctx);
   const bench::LoopClock clock;
   for (auto _ : state) {
-    attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ctx);
+    attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), ws, ctx);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }

@@ -3,7 +3,7 @@
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
 //            [--topk K] [--seed S] [--threads N] [--attention A]
-//            [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
+//            [--linear fp32|int8] [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
@@ -11,7 +11,9 @@
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
 // change the text: they show the policies decoding, not a better model.
-// --int8 quantizes every linear layer once on load (per output channel; activations per row at run time).
+// --linear chooses every linear layer's policy by its name in the linear registry (fp32 by default); --int8, the
+// same as --linear int8, quantizes every linear layer once on load (per output channel; activations per row at
+// run time).
 // --lora applies a Hugging Face PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors),
 // scaled by SCALE (1 by default); repeat it to apply several at once. --merge-lora folds them into the weights
 // before decoding (not with --int8).
@@ -33,6 +35,8 @@
 #include <vector>
 
 #include "polyformer/polyformer.hpp"
+#include "polyformer/attention/dynamic_attention.hpp"
+#include "polyformer/linear/registry.hpp"
 #include "polyformer/models/llama_lora.hpp"
 
 #include "../bench/resident_memory.hpp"
@@ -49,7 +53,7 @@ const std::string usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
     "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
     "                [--attention " + pf::attention_usage<pf::AttentionPolicies, /*incremental_only=*/true>() + "]\n"
-    "                [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n"
+    "                [--linear " + pf::linear_usage() + "] [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n"
     "                [--prompts FILE [--batch N]]\n";
 
 /// One --lora argument: a PEFT adapter directory and the strength its α/r is multiplied by.
@@ -65,7 +69,8 @@ struct Options {
   long long top_k = 0, threads = 1;
   unsigned long long seed = 0;
   bool seed_given = false;
-  bool int8 = false, merge_lora = false;
+  std::string linear = "fp32";
+  bool merge_lora = false;
   std::vector<LoraOption> loras;
 };
 
@@ -109,7 +114,8 @@ Options parse(int argc, char** argv) {
       o.seed_given = true;
     } else if (a == "--threads") o.threads = parse_number<long long>(a, value());
     else if (a == "--attention") o.attention = value();
-    else if (a == "--int8") o.int8 = true;
+    else if (a == "--int8") o.linear = "int8";
+    else if (a == "--linear") o.linear = value();
     else if (a == "--lora") o.loras.push_back(parse_lora(value()));
     else if (a == "--merge-lora") o.merge_lora = true;
     else if (a == "--prompts") o.prompts = value();
@@ -130,7 +136,12 @@ Options parse(int argc, char** argv) {
   if (o.merge_lora && o.loras.empty()) throw usage_error("--merge-lora needs at least one --lora");
   if (o.batch < 1 || o.batch > 4096) throw usage_error("--batch is " + std::to_string(o.batch) + ", expected 1..4096");
   if (!o.prompts.empty() && !o.prompt.empty()) throw usage_error("--prompt and --prompts exclude each other");
-  if (o.merge_lora && o.int8) throw usage_error("--merge-lora cannot merge into --int8 weights (drop one of them)");
+  bool known = false;
+  pf::for_each_linear_policy([&]<typename L>(std::type_identity<L>) { known = known || o.linear == L::name; });
+  if (!known) throw usage_error("--linear is '" + o.linear + "', expected " + pf::linear_usage(", "));
+  if (o.merge_lora && o.linear != pf::Dense::name)
+    throw usage_error("--merge-lora cannot merge into --" + (o.linear == "int8" ? o.linear : "linear " + o.linear) +
+                      " weights, only fp32 ones (drop one of them)");
   return o;
 }
 
@@ -229,19 +240,16 @@ int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   try {
     const Options o = parse(argc, argv);
+    // One model type for every policy that decodes incrementally, chosen at run time: run() is instantiated
+    // once per linear policy, not once per (linear, attention) pair.
     const auto attention = [&] {
       try {
-        return pf::parse_attention<pf::AttentionPolicies, /*incremental_only=*/true>(o.attention);
+        return pf::DynamicIncrementalAttention::parse(o.attention);
       } catch (const pf::config_error& e) {
         throw usage_error(std::string("--attention: ") + e.what());
       }
     }();
-    std::visit(  // run() is instantiated for every policy that decodes incrementally
-        [&](const auto& policy) {
-          if (o.int8) run<pf::Int8>(o, policy);
-          else run<pf::Dense>(o, policy);
-        },
-        attention);
+    pf::with_linear(o.linear, [&]<typename Linear>(std::type_identity<Linear>) { run<Linear>(o, attention); });
     return 0;
   } catch (const usage_error& e) {
     std::fprintf(stderr, "generate: %s\n%s", e.what(), usage.c_str());

@@ -196,6 +196,22 @@ TEST_CASE("examples/generate: --lora applies PEFT adapters, --merge-lora folds t
   CHECK(err.find("cannot merge into --int8") != std::string::npos);
   for (const auto& d : {fresh, one, two}) std::filesystem::remove_all(d);
 }
+TEST_CASE("examples/generate: --linear picks the linear policy by its registry name", "[examples][llama][int8]") {
+  const std::string base = "--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
+                           pft::shared_path("models/tok512.bin") + " --steps 80 --temperature 0";
+  std::string int8, linear_int8, fp32, linear_fp32, err;
+  REQUIRE(run(base + " --int8", &int8) == 0);
+  REQUIRE(run(base + " --linear int8", &linear_int8) == 0);
+  REQUIRE(run(base, &fp32) == 0);
+  REQUIRE(run(base + " --linear fp32", &linear_fp32) == 0);
+  CHECK(int8 == linear_int8);
+  CHECK(fp32 == linear_fp32);
+  CHECK(run(base + " --linear int4", nullptr, &err) == 2);
+  CHECK(err.find("--linear is 'int4', expected fp32, int8") != std::string::npos);
+  CHECK(run("--help", &err) == 0);
+  CHECK(err.find("[--linear fp32|int8]") != std::string::npos);
+}
+
 TEST_CASE("examples/generate: --int8 decodes the same greedy text as fp32 for the first 60 positions",
           "[examples][llama][int8]") {
   // Measured: int8 and fp32 greedy texts first differ at position 61 ("Once upon a time", and no prompt) and 144

@@ -6,6 +6,7 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/parameters.hpp"
+#include "polyformer/core/policy_list.hpp"
 #include "polyformer/core/tensor.hpp"
 
 #include "polyformer/kernels/activation.hpp"
@@ -30,8 +31,10 @@
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
+#include "polyformer/linear/registry.hpp"
 
 #include "polyformer/attention/blockwise.hpp"
+#include "polyformer/attention/dynamic_attention.hpp"
 #include "polyformer/attention/full.hpp"
 #include "polyformer/attention/kernelized.hpp"
 #include "polyformer/attention/linformer.hpp"

@@ -27,20 +27,9 @@
 #include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/policy_list.hpp"
 
 namespace polyformer {
-
-/// A compile-time list of policy types.
-template <typename... Ps>
-struct PolicyList {
-  /// This list with more policies at its end.
-  template <typename... Qs>
-  using append = PolicyList<Ps..., Qs...>;
-  /// T<Ps...>, e.g. std::variant of the policies.
-  template <template <typename...> class T>
-  using apply = T<Ps...>;
-  static constexpr std::size_t size = sizeof...(Ps);
-};
 
 /// Every attention policy with a spelling; a program's usage text lists them in this order.
 using AttentionPolicies =

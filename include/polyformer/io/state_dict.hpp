@@ -79,7 +79,7 @@ LoadReport load_parameters(const char* func, const ParameterList& params, const 
     if (!report.missing.empty()) throw missing_error(what);
     throw config_error(what);
   }
-  for (const Parameter* p : present) p->write(read(p->name).data.data());
+  for (const Parameter* p : present) read(p->name, p->write);
   return report;
 }
 
@@ -93,8 +93,8 @@ inline LoadReport load_state_dict(const ParameterList& params, const io::Safeten
   const std::string func = "load_state_dict: " + file.path();
   return detail::load_parameters(
       func.c_str(), params, file.names(),
-      [&](const std::string& n) { return file.info(n).shape; }, [&](const std::string& n) { return file.tensor(n); },
-      strict);
+      [&](const std::string& n) { return file.info(n).shape; },
+      [&](const std::string& n, const auto& write) { write(file.tensor(n).data.data()); }, strict);
 }
 
 /// The same from tensors in memory.
@@ -103,7 +103,25 @@ inline LoadReport load_state_dict(const ParameterList& params, const StateDict& 
   for (const auto& [name, t] : tensors) names.push_back(name);
   return detail::load_parameters(
       "load_state_dict", params, names, [&](const std::string& n) { return tensors.at(n).shape; },
-      [&](const std::string& n) -> const io::FloatTensor& { return tensors.at(n); }, strict);
+      [&](const std::string& n, const auto& write) { write(tensors.at(n).data.data()); }, strict);
+}
+
+/// A tensor that lives elsewhere (a checkpoint's matrices being mapped onto a model): row-major floats of
+/// `shape` at `data`, borrowed for the load.
+struct TensorRef {
+  std::vector<std::int64_t> shape;
+  const float* data = nullptr;
+};
+/// Named borrowed tensors: what a checkpoint reader maps its own layout to, by the model's names.
+using TensorRefs = std::map<std::string, TensorRef>;
+
+/// The same from borrowed tensors (no copy of their data on the way in).
+inline LoadReport load_state_dict(const ParameterList& params, const TensorRefs& tensors, bool strict = true) {
+  std::vector<std::string> names;
+  for (const auto& [name, t] : tensors) names.push_back(name);
+  return detail::load_parameters(
+      "load_state_dict", params, names, [&](const std::string& n) { return tensors.at(n).shape; },
+      [&](const std::string& n, const auto& write) { write(tensors.at(n).data); }, strict);
 }
 
 /// Every parameter's values by name, in the model's order.

@@ -17,6 +17,8 @@ namespace polyformer {
 /// repacks, so it is never written in place.
 class Dense {
  public:
+  static constexpr const char* name = "fp32";  ///< its name in the linear registry (linear/registry.hpp)
+
   Dense() = default;
 
   /// Zero weights (and a zero bias when `bias`) of the given size.

@@ -22,6 +22,8 @@ namespace polyformer {
 /// well-spread rows, more where one entry dominates its row (1.6–2.7 % on stories260K's SwiGLU hidden state).
 class Int8 {
  public:
+  static constexpr const char* name = "int8";  ///< its name in the linear registry (linear/registry.hpp)
+
   Int8() = default;
 
   /// Quantizes weight (out, in) once; bias (out), when non-empty, stays float.

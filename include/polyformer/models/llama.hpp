@@ -18,6 +18,7 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/llama2c.hpp"
+#include "polyformer/io/state_dict.hpp"
 #include "polyformer/kernels/gemm_nt.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/layers/activation.hpp"
@@ -244,59 +245,71 @@ class Llama {
   std::optional<Lin> classifier_;  // none: tied to the embedding
 };
 
-/// A Llama over the float weights of a parsed llama2.c checkpoint, every layer's attention a copy of
-/// `attention` (FullAttention by default; any IncrementalAttention policy, e.g. SlidingWindow for a bounded
-/// cache) and every linear layer a `Lin` built from its weight (out, in) once: Dense keeps it, Int8 quantizes
-/// it, LoRA<Inner> wraps it with no adapters yet. A shared (tied) classifier reads the embedding itself when
-/// `Lin` computes with exact float weights (Dense, LoRA<Dense>); otherwise it is built from a copy (Int8).
+/// A Llama of the sizes in `config` with zero weights (unit norm gains), to be filled by name through
+/// parameters() and load_state_dict (io/state_dict.hpp), e.g. from a safetensors export or a llama2.c file.
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-Llama<Attn, Lin> make_llama(io::LlamaWeights w, const Attn& attention = Attn{}) {
+Llama<Attn, Lin> make_llama(const io::LlamaConfig& c, const Attn& attention = Attn{}) {
   using Model = Llama<Attn, Lin>;
   using Layer = Model::Layer;
-  const io::LlamaConfig& c = w.config;
   c.validate("make_llama");
+  const Index d = c.dim, h = c.hidden_dim, q = c.n_heads * c.head_dim(), kv = c.kv_dim();
+  const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
-  for (std::size_t l = 0; l < static_cast<std::size_t>(c.n_layers); ++l) {
-    typename Layer::SelfAttention attn(Lin(std::move(w.wq[l])), Lin(std::move(w.wk[l])), Lin(std::move(w.wv[l])),
-                                       Lin(std::move(w.wo[l])), HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()},
-                                       attention, RoPE<RotaryStyle::interleaved>(c.rope_theta));
-    typename Layer::FFN ffn(Lin(std::move(w.w1[l])), Lin(std::move(w.w3[l])), Lin(std::move(w.w2[l])));
-    layers.emplace_back(std::move(attn), std::move(ffn), RMSNorm(std::move(w.attn_norm[l]), c.norm_eps),
-                        RMSNorm(std::move(w.ffn_norm[l]), c.norm_eps));
+  for (Index l = 0; l < c.n_layers; ++l) {
+    typename Layer::SelfAttention attn(zero(q, d), zero(kv, d), zero(kv, d), zero(d, q),
+                                       HeadConfig{c.n_heads, c.n_kv_heads, c.head_dim()}, attention,
+                                       RoPE<RotaryStyle::interleaved>(c.rope_theta));
+    typename Layer::FFN ffn(zero(h, d), zero(h, d), zero(d, h));
+    layers.emplace_back(std::move(attn), std::move(ffn), RMSNorm(d, c.norm_eps), RMSNorm(d, c.norm_eps));
   }
   std::optional<Lin> classifier;
-  if (!c.shared_classifier) classifier.emplace(std::move(w.classifier));
-  else if constexpr (!exact_float_weights<Lin>) classifier.emplace(Matrix(w.token_embedding));
-  return Model(c, std::move(w.token_embedding), std::move(layers), RMSNorm(std::move(w.final_norm), c.norm_eps),
-               std::move(classifier));
+  if (!c.shared_classifier || !exact_float_weights<Lin>) classifier.emplace(zero(c.vocab_size, d));
+  return Model(c, Matrix::Zero(c.vocab_size, d), std::move(layers), RMSNorm(d, c.norm_eps), std::move(classifier));
 }
 
-/// A Llama of the sizes in `config` with zero weights (unit norm gains), to be filled by name through
-/// parameters() and load_state_dict (io/state_dict.hpp), e.g. from a safetensors export.
+/// llama2.c model.py's names for the tensors of a parsed checkpoint (borrowed: `w` must outlive the result):
+/// the mapping from the llama2.c layout to the names Llama::parameters() lists.
+inline TensorRefs llama2c_tensors(const io::LlamaWeights& w) {
+  TensorRefs t;
+  const auto matrix = [&](const std::string& name, const Matrix& m) {
+    t[name] = TensorRef{{m.rows(), m.cols()}, m.data()};
+  };
+  const auto vector = [&](const std::string& name, const Vector& v) { t[name] = TensorRef{{v.size()}, v.data()}; };
+  matrix("tok_embeddings.weight", w.token_embedding);
+  for (std::size_t l = 0; l < w.wq.size(); ++l) {
+    const std::string layer = detail::cat("layers.", l, ".");
+    matrix(layer + "attention.wq.weight", w.wq[l]);
+    matrix(layer + "attention.wk.weight", w.wk[l]);
+    matrix(layer + "attention.wv.weight", w.wv[l]);
+    matrix(layer + "attention.wo.weight", w.wo[l]);
+    matrix(layer + "feed_forward.w1.weight", w.w1[l]);
+    matrix(layer + "feed_forward.w2.weight", w.w2[l]);
+    matrix(layer + "feed_forward.w3.weight", w.w3[l]);
+    vector(layer + "attention_norm.weight", w.attn_norm[l]);
+    vector(layer + "ffn_norm.weight", w.ffn_norm[l]);
+  }
+  vector("norm.weight", w.final_norm);
+  if (!w.config.shared_classifier) matrix("output.weight", w.classifier);
+  return t;
+}
+
+/// A Llama over the float weights of a parsed llama2.c checkpoint: a model of its sizes filled through its
+/// model.py names (llama2c_tensors, load_state_dict), every layer's attention a copy of `attention`
+/// (FullAttention by default; any IncrementalAttention policy, e.g. SlidingWindow for a bounded cache) and every
+/// linear layer a `Lin`: Dense packs the weight, Int8 quantizes it, LoRA<Inner> wraps it with no adapters yet.
+/// A shared (tied) classifier reads the embedding itself when `Lin` computes with exact float weights (Dense,
+/// LoRA<Dense>); otherwise it is a `Lin` of its own (Int8).
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-Llama<Attn, Lin> make_llama(const io::LlamaConfig& config, const Attn& attention = Attn{}) {
-  config.validate("make_llama");
-  io::LlamaWeights w;
-  w.config = config;
-  const Index d = config.dim, h = config.hidden_dim, kv = config.kv_dim();
-  w.token_embedding = Matrix::Zero(config.vocab_size, d);
-  for (Index l = 0; l < config.n_layers; ++l) {
-    w.attn_norm.push_back(Vector::Ones(d));
-    w.ffn_norm.push_back(Vector::Ones(d));
-    w.wq.push_back(Matrix::Zero(config.n_heads * config.head_dim(), d));
-    w.wk.push_back(Matrix::Zero(kv, d));
-    w.wv.push_back(Matrix::Zero(kv, d));
-    w.wo.push_back(Matrix::Zero(d, config.n_heads * config.head_dim()));
-    w.w1.push_back(Matrix::Zero(h, d));
-    w.w3.push_back(Matrix::Zero(h, d));
-    w.w2.push_back(Matrix::Zero(d, h));
-  }
-  w.final_norm = Vector::Ones(d);
-  if (!config.shared_classifier) w.classifier = Matrix::Zero(config.vocab_size, d);
-  return make_llama<Lin>(std::move(w), attention);
+Llama<Attn, Lin> make_llama(const io::LlamaWeights& w, const Attn& attention = Attn{}) {
+  auto model = make_llama<Lin>(w.config, attention);
+  TensorRefs tensors = llama2c_tensors(w);
+  if (w.config.shared_classifier && model.classifier() != nullptr)  // a tied classifier of its own: the embedding
+    tensors["output.weight"] = tensors.at("tok_embeddings.weight");
+  load_state_dict(parameters_of(model), tensors);
+  return model;
 }
 
 /// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over linear policy `Lin` and attention

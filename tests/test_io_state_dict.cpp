@@ -150,6 +150,8 @@ TEST_CASE("io/state_dict: LoRA adapters and mixture-of-experts blocks are in the
   CHECK(pft::max_abs_diff(y, want) < 1e-5);
   copy.merge();
   CHECK_THROWS_WITH(lp.find("wq.weight")->write(base.data()), Catch::Contains("merged"));
+  std::vector<float> out(12 * 8);  // merged, the weight holds the adapter too: a checkpoint would apply it twice
+  CHECK_THROWS_WITH(lp.find("wq.weight")->read(out.data()), Catch::Contains("cannot be read while the adapters are merged"));
 
   // A sparse block: router and experts by name; export → reload → identical outputs.
   using Layer = pf::EncoderLayerOf<Sparse>;

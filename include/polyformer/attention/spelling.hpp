@@ -149,7 +149,8 @@ class AttentionOptions {
 /// - `example_spelling`: a typical setting at the benchmarks' lengths (the programs' tables, the benchmarks);
 /// - `from_spelling(spelling, options)`: the policy a spelling of this form describes, reading the options it
 ///   understands;
-/// - `spelling()`: the spelling of this instance, which from_spelling reads back.
+/// - `spelling()`: the spelling of this instance (its spelled settings only: from_spelling reads it back to the
+///   same policy when given the same options — seeds, dilation, global positions are options, not spelled).
 template <typename P>
 concept SpelledAttention = AttentionPolicy<P> &&
     requires(const P& p, const AttentionSpelling& spelling, const AttentionOptions& options) {

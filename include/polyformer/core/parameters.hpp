@@ -1,7 +1,7 @@
 #pragma once
 /// \file The named-parameter tree: every model, block and policy lists its tensors by name (a prefix per
 /// level, "layers.3.self_attn.out_proj.weight"), each with its shape and a way to copy its values out and
-/// in. Loaders, exporters (and later optimizers, freezing and checkpoints) walk this one list.
+/// in. The loader and the exporter (io/state_dict.hpp) walk this one list.
 
 #include <algorithm>
 #include <cstddef>

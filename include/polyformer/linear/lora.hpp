@@ -140,11 +140,9 @@ class LoRA {
     merged_ = false;
   }
 
-  /// y (n, out) = Inner(x (n, in)) + Σ_active s·(x·Aᵀ)·Bᵀ. The intermediate x·Aᵀ (n, r) of each adapter lives
-  /// in a buffer of this call: on the stack when n·r ≤ stack_floats (decoding, small batches), else on the heap.
-  /// Either way it is one product per factor over all n rows, so the result does not depend on the buffer.
   /// The inner layer's parameters under `prefix`, and every adapter's factors as PEFT names them inside a model:
-  /// "lora_A.<adapter>.weight" (r, in) and "lora_B.<adapter>.weight" (out, r). Not writable while merged.
+  /// "lora_A.<adapter>.weight" (r, in) and "lora_B.<adapter>.weight" (out, r). Neither read nor written while
+  /// merged (the inner weight then holds the adapters too: a checkpoint of it would apply them twice).
   void parameters(ParameterList& list, const std::string& prefix) {
     ParameterList own;
     inner_.parameters(own, prefix);
@@ -154,31 +152,42 @@ class LoRA {
     }
     for (const Parameter& p : own.items()) {
       const bool adapter = p.name.compare(0, prefix.size() + 5, prefix + "lora_") == 0;
-      list.add({p.name, p.shape, p.read, [this, write = p.write, name = p.name, adapter](const float* in) {
-                  if (merged_)
-                    throw config_error(detail::cat("LoRA: '", name, "' cannot be written while the adapters are ",
-                                                   "merged, unmerge() first"));
+      const auto unmerged = [this, name = p.name](const char* what) {
+        if (merged_)
+          throw config_error(detail::cat("LoRA: '", name, "' cannot be ", what, " while the adapters are merged, ",
+                                         "unmerge() first"));
+      };
+      list.add({p.name, p.shape,
+                [unmerged, read = p.read](float* out) {
+                  unmerged("read");
+                  read(out);
+                },
+                [this, unmerged, write = p.write, adapter](const float* in) {
+                  unmerged("written");
                   write(in);
                   if (adapter) repack();
                 }});
     }
   }
 
+  /// y (n, out) = Inner(x (n, in)) + Σ_active s·(x·Aᵀ)·Bᵀ. The intermediate x·Aᵀ (n, r) of each adapter lives
+  /// in a buffer of this call: on the stack when n·r ≤ stack_floats (decoding, small batches), else on the heap,
+  /// allocated once for the largest active rank.
+  /// Either way it is one product per factor over all n rows, so the result does not depend on the buffer.
   void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
     inner_.forward(x, y, ctx);
     if (merged_) return;
-    alignas(64) float stack[stack_floats];  // (n, r) when it fits
-    Matrix heap;                            // (n, r) otherwise
     const Index n = x.rows();
+    Index r_max = 0;
+    for (std::size_t i = 0; i < adapters_.size(); ++i)
+      if (adapters_[i].active) r_max = std::max(r_max, static_cast<Index>(packed_[i].a_t.cols()));
+    alignas(64) float stack[stack_floats];  // (n, r) when it fits
+    std::vector<float> heap(n * r_max > stack_floats ? static_cast<std::size_t>(n * r_max) : 0);  // otherwise
+    float* const down = heap.empty() ? stack : heap.data();
     for (std::size_t i = 0; i < adapters_.size(); ++i) {
       if (!adapters_[i].active) continue;
       const Packed& p = packed_[i];
       const Index r = static_cast<Index>(p.a_t.cols());
-      float* down = stack;
-      if (n * r > stack_floats) {
-        ensure_shape(heap, n, r);
-        down = heap.data();
-      }
       const MatrixView down_view(down, n, r, Eigen::OuterStride<>(r));  // (n, r): x·Aᵀ of this adapter
       kernels::gemm(x, p.a_t, down_view, nullptr, /*accumulate=*/false, ctx.threads);
       kernels::gemm(cview(down_view), p.sb_t, y, nullptr, /*accumulate=*/true, ctx.threads);

@@ -162,23 +162,24 @@ class Llama {
                                      " token lists, expected as many, at least 1"));
     Index total = 0;
     for (std::size_t s = 0; s < states.size(); ++s) {
-      const std::string where = states.size() > 1 ? detail::cat(func, ": sequence ", s) : std::string(func);
+      // Who failed, made only when something does (no allocation on a decoding step).
+      const auto where = [&] { return states.size() > 1 ? detail::cat(func, ": sequence ", s) : std::string(func); };
       const Index n = static_cast<Index>(tokens[s].size());
-      if (states[s] == nullptr) throw config_error(detail::cat(where, ": no state"));
+      if (states[s] == nullptr) throw config_error(detail::cat(where(), ": no state"));
       if (states[s]->caches.size() != layers_.size())
-        throw config_error(detail::cat(where, ": the state has ", states[s]->caches.size(), " layers, expected ",
+        throw config_error(detail::cat(where(), ": the state has ", states[s]->caches.size(), " layers, expected ",
                                        layers_.size(), " (make it with make_state)"));
-      if (n < 1) throw config_error(detail::cat(where, ": no tokens, expected at least 1"));
+      if (n < 1) throw config_error(detail::cat(where(), ": no tokens, expected at least 1"));
       const Index position = states[s]->position();
       if (position + n > config_.seq_len)
-        throw config_error(detail::cat(where, ": positions ", position, "..", position + n - 1,
+        throw config_error(detail::cat(where(), ": positions ", position, "..", position + n - 1,
                                        " pass the model's seq_len ", config_.seq_len));
       for (Index i = 0; i < n; ++i)
         if (tokens[s][std::size_t(i)] < 0 || tokens[s][std::size_t(i)] >= config_.vocab_size)
-          throw config_error(detail::cat(where, ": token ", i, " is ", tokens[s][std::size_t(i)], ", expected 0..",
+          throw config_error(detail::cat(where(), ": token ", i, " is ", tokens[s][std::size_t(i)], ", expected 0..",
                                          config_.vocab_size - 1));
       for (std::size_t o = 0; o < s; ++o)
-        if (states[o] == states[s]) throw config_error(detail::cat(where, ": the same state as sequence ", o));
+        if (states[o] == states[s]) throw config_error(detail::cat(where(), ": the same state as sequence ", o));
       total += n;
     }
     const Index d = config_.dim;

@@ -1,10 +1,14 @@
-// packed_gemm (weights packed ahead of time) against its scalar twin and a float64 product, at every row
-// remainder (1..2·MR+1), every column tail (1..2·panel_width+1), several depths, strided operands, with and
-// without bias and accumulate; and the gemm entry point's thread splits against the serial result.
+// packed_gemm (weights packed ahead of time) against its scalar twin and a float64 product, for every kernel
+// family this CPU runs (the others are named as skipped), at every row remainder (1..2·MR+1), every column tail
+// (1..2·panel_width+1), several depths, with the CPU's cache blocking and with small blocks that split depth and
+// panels, strided operands, with and without bias and accumulate; and the gemm entry point's thread splits
+// against the serial result.
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "polyformer/kernels/gemm.hpp"
@@ -17,21 +21,34 @@ using polyformer::kernels::testing::random_vec;
 
 namespace k = polyformer::kernels;
 
+/// The kernel families this CPU runs; the others are reported as skipped.
+std::vector<k::Isa> runnable_isas() {
+  std::vector<k::Isa> out;
+  for (k::Isa isa : {k::Isa::portable, k::Isa::avx2, k::Isa::avx512}) {
+    if (k::cpu_supports(isa)) out.push_back(isa);
+    else WARN("packed_gemm: skipped the " << k::isa_name(isa) << " kernels (this CPU lacks them)");
+  }
+  return out;
+}
 
 }  // namespace
 
 TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded", "[kernels][gemm]") {
-  constexpr std::size_t NR = k::PackedMatrix::panel_width;
+  for (k::Isa isa : runnable_isas()) {
+  INFO("kernels " << k::isa_name(isa));
+  const std::size_t NR = k::packed_tile(isa).panel_width();
   const std::size_t n = NR + 3, kk = 5, ldw = kk + 2;
   const auto w = random_vec(n * ldw, -1.0f, 1.0f, 1);
-  const auto p = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw);
+  const auto p = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw, isa);
+  REQUIRE(p.isa() == isa);
+  REQUIRE(p.panel_width() == NR);
   REQUIRE(p.rows() == kk);
   REQUIRE(p.cols() == n);
   REQUIRE(p.panels() == 2);
   for (std::size_t r = 0; r < kk; ++r)
     for (std::size_t j = 0; j < n; ++j) REQUIRE(p.at(r, j) == w[j * ldw + r]);
   // The last panel holds 3 columns in one vector's width, zero-padded; it is stored right after the first.
-  constexpr std::size_t W = k::PackedMatrix::vector_width;
+  const std::size_t W = p.vector_width();
   REQUIRE(p.panel_cols(0) == NR);
   REQUIRE(p.panel_cols(1) == W);
   REQUIRE(p.size() == (NR + W) * kk);
@@ -39,12 +56,29 @@ TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded"
     for (std::size_t j = 0; j < 3; ++j) REQUIRE(p.panel(1)[r * W + j] == w[(NR + j) * ldw + r]);
     for (std::size_t j = 3; j < W; ++j) REQUIRE(p.panel(1)[r * W + j] == 0.0f);
   }
+  }
+}
+
+TEST_CASE("kernels/packed_gemm: the CPU's blocking keeps a strip of A in half of L1", "[kernels][gemm]") {
+  const k::PackedTile tile{8, 3, 16};
+  const k::PackedBlocking small = k::packed_blocking(tile, 32 * 1024, 1024 * 1024);
+  CHECK(small.kc == 512);     // 8 rows × 512 floats = 16 KiB
+  CHECK(small.panels == 5);   // 512 × 48 floats = 96 KiB a panel, 5 in half of 1 MiB
+  const k::PackedBlocking large = k::packed_blocking(tile, 48 * 1024, 2048 * 1024);
+  CHECK(large.kc == 768);
+  CHECK(large.panels == 7);
+  const k::PackedBlocking tiny = k::packed_blocking(tile, 1024, 1024);  // never below 64 deep, one panel
+  CHECK(tiny.kc == 64);
+  CHECK(tiny.panels == 1);
 }
 
 TEST_CASE("kernels/packed_gemm: equals the scalar twin and float64 at every tail", "[kernels][gemm]") {
-  constexpr std::size_t NR = k::PackedMatrix::panel_width;
-  constexpr std::size_t MR = static_cast<std::size_t>(k::PackedTile<xsimd::default_arch>::rows);
-  for (std::size_t kk : {1u, 7u, 64u})
+  for (k::Isa isa : runnable_isas())
+  for (const k::PackedBlocking blocking : {k::PackedBlocking{}, k::PackedBlocking{16, 1}, k::PackedBlocking{32, 2}}) {
+  INFO("kernels " << k::isa_name(isa) << " blocking kc " << blocking.kc << " panels " << blocking.panels);
+  const std::size_t NR = k::packed_tile(isa).panel_width();
+  const std::size_t MR = static_cast<std::size_t>(k::packed_tile(isa).rows);
+  for (std::size_t kk : {1u, 7u, 64u, 77u})
     for (std::size_t m = 1; m <= 2 * MR + 1; ++m)
       for (std::size_t n = 1; n <= 2 * NR + 1; n += (n < NR + 2 ? 1 : 5))
         for (int flags = 0; flags < 4; ++flags) {
@@ -57,9 +91,9 @@ TEST_CASE("kernels/packed_gemm: equals the scalar twin and float64 at every tail
           auto c = random_vec(m * ldc, -1.0f, 1.0f, seed + 2);
           const auto c_old = c;
           auto c_ref = c;
-          const auto b = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw);
+          const auto b = k::PackedMatrix::pack_transposed(w.data(), n, kk, ldw, isa);
           k::packed_gemm(m, a.data(), lda, b, 0, b.panels(), with_bias ? bias.data() : nullptr, accumulate, c.data(),
-                         ldc);
+                         ldc, blocking);
           k::packed_gemm_scalar(m, a.data(), lda, b, with_bias ? bias.data() : nullptr, accumulate, c_ref.data(), ldc);
           double worst = 0.0, worst_f64 = 0.0;
           for (std::size_t i = 0; i < m; ++i)
@@ -75,24 +109,26 @@ TEST_CASE("kernels/packed_gemm: equals the scalar twin and float64 at every tail
               worst = std::max(worst, double(std::abs(c[idx] - c_ref[idx])));
               worst_f64 = std::max(worst_f64, std::abs(double(c[idx]) - exact));
             }
-          CHECK(worst < 1e-5);
-          CHECK(worst_f64 < 1e-5);
+          CHECK(worst < 2e-5);
+          CHECK(worst_f64 < 2e-5);
         }
+  }
 }
 
 TEST_CASE("kernels/gemm: packed entry point splits over threads without changing the result", "[kernels][gemm]") {
   using polyformer::Index;
   using polyformer::Matrix;
-  for (auto [m, n, kk] : {std::tuple<Index, Index, Index>{3, 700, 200}, {300, 40, 130}, {129, 257, 96}}) {
-    INFO("m " << m << " n " << n << " k " << kk);
+  for (k::Isa isa : runnable_isas())
+  for (auto [m, n, kk] : {std::tuple<Index, Index, Index>{3, 700, 200}, {300, 40, 130}, {129, 257, 96}, {40, 500, 1500}}) {
+    INFO("kernels " << k::isa_name(isa) << " m " << m << " n " << n << " k " << kk);
     const Matrix a = Matrix::Random(m, kk), w = Matrix::Random(n, kk);
     const Matrix bias = Matrix::Random(1, n);
-    const auto b = k::PackedMatrix::pack_transposed(w.data(), std::size_t(n), std::size_t(kk), std::size_t(kk));
+    const auto b = k::PackedMatrix::pack_transposed(w.data(), std::size_t(n), std::size_t(kk), std::size_t(kk), isa);
     Matrix one(m, n), two(m, n);
     k::gemm(polyformer::cview(a), b, polyformer::view(one), bias.data(), false, 1);
     k::gemm(polyformer::cview(a), b, polyformer::view(two), bias.data(), false, 2);
     CHECK(one == two);  // same kernels on the same blocks: bitwise equal
     const Eigen::MatrixXd expect = (a.cast<double>() * w.cast<double>().transpose()).rowwise() + bias.cast<double>().row(0);
-    CHECK((one.cast<double>() - expect).cwiseAbs().maxCoeff() < 1e-4);
+    CHECK((one.cast<double>() - expect).cwiseAbs().maxCoeff() < 1e-4 * std::sqrt(double(kk) / 100.0) + 1e-4);
   }
 }

@@ -2,9 +2,14 @@
 /// \file GEMM against a right-hand operand packed ahead of time: C (m, n) = A (m, k) · B (k, n)
 /// [+ C] [+ bias on every row]. B is stored once as column panels of NR floats (k rows of NR, the last
 /// panel zero-padded), the layout the micro-kernel streams, so a weight is never repacked per product as a
-/// BLAS call must do (≈ 15 % of a 128-row product). Register blocking after Goto & van de Geijn (2008),
-/// with the B packing hoisted out of the call; rows of A are broadcast straight from memory.
-/// Reached through kernels::gemm (gemm.hpp); linear layers pack their weights with pack_transposed.
+/// BLAS call must do (≈ 15 % of a 128-row product). Register and cache blocking after Goto & van de Geijn
+/// (2008), "Anatomy of High-Performance Matrix Multiplication", with the B packing hoisted out of the call:
+/// a block of panels × kc rows stays in L2 while every strip of MR rows of A (kc deep, in L1) passes over it.
+///
+/// The code path is chosen at run time (kernels::isa(), cpu.hpp): AVX-512 (MR × NV = 8 × 3 vectors of 16),
+/// AVX2 + FMA (6 × 2 vectors of 8), or the build's own target through xsimd (the compile-time path). A
+/// PackedMatrix is laid out for one path, fixed when it is packed; the block sizes come from the cache
+/// sizes CPUID reports. Reached through kernels::gemm (gemm.hpp); linear layers pack with pack_transposed.
 
 #include <algorithm>
 #include <cstddef>
@@ -13,48 +18,70 @@
 
 #include <Eigen/Core>
 
+#include "polyformer/core/error.hpp"
+#include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/simd.hpp"
+
+#if POLYFORMER_RUNTIME_DISPATCH
+#include <immintrin.h>
+#endif
 
 namespace polyformer::kernels {
 
-/// Register tile of the packed micro-kernel for `Arch`: MR rows × NV vectors. AVX-512 has 32 vector
+/// Register tile of the packed micro-kernel: MR rows × NV vectors of `lanes` floats. AVX-512 has 32 vector
 /// registers (8 × 3 = 24 accumulators); AVX2 and SSE2 have 16 (6 × 2 = 12).
-template <class Arch>
 struct PackedTile {
-  static constexpr bool wide_register_file = std::is_base_of_v<xsimd::avx512f, Arch>;
-  static constexpr int rows = wide_register_file ? 8 : 6;
-  static constexpr int vectors = wide_register_file ? 3 : 2;
-  static constexpr std::size_t panel_width = static_cast<std::size_t>(vectors) * batch_f<Arch>::size;
+  int rows = 0;           ///< MR
+  int vectors = 0;        ///< NV
+  std::size_t lanes = 0;  ///< floats a vector
+  constexpr std::size_t panel_width() const noexcept { return static_cast<std::size_t>(vectors) * lanes; }
 };
 
-/// B (k, n) packed in column panels for the default architecture of this build: every panel panel_width
-/// columns wide except the last, which is only as wide as the whole vectors its columns need (so a
-/// 64-column weight is a 48- and a 16-column panel under AVX-512, not two of 48).
+/// The tile of the build's own target (xsimd's default architecture): the compile-time path.
+inline constexpr PackedTile portable_packed_tile{std::is_base_of_v<xsimd::avx512f, xsimd::default_arch> ? 8 : 6,
+                                                 std::is_base_of_v<xsimd::avx512f, xsimd::default_arch> ? 3 : 2,
+                                                 batch_f<xsimd::default_arch>::size};
+
+/// The tile of the kernels of `isa`.
+constexpr PackedTile packed_tile(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::avx512: return {8, 3, 16};
+    case Isa::avx2: return {6, 2, 8};
+    default: return portable_packed_tile;
+  }
+}
+
+/// B (k, n) packed in column panels for one kernel family (by default the one this process runs, isa()):
+/// every panel panel_width() columns wide except the last, which is only as wide as the whole vectors its
+/// columns need (so a 64-column weight is a 48- and a 16-column panel under AVX-512, not two of 48).
 class PackedMatrix {
  public:
-  /// Columns per full panel in this build (48 with AVX-512, 16 with AVX2, 8 with SSE2).
-  static constexpr std::size_t panel_width = PackedTile<xsimd::default_arch>::panel_width;
-  /// Columns of one vector; every panel is a whole number of them wide.
-  static constexpr std::size_t vector_width = batch_f<xsimd::default_arch>::size;
-
   PackedMatrix() = default;
 
   /// Packs B = Wᵀ for W (n, k) row-major with rows ldw floats apart: the nn.Linear weight (out, in).
-  static PackedMatrix pack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
+  static PackedMatrix pack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw,
+                                      Isa for_isa = kernels::isa()) {
     PackedMatrix p;
-    p.repack_transposed(w, n, k, ldw);
+    p.repack_transposed(w, n, k, ldw, for_isa);
     return p;
   }
 
   /// The same into this object, reusing its storage when it is large enough (no allocation then): for callers
   /// that pack blocks of a weight on the fly.
-  void repack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
+  /// Throws config_error when this CPU cannot run `for_isa`'s kernels.
+  void repack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw, Isa for_isa = kernels::isa()) {
+    if (!cpu_supports(for_isa))
+      throw config_error(polyformer::detail::cat("PackedMatrix::repack_transposed: for_isa is ", isa_name(for_isa),
+                                                 ", which this CPU does not support"));
+    isa_ = for_isa;
+    tile_ = packed_tile(for_isa);
     k_ = k;
     n_ = n;
-    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width + panel_cols(panels() - 1)) * k, 0.0f);
+    const std::size_t nr = panel_width();
+    data_.assign(n == 0 ? 0 : ((panels() - 1) * nr + panel_cols(panels() - 1)) * k, 0.0f);
     for (std::size_t panel = 0; panel < panels(); ++panel) {
-      float* dst = data_.data() + panel * k * panel_width;
-      const std::size_t col0 = panel * panel_width, cols = std::min(panel_width, n - col0);
+      float* dst = data_.data() + panel * k * nr;
+      const std::size_t col0 = panel * nr, cols = std::min(nr, n - col0);
       const std::size_t width = panel_cols(panel);
       for (std::size_t j = 0; j < cols; ++j) {
         const float* src = w + (col0 + j) * ldw;
@@ -65,32 +92,40 @@ class PackedMatrix {
 
   std::size_t rows() const noexcept { return k_; }  ///< k
   std::size_t cols() const noexcept { return n_; }  ///< n
-  std::size_t panels() const noexcept { return (n_ + panel_width - 1) / panel_width; }
-  /// Stored width of panel p: panel_width, or for the last panel its columns rounded up to whole vectors.
+  Isa isa() const noexcept { return isa_; }         ///< the kernel family it is laid out for
+  PackedTile tile() const noexcept { return tile_; }
+  /// Columns per full panel (48 for AVX-512, 16 for AVX2, the build's own otherwise).
+  std::size_t panel_width() const noexcept { return tile_.panel_width(); }
+  /// Columns of one vector; every panel is a whole number of them wide.
+  std::size_t vector_width() const noexcept { return tile_.lanes; }
+  std::size_t panels() const noexcept { return n_ == 0 ? 0 : (n_ + panel_width() - 1) / panel_width(); }
+  /// Stored width of panel p: panel_width(), or for the last panel its columns rounded up to whole vectors.
   std::size_t panel_cols(std::size_t p) const noexcept {
-    const std::size_t cols = std::min(panel_width, n_ - p * panel_width);
-    return (cols + vector_width - 1) / vector_width * vector_width;
+    const std::size_t cols = std::min(panel_width(), n_ - p * panel_width());
+    return (cols + vector_width() - 1) / vector_width() * vector_width();
   }
-  /// Panel p: k rows of panel_cols(p) floats, columns p·panel_width onwards.
-  const float* panel(std::size_t p) const noexcept { return data_.data() + p * k_ * panel_width; }
+  /// Panel p: k rows of panel_cols(p) floats, columns p·panel_width() onwards.
+  const float* panel(std::size_t p) const noexcept { return data_.data() + p * k_ * panel_width(); }
   /// Floats stored (the bytes a product streams are 4× this).
   std::size_t size() const noexcept { return data_.size(); }
   /// B(r, j), for tests and the scalar twin.
   float at(std::size_t r, std::size_t j) const noexcept {
-    const std::size_t p = j / panel_width;
-    return panel(p)[r * panel_cols(p) + j % panel_width];
+    const std::size_t p = j / panel_width();
+    return panel(p)[r * panel_cols(p) + j % panel_width()];
   }
   /// Unpacks Bᵀ = W into w (n, k) row-major with rows ldw floats apart: pack_transposed undone exactly.
   void unpack_transposed(float* w, std::size_t ldw) const noexcept {
     for (std::size_t p = 0; p < panels(); ++p) {
       const float* src = panel(p);
-      const std::size_t col0 = p * panel_width, cols = std::min(panel_width, n_ - col0), width = panel_cols(p);
+      const std::size_t col0 = p * panel_width(), cols = std::min(panel_width(), n_ - col0), width = panel_cols(p);
       for (std::size_t j = 0; j < cols; ++j)
         for (std::size_t r = 0; r < k_; ++r) w[(col0 + j) * ldw + r] = src[r * width + j];
     }
   }
 
  private:
+  Isa isa_ = Isa::portable;
+  PackedTile tile_ = portable_packed_tile;
   std::size_t k_ = 0, n_ = 0;
   std::vector<float, Eigen::aligned_allocator<float>> data_;  // full panels, then the last one
 };
@@ -107,127 +142,177 @@ inline void packed_gemm_scalar(std::size_t m, const float* a, std::size_t lda, c
     }
 }
 
-namespace detail {
+/// Cache blocking of a packed product: kc rows of B at a time (a strip of MR rows of A, kc deep, fills at most
+/// half of L1) and `panels` panels at a time (kc × that many panels fill at most half of L2).
+struct PackedBlocking {
+  std::size_t kc = 0;
+  std::size_t panels = 0;
+};
 
-/// One R × (NV·lanes) block of C from R rows of A and one whole panel. All flags are template
-/// parameters so the accumulators stay in registers (see small_gemm_block).
-template <class Arch, int R, int NV, bool Accumulate, bool Bias>
-POLYFORMER_NOINLINE void packed_block(std::size_t k, const float* a, std::size_t lda, const float* panel,
-                                      const float* bias, float* c, std::size_t ldc) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t W = B::size, NR = NV * W;
-  // Few rows leave too few independent accumulators to hide the FMA latency (a matrix-vector product
-  // would wait 4 cycles per step): split k over U interleaved accumulator sets, summed at the end.
-  constexpr int U = R == 1 ? 4 : (R == 2 ? 2 : 1);
-  B acc[U][R][NV];
-#pragma GCC unroll 4
-  for (int u = 0; u < U; ++u)
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[u][r][v] = B(0.0f);
-  const auto step = [&](std::size_t p, B(&sums)[R][NV]) {
-    B bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = B::load_unaligned(panel + p * NR + v * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const B ar(a[r * lda + p]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) sums[r][v] = xsimd::fma(ar, bv[v], sums[r][v]);
-    }
-  };
-  std::size_t p = 0;
-  for (; p + U <= k; p += U)
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) step(p + std::size_t(u), acc[u]);
-  for (; p < k; ++p) step(p, acc[0]);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* dst = c + r * ldc + v * W;
-      B out = acc[0][r][v];
-#pragma GCC unroll 4
-      for (int u = 1; u < U; ++u) out += acc[u][r][v];
-      if constexpr (Bias) out += B::load_unaligned(bias + v * W);
-      if constexpr (Accumulate) out += B::load_unaligned(dst);
-      out.store_unaligned(dst);
-    }
+/// The blocking for tile `tile` on a CPU with the given per-core L1d and L2 sizes.
+constexpr PackedBlocking packed_blocking(PackedTile tile, std::size_t l1d_bytes, std::size_t l2_bytes) noexcept {
+  const std::size_t strip_row_bytes = static_cast<std::size_t>(tile.rows) * sizeof(float);
+  std::size_t kc = std::max<std::size_t>(64, l1d_bytes / 4 / strip_row_bytes) / 16 * 16;
+  const std::size_t panel_row_bytes = tile.panel_width() * sizeof(float);
+  const std::size_t panels = std::max<std::size_t>(1, l2_bytes / 2 / (kc * panel_row_bytes));
+  return {kc, panels};
 }
 
-/// R rows of C from one panel `nv` vectors wide holding `cols` valid columns from column col0.
-template <class Arch, int R, int NV, bool Accumulate, bool Bias>
-void packed_panel(const float* a, std::size_t lda, std::size_t k, const float* panel, std::size_t col0, std::size_t cols,
-                  const float* bias, float* c, std::size_t ldc) noexcept {
-  constexpr std::size_t NR = static_cast<std::size_t>(NV) * batch_f<Arch>::size;
+namespace detail {
+
+/// Vector operations of the build's own target (xsimd's default architecture).
+struct PortableVec {
+  using type = batch_f<xsimd::default_arch>;
+  static constexpr std::size_t lanes = type::size;
+  static type zero() noexcept { return type(0.0f); }
+  static type load(const float* p) noexcept { return type::load_unaligned(p); }
+  static type broadcast(float x) noexcept { return type(x); }
+  static type fma(type a, type b, type c) noexcept { return xsimd::fma(a, b, c); }
+  static type add(type a, type b) noexcept { return a + b; }
+  static void store(float* p, type v) noexcept { v.store_unaligned(p); }
+};
+
+#define POLYFORMER_PACKED_KERNELS PortablePackedKernels
+#define POLYFORMER_PACKED_TARGET
+#define POLYFORMER_PACKED_VEC PortableVec
+#define POLYFORMER_PACKED_ROWS portable_packed_tile.rows
+#define POLYFORMER_PACKED_VECTORS portable_packed_tile.vectors
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"
+#undef POLYFORMER_PACKED_KERNELS
+#undef POLYFORMER_PACKED_TARGET
+#undef POLYFORMER_PACKED_VEC
+#undef POLYFORMER_PACKED_ROWS
+#undef POLYFORMER_PACKED_VECTORS
+
+#if POLYFORMER_RUNTIME_DISPATCH
+/// AVX2 + FMA vector operations (run only where cpu().avx2).
+struct Avx2Vec {
+  using type = __m256;
+  static constexpr std::size_t lanes = 8;
+  POLYFORMER_TARGET_AVX2 static type zero() noexcept { return _mm256_setzero_ps(); }
+  POLYFORMER_TARGET_AVX2 static type load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX2 static type broadcast(float x) noexcept { return _mm256_set1_ps(x); }
+  POLYFORMER_TARGET_AVX2 static type fma(type a, type b, type c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  POLYFORMER_TARGET_AVX2 static type add(type a, type b) noexcept { return _mm256_add_ps(a, b); }
+  POLYFORMER_TARGET_AVX2 static void store(float* p, type v) noexcept { _mm256_storeu_ps(p, v); }
+};
+
+/// AVX-512 vector operations (run only where cpu().avx512).
+struct Avx512Vec {
+  using type = __m512;
+  static constexpr std::size_t lanes = 16;
+  POLYFORMER_TARGET_AVX512 static type zero() noexcept { return _mm512_setzero_ps(); }
+  POLYFORMER_TARGET_AVX512 static type load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX512 static type broadcast(float x) noexcept { return _mm512_set1_ps(x); }
+  POLYFORMER_TARGET_AVX512 static type fma(type a, type b, type c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  POLYFORMER_TARGET_AVX512 static type add(type a, type b) noexcept { return _mm512_add_ps(a, b); }
+  POLYFORMER_TARGET_AVX512 static void store(float* p, type v) noexcept { _mm512_storeu_ps(p, v); }
+};
+
+#define POLYFORMER_PACKED_KERNELS Avx2PackedKernels
+#define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX2
+#define POLYFORMER_PACKED_VEC Avx2Vec
+#define POLYFORMER_PACKED_ROWS 6
+#define POLYFORMER_PACKED_VECTORS 2
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"
+#undef POLYFORMER_PACKED_KERNELS
+#undef POLYFORMER_PACKED_TARGET
+#undef POLYFORMER_PACKED_VEC
+#undef POLYFORMER_PACKED_ROWS
+#undef POLYFORMER_PACKED_VECTORS
+
+#define POLYFORMER_PACKED_KERNELS Avx512PackedKernels
+#define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX512
+#define POLYFORMER_PACKED_VEC Avx512Vec
+#define POLYFORMER_PACKED_ROWS 8
+#define POLYFORMER_PACKED_VECTORS 3
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"
+#undef POLYFORMER_PACKED_KERNELS
+#undef POLYFORMER_PACKED_TARGET
+#undef POLYFORMER_PACKED_VEC
+#undef POLYFORMER_PACKED_ROWS
+#undef POLYFORMER_PACKED_VECTORS
+#endif
+
+/// R rows of C from kb rows (from depth p0) of panel p, which holds `cols` valid columns from column col0.
+/// The bias (if not null) and the old C (if load_c) are added once, by the caller's first / later depth block.
+template <class K, int R, int NV>
+void packed_panel(const float* a, std::size_t lda, std::size_t kb, const float* panel, std::size_t col0,
+                  std::size_t cols, const float* bias, bool load_c, float* c, std::size_t ldc) noexcept {
+  constexpr std::size_t NR = static_cast<std::size_t>(NV) * K::lanes;
   if (cols == NR) {
-    packed_block<Arch, R, NV, Accumulate, Bias>(k, a, lda, panel, bias + (Bias ? col0 : 0), c + col0, ldc);
+    K::template block<R, NV>(kb, a, lda, panel, bias ? bias + col0 : nullptr, load_c, c + col0, ldc);
     return;
   }
   // Columns short of a whole vector: the kernel writes a full tile, the valid columns are copied out.
   alignas(64) float tile[R * NR];
-  packed_block<Arch, R, NV, false, false>(k, a, lda, panel, nullptr, tile, NR);
+  K::template block<R, NV>(kb, a, lda, panel, nullptr, false, tile, NR);
   for (int r = 0; r < R; ++r)
     for (std::size_t j = 0; j < cols; ++j) {
       float s = tile[std::size_t(r) * NR + j];
-      if constexpr (Bias) s += bias[col0 + j];
+      if (bias) s += bias[col0 + j];
       float& dst = c[std::size_t(r) * ldc + col0 + j];
-      dst = Accumulate ? dst + s : s;
+      dst = load_c ? dst + s : s;
     }
 }
 
-/// R rows of C over panels [p0, p1).
-template <class Arch, int R, bool Accumulate, bool Bias>
+/// R rows of C over panels [p0, p1), depth rows [d0, d0 + kb).
+template <class K, int R>
 void packed_strip(const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0, std::size_t p1,
-                  const float* bias, float* c, std::size_t ldc) noexcept {
-  constexpr int NV = PackedTile<Arch>::vectors;
-  constexpr std::size_t NR = PackedTile<Arch>::panel_width, W = batch_f<Arch>::size;
-  const std::size_t k = b.rows(), n = b.cols();
+                  std::size_t d0, std::size_t kb, const float* bias, bool load_c, float* c, std::size_t ldc) noexcept {
+  constexpr int NV = K::vectors;
+  constexpr std::size_t NR = static_cast<std::size_t>(NV) * K::lanes;
+  const std::size_t n = b.cols();
   for (std::size_t p = p0; p < p1; ++p) {
-    const std::size_t col0 = p * NR, cols = std::min(NR, n - col0);
-    const float* panel = b.panel(p);
-    switch (b.panel_cols(p) / W) {  // only the last panel is narrower than NV vectors
-      case 1: packed_panel<Arch, R, 1, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc); break;
+    const std::size_t col0 = p * NR, cols = std::min(NR, n - col0), width = b.panel_cols(p);
+    const float* panel = b.panel(p) + d0 * width;
+    switch (width / K::lanes) {  // only the last panel is narrower than NV vectors
+      case 1: packed_panel<K, R, 1>(a + d0, lda, kb, panel, col0, cols, bias, load_c, c, ldc); break;
       case 2:
-        if constexpr (NV >= 2) packed_panel<Arch, R, 2, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc);
+        if constexpr (NV >= 2) packed_panel<K, R, 2>(a + d0, lda, kb, panel, col0, cols, bias, load_c, c, ldc);
         break;
       default:
-        if constexpr (NV >= 3) packed_panel<Arch, R, NV, Accumulate, Bias>(a, lda, k, panel, col0, cols, bias, c, ldc);
+        if constexpr (NV >= 3) packed_panel<K, R, NV>(a + d0, lda, kb, panel, col0, cols, bias, load_c, c, ldc);
         break;
     }
   }
 }
 
-/// Rows [0, m) of C over panels [p0, p1): row blocks that stay in L2, strips of MR rows, then the remainder.
-template <class Arch, bool Accumulate, bool Bias>
-void packed_gemm_panels(std::size_t m, const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0,
-                        std::size_t p1, const float* bias, float* c, std::size_t ldc) noexcept {
-  constexpr int MR = PackedTile<Arch>::rows;
-  constexpr std::size_t row_block = 24 * MR;  // ≈ 192 rows of A: (192, k ≤ 1024) stays in L2 across panels
-  for (std::size_t i0 = 0; i0 < m; i0 += row_block) {
-    const std::size_t i1 = std::min(m, i0 + row_block);
-    std::size_t i = i0;
-    for (; i + MR <= i1; i += MR)
-      packed_strip<Arch, MR, Accumulate, Bias>(a + i * lda, lda, b, p0, p1, bias, c + i * ldc, ldc);
-    const std::size_t rest = i1 - i;
-    if (rest == 0) continue;
-    const float* ai = a + i * lda;
-    float* ci = c + i * ldc;
-    // Remainders 1..MR-1 (MR ≤ 8).
-    switch (rest) {
-      case 1: packed_strip<Arch, 1, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc); break;
-      case 2: packed_strip<Arch, 2, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc); break;
-      case 3: packed_strip<Arch, 3, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc); break;
-      case 4: packed_strip<Arch, 4, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc); break;
-      case 5: packed_strip<Arch, 5, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc); break;
-      case 6:
-        if constexpr (MR > 6) packed_strip<Arch, 6, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc);
-        break;
-      case 7:
-        if constexpr (MR > 7) packed_strip<Arch, 7, Accumulate, Bias>(ai, lda, b, p0, p1, bias, ci, ldc);
-        break;
-      default: break;
+/// Rows [0, m) of C over panels [p0, p1): blocks of panels that stay in L2, depth blocks of kc whose strips of
+/// A stay in L1, strips of MR rows, then the remaining rows.
+template <class K>
+void packed_gemm_blocked(std::size_t m, const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0,
+                         std::size_t p1, const float* bias, bool accumulate, float* c, std::size_t ldc,
+                         PackedBlocking blocking) noexcept {
+  constexpr int MR = K::rows;
+  static_assert(MR >= 1 && MR <= 8, "packed_gemm_blocked handles row remainders up to 7");
+  const std::size_t k = b.rows(), kc = blocking.kc;
+  for (std::size_t j0 = p0; j0 < p1; j0 += blocking.panels) {
+    const std::size_t j1 = std::min(p1, j0 + blocking.panels);
+    std::size_t kb = 0;
+    for (std::size_t d0 = 0; d0 < k; d0 += kb) {
+      kb = k - d0 <= kc + kc / 4 ? k - d0 : kc;  // a last block under kc / 4 joins the one before it
+      const float* block_bias = d0 == 0 ? bias : nullptr;
+      const bool load_c = d0 != 0 || accumulate;
+      std::size_t i = 0;
+      for (; i + MR <= m; i += MR)
+        packed_strip<K, MR>(a + i * lda, lda, b, j0, j1, d0, kb, block_bias, load_c, c + i * ldc, ldc);
+      const float* ai = a + i * lda;
+      float* ci = c + i * ldc;
+      switch (m - i) {
+        case 1: packed_strip<K, 1>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;
+        case 2: packed_strip<K, 2>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;
+        case 3: packed_strip<K, 3>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;
+        case 4: packed_strip<K, 4>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;
+        case 5: packed_strip<K, 5>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;
+        case 6:
+          if constexpr (MR > 6) packed_strip<K, 6>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc);
+          break;
+        case 7:
+          if constexpr (MR > 7) packed_strip<K, 7>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc);
+          break;
+        default: break;
+      }
     }
   }
 }
@@ -235,24 +320,35 @@ void packed_gemm_panels(std::size_t m, const float* a, std::size_t lda, const Pa
 }  // namespace detail
 
 /// C (m, n) = A (m, k) · B, plus bias (n) on every row when bias is not null, plus the old C when
-/// `accumulate`; only panels [p0, p1) of B (columns p0·panel_width …) are computed. Rows of A and C are
-/// lda and ldc floats apart. On the calling thread; kernels::gemm splits panels over threads.
+/// `accumulate`; only panels [p0, p1) of B (columns p0·panel_width() …) are computed. Rows of A and C are
+/// lda and ldc floats apart. On the calling thread with the kernels B was packed for; kernels::gemm splits
+/// panels over threads. `blocking` is chosen from this CPU's caches when left {} (tests pass small blocks).
 inline void packed_gemm(std::size_t m, const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0,
-                        std::size_t p1, const float* bias, bool accumulate, float* c, std::size_t ldc) noexcept {
-  using Arch = xsimd::default_arch;
+                        std::size_t p1, const float* bias, bool accumulate, float* c, std::size_t ldc,
+                        PackedBlocking blocking = {}) noexcept {
   if (m == 0 || p1 <= p0) return;
+  if (blocking.kc == 0 || blocking.panels == 0) blocking = packed_blocking(b.tile(), cpu().l1d_bytes, cpu().l2_bytes);
   if (b.rows() == 0) {  // an empty sum: C = bias (+ C)
     for (std::size_t i = 0; i < m; ++i)
-      for (std::size_t j = p0 * PackedMatrix::panel_width; j < std::min(b.cols(), p1 * PackedMatrix::panel_width); ++j)
+      for (std::size_t j = p0 * b.panel_width(); j < std::min(b.cols(), p1 * b.panel_width()); ++j)
         c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0.0f) + (bias ? bias[j] : 0.0f);
     return;
   }
-  if (accumulate) {
-    if (bias) detail::packed_gemm_panels<Arch, true, true>(m, a, lda, b, p0, p1, bias, c, ldc);
-    else detail::packed_gemm_panels<Arch, true, false>(m, a, lda, b, p0, p1, bias, c, ldc);
-  } else {
-    if (bias) detail::packed_gemm_panels<Arch, false, true>(m, a, lda, b, p0, p1, bias, c, ldc);
-    else detail::packed_gemm_panels<Arch, false, false>(m, a, lda, b, p0, p1, bias, c, ldc);
+  switch (b.isa()) {
+#if POLYFORMER_RUNTIME_DISPATCH
+    case Isa::avx512:
+      detail::packed_gemm_blocked<detail::Avx512PackedKernels>(m, a, lda, b, p0, p1, bias, accumulate, c, ldc,
+                                                                        blocking);
+      return;
+    case Isa::avx2:
+      detail::packed_gemm_blocked<detail::Avx2PackedKernels>(m, a, lda, b, p0, p1, bias, accumulate, c, ldc,
+                                                                        blocking);
+      return;
+#endif
+    default:
+      detail::packed_gemm_blocked<detail::PortablePackedKernels>(m, a, lda, b, p0, p1, bias, accumulate, c, ldc,
+                                                                        blocking);
+      return;
   }
 }
 

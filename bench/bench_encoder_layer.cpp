@@ -2,6 +2,7 @@
 // at n tokens, as torch.nn.TransformerEncoderLayer computes it; the peer is bench/peers/libtorch_encoder_layer.cpp.
 // BM_encoder_layer_gemms times the layer's six matrix products alone (Q, K, V, output, FFN up and down,
 // through Dense::forward: packed weights, bias fused), so the layer's time splits into GEMMs and the rest (attention, norms, ...).
+// BM_encoder_layer_bf16 / BM_encoder_layer_gemms_bf16: the same with every linear layer in bf16 (linear/bf16.hpp).
 //
 //   bench_encoder_layer --benchmark_filter='threads:1/'
 
@@ -10,6 +11,7 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 
 #include "main.hpp"
 #include "counters.hpp"
@@ -22,19 +24,24 @@ namespace {
 
 constexpr pf::Index d_model = 768, n_heads = 12, d_ffn = 3072;
 
-using Layer = pf::EncoderLayer<pf::FullAttention, pf::Dense, pf::LayerNorm, pf::ReLU, pf::NormPlacement::post>;
+template <typename Lin>
+using Layer = pf::EncoderLayer<pf::FullAttention, Lin, pf::LayerNorm, pf::ReLU, pf::NormPlacement::post>;
 
-pf::Dense random_dense(pf::Index in, pf::Index out) {
-  return pf::Dense(pf::Matrix::Random(out, in) / std::sqrt(static_cast<float>(in)), pf::Vector::Random(out) * 0.1f);
+template <typename Lin>
+Lin random_linear(pf::Index in, pf::Index out) {
+  return Lin(pf::Matrix(pf::Matrix::Random(out, in) / std::sqrt(static_cast<float>(in))),
+             pf::Vector(pf::Vector::Random(out) * 0.1f));
 }
 
-Layer make_layer() {
+template <typename Lin>
+Layer<Lin> make_layer() {
   std::srand(1);
-  return Layer(Layer::Attention(random_dense(d_model, d_model), random_dense(d_model, d_model),
-                                random_dense(d_model, d_model), random_dense(d_model, d_model),
-                                pf::HeadConfig{n_heads}),
-               Layer::FFN(random_dense(d_model, d_ffn), random_dense(d_ffn, d_model)), pf::LayerNorm(d_model),
-               pf::LayerNorm(d_model));
+  using L = Layer<Lin>;
+  return L(typename L::Attention(random_linear<Lin>(d_model, d_model), random_linear<Lin>(d_model, d_model),
+                                 random_linear<Lin>(d_model, d_model), random_linear<Lin>(d_model, d_model),
+                                 pf::HeadConfig{n_heads}),
+           typename L::FFN(random_linear<Lin>(d_model, d_ffn), random_linear<Lin>(d_ffn, d_model)),
+           pf::LayerNorm(d_model), pf::LayerNorm(d_model));
 }
 
 /// 8nd² (Q, K, V, output projections) + 4nd·ffn (FFN) — the six GEMMs.
@@ -45,15 +52,17 @@ double gemm_flops(double n) {
 /// The GEMMs plus 4n²d for attention's QKᵀ and PV.
 double layer_flops(double n) { return gemm_flops(n) + 4 * n * n * d_model; }
 
-void BM_encoder_layer(benchmark::State& state) {
+template <typename Lin>
+void encoder_layer(benchmark::State& state) {
   const pf::Index n = state.range(0);
   const pf::Context ctx{static_cast<int>(state.range(1))};
-  Layer layer = make_layer();
+  using L = Layer<Lin>;
+  L layer = make_layer<Lin>();
   const pf::Matrix x = pf::Matrix::Random(n, d_model);
   pf::Matrix y(n, d_model);
   const pf::MaskSpec mask{};
   const bench::PeakMemory memory;
-  Layer::Workspace ws;
+  typename L::Workspace ws;
   layer.forward(pf::cview(x), 1, mask, pf::view(y), ws, ctx);  // warm-up: sizes the workspace once
   const bench::LoopClock clock;
   for (auto _ : state) {
@@ -62,19 +71,18 @@ void BM_encoder_layer(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   clock.report(state, layer_flops(static_cast<double>(n)));
-  memory.report(state);
+  memory.report(state, Lin::name);
 }
 
-void BM_encoder_layer_gemms(benchmark::State& state) {
+template <typename Lin>
+void encoder_layer_gemms(benchmark::State& state) {
   const pf::Index n = state.range(0);
   const pf::Context ctx{static_cast<int>(state.range(1))};
   const pf::Matrix x = pf::Matrix::Random(n, d_model);
-  const auto dense = [](pf::Index in, pf::Index out) {
-    return pf::Dense(pf::Matrix::Random(out, in), pf::Vector::Random(out));
-  };
-  std::array<pf::Dense, 4> attn{dense(d_model, d_model), dense(d_model, d_model), dense(d_model, d_model),
-                                dense(d_model, d_model)};  // Q, K, V, output
-  const pf::Dense up = dense(d_model, d_ffn), down = dense(d_ffn, d_model);
+  const auto dense = [](pf::Index in, pf::Index out) { return random_linear<Lin>(in, out); };
+  std::array<Lin, 4> attn{dense(d_model, d_model), dense(d_model, d_model), dense(d_model, d_model),
+                          dense(d_model, d_model)};  // Q, K, V, output
+  const Lin up = dense(d_model, d_ffn), down = dense(d_ffn, d_model);
   std::array<pf::Matrix, 4> proj;  // (n, d) each
   for (auto& p : proj) p = pf::Matrix::Zero(n, d_model);
   pf::Matrix hidden = pf::Matrix::Zero(n, d_ffn), out = pf::Matrix::Zero(n, d_model);
@@ -93,8 +101,13 @@ void BM_encoder_layer_gemms(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   clock.report(state, gemm_flops(static_cast<double>(n)));
-  memory.report(state, "packed weights");
+  memory.report(state, std::string(Lin::name) + " packed weights");
 }
+
+void BM_encoder_layer(benchmark::State& state) { encoder_layer<pf::Dense>(state); }
+void BM_encoder_layer_gemms(benchmark::State& state) { encoder_layer_gemms<pf::Dense>(state); }
+void BM_encoder_layer_bf16(benchmark::State& state) { encoder_layer<pf::BF16>(state); }
+void BM_encoder_layer_gemms_bf16(benchmark::State& state) { encoder_layer_gemms<pf::BF16>(state); }
 
 void sizes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "threads"});
@@ -107,5 +120,7 @@ void sizes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_encoder_layer)->Apply(sizes);
 BENCHMARK(BM_encoder_layer_gemms)->Apply(sizes);
+BENCHMARK(BM_encoder_layer_bf16)->Apply(sizes);
+BENCHMARK(BM_encoder_layer_gemms_bf16)->Apply(sizes);
 
 POLYFORMER_BENCHMARK_MAIN()

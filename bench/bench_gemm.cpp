@@ -24,6 +24,7 @@
 #include "memory.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/int8_gemm.hpp"
+#include "polyformer/linear/bf16.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
@@ -97,6 +98,32 @@ void BM_gemm_eigen(benchmark::State& state) {
   Eigen::setNbThreads(1);
 }
 
+#ifdef POLYFORMER_USE_OPENBLAS
+/// OpenBLAS sgemm as a user would call it: one call, OpenBLAS's own threads.
+void BM_gemm_openblas(benchmark::State& state) {
+  const pf::Index m = state.range(0), n = state.range(1), k = state.range(2);
+  const int threads = static_cast<int>(state.range(3));
+  Operands x(m, n, k);
+  const bench::PeakMemory memory;
+  openblas_set_num_threads(threads);
+  const auto call = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+                static_cast<blasint>(k), 1.0f, x.a.data(), static_cast<blasint>(k), x.b.data(), static_cast<blasint>(k),
+                0.0f, x.c.data(), static_cast<blasint>(n));
+  };
+  call();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(x.c.data());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, gemm_flops(state));
+  memory.report(state, "openblas " + std::to_string(threads) + " thread(s)");
+  openblas_set_num_threads(1);
+}
+#endif
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "n", "k", "threads"});
   for (int threads : {1, 2}) {
@@ -136,6 +163,12 @@ pf::Dense random_dense(pf::Index n, pf::Index k) {
 void BM_linear_dense(benchmark::State& state) {
   const pf::Dense layer = random_dense(state.range(1), state.range(2));
   linear_forward(state, layer, 4.0 * static_cast<double>(layer.weight().size()), "fp32 packed");
+}
+
+void BM_linear_bf16(benchmark::State& state) {
+  const pf::BF16 layer = pf::BF16::from_dense(random_dense(state.range(1), state.range(2)));
+  linear_forward(state, layer, static_cast<double>(layer.packed_weight().bytes()),
+                 std::string("bf16 ") + pf::kernels::bf16_path_name(pf::kernels::bf16_path()));
 }
 
 void BM_linear_int8(benchmark::State& state) {
@@ -179,7 +212,11 @@ void lora_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_gemm_entry)->Apply(shapes);
 BENCHMARK(BM_gemm_packed)->Apply(shapes);
 BENCHMARK(BM_gemm_eigen)->Apply(shapes);
+#ifdef POLYFORMER_USE_OPENBLAS
+BENCHMARK(BM_gemm_openblas)->Apply(shapes);
+#endif
 BENCHMARK(BM_linear_dense)->Apply(linear_shapes);
+BENCHMARK(BM_linear_bf16)->Apply(linear_shapes);
 BENCHMARK(BM_linear_int8)->Apply(linear_shapes);
 BENCHMARK(BM_linear_lora)->Apply(lora_shapes);
 BENCHMARK(BM_linear_lora_merged)->Apply(lora_shapes);

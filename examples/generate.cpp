@@ -3,7 +3,7 @@
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
 //            [--topk K] [--seed S] [--threads N] [--attention A]
-//            [--linear fp32|int8] [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
+//            [--linear fp32|bf16|int8] [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
@@ -11,7 +11,8 @@
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
 // change the text: they show the policies decoding, not a better model.
-// --linear chooses every linear layer's policy by its name in the linear registry (fp32 by default); --int8, the
+// --linear chooses every linear layer's policy by its name in the linear registry (fp32 by default; bf16 rounds the
+// weights to bf16 once and multiplies in bf16 with fp32 sums); --int8, the
 // same as --linear int8, quantizes every linear layer once on load (per output channel; activations per row at
 // run time).
 // --lora applies a Hugging Face PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors),

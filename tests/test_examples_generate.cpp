@@ -53,6 +53,26 @@ TEST_CASE("examples/generate: greedy output equals run.c's golden text", "[examp
   }
 }
 
+TEST_CASE("examples/generate: --linear bf16 gives run.c's greedy text for the first 50 tokens at least",
+          "[examples][llama][golden][bf16]") {
+  const std::string model = pft::shared_path("models/stories260K.bin");
+  const std::string tok = pft::shared_path("models/tok512.bin");
+  for (const auto& [file, prompt] : {std::pair<std::string, std::string>{"once_upon_a_time", "Once upon a time"},
+                                     {"lily_and_tom", "Lily and Tom went to the park"},
+                                     {"empty", ""}}) {
+    INFO(file);
+    // 60 positions: at most 9 of them prompt tokens, so at least 50 are generated.
+    std::string out;
+    REQUIRE(run("--model " + model + " --tokenizer " + tok + " --temperature 0 --steps 60 --linear bf16 --prompt '" +
+                    prompt + "'",
+                &out) == 0);
+    REQUIRE(out.size() > 100);
+    // The golden text has 256 positions; the bf16 run's text, its final newline aside, must begin it.
+    const std::string golden = pft::read_text(pft::shared_path("models/golden/" + file + ".txt"));
+    CHECK(golden.compare(0, out.size() - 1, out, 0, out.size() - 1) == 0);
+  }
+}
+
 TEST_CASE("examples/generate: --prompts decodes a batch that prints what one run per line prints",
           "[examples][llama][batch]") {
   const std::string base = "--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
@@ -207,9 +227,9 @@ TEST_CASE("examples/generate: --linear picks the linear policy by its registry n
   CHECK(int8 == linear_int8);
   CHECK(fp32 == linear_fp32);
   CHECK(run(base + " --linear int4", nullptr, &err) == 2);
-  CHECK(err.find("--linear is 'int4', expected fp32, int8") != std::string::npos);
+  CHECK(err.find("--linear is 'int4', expected fp32, bf16, int8") != std::string::npos);
   CHECK(run("--help", &err) == 0);
-  CHECK(err.find("[--linear fp32|int8]") != std::string::npos);
+  CHECK(err.find("[--linear fp32|bf16|int8]") != std::string::npos);
 }
 
 TEST_CASE("examples/generate: --int8 decodes the same greedy text as fp32 for the first 60 positions",

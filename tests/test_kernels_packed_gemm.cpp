@@ -59,14 +59,14 @@ TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded"
   }
 }
 
-TEST_CASE("kernels/packed_gemm: the CPU's blocking keeps a strip of A in half of L1", "[kernels][gemm]") {
+TEST_CASE("kernels/packed_gemm: the CPU's blocking keeps a strip of A in a quarter of L1", "[kernels][gemm]") {
   const k::PackedTile tile{8, 3, 16};
   const k::PackedBlocking small = k::packed_blocking(tile, 32 * 1024, 1024 * 1024);
-  CHECK(small.kc == 512);     // 8 rows × 512 floats = 16 KiB
-  CHECK(small.panels == 5);   // 512 × 48 floats = 96 KiB a panel, 5 in half of 1 MiB
+  CHECK(small.kc == 256);     // 8 rows × 256 floats = 8 KiB
+  CHECK(small.panels == 10);  // 256 × 48 floats = 48 KiB a panel, 10 in half of 1 MiB
   const k::PackedBlocking large = k::packed_blocking(tile, 48 * 1024, 2048 * 1024);
-  CHECK(large.kc == 768);
-  CHECK(large.panels == 7);
+  CHECK(large.kc == 384);
+  CHECK(large.panels == 14);
   const k::PackedBlocking tiny = k::packed_blocking(tile, 1024, 1024);  // never below 64 deep, one panel
   CHECK(tiny.kc == 64);
   CHECK(tiny.panels == 1);

@@ -10,6 +10,8 @@
 #include "polyformer/core/tensor.hpp"
 
 #include "polyformer/kernels/activation.hpp"
+#include "polyformer/kernels/bf16_gemm.hpp"
+#include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
@@ -28,6 +30,7 @@
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/layers/position.hpp"
 #include "polyformer/layers/rotary.hpp"
+#include "polyformer/linear/bf16.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"

@@ -18,12 +18,15 @@
 namespace polyformer {
 
 /// One named tensor. Values go in and out as row-major floats in `shape`, whatever the storage: a linear
-/// weight kept packed or quantized is unpacked on read and packed again on write.
+/// weight kept packed or quantized is unpacked on read and packed again on write. A parameter stored in bf16
+/// also takes bf16 values as they are (write_bf16), so a BF16 checkpoint is never widened to float on the way.
 struct Parameter {
   std::string name;
   std::vector<Index> shape;                 ///< as PyTorch lists it: (out, in) for a linear weight, (d) for a gain
   std::function<void(float*)> read;         ///< copies numel() floats out
   std::function<void(const float*)> write;  ///< copies numel() floats in
+  /// Optional: copies numel() little-endian bf16 values in (2 bytes each, any alignment).
+  std::function<void(const std::byte*)> write_bf16 = {};
 
   Index numel() const noexcept {
     Index n = 1;

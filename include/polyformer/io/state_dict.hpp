@@ -51,7 +51,8 @@ inline std::string shape_text(const std::vector<std::int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-/// The checks and the writes of a load over a source with names(), shape(name) and read(name) → FloatTensor.
+/// The checks and the writes of a load over a source with names(), shape(name), and read(parameter), which writes
+/// the parameter from the source's tensor of its name.
 template <typename Names, typename ShapeOf, typename Read>
 LoadReport load_parameters(const char* func, const ParameterList& params, const Names& names, ShapeOf&& shape_of,
                            Read&& read, bool strict) {
@@ -79,7 +80,7 @@ LoadReport load_parameters(const char* func, const ParameterList& params, const 
     if (!report.missing.empty()) throw missing_error(what);
     throw config_error(what);
   }
-  for (const Parameter* p : present) read(p->name, p->write);
+  for (const Parameter* p : present) read(*p);
   return report;
 }
 
@@ -94,7 +95,13 @@ inline LoadReport load_state_dict(const ParameterList& params, const io::Safeten
   return detail::load_parameters(
       func.c_str(), params, file.names(),
       [&](const std::string& n) { return file.info(n).shape; },
-      [&](const std::string& n, const auto& write) { write(file.tensor(n).data.data()); }, strict);
+      [&](const Parameter& p) {
+        if (p.write_bf16 && file.info(p.name).dtype == io::DType::BF16)  // bf16 into bf16 storage: as it is
+          p.write_bf16(reinterpret_cast<const std::byte*>(file.raw_bytes(p.name).data()));
+        else
+          p.write(file.tensor(p.name).data.data());
+      },
+      strict);
 }
 
 /// The same from tensors in memory.
@@ -103,7 +110,7 @@ inline LoadReport load_state_dict(const ParameterList& params, const StateDict& 
   for (const auto& [name, t] : tensors) names.push_back(name);
   return detail::load_parameters(
       "load_state_dict", params, names, [&](const std::string& n) { return tensors.at(n).shape; },
-      [&](const std::string& n, const auto& write) { write(tensors.at(n).data.data()); }, strict);
+      [&](const Parameter& p) { p.write(tensors.at(p.name).data.data()); }, strict);
 }
 
 /// A tensor that lives elsewhere (a checkpoint's matrices being mapped onto a model): row-major floats of
@@ -121,7 +128,7 @@ inline LoadReport load_state_dict(const ParameterList& params, const TensorRefs&
   for (const auto& [name, t] : tensors) names.push_back(name);
   return detail::load_parameters(
       "load_state_dict", params, names, [&](const std::string& n) { return tensors.at(n).shape; },
-      [&](const std::string& n, const auto& write) { write(tensors.at(n).data); }, strict);
+      [&](const Parameter& p) { p.write(tensors.at(p.name).data); }, strict);
 }
 
 /// Every parameter's values by name, in the model's order.

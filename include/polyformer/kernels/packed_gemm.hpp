@@ -142,8 +142,9 @@ inline void packed_gemm_scalar(std::size_t m, const float* a, std::size_t lda, c
     }
 }
 
-/// Cache blocking of a packed product: kc rows of B at a time (a strip of MR rows of A, kc deep, fills at most
-/// half of L1) and `panels` panels at a time (kc × that many panels fill at most half of L2).
+/// Cache blocking of a packed product: kc rows of B at a time (a strip of MR rows of A, kc deep, fills at most a
+/// quarter of L1, leaving room for the panel rows streaming past it) and `panels` panels at a time (kc × that
+/// many panels fill at most half of L2).
 struct PackedBlocking {
   std::size_t kc = 0;
   std::size_t panels = 0;
@@ -234,11 +235,12 @@ struct Avx512Vec {
 #undef POLYFORMER_PACKED_VECTORS
 #endif
 
-/// R rows of C from kb rows (from depth p0) of panel p, which holds `cols` valid columns from column col0.
-/// The bias (if not null) and the old C (if load_c) are added once, by the caller's first / later depth block.
+/// R rows of C from kb depth steps of one panel (its rows from the block's depth on), which holds `cols` valid
+/// columns from column col0. The bias (if not null) and the old C (if load_c) are added at the store. K is a
+/// kernel set: its element types, its block<R, NV>, and how its matrix type is laid out (depth, panel_rows).
 template <class K, int R, int NV>
-void packed_panel(const float* a, std::size_t lda, std::size_t kb, const float* panel, std::size_t col0,
-                  std::size_t cols, const float* bias, bool load_c, float* c, std::size_t ldc) noexcept {
+void packed_panel(const typename K::a_type* a, std::size_t lda, std::size_t kb, const typename K::b_type* panel,
+                  std::size_t col0, std::size_t cols, const float* bias, bool load_c, float* c, std::size_t ldc) noexcept {
   constexpr std::size_t NR = static_cast<std::size_t>(NV) * K::lanes;
   if (cols == NR) {
     K::template block<R, NV>(kb, a, lda, panel, bias ? bias + col0 : nullptr, load_c, c + col0, ldc);
@@ -256,17 +258,17 @@ void packed_panel(const float* a, std::size_t lda, std::size_t kb, const float* 
     }
 }
 
-/// R rows of C over panels [p0, p1), depth rows [d0, d0 + kb).
-template <class K, int R>
-void packed_strip(const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0, std::size_t p1,
+/// R rows of C over panels [p0, p1), depth steps [d0, d0 + kb).
+template <class K, int R, class PackedB>
+void packed_strip(const typename K::a_type* a, std::size_t lda, const PackedB& b, std::size_t p0, std::size_t p1,
                   std::size_t d0, std::size_t kb, const float* bias, bool load_c, float* c, std::size_t ldc) noexcept {
   constexpr int NV = K::vectors;
   constexpr std::size_t NR = static_cast<std::size_t>(NV) * K::lanes;
   const std::size_t n = b.cols();
   for (std::size_t p = p0; p < p1; ++p) {
-    const std::size_t col0 = p * NR, cols = std::min(NR, n - col0), width = b.panel_cols(p);
-    const float* panel = b.panel(p) + d0 * width;
-    switch (width / K::lanes) {  // only the last panel is narrower than NV vectors
+    const std::size_t col0 = p * NR, cols = std::min(NR, n - col0);
+    const auto* panel = K::panel_rows(b, p, d0);
+    switch (b.panel_cols(p) / K::lanes) {  // only the last panel is narrower than NV vectors
       case 1: packed_panel<K, R, 1>(a + d0, lda, kb, panel, col0, cols, bias, load_c, c, ldc); break;
       case 2:
         if constexpr (NV >= 2) packed_panel<K, R, 2>(a + d0, lda, kb, panel, col0, cols, bias, load_c, c, ldc);
@@ -278,15 +280,15 @@ void packed_strip(const float* a, std::size_t lda, const PackedMatrix& b, std::s
   }
 }
 
-/// Rows [0, m) of C over panels [p0, p1): blocks of panels that stay in L2, depth blocks of kc whose strips of
-/// A stay in L1, strips of MR rows, then the remaining rows.
-template <class K>
-void packed_gemm_blocked(std::size_t m, const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0,
+/// Rows [0, m) of C over panels [p0, p1): blocks of panels that stay in L2, depth blocks of kc steps whose
+/// strips of A stay in L1, strips of MR rows, then the remaining rows. Rows of A are lda elements apart.
+template <class K, class PackedB>
+void packed_gemm_blocked(std::size_t m, const typename K::a_type* a, std::size_t lda, const PackedB& b, std::size_t p0,
                          std::size_t p1, const float* bias, bool accumulate, float* c, std::size_t ldc,
                          PackedBlocking blocking) noexcept {
   constexpr int MR = K::rows;
   static_assert(MR >= 1 && MR <= 8, "packed_gemm_blocked handles row remainders up to 7");
-  const std::size_t k = b.rows(), kc = blocking.kc;
+  const std::size_t k = K::depth(b), kc = blocking.kc;
   for (std::size_t j0 = p0; j0 < p1; j0 += blocking.panels) {
     const std::size_t j1 = std::min(p1, j0 + blocking.panels);
     std::size_t kb = 0;
@@ -297,7 +299,7 @@ void packed_gemm_blocked(std::size_t m, const float* a, std::size_t lda, const P
       std::size_t i = 0;
       for (; i + MR <= m; i += MR)
         packed_strip<K, MR>(a + i * lda, lda, b, j0, j1, d0, kb, block_bias, load_c, c + i * ldc, ldc);
-      const float* ai = a + i * lda;
+      const auto* ai = a + i * lda;
       float* ci = c + i * ldc;
       switch (m - i) {
         case 1: packed_strip<K, 1>(ai, lda, b, j0, j1, d0, kb, block_bias, load_c, ci, ldc); break;

@@ -9,15 +9,16 @@
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/policy_list.hpp"
+#include "polyformer/linear/bf16.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"
 
 namespace polyformer {
 
 /// Every linear policy a program may choose by name, in the order usage texts list them.
-using LinearPolicies = PolicyList<Dense, Int8>;
+using LinearPolicies = PolicyList<Dense, BF16, Int8>;
 
-/// The names of List's policies joined by `separator`, e.g. "fp32|int8".
+/// The names of List's policies joined by `separator`, e.g. "fp32|bf16|int8".
 template <typename List = LinearPolicies>
 std::string linear_usage(std::string_view separator = "|") {
   std::string usage;

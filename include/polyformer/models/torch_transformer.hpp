@@ -47,17 +47,21 @@ inline Index d_model_of(const io::SafetensorsFile& f, const std::string& prefix)
   return static_cast<Index>(info.shape[0]);
 }
 
-/// A zero nn.Linear in → out, with a bias when the file has "<name>.bias" (nn.Linear(bias=False) has none).
-inline Dense zero_linear(const io::SafetensorsFile& f, const std::string& name, Index in, Index out) {
-  return Dense(in, out, f.contains(name + ".bias"));
+/// A zero nn.Linear in → out of policy Lin, with a bias when the file has "<name>.bias" (nn.Linear(bias=False)
+/// has none).
+template <typename Lin = Dense>
+Lin zero_linear(const io::SafetensorsFile& f, const std::string& name, Index in, Index out) {
+  return Lin(Matrix(Matrix::Zero(out, in)), f.contains(name + ".bias") ? Vector(Vector::Zero(out)) : Vector());
 }
 
 /// A zero nn.MultiheadAttention of d_model d: biases as the file has them.
 template <typename MHA>
 MHA zero_mha(const io::SafetensorsFile& f, const std::string& name, Index d, Index nhead) {
-  const bool bias = f.contains(name + ".in_proj_bias");
-  return MHA(Dense(d, d, bias), Dense(d, d, bias), Dense(d, d, bias), zero_linear(f, name + ".out_proj", d, d),
-             HeadConfig{nhead, nhead, 0});
+  using Lin = typename MHA::linear_type;
+  const auto in_proj = [&] {
+    return Lin(Matrix(Matrix::Zero(d, d)), f.contains(name + ".in_proj_bias") ? Vector(Vector::Zero(d)) : Vector());
+  };
+  return MHA(in_proj(), in_proj(), in_proj(), zero_linear<Lin>(f, name + ".out_proj", d, d), HeadConfig{nhead, nhead, 0});
 }
 
 /// The FFN width, from "<prefix>linear1.weight" (dff, d).
@@ -78,7 +82,8 @@ template <typename Layer>
 Layer zero_layer(const io::SafetensorsFile& f, const std::string& prefix, const LayerOptions& opt) {
   const Index d = d_model_of(f, prefix), dff = ffn_width_of(f, prefix);
   using FFN = typename Layer::FFN;
-  FFN ffn(zero_linear(f, prefix + "linear1", d, dff), zero_linear(f, prefix + "linear2", dff, d));
+  using Lin = typename FFN::linear_type;
+  FFN ffn(zero_linear<Lin>(f, prefix + "linear1", d, dff), zero_linear<Lin>(f, prefix + "linear2", dff, d));
   const auto norm = [&] { return LayerNorm(d, opt.layer_norm_eps); };
   if constexpr (CrossAttending<Layer>) {
     return Layer(zero_mha<typename Layer::SelfAttention>(f, prefix + "self_attn", d, opt.nhead),

@@ -11,6 +11,14 @@ struct POLYFORMER_PACKED_KERNELS {
   static constexpr int rows = POLYFORMER_PACKED_ROWS;        ///< MR
   static constexpr int vectors = POLYFORMER_PACKED_VECTORS;  ///< NV
   static constexpr std::size_t lanes = V::lanes;
+  using a_type = float;
+  using b_type = float;
+
+  /// Depth steps of a packed matrix (its rows k), and panel p from depth step d0 on.
+  static std::size_t depth(const PackedMatrix& b) noexcept { return b.rows(); }
+  static const float* panel_rows(const PackedMatrix& b, std::size_t p, std::size_t d0) noexcept {
+    return b.panel(p) + d0 * b.panel_cols(p);
+  }
 
   /// One R × (NV·lanes) block of C from R rows of A over depth k and the matching k rows of one panel
   /// (rows NV·lanes floats apart). The store stage adds the bias (if not null) and the old C (if `load_c`).

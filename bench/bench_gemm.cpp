@@ -1,17 +1,20 @@
-// GEMM: polyformer's single entry point kernels::gemm, both paths — BM_gemm_entry, B as stored (OpenBLAS
-// sgemm single-threaded per call, split over polyformer's own threads), and BM_gemm_packed, B packed ahead of
-// time as linear layers keep their weights (polyformer's micro-kernels) — against a plain Eigen product,
-// C (m, n) = A (m, k) · Bᵀ with B (n, k) in the nn.Linear layout. Shapes: 1024³, 128×768×768 and
-// 512×768×768 (BERT-base projections at 128 and 512 tokens) and 512×768→3072 (the FFN up-projection). Ceilings: shared/MACHINE.md (≈ 100 / 196 GFLOP/s for sgemm).
-// Then the linear policies side by side, BM_linear_dense (fp32, packed) and BM_linear_int8 (int8 weights and
-// activations, kernels/int8_gemm.hpp), with bias: x (512, 768) · Wᵀ, W (768, 768), and the decode products
-// m = 1 (GEMV) against W (768, 768), (2048, 768) and (32000, 768) (a vocabulary classifier: 98 MB in fp32, beyond
-// the 32 MiB L3 of shared/MACHINE.md; 24.6 MB in int8). weight_GB/s is the weight's stored bytes (4 or 1 a
-// parameter) per second. BM_linear_lora / BM_linear_lora_merged: LoRA<Dense> with one adapter (r = 8) on the
-// 512×768×768 layer, unmerged (x·Aᵀ then ·(s·B)ᵀ added) and merged into W (the Dense product alone).
+// GEMM: polyformer's single entry point kernels::gemm, both paths — BM_gemm_entry, B as stored (packed on the
+// fly per call, split over polyformer's own threads), and BM_gemm_packed, B packed ahead of time as linear layers
+// keep their weights (polyformer's micro-kernels, chosen at run time for the CPU) — against its peers in the same
+// process: BM_gemm_eigen (a plain Eigen product) and BM_gemm_openblas (one cblas_sgemm call on OpenBLAS's own
+// threads, when libopenblas-dev is installed); oneDNN's matmul is bench/peers/dnnl_gemm.cpp (its own process:
+// OpenMP). C (m, n) = A (m, k) · Bᵀ with B (n, k) in the nn.Linear layout. Shapes: 1024³, 128×768×768 and
+// 512×768×768 (BERT-base projections at 128 and 512 tokens) and 512×768→3072 (the FFN up-projection).
+// Then the linear policies side by side, BM_linear_dense (fp32, packed), BM_linear_bf16 (bf16 weights,
+// kernels/bf16_gemm.hpp) and BM_linear_int8 (int8 weights and activations, kernels/int8_gemm.hpp), with bias:
+// x (512, 768) · Wᵀ, W (768, 768), and the decode products m = 1 (GEMV) against W (768, 768), (2048, 768) and
+// (32000, 768) (a vocabulary classifier: 98 MB in fp32, beyond a 32 MiB L3; 49 MB in bf16, 24.6 MB in int8).
+// weight_GB/s is the weight's stored bytes (4, 2 or 1 a parameter) per second. BM_linear_lora /
+// BM_linear_lora_merged: LoRA<Dense> with one adapter (r = 8) on the 512×768×768 layer, unmerged (x·Aᵀ then
+// ·(s·B)ᵀ added) and merged into W (the Dense product alone).
 //
 //   bench_gemm --benchmark_filter='threads:1/'
-//   OPENBLAS_NUM_THREADS=1 bench_gemm --benchmark_filter='linear'
+//   bench_gemm --benchmark_filter='linear'
 
 #include <benchmark/benchmark.h>
 
@@ -20,6 +23,9 @@
 #include <string>
 
 #include "main.hpp"
+#ifdef POLYFORMER_BENCH_HAS_OPENBLAS
+#include <cblas.h>
+#endif
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/kernels/gemm.hpp"
@@ -98,7 +104,7 @@ void BM_gemm_eigen(benchmark::State& state) {
   Eigen::setNbThreads(1);
 }
 
-#ifdef POLYFORMER_USE_OPENBLAS
+#ifdef POLYFORMER_BENCH_HAS_OPENBLAS
 /// OpenBLAS sgemm as a user would call it: one call, OpenBLAS's own threads.
 void BM_gemm_openblas(benchmark::State& state) {
   const pf::Index m = state.range(0), n = state.range(1), k = state.range(2);
@@ -212,7 +218,7 @@ void lora_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_gemm_entry)->Apply(shapes);
 BENCHMARK(BM_gemm_packed)->Apply(shapes);
 BENCHMARK(BM_gemm_eigen)->Apply(shapes);
-#ifdef POLYFORMER_USE_OPENBLAS
+#ifdef POLYFORMER_BENCH_HAS_OPENBLAS
 BENCHMARK(BM_gemm_openblas)->Apply(shapes);
 #endif
 BENCHMARK(BM_linear_dense)->Apply(linear_shapes);

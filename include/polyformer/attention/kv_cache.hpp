@@ -25,9 +25,11 @@ class KVCache {
     // Transposed rows padded to 16 floats, and kept off multiples of 4 KiB apart (L1 set aliasing).
     Index stride = (capacity + 15) / 16 * 16;
     if (stride % 1024 == 0) stride += 16;
-    keys_t_ = Matrix::Zero(n_kv_heads * head_dim, stride);
-    values_t_ = Matrix::Zero(n_kv_heads * head_dim, stride);
-    values_ = Matrix::Zero(n_kv_heads * capacity, head_dim);
+    // Left unwritten: append() writes every column before it is read (and zeroes the padding it exposes), so
+    // a large cache's pages are first touched as positions arrive, not all at construction.
+    keys_t_.resize(n_kv_heads * head_dim, stride);
+    values_t_.resize(n_kv_heads * head_dim, stride);
+    values_.resize(n_kv_heads * capacity, head_dim);
   }
 
   Index capacity() const noexcept { return capacity_; }

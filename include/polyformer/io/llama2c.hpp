@@ -289,9 +289,11 @@ inline LlamaWeights parse_llama2c(std::span<const unsigned char> bytes, const st
   return w;
 }
 
-/// Reads and parses a llama2.c checkpoint file.
+/// Reads and parses a llama2.c checkpoint file (mapped read-only where it can be, so its pages are the page
+/// cache's, not copies).
 inline LlamaWeights read_llama2c(const std::string& path) {
-  return parse_llama2c(detail::read_file(path, "llama2c"), path);
+  const detail::ByteBuffer bytes = detail::map_file(path, "llama2c");
+  return parse_llama2c(std::span<const unsigned char>(bytes.data(), bytes.size()), path);
 }
 
 }  // namespace polyformer::io

@@ -1,12 +1,13 @@
 #pragma once
 /// \file The single GEMM entry point. Every matrix product in polyformer goes through `gemm`, so the
-/// backend is chosen here, per shape, and benchmarked in bench/bench_gemm.cpp:
+/// code path is chosen here, per shape, and benchmarked in bench/bench_gemm.cpp:
 /// - products with a weight (linear layers) take the weight pre-packed (packed_gemm.hpp): polyformer's
-///   own micro-kernels, ≈ 2× Debian's OpenBLAS 0.3.21 sgemm here (bench_gemm), which also repacks the weight
-///   on every call;
+///   own micro-kernels, chosen at run time for the CPU;
 /// - small untransposed products (attention tiles) run on the unpacked micro-kernels (small_gemm.hpp),
-///   where a BLAS call's packing costs more than it saves;
-/// - the rest on OpenBLAS sgemm when POLYFORMER_USE_OPENBLAS is defined, Eigen otherwise.
+///   where packing costs more than it saves;
+/// - the rest pack B on the fly into a per-thread buffer and run the same packed kernels (packing n·k floats
+///   against m·n·k multiply-adds), or, below 16 rows, where packing does not pay, go to Eigen.
+/// No BLAS library is needed: the packed kernels meet the best of Eigen, OpenBLAS and oneDNN (bench_gemm).
 
 #include <algorithm>
 
@@ -15,35 +16,19 @@
 #include "polyformer/kernels/packed_gemm.hpp"
 #include "polyformer/kernels/small_gemm.hpp"
 
-#ifdef POLYFORMER_USE_OPENBLAS
-#include <cblas.h>
-#endif
-
 namespace polyformer::kernels {
 
 /// Whether the right-hand operand is used as stored or transposed.
 enum class Transpose : bool { no = false, yes = true };
 
-/// Name of the backend compiled in ("openblas" or "eigen").
-inline const char* gemm_backend() noexcept {
-#ifdef POLYFORMER_USE_OPENBLAS
-  return "openblas";
-#else
-  return "eigen";
-#endif
-}
+/// Name of the code path for products with an unpacked B ("packed on the fly" and Eigen below 16 rows).
+inline const char* gemm_backend() noexcept { return "packed on the fly"; }
 
-/// Makes the BLAS backend (and Eigen, when built with OpenMP) run each product on one thread. polyformer
-/// splits its products over its own threads (parallel.hpp) and calls the backend from each of them, so a
-/// backend that starts threads of its own oversubscribes the cores. The library never changes these
-/// process-wide settings by itself: a program calls this once at start (polyformer's own programs do), or
-/// links a single-threaded OpenBLAS (Debian's libopenblas0-serial), or sets OPENBLAS_NUM_THREADS=1.
-inline void use_single_threaded_backends() noexcept {
-#ifdef POLYFORMER_USE_OPENBLAS
-  openblas_set_num_threads(1);
-#endif
-  Eigen::setNbThreads(1);
-}
+/// Makes Eigen run each product on one thread when it was built with OpenMP. polyformer splits its products over
+/// its own threads (parallel.hpp), so a backend that starts threads of its own oversubscribes the cores. The
+/// library never changes this process-wide setting by itself: a program calls this once at start (polyformer's
+/// own programs do).
+inline void use_single_threaded_backends() noexcept { Eigen::setNbThreads(1); }
 
 namespace detail {
 
@@ -52,25 +37,44 @@ inline bool use_small_gemm(Index m, Index n, Index k, Transpose tb) noexcept {
   return tb == Transpose::no && k <= 1024 && n <= 512 && static_cast<double>(m) * static_cast<double>(n) <= 65536.0;
 }
 
+/// Packs op(B) (k, n) for the packed kernels into `p`, reusing its storage.
+inline void pack_operand(ConstMatrixView b, Transpose tb, PackedMatrix& p) {
+  const auto u = [](Index x) { return static_cast<std::size_t>(x); };
+  if (tb == Transpose::yes) {  // B (n, k) row-major: the nn.Linear layout pack_transposed reads
+    p.repack_transposed(b.data(), u(b.rows()), u(b.cols()), u(b.outerStride()));
+  } else {  // B (k, n) row-major
+    p.repack(b.data(), u(b.rows()), u(b.cols()), u(b.outerStride()));
+  }
+}
+
+/// A per-thread packing buffer, grow-only.
+inline PackedMatrix& packing_buffer() {
+  thread_local PackedMatrix buffer;
+  return buffer;
+}
+
 /// C = alpha·A·op(B) + beta·C on the calling thread.
-inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha,
-                        float beta) noexcept {
+inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha, float beta) {
   if (c.rows() == 0 || c.cols() == 0) return;
+  const auto u = [](Index x) { return static_cast<std::size_t>(x); };
   if (use_small_gemm(c.rows(), c.cols(), a.cols(), tb)) {
     if (beta != 0.0f && beta != 1.0f) c *= beta;
-    const auto u = [](Index x) { return static_cast<std::size_t>(x); };
     small_gemm(u(c.rows()), u(c.cols()), u(a.cols()), alpha, a.data(), u(a.outerStride()), b.data(),
                u(b.outerStride()), beta != 0.0f, c.data(), u(c.outerStride()));
     return;
   }
-#ifdef POLYFORMER_USE_OPENBLAS
-  const auto ld = [](auto& m) { return static_cast<blasint>(std::max<Index>(1, m.outerStride())); };
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, tb == Transpose::yes ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(c.rows()), static_cast<blasint>(c.cols()), static_cast<blasint>(a.cols()), alpha,
-              a.data(), ld(a), b.data(), ld(b), beta, c.data(), ld(c));
-#else
   if (a.cols() == 0) {
     if (beta == 0.0f) c.setZero(); else c *= beta;
+    return;
+  }
+  // Packed on the fly: C = A·op(B) (then · alpha), or C += A·op(B) when alpha is 1.
+  if (c.rows() >= 16 && (beta == 0.0f || alpha == 1.0f)) {
+    PackedMatrix& packed = packing_buffer();
+    pack_operand(b, tb, packed);
+    if (beta != 0.0f && beta != 1.0f) c *= beta;
+    packed_gemm(u(c.rows()), a.data(), u(a.outerStride()), packed, 0, packed.panels(), nullptr, beta != 0.0f, c.data(),
+                u(c.outerStride()));
+    if (alpha != 1.0f) c *= alpha;
     return;
   }
   if (beta == 0.0f) {
@@ -81,7 +85,6 @@ inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, Matr
     if (tb == Transpose::yes) c.noalias() += alpha * (a * b.transpose());
     else c.noalias() += alpha * (a * b);
   }
-#endif
 }
 
 }  // namespace detail

@@ -68,17 +68,10 @@ class PackedMatrix {
 
   /// The same into this object, reusing its storage when it is large enough (no allocation then): for callers
   /// that pack blocks of a weight on the fly.
-  /// Throws config_error when this CPU cannot run `for_isa`'s kernels.
+  /// Throws config_error when this CPU cannot run `for_isa`'s kernels (so do the other packers).
   void repack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw, Isa for_isa = kernels::isa()) {
-    if (!cpu_supports(for_isa))
-      throw config_error(polyformer::detail::cat("PackedMatrix::repack_transposed: for_isa is ", isa_name(for_isa),
-                                                 ", which this CPU does not support"));
-    isa_ = for_isa;
-    tile_ = packed_tile(for_isa);
-    k_ = k;
-    n_ = n;
+    reset("PackedMatrix::repack_transposed", n, k, for_isa);
     const std::size_t nr = panel_width();
-    data_.assign(n == 0 ? 0 : ((panels() - 1) * nr + panel_cols(panels() - 1)) * k, 0.0f);
     for (std::size_t panel = 0; panel < panels(); ++panel) {
       float* dst = data_.data() + panel * k * nr;
       const std::size_t col0 = panel * nr, cols = std::min(nr, n - col0);
@@ -87,6 +80,17 @@ class PackedMatrix {
         const float* src = w + (col0 + j) * ldw;
         for (std::size_t r = 0; r < k; ++r) dst[r * width + j] = src[r];
       }
+    }
+  }
+
+  /// Packs B (k, n) itself, row-major with rows ldb floats apart, reusing this object's storage.
+  void repack(const float* b, std::size_t k, std::size_t n, std::size_t ldb, Isa for_isa = kernels::isa()) {
+    reset("PackedMatrix::repack", n, k, for_isa);
+    const std::size_t nr = panel_width();
+    for (std::size_t panel = 0; panel < panels(); ++panel) {
+      float* dst = data_.data() + panel * k * nr;
+      const std::size_t col0 = panel * nr, cols = std::min(nr, n - col0), width = panel_cols(panel);
+      for (std::size_t r = 0; r < k; ++r) std::copy_n(b + r * ldb + col0, cols, dst + r * width);
     }
   }
 
@@ -124,6 +128,18 @@ class PackedMatrix {
   }
 
  private:
+  /// Sizes this object for B (k, n) laid out for `for_isa`, all zero (padding included).
+  void reset(const char* func, std::size_t n, std::size_t k, Isa for_isa) {
+    if (!cpu_supports(for_isa))
+      throw config_error(polyformer::detail::cat(func, ": for_isa is ", isa_name(for_isa),
+                                                 ", which this CPU does not support"));
+    isa_ = for_isa;
+    tile_ = packed_tile(for_isa);
+    k_ = k;
+    n_ = n;
+    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width() + panel_cols(panels() - 1)) * k, 0.0f);
+  }
+
   Isa isa_ = Isa::portable;
   PackedTile tile_ = portable_packed_tile;
   std::size_t k_ = 0, n_ = 0;

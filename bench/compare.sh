@@ -6,9 +6,11 @@
 #   bench/compare.sh BUILD_DIR [RESULTS_DIR]
 #
 # Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
-# attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention llama"),
-# SGEMM_CEILING_1T / SGEMM_CEILING_2T (GFLOP/s of OpenBLAS sgemm, defaults 100 / 196 from shared/MACHINE.md)
-# for the "% of sgemm" line.
+# attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention llama
+# generate"), RUNC (path to llama2.c's run.c built by hand, e.g. `gcc -Ofast -march=native run.c -lm -o run`: the
+# peer of the "generate" area, skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
+# Every peer is measured in this run, on this machine; a peer that is absent is skipped, never filled in from
+# another machine's figures.
 #
 # Each (area, thread count) runs polyformer then its peer, back to back, so both see the same machine
 # load. Every bench is a separate invocation per thread count (--benchmark_filter), with:
@@ -35,7 +37,8 @@ RESULTS=${2:-$BUILD/bench-results/$(date +%Y%m%d-%H%M%S)}
 REPS=${REPS:-3}
 SLOW_REPS=${SLOW_REPS:-1}
 THREADS=${THREADS:-"1 2"}
-AREAS=${AREAS:-"gemm encoder_layer attention llama"}
+AREAS=${AREAS:-"gemm encoder_layer attention llama generate"}
+SHARED=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || PYTHON=python3
 mkdir -p "$RESULTS"
@@ -51,6 +54,7 @@ run() {
     return 0
   fi
   local -a env_vars=("OPENBLAS_NUM_THREADS=1")
+  [[ $binary == dnnl_* ]] && env_vars=("OMP_WAIT_POLICY=PASSIVE")
   if [[ $binary == libtorch_* ]]; then
     env_vars=("OPENBLAS_NUM_THREADS=$t")
     [[ $t -gt 1 ]] && env_vars+=("OMP_WAIT_POLICY=PASSIVE")
@@ -70,7 +74,8 @@ for t in $THREADS; do
     echo "== $area, $t thread(s)"
     case $area in
       gemm)
-        run bench_gemm gemm "$t" "$REPS" "threads:$t/" ;;
+        run bench_gemm gemm "$t" "$REPS" "threads:$t/"
+        run dnnl_gemm dnnl_gemm "$t" "$REPS" "threads:$t/" ;;
       encoder_layer)
         run bench_encoder_layer encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
         run libtorch_encoder_layer libtorch_encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
@@ -81,8 +86,19 @@ for t in $THREADS; do
         run libtorch_attention libtorch_attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
         run bench_attention attention_slow "$t" "$SLOW_REPS" "n:(4096|8192|16384)/threads:$t/"
         run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/" ;;
-      llama)  # no peer binary here: llama2.c and llama.cpp are not packaged; shared/MACHINE.md has their figures
+      llama)  # no peer in this area (llama.cpp is not wired in yet): polyformer's own figures only
         run bench_llama llama "$t" "$REPS" "threads:$t/" ;;
+      generate)  # whole processes, stories260K, greedy, 512 positions: generate against run.c, interleaved
+        if [[ $t != 1 ]]; then echo "  (generate: run.c is single-threaded; compared at 1 thread only)" | tee -a "$LOG"
+        elif [[ -z ${RUNC:-} || ! -x ${RUNC:-} ]]; then echo "  (skipping generate: RUNC is not set)" | tee -a "$LOG"
+        elif ! command -v hyperfine >/dev/null; then echo "  (skipping generate: hyperfine is not installed)" | tee -a "$LOG"
+        else
+          M=$SHARED/models
+          hyperfine -N -w 5 -r $((REPS * 10)) --export-json "$RESULTS/generate.t1.hyperfine.json" \
+            -n run.c "$RUNC $M/stories260K.bin -z $M/tok512.bin -t 0 -n 512 -i 'Once upon a time'" \
+            -n generate "$BUILD/examples/generate --model $M/stories260K.bin --tokenizer $M/tok512.bin --temperature 0 --steps 512 --threads 1 --prompt 'Once upon a time'" \
+            >>"$LOG" 2>&1 || echo "  (hyperfine exited with $?)" | tee -a "$LOG"
+        fi ;;
       *) echo "unknown area $area" >&2; exit 2 ;;
     esac
   done
@@ -90,14 +106,14 @@ done
 echo "# load after: $(cat /proc/loadavg)" >>"$LOG"
 fi  # TABLE_ONLY
 
-SGEMM_CEILING_1T=${SGEMM_CEILING_1T:-100} SGEMM_CEILING_2T=${SGEMM_CEILING_2T:-196} \
 "$PYTHON" - "$RESULTS" <<'PY' | tee "$RESULTS/table.md"
 import glob, json, os, re, statistics, sys
 
 results = sys.argv[1]
 # polyformer benchmark -> its peers
 PEERS = {
-    "gemm_packed": ["gemm_entry", "gemm_eigen"],
+    "gemm_packed": ["gemm_entry", "gemm_eigen", "gemm_openblas", "dnnl_matmul_f32"],
+    "linear_bf16": ["dnnl_matmul_bf16"],
     "encoder_layer": ["libtorch_encoder_layer", "libtorch_encoder_layer_fused"],
     "attention": ["libtorch_attention_sdpa", "libtorch_attention_matmul"],
 }
@@ -144,7 +160,7 @@ def fmt(x, spec):
 
 print("| case | threads | polyformer ms | GFLOP/s | peak MB | peer | peer ms | GFLOP/s | peak MB | peer/polyformer |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for fam in ["gemm_packed", "encoder_layer", "attention"]:
+for fam in ["gemm_packed", "linear_bf16", "encoder_layer", "encoder_layer_bf16", "attention"]:
     cases = sorted({a for (f, a) in runs if f == fam}, key=key)
     for args in cases:
         ours = pick(fam, args)
@@ -159,50 +175,67 @@ for fam in ["gemm_packed", "encoder_layer", "attention"]:
                   f"{fmt(ours['peak_MB'], '.0f')} | {p} | {fmt(c and c['ms'], '.2f')} | "
                   f"{fmt(c and c['GFLOP/s'], '.1f')} | {fmt(c and c['peak_MB'], '.0f')} | {fmt(ratio, '.2f')} |")
 
-ceil = {1: float(os.environ["SGEMM_CEILING_1T"]), 2: float(os.environ["SGEMM_CEILING_2T"])}
+best_rows = []
+for args in sorted({a for (f, a) in runs if f == "gemm_packed"}, key=key):
+    ours = pick("gemm_packed", args)
+    peers = [(p, pick(p, args)) for p in ("gemm_eigen", "gemm_openblas", "dnnl_matmul_f32")]
+    peers = [(p, c) for p, c in peers if c]
+    if ours and peers:
+        p, c = max(peers, key=lambda pc: pc[1]["GFLOP/s"])
+        best_rows.append((args, ours["GFLOP/s"], p, c["GFLOP/s"]))
+if best_rows:
+    print()
+    print("| packed GEMM against the best peer | GFLOP/s | best peer | its GFLOP/s | polyformer ÷ best (target ≥ 0.9) |")
+    print("|---|---|---|---|---|")
+    for args, g, p, pg in best_rows:
+        print(f"| {args} | {g:.1f} | {p} | {pg:.1f} | {g / pg:.2f} |")
+
 gemms = sorted({a for (f, a) in runs if f == "encoder_layer_gemms"}, key=key)
 if gemms:
     print()
-    print("| encoder layer GEMMs alone | threads | ms | GFLOP/s | % of sgemm ceiling | % of gemm_entry this run | % of layer time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| encoder layer GEMMs alone | threads | ms | GFLOP/s | % of gemm_entry this run | % of layer time |")
+    print("|---|---|---|---|---|---|")
     for args in gemms:
         g, layer = pick("encoder_layer_gemms", args), pick("encoder_layer", args)
         d = dict(p.split(":") for p in args.split("/"))
         t = int(d["threads"])
         share = 100 * g["ms"] / layer["ms"] if layer else None
-        pct = 100 * g["GFLOP/s"] / ceil[t] if t in ceil else None
         # the best of BM_gemm_entry's shapes at this thread count, measured in this run
         entry = [pick("gemm_entry", a) for (f, a) in runs if f == "gemm_entry" and a.endswith(f"threads:{t}")]
         best = max((e["GFLOP/s"] for e in entry if e), default=None)
         here = 100 * g["GFLOP/s"] / best if best else None
-        print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(pct, '.0f')} | {fmt(here, '.0f')} | "
+        print(f"| n={d['n']} | {t} | {g['ms']:.2f} | {g['GFLOP/s']:.1f} | {fmt(here, '.0f')} | "
               f"{fmt(share, '.0f')} |")
-    print(f"\nsgemm ceiling: {ceil[1]:.0f} / {ceil[2]:.0f} GFLOP/s on 1 / 2 threads (OpenBLAS, shared/MACHINE.md)")
 
 llama = sorted((f, a) for (f, a) in runs if f.startswith(("stories260k", "llama110m")))
 if llama:
-    # The peers' figures from shared/MACHINE.md (measured there, not in this run): run.c and llama.cpp decode
-    # stories260K at ~5,000 tok/s on 1 thread; llama.cpp F32 decodes the 110M model at ~43 / ~63 tok/s and
-    # prefills 16 tokens at ~250 / ~440 tok/s on 1 / 2 threads.
-    MACHINE_PEER = {("stories260k_generate", 1): 5000, ("stories260k_generate", 2): 6500,
-                    ("llama110m_decode", 1): 43, ("llama110m_decode", 2): 63,
-                    ("llama110m_prefill", 1): 250, ("llama110m_prefill", 2): 440}
     print()
     print("| llama case | threads | ms | tok/s | decode tok/s | weight GB/s | triad GB/s | % of triad | GFLOP/s | "
-          "% of packed GEMM | shared/MACHINE.md peer tok/s | tok/s ÷ peer |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "% of packed GEMM |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for fam, args in sorted(llama, key=lambda fa: (fa[0], key(fa[1]))):
         c = pick(fam, args)
         d = dict(p.split(":") for p in args.split("/"))
         t = int(d.pop("threads"))
         case = fam + " " + " ".join(f"{k}={v}" for k, v in d.items())
-        peer = MACHINE_PEER.get((fam, t)) if fam != "llama110m_prefill" or d.get("n") == "16" else None
-        ratio = c.get("tok/s") / peer if peer and c.get("tok/s") else None
         print(f"| {case} | {t} | {fmt(c.get('ms'), '.2f')} | {fmt(c.get('tok/s'), '.0f')} | "
               f"{fmt(c.get('decode_tok/s'), '.0f')} | {fmt(c.get('weight_GB/s'), '.1f')} | "
               f"{fmt(c.get('triad_GB/s'), '.1f')} | {fmt(c.get('pct_of_triad'), '.0f')} | "
-              f"{fmt(c.get('GFLOP/s'), '.1f')} | {fmt(c.get('pct_of_gemm'), '.0f')} | {fmt(peer, '.0f')} | "
-              f"{fmt(ratio, '.1f')} |")
+              f"{fmt(c.get('GFLOP/s'), '.1f')} | {fmt(c.get('pct_of_gemm'), '.0f')} |")
+
+gen = os.path.join(results, "generate.t1.hyperfine.json")
+if os.path.exists(gen):
+    with open(gen) as f:
+        h = {r["command"]: r for r in json.load(f)["results"]}
+    if "run.c" in h and "generate" in h:
+        print()
+        print("| whole process, stories260K, 512 positions, 1 thread | mean ms | min ms | run.c ÷ generate (mean) |")
+        print("|---|---|---|---|")
+        for name in ("run.c", "generate"):
+            r = h[name]
+            print(f"| {name} | {1e3 * r['mean']:.1f} | {1e3 * r['min']:.1f} | "
+                  f"{h['run.c']['mean'] / r['mean']:.2f} |")
+
 print(f"\nms are medians over repetitions (single runs for the slow sizes); peak MB = VmHWM of the process "
       f"during that benchmark (MiB, libraries included). JSON and console output: {results}")
 PY

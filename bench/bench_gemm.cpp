@@ -27,6 +27,7 @@
 #include <cblas.h>
 #endif
 #include "counters.hpp"
+#include "gemm_shapes.hpp"
 #include "memory.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/int8_gemm.hpp"
@@ -130,17 +131,6 @@ void BM_gemm_openblas(benchmark::State& state) {
 }
 #endif
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"m", "n", "k", "threads"});
-  for (int threads : {1, 2}) {
-    b->Args({1024, 1024, 1024, threads});
-    b->Args({128, 768, 768, threads});
-    b->Args({512, 768, 768, threads});
-    b->Args({512, 3072, 768, threads});
-  }
-  b->UseRealTime()->Unit(benchmark::kMillisecond);
-}
-
 /// One linear policy's forward on x (m, in) with W (out, in) and a bias; ranges m, out, in, threads.
 template <typename Policy>
 void linear_forward(benchmark::State& state, const Policy& layer, double weight_bytes, const std::string& label) {
@@ -215,11 +205,11 @@ void lora_shapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_gemm_entry)->Apply(shapes);
-BENCHMARK(BM_gemm_packed)->Apply(shapes);
-BENCHMARK(BM_gemm_eigen)->Apply(shapes);
+BENCHMARK(BM_gemm_entry)->Apply(bench::gemm_shapes);
+BENCHMARK(BM_gemm_packed)->Apply(bench::gemm_shapes);
+BENCHMARK(BM_gemm_eigen)->Apply(bench::gemm_shapes);
 #ifdef POLYFORMER_BENCH_HAS_OPENBLAS
-BENCHMARK(BM_gemm_openblas)->Apply(shapes);
+BENCHMARK(BM_gemm_openblas)->Apply(bench::gemm_shapes);
 #endif
 BENCHMARK(BM_linear_dense)->Apply(linear_shapes);
 BENCHMARK(BM_linear_bf16)->Apply(linear_shapes);

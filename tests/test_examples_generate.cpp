@@ -10,6 +10,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "peft_testing.hpp"
@@ -26,6 +27,10 @@ int run(const std::string& args, std::string* out = nullptr, std::string* err = 
   return pft::run_program(POLYFORMER_GENERATE, "generate", args, out, err);
 }
 
+/// The prompts of shared/models/golden: (file name, prompt).
+const std::pair<std::string, std::string> golden_prompts[] = {
+    {"once_upon_a_time", "Once upon a time"}, {"lily_and_tom", "Lily and Tom went to the park"}, {"empty", ""}};
+
 /// A copy of `src` cut to `bytes` bytes.
 std::string truncated_copy(const std::string& src, std::size_t bytes, const std::string& name) {
   std::string data = pft::read_text(src);
@@ -40,9 +45,7 @@ std::string truncated_copy(const std::string& src, std::size_t bytes, const std:
 TEST_CASE("examples/generate: greedy output equals run.c's golden text", "[examples][llama][golden]") {
   const std::string model = pft::shared_path("models/stories260K.bin");
   const std::string tok = pft::shared_path("models/tok512.bin");
-  for (const auto& [file, prompt] : {std::pair<std::string, std::string>{"once_upon_a_time", "Once upon a time"},
-                                     {"lily_and_tom", "Lily and Tom went to the park"},
-                                     {"empty", ""}}) {
+  for (const auto& [file, prompt] : golden_prompts) {
     INFO(file);
     std::string out, err;
     REQUIRE(run("--model " + model + " --tokenizer " + tok + " --temperature 0 --steps 256 --threads 2 --prompt '" +
@@ -57,9 +60,7 @@ TEST_CASE("examples/generate: --linear bf16 gives run.c's greedy text for the fi
           "[examples][llama][golden][bf16]") {
   const std::string model = pft::shared_path("models/stories260K.bin");
   const std::string tok = pft::shared_path("models/tok512.bin");
-  for (const auto& [file, prompt] : {std::pair<std::string, std::string>{"once_upon_a_time", "Once upon a time"},
-                                     {"lily_and_tom", "Lily and Tom went to the park"},
-                                     {"empty", ""}}) {
+  for (const auto& [file, prompt] : golden_prompts) {
     INFO(file);
     // 60 positions: at most 9 of them prompt tokens, so at least 50 are generated.
     std::string out;

@@ -18,6 +18,7 @@
 #include "polyformer/linear/bf16.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/models/torch_transformer.hpp"
+#include "linear_testing.hpp"
 #include "support.hpp"
 
 namespace pf = polyformer;
@@ -28,25 +29,12 @@ using pf::Index;
 using pf::Matrix;
 using pf::Vector;
 
-/// ||y_bf16 − y_fp32|| / ||y_fp32|| for x through BF16 and Dense built from the same weight and bias.
+/// ||y_bf16 − y_fp32|| / ||y_fp32|| against Dense of the same weight and bias.
 double relative_error(const Matrix& weight, const Vector& bias, const Matrix& x, int threads = 1) {
-  const pf::Dense dense(weight, bias);
-  const pf::BF16 bf16 = pf::BF16::from_dense(dense);
-  Matrix y_fp32(x.rows(), weight.rows()), y_bf16(x.rows(), weight.rows());
-  dense.forward(pf::cview(x), pf::view(y_fp32), pf::Context{threads});
-  bf16.forward(pf::cview(x), pf::view(y_bf16), pf::Context{threads});
-  return (y_bf16.cast<double>() - y_fp32.cast<double>()).norm() / y_fp32.cast<double>().norm();
+  return pft::relative_error_vs_dense<pf::BF16>(weight, bias, x, threads);
 }
 
-/// RMSNorm of every row with gain g (eps 1e-5, as llama2.c).
-Matrix rms_normed(const Matrix& x, const Vector& g) {
-  Matrix y(x.rows(), x.cols());
-  for (Index i = 0; i < x.rows(); ++i) {
-    const double ms = x.row(i).cast<double>().squaredNorm() / double(x.cols());
-    y.row(i) = (x.row(i) * static_cast<float>(1.0 / std::sqrt(ms + 1e-5))).cwiseProduct(g.transpose());
-  }
-  return y;
-}
+using pft::rms_normed;
 
 /// A safetensors file with one BF16 tensor "w" of shape (rows, cols) holding `bits`, written here byte by byte.
 std::string write_bf16_file(const std::string& name, Index rows, Index cols, const std::vector<std::uint16_t>& bits) {

@@ -14,6 +14,7 @@
 #include "polyformer/io/llama2c.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"
+#include "linear_testing.hpp"
 #include "support.hpp"
 
 namespace pf = polyformer;
@@ -26,26 +27,12 @@ using pf::Index;
 using pf::Matrix;
 using pf::Vector;
 
-/// ||y_int8 − y_fp32|| / ||y_fp32|| for x through Int8 and Dense built from the same weight and bias.
+/// ||y_int8 − y_fp32|| / ||y_fp32|| against Dense of the same weight and bias.
 double relative_error(const Matrix& weight, const Vector& bias, const Matrix& x, int threads = 1) {
-  const pf::Dense dense(weight, bias);
-  const pf::Int8 int8 = pf::Int8::from_dense(dense);
-  Matrix y_fp32(x.rows(), weight.rows()), y_int8(x.rows(), weight.rows());
-  dense.forward(pf::cview(x), pf::view(y_fp32), pf::Context{threads});
-  int8.forward(pf::cview(x), pf::view(y_int8), pf::Context{threads});
-  return (y_int8.cast<double>() - y_fp32.cast<double>()).norm() / y_fp32.cast<double>().norm();
+  return pft::relative_error_vs_dense<pf::Int8>(weight, bias, x, threads);
 }
 
-/// RMSNorm of every row with gain g (eps 1e-5, as llama2.c).
-Matrix rms_normed(const Matrix& x, const Vector& g) {
-  Matrix y(x.rows(), x.cols());
-  for (Index i = 0; i < x.rows(); ++i) {
-    const double ms = x.row(i).cast<double>().squaredNorm() / double(x.cols());
-    const float inv = static_cast<float>(1.0 / std::sqrt(ms + 1e-5));
-    y.row(i) = (x.row(i) * inv).cwiseProduct(g.transpose());
-  }
-  return y;
-}
+using pft::rms_normed;
 
 }  // namespace
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "counters.hpp"
+#include "gemm_shapes.hpp"
 #include "memory.hpp"
 
 namespace {
@@ -76,17 +77,6 @@ void BM_dnnl_matmul_f32(benchmark::State& state) { matmul_bench(state, dt::f32, 
 void BM_dnnl_matmul_bf16(benchmark::State& state) { matmul_bench(state, dt::bf16, dt::bf16, dt::f32, "bf16"); }
 void BM_dnnl_matmul_int8(benchmark::State& state) { matmul_bench(state, dt::u8, dt::s8, dt::s32, "u8s8s32"); }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"m", "n", "k", "threads"});
-  for (int threads : {1, 2}) {
-    b->Args({1024, 1024, 1024, threads});
-    b->Args({128, 768, 768, threads});
-    b->Args({512, 768, 768, threads});
-    b->Args({512, 3072, 768, threads});
-  }
-  b->UseRealTime()->Unit(benchmark::kMillisecond);
-}
-
 void low_precision_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"m", "n", "k", "threads"});
   for (int threads : {1, 2}) {
@@ -98,7 +88,7 @@ void low_precision_shapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_dnnl_matmul_f32)->Apply(shapes);
+BENCHMARK(BM_dnnl_matmul_f32)->Apply(bench::gemm_shapes);
 BENCHMARK(BM_dnnl_matmul_bf16)->Apply(low_precision_shapes);
 BENCHMARK(BM_dnnl_matmul_int8)->Apply(low_precision_shapes);
 

@@ -141,7 +141,6 @@ namespace detail {
 struct Bf16Layout {
   using a_type = std::uint32_t;
   using b_type = std::uint16_t;
-  static constexpr int rows = Bf16Matrix::tile.rows, vectors = Bf16Matrix::tile.vectors;
   static constexpr std::size_t lanes = Bf16Matrix::vector_width;
   static std::size_t depth(const Bf16Matrix& b) noexcept { return b.pairs(); }
   static const std::uint16_t* panel_rows(const Bf16Matrix& b, std::size_t p, std::size_t q0) noexcept {
@@ -151,6 +150,8 @@ struct Bf16Layout {
 
 /// Portable kernels: fp32 arithmetic on the widened bf16 values, vectorized by the compiler.
 struct PortableBf16Kernels : Bf16Layout {
+  static constexpr int rows = Bf16Matrix::tile.rows, vectors = Bf16Matrix::tile.vectors;
+
   template <int R, int NV>
   POLYFORMER_NOINLINE static void block(std::size_t kp, const std::uint32_t* a, std::size_t lda,
                                         const std::uint16_t* panel, const float* bias, bool load_c, float* c,
@@ -178,68 +179,22 @@ struct PortableBf16Kernels : Bf16Layout {
 #define POLYFORMER_TARGET_AVX512_BF16 \
   __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")))
 
-/// AVX512-BF16 kernels: `vdpbf16ps` adds one pair of products a lane per instruction.
-struct Avx512Bf16Kernels : Bf16Layout {
-  template <int R, int NV>
-  POLYFORMER_NOINLINE POLYFORMER_TARGET_AVX512_BF16 static void block(std::size_t kp, const std::uint32_t* a,
-                                                                      std::size_t lda, const std::uint16_t* panel,
-                                                                      const float* bias, bool load_c, float* c,
-                                                                      std::size_t ldc) noexcept {
-    constexpr std::size_t NR = std::size_t(NV) * lanes;
-    // A single row leaves too few accumulators to hide the latency: split the depth over 4 sets.
-    constexpr int U = R == 1 ? 4 : (R == 2 ? 2 : 1);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) __builtin_prefetch(c + r * ldc + v * lanes, 1);
-    __m512 acc[U][R][NV];
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u)
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[u][r][v] = _mm512_setzero_ps();
-    std::size_t q = 0;
-    for (; q + U <= kp; q += U) {
-#pragma GCC unroll 4
-      for (int u = 0; u < U; ++u) {
-        __m512bh bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v)
-          bv[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + (q + u) * NR * 2 + v * lanes * 2));
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          const __m512bh ar = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[r * lda + q + u])));
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[u][r][v] = _mm512_dpbf16_ps(acc[u][r][v], ar, bv[v]);
-        }
-      }
-    }
-    for (; q < kp; ++q) {
-      __m512bh bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v)
-        bv[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(panel + q * NR * 2 + v * lanes * 2));
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512bh ar = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[r * lda + q])));
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[0][r][v] = _mm512_dpbf16_ps(acc[0][r][v], ar, bv[v]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        float* dst = c + r * ldc + v * lanes;
-        __m512 out = acc[0][r][v];
-#pragma GCC unroll 4
-        for (int u = 1; u < U; ++u) out = _mm512_add_ps(out, acc[u][r][v]);
-        if (bias) out = _mm512_add_ps(out, _mm512_loadu_ps(bias + v * lanes));
-        if (load_c) out = _mm512_add_ps(out, _mm512_loadu_ps(dst));
-        _mm512_storeu_ps(dst, out);
-      }
+/// AVX512-BF16 operations: `vdpbf16ps` adds one pair of products a lane per instruction.
+struct Avx512Bf16Ops : Bf16Layout {
+  using acc = __m512;
+  using operand = __m512bh;
+  static constexpr std::size_t step = 2;  // a bf16 pair a column per depth step
+  POLYFORMER_TARGET_AVX512_BF16 static acc zero() noexcept { return _mm512_setzero_ps(); }
+  POLYFORMER_TARGET_AVX512_BF16 static acc load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX512_BF16 static operand load_b(const std::uint16_t* p) noexcept {
+    return reinterpret_cast<operand>(_mm512_loadu_si512(p));
   }
+  POLYFORMER_TARGET_AVX512_BF16 static operand broadcast_a(std::uint32_t pair) noexcept {
+    return reinterpret_cast<operand>(_mm512_set1_epi32(static_cast<int>(pair)));
+  }
+  POLYFORMER_TARGET_AVX512_BF16 static acc fma(operand a, operand b, acc c) noexcept { return _mm512_dpbf16_ps(c, a, b); }
+  POLYFORMER_TARGET_AVX512_BF16 static acc add(acc a, acc b) noexcept { return _mm512_add_ps(a, b); }
+  POLYFORMER_TARGET_AVX512_BF16 static void store(float* p, acc v) noexcept { _mm512_storeu_ps(p, v); }
 
   /// Row x (k floats) as bf16 pairs, rounded to nearest even by `vcvtne2ps2bf16`; a zero pads an odd k.
   POLYFORMER_TARGET_AVX512_BF16 static void convert_row(const float* x, std::size_t k, std::uint32_t* out) noexcept {
@@ -254,6 +209,13 @@ struct Avx512Bf16Kernels : Bf16Layout {
     }
   }
 };
+
+#define POLYFORMER_PACKED_KERNELS Avx512Bf16Kernels
+#define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX512_BF16
+#define POLYFORMER_PACKED_OPS Avx512Bf16Ops
+#define POLYFORMER_PACKED_ROWS 8
+#define POLYFORMER_PACKED_VECTORS 3
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"  // undefines the five macros
 #undef POLYFORMER_TARGET_AVX512_BF16
 #endif
 
@@ -261,7 +223,7 @@ struct Avx512Bf16Kernels : Bf16Layout {
 inline void bf16_pairs(const float* x, std::size_t k, std::uint32_t* out, Bf16Path path) noexcept {
 #if POLYFORMER_RUNTIME_DISPATCH
   if (path == Bf16Path::avx512_bf16) {
-    Avx512Bf16Kernels::convert_row(x, k, out);
+    Avx512Bf16Ops::convert_row(x, k, out);
     return;
   }
 #endif

@@ -177,78 +177,81 @@ constexpr PackedBlocking packed_blocking(PackedTile tile, std::size_t l1d_bytes,
 
 namespace detail {
 
+/// What every fp32 kernel set shares: float A and B, one float a column per depth step, PackedMatrix's layout.
+struct Fp32Layout {
+  using a_type = float;
+  using b_type = float;
+  static constexpr std::size_t step = 1;
+  /// Depth steps of a packed matrix (its rows k), and panel p from depth step d0 on.
+  static std::size_t depth(const PackedMatrix& b) noexcept { return b.rows(); }
+  static const float* panel_rows(const PackedMatrix& b, std::size_t p, std::size_t d0) noexcept {
+    return b.panel(p) + d0 * b.panel_cols(p);
+  }
+};
+
 /// Vector operations of the build's own target (xsimd's default architecture).
-struct PortableVec {
-  using type = batch_f<xsimd::default_arch>;
-  static constexpr std::size_t lanes = type::size;
-  static type zero() noexcept { return type(0.0f); }
-  static type load(const float* p) noexcept { return type::load_unaligned(p); }
-  static type broadcast(float x) noexcept { return type(x); }
-  static type fma(type a, type b, type c) noexcept { return xsimd::fma(a, b, c); }
-  static type add(type a, type b) noexcept { return a + b; }
-  static void store(float* p, type v) noexcept { v.store_unaligned(p); }
+struct PortableOps : Fp32Layout {
+  using acc = batch_f<xsimd::default_arch>;
+  using operand = acc;
+  static constexpr std::size_t lanes = acc::size;
+  static acc zero() noexcept { return acc(0.0f); }
+  static acc load(const float* p) noexcept { return acc::load_unaligned(p); }
+  static acc load_b(const float* p) noexcept { return acc::load_unaligned(p); }
+  static acc broadcast_a(float x) noexcept { return acc(x); }
+  static acc fma(acc a, acc b, acc c) noexcept { return xsimd::fma(a, b, c); }
+  static acc add(acc a, acc b) noexcept { return a + b; }
+  static void store(float* p, acc v) noexcept { v.store_unaligned(p); }
 };
 
 #define POLYFORMER_PACKED_KERNELS PortablePackedKernels
 #define POLYFORMER_PACKED_TARGET
-#define POLYFORMER_PACKED_VEC PortableVec
+#define POLYFORMER_PACKED_OPS PortableOps
 #define POLYFORMER_PACKED_ROWS portable_packed_tile.rows
 #define POLYFORMER_PACKED_VECTORS portable_packed_tile.vectors
-#include "polyformer/kernels/detail/packed_kernel_body.hpp"
-#undef POLYFORMER_PACKED_KERNELS
-#undef POLYFORMER_PACKED_TARGET
-#undef POLYFORMER_PACKED_VEC
-#undef POLYFORMER_PACKED_ROWS
-#undef POLYFORMER_PACKED_VECTORS
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"  // undefines the five macros
 
 #if POLYFORMER_RUNTIME_DISPATCH
 /// AVX2 + FMA vector operations (run only where cpu().avx2).
-struct Avx2Vec {
-  using type = __m256;
+struct Avx2Ops : Fp32Layout {
+  using acc = __m256;
+  using operand = acc;
   static constexpr std::size_t lanes = 8;
-  POLYFORMER_TARGET_AVX2 static type zero() noexcept { return _mm256_setzero_ps(); }
-  POLYFORMER_TARGET_AVX2 static type load(const float* p) noexcept { return _mm256_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX2 static type broadcast(float x) noexcept { return _mm256_set1_ps(x); }
-  POLYFORMER_TARGET_AVX2 static type fma(type a, type b, type c) noexcept { return _mm256_fmadd_ps(a, b, c); }
-  POLYFORMER_TARGET_AVX2 static type add(type a, type b) noexcept { return _mm256_add_ps(a, b); }
-  POLYFORMER_TARGET_AVX2 static void store(float* p, type v) noexcept { _mm256_storeu_ps(p, v); }
+  POLYFORMER_TARGET_AVX2 static acc zero() noexcept { return _mm256_setzero_ps(); }
+  POLYFORMER_TARGET_AVX2 static acc load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX2 static acc load_b(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX2 static acc broadcast_a(float x) noexcept { return _mm256_set1_ps(x); }
+  POLYFORMER_TARGET_AVX2 static acc fma(acc a, acc b, acc c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  POLYFORMER_TARGET_AVX2 static acc add(acc a, acc b) noexcept { return _mm256_add_ps(a, b); }
+  POLYFORMER_TARGET_AVX2 static void store(float* p, acc v) noexcept { _mm256_storeu_ps(p, v); }
 };
 
 /// AVX-512 vector operations (run only where cpu().avx512).
-struct Avx512Vec {
-  using type = __m512;
+struct Avx512Ops : Fp32Layout {
+  using acc = __m512;
+  using operand = acc;
   static constexpr std::size_t lanes = 16;
-  POLYFORMER_TARGET_AVX512 static type zero() noexcept { return _mm512_setzero_ps(); }
-  POLYFORMER_TARGET_AVX512 static type load(const float* p) noexcept { return _mm512_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX512 static type broadcast(float x) noexcept { return _mm512_set1_ps(x); }
-  POLYFORMER_TARGET_AVX512 static type fma(type a, type b, type c) noexcept { return _mm512_fmadd_ps(a, b, c); }
-  POLYFORMER_TARGET_AVX512 static type add(type a, type b) noexcept { return _mm512_add_ps(a, b); }
-  POLYFORMER_TARGET_AVX512 static void store(float* p, type v) noexcept { _mm512_storeu_ps(p, v); }
+  POLYFORMER_TARGET_AVX512 static acc zero() noexcept { return _mm512_setzero_ps(); }
+  POLYFORMER_TARGET_AVX512 static acc load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX512 static acc load_b(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  POLYFORMER_TARGET_AVX512 static acc broadcast_a(float x) noexcept { return _mm512_set1_ps(x); }
+  POLYFORMER_TARGET_AVX512 static acc fma(acc a, acc b, acc c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  POLYFORMER_TARGET_AVX512 static acc add(acc a, acc b) noexcept { return _mm512_add_ps(a, b); }
+  POLYFORMER_TARGET_AVX512 static void store(float* p, acc v) noexcept { _mm512_storeu_ps(p, v); }
 };
 
 #define POLYFORMER_PACKED_KERNELS Avx2PackedKernels
 #define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX2
-#define POLYFORMER_PACKED_VEC Avx2Vec
+#define POLYFORMER_PACKED_OPS Avx2Ops
 #define POLYFORMER_PACKED_ROWS 6
 #define POLYFORMER_PACKED_VECTORS 2
-#include "polyformer/kernels/detail/packed_kernel_body.hpp"
-#undef POLYFORMER_PACKED_KERNELS
-#undef POLYFORMER_PACKED_TARGET
-#undef POLYFORMER_PACKED_VEC
-#undef POLYFORMER_PACKED_ROWS
-#undef POLYFORMER_PACKED_VECTORS
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"  // undefines the five macros
 
 #define POLYFORMER_PACKED_KERNELS Avx512PackedKernels
 #define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX512
-#define POLYFORMER_PACKED_VEC Avx512Vec
+#define POLYFORMER_PACKED_OPS Avx512Ops
 #define POLYFORMER_PACKED_ROWS 8
 #define POLYFORMER_PACKED_VECTORS 3
-#include "polyformer/kernels/detail/packed_kernel_body.hpp"
-#undef POLYFORMER_PACKED_KERNELS
-#undef POLYFORMER_PACKED_TARGET
-#undef POLYFORMER_PACKED_VEC
-#undef POLYFORMER_PACKED_ROWS
-#undef POLYFORMER_PACKED_VECTORS
+#include "polyformer/kernels/detail/packed_kernel_body.hpp"  // undefines the five macros
 #endif
 
 /// R rows of C from kb depth steps of one panel (its rows from the block's depth on), which holds `cols` valid

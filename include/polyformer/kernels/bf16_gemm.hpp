@@ -7,7 +7,8 @@
 /// Layout: panels of 48 columns (the last one as wide as the whole 16-column vectors it needs), each holding
 /// the depth in pairs: for pair q, column j stores B(2q, j), B(2q + 1, j) side by side — the operand order of
 /// `vdpbf16ps`, which adds a·b + a'·b' of one pair into an fp32 lane. An odd depth is padded with a zero row.
-/// Code paths, chosen at run time (bf16_path()): AVX512-BF16 (`vdpbf16ps`, 8 × 3 register tile) or portable
+/// Code paths, chosen at run time (bf16_path()): AVX512-BF16 (`vdpbf16ps`, 8 × 3 register tile, the fp32
+/// micro-kernel's body in detail/packed_kernel_body.hpp with bf16 operations, and its cache blocking) or portable
 /// C++ over the same layout (fp32 arithmetic on the widened values). AMX tile products are not written yet.
 
 #include <algorithm>

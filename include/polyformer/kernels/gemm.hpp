@@ -7,7 +7,7 @@
 ///   where packing costs more than it saves;
 /// - the rest pack B on the fly into a per-thread buffer and run the same packed kernels (packing n·k floats
 ///   against m·n·k multiply-adds), or, below 16 rows, where packing does not pay, go to Eigen.
-/// No BLAS library is needed: the packed kernels meet the best of Eigen, OpenBLAS and oneDNN (bench_gemm).
+/// No BLAS library is needed; bench_gemm compares these paths with Eigen, OpenBLAS and oneDNN on the machine at hand.
 
 #include <algorithm>
 

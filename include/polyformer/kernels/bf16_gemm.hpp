@@ -43,6 +43,11 @@ inline float from_bf16(std::uint16_t h) noexcept {
   return x;
 }
 
+/// x[r] and x[r + 1] (0 past k) as one 32-bit bf16 pair, the first in the low half.
+inline std::uint32_t bf16_pair(const float* x, std::size_t r, std::size_t k) noexcept {
+  return std::uint32_t{to_bf16(x[r])} | (r + 1 < k ? std::uint32_t{to_bf16(x[r + 1])} << 16 : 0u);
+}
+
 /// The bf16 code paths: "avx512-bf16" or "portable".
 enum class Bf16Path { portable, avx512_bf16 };
 
@@ -61,7 +66,7 @@ inline Bf16Path bf16_path() noexcept {
 class Bf16Matrix {
  public:
   static constexpr PackedTile tile{8, 3, 16};  ///< 8 rows × 48 columns of C per micro-kernel call
-  static constexpr std::size_t panel_width = 48, vector_width = 16;
+  static constexpr std::size_t panel_width = tile.panel_width(), vector_width = tile.lanes;
 
   Bf16Matrix() = default;
 
@@ -123,17 +128,6 @@ class Bf16Matrix {
   std::size_t k_ = 0, n_ = 0;
   std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>> data_;
 };
-
-/// Plain loops over the packed layout with A rounded to bf16 and fp32 sums in depth order: the reference.
-inline void bf16_gemm_scalar(std::size_t m, const float* a, std::size_t lda, const Bf16Matrix& b, const float* bias,
-                             float* c, std::size_t ldc) noexcept {
-  for (std::size_t i = 0; i < m; ++i)
-    for (std::size_t j = 0; j < b.cols(); ++j) {
-      float s = 0.0f;
-      for (std::size_t r = 0; r < b.rows(); ++r) s += from_bf16(to_bf16(a[i * lda + r])) * b.at(r, j);
-      c[i * ldc + j] = s + (bias ? bias[j] : 0.0f);
-    }
-}
 
 namespace detail {
 
@@ -204,10 +198,7 @@ struct Avx512Bf16Ops : Bf16Layout {
       const __m512bh h = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + r + 16), _mm512_loadu_ps(x + r));
       _mm512_storeu_si512(out + r / 2, reinterpret_cast<__m512i>(h));
     }
-    for (; r < k; r += 2) {
-      const std::uint32_t lo = to_bf16(x[r]), hi = r + 1 < k ? to_bf16(x[r + 1]) : 0u;
-      out[r / 2] = lo | (hi << 16);
-    }
+    for (; r < k; r += 2) out[r / 2] = bf16_pair(x, r, k);
   }
 };
 
@@ -229,10 +220,7 @@ inline void bf16_pairs(const float* x, std::size_t k, std::uint32_t* out, Bf16Pa
   }
 #endif
   (void)path;
-  for (std::size_t r = 0; r < k; r += 2) {
-    const std::uint32_t lo = to_bf16(x[r]), hi = r + 1 < k ? to_bf16(x[r + 1]) : 0u;
-    out[r / 2] = lo | (hi << 16);
-  }
+  for (std::size_t r = 0; r < k; r += 2) out[r / 2] = bf16_pair(x, r, k);
 }
 
 /// Grow-only per-thread buffer of A's bf16 pairs.
@@ -258,34 +246,24 @@ inline void bf16_gemm(std::size_t m, const float* x, std::size_t ldx, const Bf16
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = bias ? bias[j] : 0.0f;
     return;
   }
-  const int t = 2.0 * double(m) * double(n) * double(k) < 1e6 ? 1 : effective_threads(threads);
   std::vector<std::uint32_t>& ws = detail::bf16_workspace();
   if (ws.size() < m * kp) ws.resize(m * kp);
   std::uint32_t* pairs = ws.data();
   for (std::size_t i = 0; i < m; ++i) detail::bf16_pairs(x + i * ldx, k, pairs + i * kp, path);
 
   const PackedBlocking blocking = packed_blocking(Bf16Matrix::tile, cpu().l1d_bytes, cpu().l2_bytes);
-  const auto run = [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
+  split_packed_product(m, b.panels(), 2.0 * double(m) * double(n) * double(k), threads, false,
+                       [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
 #if POLYFORMER_RUNTIME_DISPATCH
-    if (path == Bf16Path::avx512_bf16) {
-      detail::packed_gemm_blocked<detail::Avx512Bf16Kernels>(r1 - r0, pairs + r0 * kp, kp, b, p0, p1, bias, false,
-                                                              c + r0 * ldc, ldc, blocking);
-      return;
-    }
+                         if (path == Bf16Path::avx512_bf16) {
+                           detail::packed_gemm_blocked<detail::Avx512Bf16Kernels>(
+                               r1 - r0, pairs + r0 * kp, kp, b, p0, p1, bias, false, c + r0 * ldc, ldc, blocking);
+                           return;
+                         }
 #endif
-    detail::packed_gemm_blocked<detail::PortableBf16Kernels>(r1 - r0, pairs + r0 * kp, kp, b, p0, p1, bias, false,
-                                                              c + r0 * ldc, ldc, blocking);
-  };
-  const std::size_t panels = b.panels();
-  if (t == 1) {
-    run(0, m, 0, panels);
-  } else if (panels >= 2 * std::size_t(t) || m < 2 * std::size_t(t)) {
-    parallel_chunks(static_cast<Index>(panels), t,
-                    [&](Index p0, Index p1, int) { run(0, m, std::size_t(p0), std::size_t(p1)); });
-  } else {
-    parallel_chunks(static_cast<Index>(m), t,
-                    [&](Index r0, Index r1, int) { run(std::size_t(r0), std::size_t(r1), 0, panels); });
-  }
+                         detail::packed_gemm_blocked<detail::PortableBf16Kernels>(
+                             r1 - r0, pairs + r0 * kp, kp, b, p0, p1, bias, false, c + r0 * ldc, ldc, blocking);
+                       });
 }
 
 }  // namespace polyformer::kernels

@@ -133,24 +133,15 @@ inline void gemm(ConstMatrixView a, const PackedMatrix& b, MatrixView c, const f
   const Index m = c.rows(), n = c.cols(), k = a.cols();
   if (m == 0 || n == 0) return;
   const auto u = [](Index x) { return static_cast<std::size_t>(x); };
-  const std::size_t panels = b.panels();
-  // Below ~1 MFLOP a second thread costs more than it saves.
-  const int t = (2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) < 1e6)
-                    ? 1 : effective_threads(threads);
-  const auto run = [&](Index r0, Index r1, std::size_t p0, std::size_t p1) {
-    packed_gemm(u(r1 - r0), a.data() + r0 * a.outerStride(), u(a.outerStride()), b, p0, p1, bias, accumulate,
-                c.data() + r0 * c.outerStride(), u(c.outerStride()));
-  };
   // A shallow product (a LoRA up-projection, k = r) is bound by C's loads and stores: split by rows, so each
   // thread streams whole rows of C (by panels it is 4× slower there, rows revisited once per panel).
+  const int t = effective_threads(threads);
   const bool shallow = k < 64 && m >= 8 * t;
-  if (t == 1) {
-    run(0, m, 0, panels);
-  } else if (!shallow && (panels >= 2 * static_cast<std::size_t>(t) || m < 2 * t)) {
-    parallel_chunks(static_cast<Index>(panels), t, [&](Index p0, Index p1, int) { run(0, m, u(p0), u(p1)); });
-  } else {
-    parallel_chunks(m, t, [&](Index r0, Index r1, int) { run(r0, r1, 0, panels); });
-  }
+  split_packed_product(u(m), b.panels(), 2.0 * double(m) * double(n) * double(k), threads, shallow,
+                       [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
+                         packed_gemm(r1 - r0, a.data() + r0 * u(a.outerStride()), u(a.outerStride()), b, p0, p1, bias,
+                                     accumulate, c.data() + r0 * u(c.outerStride()), u(c.outerStride()));
+                       });
 }
 
 }  // namespace polyformer::kernels

@@ -19,6 +19,7 @@
 #include <Eigen/Core>
 
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/parallel.hpp"
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/simd.hpp"
 
@@ -128,7 +129,8 @@ class PackedMatrix {
   }
 
  private:
-  /// Sizes this object for B (k, n) laid out for `for_isa`, all zero (padding included).
+  /// Sizes this object for B (k, n) laid out for `for_isa`, keeping its storage, with the last panel's padding
+  /// columns zero (the packers write every other float: a repack does not clear the buffer first).
   void reset(const char* func, std::size_t n, std::size_t k, Isa for_isa) {
     if (!cpu_supports(for_isa))
       throw config_error(polyformer::detail::cat(func, ": for_isa is ", isa_name(for_isa),
@@ -137,7 +139,14 @@ class PackedMatrix {
     tile_ = packed_tile(for_isa);
     k_ = k;
     n_ = n;
-    data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width() + panel_cols(panels() - 1)) * k, 0.0f);
+    if (n == 0) {
+      data_.clear();
+      return;
+    }
+    const std::size_t last = panels() - 1, width = panel_cols(last), cols = n - last * panel_width();
+    data_.resize((last * panel_width() + width) * k);
+    float* tail = data_.data() + last * k * panel_width();
+    for (std::size_t r = 0; r < k && cols < width; ++r) std::fill(tail + r * width + cols, tail + (r + 1) * width, 0.0f);
   }
 
   Isa isa_ = Isa::portable;
@@ -339,6 +348,25 @@ void packed_gemm_blocked(std::size_t m, const typename K::a_type* a, std::size_t
 }
 
 }  // namespace detail
+
+/// The thread split every packed product uses: run(r0, r1, p0, p1) over rows [0, m) and panels [0, panels) on
+/// up to `threads` threads — by panels when there are at least two a thread (or too few rows to split), else by
+/// rows; by rows whenever `prefer_rows` (a product bound by C's traffic). Below ~1 MFLOP (`flops`) on the calling
+/// thread: a second thread costs more than it saves there.
+template <class Run>
+void split_packed_product(std::size_t m, std::size_t panels, double flops, int threads, bool prefer_rows, Run&& run) {
+  const int t = flops < 1e6 ? 1 : effective_threads(threads);
+  const auto tt = static_cast<std::size_t>(t);
+  if (t == 1) {
+    run(std::size_t{0}, m, std::size_t{0}, panels);
+  } else if (!prefer_rows && (panels >= 2 * tt || m < 2 * tt)) {
+    parallel_chunks(static_cast<Index>(panels), t,
+                    [&](Index p0, Index p1, int) { run(std::size_t{0}, m, std::size_t(p0), std::size_t(p1)); });
+  } else {
+    parallel_chunks(static_cast<Index>(m), t,
+                    [&](Index r0, Index r1, int) { run(std::size_t(r0), std::size_t(r1), std::size_t{0}, panels); });
+  }
+}
 
 /// C (m, n) = A (m, k) · B, plus bias (n) on every row when bias is not null, plus the old C when
 /// `accumulate`; only panels [p0, p1) of B (columns p0·panel_width() …) are computed. Rows of A and C are

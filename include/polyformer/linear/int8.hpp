@@ -145,7 +145,6 @@ class Int8 {
     // the same quantized weight, in float.
     thread_local Matrix scaled;
     thread_local std::vector<std::pair<Index, float>> taken;  // (column, value) for row i at i·outliers_ + t
-    scaled.resize(x.rows(), x.cols());
     if (inverse_smooth_.size() != 0) scaled = x * inverse_smooth_.asDiagonal();
     else scaled = x;
     const Index t = std::min<Index>(outliers_, x.cols());

@@ -9,6 +9,9 @@
 #include <random>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
+#include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/simd.hpp"
 
 #if defined(__unix__)
@@ -20,6 +23,16 @@ namespace polyformer::kernels::testing {
 
 /// Float lanes of the default architecture of this build (16 AVX-512, 8 AVX2, 4 SSE2).
 inline constexpr std::size_t lanes = lanes_v<>;
+
+/// The kernel families this CPU runs, each to be tested; the others are reported as skipped for `kernels`.
+inline std::vector<Isa> runnable_isas(const char* kernels) {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+    if (cpu_supports(isa)) out.push_back(isa);
+    else WARN(kernels << ": skipped the " << isa_name(isa) << " kernels (this CPU lacks them)");
+  }
+  return out;
+}
 
 /// Unit roundoff of float, 2^-24.
 inline constexpr double u = 5.9604644775390625e-08;

@@ -21,15 +21,7 @@ using polyformer::kernels::testing::random_vec;
 
 namespace k = polyformer::kernels;
 
-/// The kernel families this CPU runs; the others are reported as skipped.
-std::vector<k::Isa> runnable_isas() {
-  std::vector<k::Isa> out;
-  for (k::Isa isa : {k::Isa::portable, k::Isa::avx2, k::Isa::avx512}) {
-    if (k::cpu_supports(isa)) out.push_back(isa);
-    else WARN("packed_gemm: skipped the " << k::isa_name(isa) << " kernels (this CPU lacks them)");
-  }
-  return out;
-}
+std::vector<k::Isa> runnable_isas() { return k::testing::runnable_isas("packed_gemm"); }
 
 }  // namespace
 

@@ -1,5 +1,6 @@
-// small_gemm micro-kernels against the scalar twin and a float64 product, over every row remainder
-// (1..2·MR+1), every column tail (1..3·lanes+1), several depths, strided operands, and accumulate on/off.
+// small_gemm micro-kernels of every family the CPU runs (AVX-512, AVX2, the build's own) against the scalar twin
+// and a float64 product, over every row remainder (1..2·MR+1), every column tail (1..4·16+1: each narrower
+// block of the widest tile), several depths, strided operands, and accumulate on/off.
 
 #include <catch2/catch.hpp>
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "polyformer/kernels/small_gemm.hpp"
+#include "kernels_testing.hpp"
 
 namespace {
 
@@ -21,12 +23,13 @@ std::vector<float> random_vector(std::size_t n, unsigned seed) {
 }  // namespace
 
 TEST_CASE("kernels/small_gemm: equals the scalar twin and float64 at every tail", "[kernels][gemm]") {
-  constexpr std::size_t W = polyformer::kernels::lanes_v<>;
+  for (polyformer::kernels::Isa isa : polyformer::kernels::testing::runnable_isas("small_gemm"))
   for (std::size_t k : {0u, 1u, 7u, 64u})
     for (std::size_t m = 1; m <= 13; ++m)
-      for (std::size_t n = 1; n <= 3 * W + 1; ++n)
+      for (std::size_t n = 1; n <= 4 * 16 + 1; ++n)
         for (bool accumulate : {false, true}) {
-          INFO("m " << m << " n " << n << " k " << k << " accumulate " << accumulate);
+          INFO("kernels " << polyformer::kernels::isa_name(isa) << " m " << m << " n " << n << " k " << k
+                          << " accumulate " << accumulate);
           // Strides wider than the operands, with guard values past every row end.
           const std::size_t lda = k + 3, ldb = n + 5, ldc = n + 2;
           const unsigned seed = static_cast<unsigned>(m * 1000 + n * 10 + k);
@@ -35,7 +38,8 @@ TEST_CASE("kernels/small_gemm: equals the scalar twin and float64 at every tail"
           const auto c_old = c;
           auto c_ref = c;
           const float alpha = 0.75f;
-          polyformer::kernels::small_gemm(m, n, k, alpha, a.data(), lda, b.data(), ldb, accumulate, c.data(), ldc);
+          polyformer::kernels::small_gemm(m, n, k, alpha, a.data(), lda, b.data(), ldb, accumulate, c.data(), ldc,
+                                          isa);
           polyformer::kernels::small_gemm_scalar(m, n, k, alpha, a.data(), lda, b.data(), ldb, accumulate,
                                                  c_ref.data(), ldc);
           double worst = 0.0, worst_f64 = 0.0;

@@ -21,11 +21,8 @@
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/detail/vector_ops.hpp"
 #include "polyformer/kernels/simd.hpp"
-
-#if POLYFORMER_RUNTIME_DISPATCH
-#include <immintrin.h>
-#endif
 
 namespace polyformer::kernels {
 
@@ -198,19 +195,12 @@ struct Fp32Layout {
   }
 };
 
-/// Vector operations of the build's own target (xsimd's default architecture).
-struct PortableOps : Fp32Layout {
-  using acc = batch_f<xsimd::default_arch>;
-  using operand = acc;
-  static constexpr std::size_t lanes = acc::size;
-  static acc zero() noexcept { return acc(0.0f); }
-  static acc load(const float* p) noexcept { return acc::load_unaligned(p); }
-  static acc load_b(const float* p) noexcept { return acc::load_unaligned(p); }
-  static acc broadcast_a(float x) noexcept { return acc(x); }
-  static acc fma(acc a, acc b, acc c) noexcept { return xsimd::fma(a, b, c); }
-  static acc add(acc a, acc b) noexcept { return a + b; }
-  static void store(float* p, acc v) noexcept { v.store_unaligned(p); }
-};
+/// The fp32 kernel sets: PackedMatrix's layout with each instruction set's vector operations (vector_ops.hpp).
+struct PortableOps : Fp32Layout, PortableVectorOps {};
+#if POLYFORMER_RUNTIME_DISPATCH
+struct Avx2Ops : Fp32Layout, Avx2VectorOps {};      // run only where cpu().avx2
+struct Avx512Ops : Fp32Layout, Avx512VectorOps {};  // run only where cpu().avx512
+#endif
 
 #define POLYFORMER_PACKED_KERNELS PortablePackedKernels
 #define POLYFORMER_PACKED_TARGET
@@ -220,34 +210,6 @@ struct PortableOps : Fp32Layout {
 #include "polyformer/kernels/detail/packed_kernel_body.hpp"  // undefines the five macros
 
 #if POLYFORMER_RUNTIME_DISPATCH
-/// AVX2 + FMA vector operations (run only where cpu().avx2).
-struct Avx2Ops : Fp32Layout {
-  using acc = __m256;
-  using operand = acc;
-  static constexpr std::size_t lanes = 8;
-  POLYFORMER_TARGET_AVX2 static acc zero() noexcept { return _mm256_setzero_ps(); }
-  POLYFORMER_TARGET_AVX2 static acc load(const float* p) noexcept { return _mm256_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX2 static acc load_b(const float* p) noexcept { return _mm256_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX2 static acc broadcast_a(float x) noexcept { return _mm256_set1_ps(x); }
-  POLYFORMER_TARGET_AVX2 static acc fma(acc a, acc b, acc c) noexcept { return _mm256_fmadd_ps(a, b, c); }
-  POLYFORMER_TARGET_AVX2 static acc add(acc a, acc b) noexcept { return _mm256_add_ps(a, b); }
-  POLYFORMER_TARGET_AVX2 static void store(float* p, acc v) noexcept { _mm256_storeu_ps(p, v); }
-};
-
-/// AVX-512 vector operations (run only where cpu().avx512).
-struct Avx512Ops : Fp32Layout {
-  using acc = __m512;
-  using operand = acc;
-  static constexpr std::size_t lanes = 16;
-  POLYFORMER_TARGET_AVX512 static acc zero() noexcept { return _mm512_setzero_ps(); }
-  POLYFORMER_TARGET_AVX512 static acc load(const float* p) noexcept { return _mm512_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX512 static acc load_b(const float* p) noexcept { return _mm512_loadu_ps(p); }
-  POLYFORMER_TARGET_AVX512 static acc broadcast_a(float x) noexcept { return _mm512_set1_ps(x); }
-  POLYFORMER_TARGET_AVX512 static acc fma(acc a, acc b, acc c) noexcept { return _mm512_fmadd_ps(a, b, c); }
-  POLYFORMER_TARGET_AVX512 static acc add(acc a, acc b) noexcept { return _mm512_add_ps(a, b); }
-  POLYFORMER_TARGET_AVX512 static void store(float* p, acc v) noexcept { _mm512_storeu_ps(p, v); }
-};
-
 #define POLYFORMER_PACKED_KERNELS Avx2PackedKernels
 #define POLYFORMER_PACKED_TARGET POLYFORMER_TARGET_AVX2
 #define POLYFORMER_PACKED_OPS Avx2Ops

@@ -37,10 +37,11 @@ inline std::vector<Isa> runnable_isas(const char* kernels) {
 /// Unit roundoff of float, 2^-24.
 inline constexpr double u = 5.9604644775390625e-08;
 
-/// Every tail length 0..2·lanes+1, then a few long rows (odd, so the tail path runs too).
+/// Every tail length 0..2·16+1 (two vectors of the widest kernels and a tail), then a few long rows (odd, so the
+/// tail path runs too).
 inline std::vector<std::size_t> lengths() {
   std::vector<std::size_t> out;
-  for (std::size_t n = 0; n <= 2 * lanes + 1; ++n) out.push_back(n);
+  for (std::size_t n = 0; n <= 2 * 16 + 1; ++n) out.push_back(n);  // 16: the widest run-time kernels' lanes
   for (std::size_t n : {63u, 100u, 257u, 768u, 1000u, 4099u}) out.push_back(n);
   return out;
 }

@@ -111,14 +111,47 @@ TEST_CASE("kernels/exp: exp_batch on special lanes", "[kernels][exp]") {
   }
 }
 
+TEST_CASE("kernels/exp: every run-time family's exp (exp_shifted_sum, shift 0) within 2 ulp, specials exact",
+          "[kernels][exp]") {
+  // x − 0 is x, so the row comes back as e^x: a strided sweep of [-87, 88] and the special values.
+  std::vector<float> in = {-inf, inf, qnan, 89.0f, 1e30f, -1e30f, -110.0f, 0.0f, -0.0f};
+  const std::size_t specials = in.size();
+  for (std::uint32_t b = 0; b <= std::bit_cast<std::uint32_t>(88.0f); b += 9973) in.push_back(std::bit_cast<float>(b));
+  for (std::uint32_t b = 0; b <= std::bit_cast<std::uint32_t>(87.0f); b += 9973) in.push_back(-std::bit_cast<float>(b));
+  for (float x : {-100.0f, 88.5f, 88.7f, 88.72283f, -87.3f, -95.0f, -103.0f, -104.0f}) in.push_back(x);
+  for (k::Isa isa : kt::runnable_isas("exp_shifted_sum")) {
+    INFO("kernels " << k::isa_name(isa));
+    kt::Guarded y(in.size(), in);
+    k::exp_shifted_sum(y.data(), in.size(), 0.0f, isa);
+    CHECK(y[0] == 0.0f);
+    CHECK(y[1] == inf);
+    CHECK(std::isnan(y[2]));
+    CHECK((y[3] == inf && y[4] == inf));
+    CHECK((y[5] == 0.0f && y[6] == 0.0f));
+    CHECK((y[7] == 1.0f && y[8] == 1.0f));
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    for (std::size_t i = specials; i < in.size(); ++i) {
+      const double e = kt::ulp_error(y[i], std::exp(static_cast<double>(in[i])));
+      if (e > worst) {
+        worst = e;
+        worst_x = in[i];
+      }
+    }
+    INFO("worst " << worst << " ulp at x = " << worst_x);
+    CHECK(worst <= max_ulp);
+  }
+}
+
 TEST_CASE("kernels/exp: exp_shifted_sum matches scalar twin and double", "[kernels][exp]") {
+  for (k::Isa isa : kt::runnable_isas("exp_shifted_sum"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     auto in = kt::random_vec(n, -30.0f, 10.0f, static_cast<std::uint32_t>(2000 + n));
     for (std::size_t i = 0; i < n; i += 5) in[i] = -inf;  // masked entries must give exactly 0
     const float shift = 10.0f;
     kt::Guarded x(n, in), xs(n, in);
-    const float sum = k::exp_shifted_sum(x.data(), n, shift);
+    const float sum = k::exp_shifted_sum(x.data(), n, shift, isa);
     const float sum_s = k::exp_shifted_sum_scalar(xs.data(), n, shift);
     double ref_sum = 0.0;
     for (std::size_t i = 0; i < n; ++i) {

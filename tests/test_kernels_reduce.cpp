@@ -12,8 +12,9 @@ namespace k = polyformer::kernels;
 namespace kt = polyformer::kernels::testing;
 
 TEST_CASE("kernels/reduce_max: exact at every tail length, -inf when empty", "[kernels][reduce]") {
+  for (k::Isa isa : kt::runnable_isas("reduce_max"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     auto v = kt::random_vec(n, -100.0f, -1.0f, static_cast<std::uint32_t>(80 + n));
     // Put the maximum in the tail, then in the body: both paths must see it.
     for (std::size_t pos : {n - 1, n / 2}) {
@@ -22,12 +23,12 @@ TEST_CASE("kernels/reduce_max: exact at every tail length, -inf when empty", "[k
       w[pos] = -0.5f;
       const kt::Guarded x(n, w);
       // max is exact: no tolerance.
-      CHECK(k::reduce_max(x.data(), n) == -0.5f);
+      CHECK(k::reduce_max(x.data(), n, isa) == -0.5f);
       CHECK(k::reduce_max_scalar(x.data(), n) == -0.5f);
     }
     const kt::Guarded x(n, v);
     const float ref = n == 0 ? -std::numeric_limits<float>::infinity() : *std::max_element(v.begin(), v.end());
-    CHECK(k::reduce_max(x.data(), n) == ref);
+    CHECK(k::reduce_max(x.data(), n, isa) == ref);
     CHECK(k::reduce_max_scalar(x.data(), n) == ref);
   }
 }
@@ -35,7 +36,8 @@ TEST_CASE("kernels/reduce_max: exact at every tail length, -inf when empty", "[k
 TEST_CASE("kernels/reduce_max: all -inf stays -inf", "[kernels][reduce]") {
   const std::size_t n = kt::lanes + 3;
   const kt::Guarded x(n, std::vector<float>(n, -std::numeric_limits<float>::infinity()));
-  CHECK(k::reduce_max(x.data(), n) == -std::numeric_limits<float>::infinity());
+  for (k::Isa isa : kt::runnable_isas("reduce_max"))
+    CHECK(k::reduce_max(x.data(), n, isa) == -std::numeric_limits<float>::infinity());
 }
 
 TEST_CASE("kernels/reduce_sum: matches scalar twin and double at every tail length", "[kernels][reduce]") {

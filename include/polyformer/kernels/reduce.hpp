@@ -3,12 +3,15 @@
 ///
 /// Algorithm: lane-parallel partial reductions folded at the end (the vertical-then-horizontal
 /// scheme of CTranslate2's `src/cpu/kernels.cc` reduce_max/reduce_sum); two accumulator batches
-/// break the add/max dependency chain.
+/// break the add/max dependency chain. reduce_max, on every softmax row, is chosen at run time
+/// (detail/vector_kernels.hpp).
 
 #include <cstddef>
 #include <limits>
 #include <xsimd/xsimd.hpp>
 
+#include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/detail/vector_kernels.hpp"
 #include "polyformer/kernels/simd.hpp"
 
 namespace polyformer::kernels {
@@ -20,24 +23,10 @@ inline float reduce_max_scalar(const float* x, std::size_t n) noexcept {
   return m;
 }
 
-/// max over x[0..n); -inf for n = 0. NaN handling is unspecified.
-template <class Arch = xsimd::default_arch>
-inline float reduce_max(const float* x, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  constexpr float ninf = -std::numeric_limits<float>::infinity();
-  B m0(ninf), m1(ninf);
-  std::size_t i = 0;
-  for (; i + 2 * L <= n; i += 2 * L) {
-    m0 = xsimd::max(m0, B::load_unaligned(x + i));
-    m1 = xsimd::max(m1, B::load_unaligned(x + i + L));
-  }
-  if (i + L <= n) {
-    m0 = xsimd::max(m0, B::load_unaligned(x + i));
-    i += L;
-  }
-  if (i < n) m1 = xsimd::max(m1, load_partial<Arch>(x + i, n - i, ninf));
-  return hmax<Arch>(xsimd::max(m0, m1));
+/// max over x[0..n); -inf for n = 0. NaN handling is unspecified. `isa` picks the kernels (default: this
+/// process's, kernels::isa()).
+inline float reduce_max(const float* x, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  return detail::with_vector_kernels(isa, [&](auto k) { return decltype(k)::reduce_max(x, n); });
 }
 
 /// Σ x[0..n) (scalar twin, one float accumulator); 0 for n = 0.

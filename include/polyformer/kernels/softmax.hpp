@@ -60,13 +60,13 @@ inline void softmax(float* x, std::size_t n, const float* additive_mask = nullpt
     }
     m = hmax<Arch>(mb);
   } else {
-    m = reduce_max<Arch>(x, n);
+    m = reduce_max(x, n);
   }
   if (m == ninf) {  // fully masked (or empty) row: zeros rather than 0/0
     for (std::size_t i = 0; i < n; ++i) x[i] = 0.0f;
     return;
   }
-  const float sum = exp_shifted_sum<Arch>(x, n, m);  // >= 1: the max entry contributes e^0
+  const float sum = exp_shifted_sum(x, n, m);  // >= 1: the max entry contributes e^0
   scale<Arch>(x, 1.0f / sum, n);
 }
 

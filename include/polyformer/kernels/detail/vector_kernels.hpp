@@ -1,0 +1,59 @@
+#pragma once
+/// \file The element-wise kernels chosen at run time: the body detail/vector_kernel_body.hpp compiled for the
+/// build's own target (xsimd), AVX2 + FMA and AVX-512, and `with_vector_kernels`, which runs a callable with the
+/// set of a kernel family. exp.hpp and reduce.hpp expose them; the constants of exp live here.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/detail/vector_ops.hpp"
+
+namespace polyformer::kernels::detail {
+
+// Cephes expf constants.
+inline constexpr float exp_log2e = 1.44269504088896341f;
+inline constexpr float exp_c1 = 0.693359375f;     // ln2 high part, 9 significant bits
+inline constexpr float exp_c2 = -2.12194440e-4f;  // ln2 - C1
+inline constexpr float exp_p0 = 1.9875691500e-4f;
+inline constexpr float exp_p1 = 1.3981999507e-3f;
+inline constexpr float exp_p2 = 8.3334519073e-3f;
+inline constexpr float exp_p3 = 4.1665795894e-2f;
+inline constexpr float exp_p4 = 1.6666665459e-1f;
+inline constexpr float exp_p5 = 5.0000001201e-1f;
+// Clamp range: above 88.8 the result overflows to +inf anyway, below -104 it underflows to 0
+// (e^-104 < 2^-150); clamping keeps |k| small enough for the shifter and for the 2-step scaling.
+inline constexpr float exp_hi = 88.8f;
+inline constexpr float exp_lo = -104.0f;
+inline constexpr float exp_shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+
+#define POLYFORMER_VECTOR_KERNELS PortableVectorKernels
+#define POLYFORMER_VECTOR_TARGET
+#define POLYFORMER_VECTOR_OPS PortableVectorOps
+#include "polyformer/kernels/detail/vector_kernel_body.hpp"  // undefines the three macros
+
+#if POLYFORMER_RUNTIME_DISPATCH
+#define POLYFORMER_VECTOR_KERNELS Avx2VectorKernels
+#define POLYFORMER_VECTOR_TARGET POLYFORMER_TARGET_AVX2
+#define POLYFORMER_VECTOR_OPS Avx2VectorOps
+#include "polyformer/kernels/detail/vector_kernel_body.hpp"  // undefines the three macros
+
+#define POLYFORMER_VECTOR_KERNELS Avx512VectorKernels
+#define POLYFORMER_VECTOR_TARGET POLYFORMER_TARGET_AVX512
+#define POLYFORMER_VECTOR_OPS Avx512VectorOps
+#include "polyformer/kernels/detail/vector_kernel_body.hpp"  // undefines the three macros
+#endif
+
+/// f(kernels) with the element-wise kernel set of `isa` (a family the CPU lacks falls back to the build's own).
+template <class F>
+decltype(auto) with_vector_kernels(Isa isa, F&& f) {
+#if POLYFORMER_RUNTIME_DISPATCH
+  if (isa == Isa::avx512 && cpu().avx512) return f(Avx512VectorKernels{});
+  if (isa == Isa::avx2 && cpu().avx2) return f(Avx2VectorKernels{});
+#endif
+  return f(PortableVectorKernels{});
+}
+
+}  // namespace polyformer::kernels::detail

@@ -8,7 +8,10 @@
 # Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
 # attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention llama
 # generate"), RUNC (path to llama2.c's run.c built by hand, e.g. `gcc -Ofast -march=native run.c -lm -o run`: the
-# peer of the "generate" area, skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
+# peer of the "generate" area, skipped when unset), ORT_HARNESS (a scratch folder set up as shared/peers/ort/README.txt
+# says: its bench.js and bench2.js, node_modules with onnxruntime-node, models/ from export.py and make_mha.py; the
+# ONNX Runtime peer of the encoder layer and of attention, skipped when unset), SHARED (the shared/ folder, default
+# ../shared from the repo).
 # Every peer is measured in this run, on this machine; a peer that is absent is skipped, never filled in from
 # another machine's figures.
 #
@@ -66,6 +69,44 @@ run() {
   env "${env_vars[@]}" "$exe" "${args[@]}" >>"$LOG" 2>&1 || echo "  ($binary exited with $?)" | tee -a "$LOG"
 }
 
+# run_ort KIND TAG THREADS REPS WARMUP N... — ONNX Runtime (node, a process per n; KIND enc: the encoder layer,
+# benchmark ort_encoder_layer; attn: fused MultiHeadAttention, ort_attention_mha) as Google Benchmark JSON in
+# $RESULTS/TAG.t<THREADS>.json: median ms over REPS timed runs after WARMUP, GFLOP/s by the layer's or attention's
+# flop count, peak_MB the node process's peak resident memory (node itself included, ≈ 50 MB).
+run_ort() {
+  local kind=$1 tag=$2 t=$3 reps=$4 warmup=$5 family=ort_encoder_layer
+  [[ $kind == attn ]] && family=ort_attention_mha
+  shift 5
+  if [[ -z ${ORT_HARNESS:-} || ! -f ${ORT_HARNESS:-}/bench2.js ]]; then
+    echo "  (skipping $family: ORT_HARNESS is not set)" | tee -a "$LOG"
+    return 0
+  fi
+  local out=$RESULTS/$tag.t$t.jsonl
+  : >"$out"
+  for n in "$@"; do
+    echo "  node bench2.js $kind $n $t $reps $warmup  ($family)" | tee -a "$LOG"
+    (cd "$ORT_HARNESS" && if [[ $kind == attn ]]; then export ORT_MODEL=models/attn_mha.onnx; fi &&
+      node bench2.js "$kind" "$n" "$t" "$reps" "$warmup") >>"$out" 2>>"$LOG" || echo "  (node exited with $?)" | tee -a "$LOG"
+  done
+  "$PYTHON" - "$out" "$family" "$RESULTS/$tag.t$t.json" <<'PY'
+import json, sys
+src, family, dst = sys.argv[1:]
+benchmarks = []
+for line in open(src):
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    n, d = r["n"], 768
+    flops = 8 * n * d * d + 4 * n * d * 3072 + 4 * n * n * d if r["kind"] == "enc" else 4 * n * n * 64 * 12
+    name = f"BM_{family}/n:{n}/threads:{r['threads']}"
+    benchmarks.append({"name": name, "run_name": name, "run_type": "aggregate", "aggregate_name": "median",
+                       "ms": r["median_ms"], "GFLOP/s": flops / r["median_ms"] / 1e6,
+                       "peak_MB": r["maxrss_kb_node"] / 1024, "max_abs_err": r["max_abs_err"]})
+json.dump({"benchmarks": benchmarks}, open(dst, "w"), indent=1)
+PY
+}
+
 if [[ $TABLE_ONLY == 0 ]]; then
 : >"$LOG"
 { echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
@@ -79,13 +120,16 @@ for t in $THREADS; do
       encoder_layer)
         run bench_encoder_layer encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
         run libtorch_encoder_layer libtorch_encoder_layer "$t" "$REPS" "n:(128|512)/threads:$t/"
+        run_ort enc ort_encoder_layer "$t" 10 3 128 512
         run bench_encoder_layer encoder_layer_slow "$t" "$SLOW_REPS" "n:2048/threads:$t/"
-        run libtorch_encoder_layer libtorch_encoder_layer_slow "$t" "$SLOW_REPS" "n:2048/threads:$t/" ;;
+        run libtorch_encoder_layer libtorch_encoder_layer_slow "$t" "$SLOW_REPS" "n:2048/threads:$t/"
+        run_ort enc ort_encoder_layer_slow "$t" 3 1 2048 ;;
       attention)
         run bench_attention attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
         run libtorch_attention libtorch_attention "$t" "$REPS" "n:(1024|2048)/threads:$t/"
         run bench_attention attention_slow "$t" "$SLOW_REPS" "n:(4096|8192|16384)/threads:$t/"
-        run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/" ;;
+        run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/"
+        run_ort attn ort_attention_mha "$t" 5 1 1024 4096 ;;
       llama)  # no peer in this area (llama.cpp is not wired in yet): polyformer's own figures only
         run bench_llama llama "$t" "$REPS" "threads:$t/" ;;
       generate)  # whole processes, stories260K, greedy, 512 positions: generate against run.c, interleaved
@@ -114,8 +158,8 @@ results = sys.argv[1]
 PEERS = {
     "gemm_packed": ["gemm_entry", "gemm_eigen", "gemm_openblas", "dnnl_matmul_f32"],
     "linear_bf16": ["dnnl_matmul_bf16"],
-    "encoder_layer": ["libtorch_encoder_layer", "libtorch_encoder_layer_fused"],
-    "attention": ["libtorch_attention_sdpa", "libtorch_attention_matmul"],
+    "encoder_layer": ["ort_encoder_layer", "libtorch_encoder_layer", "libtorch_encoder_layer_fused"],
+    "attention": ["ort_attention_mha", "libtorch_attention_sdpa", "libtorch_attention_matmul"],
 }
 OURS = ["gemm_packed", "encoder_layer", "encoder_layer_gemms", "attention"]
 
@@ -189,6 +233,22 @@ if best_rows:
     print("|---|---|---|---|---|")
     for args, g, p, pg in best_rows:
         print(f"| {args} | {g:.1f} | {p} | {pg:.1f} | {g / pg:.2f} |")
+
+best_rows = []
+for fam in ("encoder_layer", "attention"):
+    for args in sorted({a for (f, a) in runs if f == fam}, key=key):
+        ours = pick(fam, args)
+        peers = [(p, pick(p, args)) for p in PEERS[fam] if p != "libtorch_attention_matmul"]
+        peers = [(p, c) for p, c in peers if c]
+        if ours and peers:
+            p, c = min(peers, key=lambda pc: pc[1]["ms"])
+            best_rows.append((fam + " " + args, ours["ms"], p, c["ms"]))
+if best_rows:
+    print()
+    print("| against the fastest peer | polyformer ms | fastest peer | its ms | peer ÷ polyformer (target ≥ 1.2) |")
+    print("|---|---|---|---|---|")
+    for case, ms, p, pms in best_rows:
+        print(f"| {case} | {ms:.2f} | {p} | {pms:.2f} | {pms / ms:.2f} |")
 
 gemms = sorted({a for (f, a) in runs if f == "encoder_layer_gemms"}, key=key)
 if gemms:

@@ -1,5 +1,5 @@
-// int8_gemm (kernels/int8_gemm.hpp) on the path this build compiles (AVX-512 VNNI, AVX2 or portable: this file
-// is built once per flavour): the quantization rule (scales, rounding half to even, clamping, zero rows), the
+// int8_gemm (kernels/int8_gemm.hpp) on every path the CPU runs (AVX-512 VNNI, AVX2, portable; chosen at run time,
+// so each flavour of this file runs them all): the quantization rule (scales, rounding half to even, clamping, zero rows), the
 // packed layout, and products equal to an exact integer reference computed here — from values quantized here,
 // summed in int64 — at tails in m, n and k, with and without bias, on 1 and 2 threads, through guarded buffers.
 
@@ -19,6 +19,16 @@ namespace {
 namespace k = polyformer::kernels;
 using k::testing::Guarded;
 using k::testing::random_vec;
+
+/// The int8 paths this CPU runs; the others are reported as skipped.
+std::vector<k::Int8Path> runnable_paths() {
+  std::vector<k::Int8Path> out;
+  for (k::Int8Path p : {k::Int8Path::portable, k::Int8Path::avx2, k::Int8Path::avx512_vnni}) {
+    if (k::cpu_supports(p)) out.push_back(p);
+    else WARN("int8_gemm: skipped the " << k::int8_path_name(p) << " path (this CPU lacks it)");
+  }
+  return out;
+}
 
 /// Rows quantized by the rule as the header states it, written here from that statement.
 struct Reference {
@@ -47,8 +57,10 @@ Reference quantize_reference(const float* x, std::size_t rows, std::size_t cols,
 /// Runs int8_gemm on x (m, k) (rows ldx apart, the last row ending at a guard page) and w (n, k), C (m, n)
 /// with rows ldc apart (guard columns between rows, the last row ending at a guard page), and checks every
 /// entry against Σ qx·qw (int64) · sx · sw + bias to 1e-6 of its magnitude.
-void check_product(std::size_t m, std::size_t n, std::size_t kk, bool with_bias, int threads, unsigned seed) {
-  INFO("m " << m << " n " << n << " k " << kk << " bias " << with_bias << " threads " << threads);
+void check_product(std::size_t m, std::size_t n, std::size_t kk, bool with_bias, int threads, unsigned seed,
+                   k::Int8Path path) {
+  INFO("path " << k::int8_path_name(path) << " m " << m << " n " << n << " k " << kk << " bias " << with_bias
+               << " threads " << threads);
   const std::size_t ldx = kk + 3, ldc = n + 2;
   Guarded x((m - 1) * ldx + kk, random_vec((m - 1) * ldx + kk, -2.0f, 2.0f, seed));
   auto wv = random_vec(n * kk, -0.5f, 0.5f, seed + 1);
@@ -61,7 +73,7 @@ void check_product(std::size_t m, std::size_t n, std::size_t kk, bool with_bias,
   Guarded c((m - 1) * ldc + n, std::vector<float>((m - 1) * ldc + n, sentinel));
 
   const auto w = k::QuantizedMatrix::quantize(wv.data(), n, kk, kk);
-  k::int8_gemm(m, x.data(), ldx, w, with_bias ? bias.data() : nullptr, c.data(), ldc, threads);
+  k::int8_gemm(m, x.data(), ldx, w, with_bias ? bias.data() : nullptr, c.data(), ldc, threads, path);
 
   const Reference qx = quantize_reference(x.data(), m, kk, ldx), qw = quantize_reference(wv.data(), n, kk, kk);
   double worst = 0.0;
@@ -169,30 +181,32 @@ TEST_CASE("kernels/int8_gemm: the weight is quantized per output row and packed 
 }
 
 TEST_CASE("kernels/int8_gemm: equals the exact integer product at every tail", "[kernels][int8]") {
-  INFO("path " << k::int8_gemm_path());
-  unsigned seed = 100;
-  for (std::size_t kk : {1u, 3u, 4u, 5u, 17u, 64u, 130u})
-    for (std::size_t m : {1u, 2u, 3u, 5u, 7u, 8u, 9u, 13u, 17u})
-      for (std::size_t n : {1u, 5u, 15u, 16u, 17u, 31u, 33u, 47u, 48u, 49u, 64u, 65u, 100u})
-        for (bool bias : {false, true}) check_product(m, n, kk, bias, 1, seed++);
-  for (std::size_t m : {1u, 4u, 9u, 33u})
-    for (std::size_t n : {1u, 17u, 49u, 64u, 65u}) check_product(m, n, 768, m % 2 == 1, 1, seed++);
+  for (k::Int8Path path : runnable_paths()) {
+    unsigned seed = 100;
+    for (std::size_t kk : {1u, 3u, 4u, 5u, 17u, 64u, 130u})
+      for (std::size_t m : {1u, 2u, 3u, 5u, 7u, 8u, 9u, 13u, 17u})
+        for (std::size_t n : {1u, 5u, 15u, 16u, 17u, 31u, 33u, 47u, 48u, 49u, 64u, 65u, 100u})
+          for (bool bias : {false, true}) check_product(m, n, kk, bias, 1, seed++, path);
+    for (std::size_t m : {1u, 4u, 9u, 33u})
+      for (std::size_t n : {1u, 17u, 49u, 64u, 65u}) check_product(m, n, 768, m % 2 == 1, 1, seed++, path);
+  }
 }
 
 TEST_CASE("kernels/int8_gemm: thread splits (panels, rows, row blocks) give the serial result", "[kernels][int8]") {
   // All above 1 MFLOP, so the second thread is used: panel splits, a row split (one panel), a GEMV, several
   // L2 row blocks.
+  for (k::Int8Path path : runnable_paths())
   for (auto [m, n, kk] : {std::tuple<std::size_t, std::size_t, std::size_t>{33, 100, 768}, {300, 16, 130},
                           {5, 700, 200}, {1, 1000, 768}, {1, 2049, 257}, {700, 40, 768}, {129, 257, 96}})
     for (bool bias : {false, true}) {
-      check_product(m, n, kk, bias, 2, unsigned(m + n + kk));
-      INFO("m " << m << " n " << n << " k " << kk);
+      check_product(m, n, kk, bias, 2, unsigned(m + n + kk), path);
+      INFO("path " << k::int8_path_name(path) << " m " << m << " n " << n << " k " << kk);
       const auto x = random_vec(m * kk, -1.0f, 1.0f, 5), wv = random_vec(n * kk, -1.0f, 1.0f, 6);
       const auto b = random_vec(n, -1.0f, 1.0f, 7);
       const auto w = k::QuantizedMatrix::quantize(wv.data(), n, kk, kk);
       std::vector<float> one(m * n), two(m * n), twin(m * n);
-      k::int8_gemm(m, x.data(), kk, w, bias ? b.data() : nullptr, one.data(), n, 1);
-      k::int8_gemm(m, x.data(), kk, w, bias ? b.data() : nullptr, two.data(), n, 2);
+      k::int8_gemm(m, x.data(), kk, w, bias ? b.data() : nullptr, one.data(), n, 1, path);
+      k::int8_gemm(m, x.data(), kk, w, bias ? b.data() : nullptr, two.data(), n, 2, path);
       k::int8_gemm_scalar(m, x.data(), kk, w, bias ? b.data() : nullptr, twin.data(), n);
       CHECK(one == two);  // integer sums, the same float epilogue per entry: bitwise equal
       double worst = 0.0, largest = 0.0;  // the twin rounds its epilogue in another order: float-level agreement
@@ -208,8 +222,9 @@ TEST_CASE("kernels/int8_gemm: thread splits (panels, rows, row blocks) give the 
 TEST_CASE("kernels/int8_gemm: the kernel quantizes activations by the rule (ties, tails)", "[kernels][int8]") {
   // W = 127·I: qw = 127 on the diagonal with scale 1, so C[i, j] = qx[i, j] · 127 · sx[i] shows the kernel's own
   // quantization of every activation, ties and tails included.
+  for (k::Int8Path path : runnable_paths())
   for (std::size_t kk : {1u, 7u, 16u, 31u, 37u, 64u, 100u}) {
-    INFO("k " << kk);
+    INFO("path " << k::int8_path_name(path) << " k " << kk);
     std::vector<float> wv(kk * kk, 0.0f);
     for (std::size_t j = 0; j < kk; ++j) wv[j * kk + j] = 127.0f;
     const auto w = k::QuantizedMatrix::quantize(wv.data(), kk, kk, kk);
@@ -221,7 +236,7 @@ TEST_CASE("kernels/int8_gemm: the kernel quantizes activations by the rule (ties
       x[2 * kk + j] = 0.001f * float(j + 1) * (j % 2 ? -1.0f : 1.0f);
     }
     std::vector<float> c(m * kk);
-    k::int8_gemm(m, x.data(), kk, w, nullptr, c.data(), kk, 1);
+    k::int8_gemm(m, x.data(), kk, w, nullptr, c.data(), kk, 1, path);
     const Reference ref = quantize_reference(x.data(), m, kk, kk);
     for (std::size_t i = 0; i < m; ++i)
       for (std::size_t j = 0; j < kk; ++j) {
@@ -235,25 +250,29 @@ TEST_CASE("kernels/int8_gemm: the kernel quantizes activations by the rule (ties
 TEST_CASE("kernels/int8_gemm: sums beyond 2^24 and near the int32 limit stay exact", "[kernels][int8]") {
   // All ones: qx = qw = 127, so every entry is 127² · k (·1/127 · 1/127 = k). At k = 70000 the VNNI path's
   // shifted sums (255 · 127 · k) wrap int32 before the column-sum correction: still exact modulo 2³².
+  for (k::Int8Path path : runnable_paths())
   for (std::size_t kk : {4099u, 70000u}) {
-    INFO("k " << kk);
+    INFO("path " << k::int8_path_name(path) << " k " << kk);
     const std::size_t m = 2, n = 17;
     const std::vector<float> x(m * kk, 1.0f), wv(n * kk, 1.0f);
     const auto w = k::QuantizedMatrix::quantize(wv.data(), n, kk, kk);
     std::vector<float> c(m * n);
-    k::int8_gemm(m, x.data(), kk, w, nullptr, c.data(), n, 1);
+    k::int8_gemm(m, x.data(), kk, w, nullptr, c.data(), n, 1, path);
     const double exact = 127.0 * 127.0 * double(kk) * (1.0 / 127.0) * (1.0 / 127.0);
     for (float v : c) CHECK(std::abs(double(v) - exact) <= 1e-6 * exact);
   }
 }
 
 TEST_CASE("kernels/int8_gemm: empty products", "[kernels][int8]") {
-  const std::vector<float> wv(3 * 4, 1.0f), bias{1.0f, 2.0f, 3.0f};
-  const auto w = k::QuantizedMatrix::quantize(wv.data(), 3, 4, 4);
-  std::vector<float> c(3, -1.0f);
-  k::int8_gemm(0, nullptr, 4, w, bias.data(), c.data(), 3, 1);  // m = 0: nothing written
-  CHECK(c == std::vector<float>{-1.0f, -1.0f, -1.0f});
-  const auto w0 = k::QuantizedMatrix::quantize(nullptr, 3, 0, 0);  // k = 0: C = bias
-  k::int8_gemm(1, nullptr, 0, w0, bias.data(), c.data(), 3, 1);
-  CHECK(c == bias);
+  for (k::Int8Path path : runnable_paths()) {
+    INFO("path " << k::int8_path_name(path));
+    const std::vector<float> wv(3 * 4, 1.0f), bias{1.0f, 2.0f, 3.0f};
+    const auto w = k::QuantizedMatrix::quantize(wv.data(), 3, 4, 4);
+    std::vector<float> c(3, -1.0f);
+    k::int8_gemm(0, nullptr, 4, w, bias.data(), c.data(), 3, 1, path);  // m = 0: nothing written
+    CHECK(c == std::vector<float>{-1.0f, -1.0f, -1.0f});
+    const auto w0 = k::QuantizedMatrix::quantize(nullptr, 3, 0, 0);  // k = 0: C = bias
+    k::int8_gemm(1, nullptr, 0, w0, bias.data(), c.data(), 3, 1, path);
+    CHECK(c == bias);
+  }
 }

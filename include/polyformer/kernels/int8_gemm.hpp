@@ -12,14 +12,16 @@
 /// below that) gets scale 0 and q = 0, so its outputs are 0 (plus bias). Non-finite inputs give
 /// unspecified results.
 ///
-/// One code path per build, chosen at compile time:
+/// Code paths, chosen at run time (int8_path(); every one reads the same QuantizedMatrix):
 /// - AVX-512 VNNI: activations stored as u8 = q + 128 for `vpdpbusd` (u8 × s8, 4 products a lane per
 ///   instruction); the shift adds 128 · Σ_k qw[j,k] to column j, which the accumulators start from, negated
 ///   (QuantizedMatrix keeps those column sums);
 /// - AVX2: both operands sign-extended to int16 and multiplied with `vpmaddwd` (exact; `vpmaddubsw` would
 ///   saturate its int16 pair sums);
-/// - otherwise a portable loop over the same packed layout.
-/// Raw intrinsics live here only: xsimd 8.1 has no int8 dot products.
+/// - portable: a plain loop over the same packed layout.
+/// Each path is a struct (its activation operand type, register tile, quantize_row and block) compiled under
+/// `__attribute__((target))`; the drivers below are templates over it. Raw intrinsics live here only: xsimd 8.1
+/// has no int8 dot products. AMX tile products are not written yet.
 
 #include <algorithm>
 #include <cmath>
@@ -30,10 +32,13 @@
 
 #include <Eigen/Core>
 
+#include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
+#include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/packed_gemm.hpp"
 #include "polyformer/kernels/simd.hpp"
 
-#if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+#if POLYFORMER_RUNTIME_DISPATCH
 #include <immintrin.h>
 #endif
 
@@ -44,16 +49,37 @@ namespace polyformer::kernels {
 /// final sum, back in range, is too.)
 inline constexpr std::size_t int8_max_depth = 133144;
 
-/// Name of the int8 code path compiled into this build: "avx512-vnni", "avx2" or "portable".
-inline const char* int8_gemm_path() noexcept {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  return "avx512-vnni";
-#elif defined(__AVX2__)
-  return "avx2";
-#else
-  return "portable";
-#endif
+/// The int8 code paths.
+enum class Int8Path { portable, avx2, avx512_vnni };
+
+/// "portable", "avx2", "avx512-vnni".
+inline const char* int8_path_name(Int8Path p) noexcept {
+  switch (p) {
+    case Int8Path::avx2: return "avx2";
+    case Int8Path::avx512_vnni: return "avx512-vnni";
+    default: return "portable";
+  }
 }
+
+/// Whether this CPU runs path `p`.
+inline bool cpu_supports(Int8Path p) noexcept {
+  switch (p) {
+    case Int8Path::avx2: return POLYFORMER_RUNTIME_DISPATCH && cpu().avx2;
+    case Int8Path::avx512_vnni: return POLYFORMER_RUNTIME_DISPATCH && cpu().avx512_vnni;
+    default: return true;
+  }
+}
+
+/// The path this process uses: VNNI where the CPU has it and kernels::isa() is avx512, AVX2 where isa() allows
+/// it, else portable (POLYFORMER_ISA caps it as it caps the fp32 kernels).
+inline Int8Path int8_path() noexcept {
+  if (isa() == Isa::avx512 && cpu_supports(Int8Path::avx512_vnni)) return Int8Path::avx512_vnni;
+  if (isa() != Isa::portable && cpu_supports(Int8Path::avx2)) return Int8Path::avx2;
+  return Int8Path::portable;
+}
+
+/// Name of the path this process uses (int8_path()).
+inline const char* int8_gemm_path() noexcept { return int8_path_name(int8_path()); }
 
 /// Scale of one row and the factor that quantizes it.
 struct RowQuantization {
@@ -173,24 +199,17 @@ inline void int8_gemm_scalar(std::size_t m, const float* x, std::size_t ldx, con
 
 namespace detail {
 
-/// Activations as the compiled path multiplies them: u8 = q + 128 (VNNI), int16 (AVX2), int8 (portable).
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-using Int8Operand = std::uint8_t;
-#elif defined(__AVX2__)
-using Int8Operand = std::int16_t;
-#else
-using Int8Operand = std::int8_t;
-#endif
-
-/// The quantized activations of one product: rows of `stride` operands (k padded to a multiple of 4), scales.
-/// One per thread, grow-only, so a steady stream of products allocates nothing.
+/// The quantized activations of one product, as the path's operand type: rows of `stride` operands (k padded to
+/// a multiple of 4), and their scales. One per thread, grow-only, so a steady stream of products allocates nothing.
 struct Int8Workspace {
-  std::vector<Int8Operand, Eigen::aligned_allocator<Int8Operand>> q;  // (m, stride)
-  std::vector<float> scales;                                          // (m)
+  std::vector<std::byte, Eigen::aligned_allocator<std::byte>> q;  // (m, stride) operands
+  std::vector<float> scales;                                      // (m)
 
-  void reserve(std::size_t m, std::size_t stride) {
-    if (q.size() < m * stride) q.resize(m * stride);
+  template <class Operand>
+  Operand* reserve(std::size_t m, std::size_t stride) {
+    if (q.size() < m * stride * sizeof(Operand)) q.resize(m * stride * sizeof(Operand));
     if (scales.size() < m) scales.resize(m);
+    return reinterpret_cast<Operand*>(q.data());
   }
 };
 
@@ -211,83 +230,10 @@ inline std::int64_t load_i64(const void* p) noexcept {
   return v;
 }
 
-/// Quantizes row x (k) into q (stride ≥ k, padded with the operand of 0) and returns its scale.
-inline float quantize_row(const float* x, std::size_t k, std::size_t stride, Int8Operand* q) noexcept {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  std::size_t i = 0;
-  __m512 m0 = _mm512_setzero_ps(), m1 = _mm512_setzero_ps();
-  for (; i + 32 <= k; i += 32) {
-    m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
-    m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(x + i + 16)));
-  }
-  for (; i < k; i += 16) {  // masked: never reads past x[k - 1]
-    const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i)) - 1);
-    m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, x + i)));
-  }
-  const RowQuantization rq = row_quantization(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
-  const __m512 inverse = _mm512_set1_ps(rq.inverse);
-  // cvtps rounds half to even (the MXCSR default) like std::nearbyint; NaN becomes INT_MIN, clamped to -127.
-  const auto round16 = [&](const __m512 v) { return _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)); };
-  // 64 at a time: saturating packs narrow four vectors at once, max(·, -127) clamps, a permute restores the
-  // order the packs interleave by 128-bit lane, and flipping the sign bit adds 128.
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const __m512i lo8 = _mm512_set1_epi8(-127), sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (i = 0; i + 64 <= k; i += 64) {
-    const __m512i ab = _mm512_packs_epi32(round16(_mm512_loadu_ps(x + i)), round16(_mm512_loadu_ps(x + i + 16)));
-    const __m512i cd = _mm512_packs_epi32(round16(_mm512_loadu_ps(x + i + 32)), round16(_mm512_loadu_ps(x + i + 48)));
-    const __m512i bytes = _mm512_max_epi8(_mm512_packs_epi16(ab, cd), lo8);
-    _mm512_storeu_si512(q + i, _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), sign_bit));
-  }
-  // The rest 16 at a time, narrowed in registers (a masked vpmovdb to memory is slow on AMD Zen).
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), shift = _mm512_set1_epi32(128);
-  const auto narrow16 = [&](const __m512 v) {
-    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(round16(v), lo), hi), shift));
-  };
-  for (; i + 16 <= k; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), narrow16(_mm512_loadu_ps(x + i)));
-  if (i < k) {  // masked load: never reads past x[k - 1]
-    alignas(16) std::uint8_t tail[16];
-    const __mmask16 mask = __mmask16((1u << (k - i)) - 1);
-    _mm_store_si128(reinterpret_cast<__m128i*>(tail), narrow16(_mm512_maskz_loadu_ps(mask, x + i)));
-    std::memcpy(q + i, tail, k - i);
-  }
-  for (i = k; i < stride; ++i) q[i] = 128;
-  return rq.scale;
-#elif defined(__AVX2__)
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m0 = _mm256_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 8 <= k; i += 8) m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m0);
-  float absmax = 0.0f;
-  for (float v : lanes) absmax = std::max(absmax, v);
-  for (std::size_t j = i; j < k; ++j) absmax = std::max(absmax, std::fabs(x[j]));
-  const RowQuantization rq = row_quantization(absmax);
-  const __m256 inverse = _mm256_set1_ps(rq.inverse);
-  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-  for (i = 0; i + 8 <= k; i += 8) {
-    __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inverse));
-    v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
-    // packs interleaves the 128-bit lanes: gather quadwords 0 and 2 for the 8 int16 in order.
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(v, v), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm256_castsi256_si128(packed));
-  }
-  for (; i < k; ++i) q[i] = quantize_value(x[i], rq.inverse);
-  for (i = k; i < stride; ++i) q[i] = 0;
-  return rq.scale;
-#else
-  float absmax = 0.0f;
-  for (std::size_t i = 0; i < k; ++i) absmax = std::max(absmax, std::fabs(x[i]));
-  const RowQuantization rq = row_quantization(absmax);
-  for (std::size_t i = 0; i < k; ++i) q[i] = quantize_value(x[i], rq.inverse);
-  for (std::size_t i = k; i < stride; ++i) q[i] = 0;
-  return rq.scale;
-#endif
-}
-
 /// What a micro-kernel call computes: rows of quantized activations against a group of consecutive panels.
+template <class Operand>
 struct Int8Block {
-  const Int8Operand* a;     // first row, rows lda operands apart
+  const Operand* a;         // first row, rows lda operands apart
   std::size_t lda;
   const float* a_scales;    // (rows)
   const std::int8_t* panel; // first panel of the group, panels panel_bytes apart
@@ -301,153 +247,243 @@ struct Int8Block {
   std::size_t last_cols;    // valid columns of the group's last panel, 1..16
 };
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-
-/// Register tile of the VNNI path: rows × panels of 16 columns (8 × 3 = 24 accumulators of 32 zmm).
-struct Int8Tile {
-  static constexpr int rows = 8, panels = 3;
-  static constexpr int gemv_panels = 4;  // m = 1: four streams of weights
-};
-
-/// acc + Σ₄ u8(a) · s8(w) per 32-bit lane (vpdpbusd). Spelled in asm: g++ 12 allocates the intrinsic's
-/// accumulator so badly (copies and stack spills of every accumulator on every step) that the register-blocked
-/// kernel ran at half speed.
-inline __m512i dpbusd(__m512i acc, __m512i a, __m512i w) noexcept {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(w));
-  return acc;
-}
-
-/// R rows × NV panels: C = (Σ u8(a) · s8(w) − 128 · colsum) · sa · sw [+ bias].
-template <int R, int NV>
-POLYFORMER_NOINLINE void int8_block(const Int8Block& b) noexcept {
-  __m512i acc[R][NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    // Start from −128 · colsum: the u8 shift of the activations, removed before it is added.
-    const __m512i start = _mm512_sub_epi32(
-        _mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(b.column_sums + 16 * v), 7));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r][v] = start;
-  }
-  const std::int8_t* w = b.panel;
-  const Int8Operand* a = b.a;
-  for (std::size_t s = 0; s < b.steps; ++s, w += 64, a += 4) {
-    __m512i wv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(w + std::size_t(v) * b.panel_bytes);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(load_u32(a + std::size_t(r) * b.lda)));
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = dpbusd(acc[r][v], av, wv[v]);
-    }
-  }
-
-  const __mmask16 last = b.last_cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << b.last_cols) - 1);
-  __m512 sw[NV], bias[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    sw[v] = _mm512_loadu_ps(b.w_scales + 16 * v);
-    const __mmask16 mask = v == NV - 1 ? last : __mmask16(0xFFFF);
-    bias[v] = b.bias ? _mm512_maskz_loadu_ps(mask, b.bias + 16 * v) : _mm512_setzero_ps();
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    const __m512 sa = _mm512_set1_ps(b.a_scales[r]);
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), sa), sw[v], bias[v]);
-      float* dst = b.c + std::size_t(r) * b.ldc + 16 * std::size_t(v);
-      if (v == NV - 1) _mm512_mask_storeu_ps(dst, last, y);
-      else _mm512_storeu_ps(dst, y);
-    }
-  }
-}
-
-#elif defined(__AVX2__)
-
-/// Register tile of the AVX2 path: rows × half-panels of 8 columns (6 × 2 = 12 accumulators of 16 ymm).
-struct Int8Tile {
-  static constexpr int rows = 6, panels = 1;
-  static constexpr int gemv_panels = 1;
-};
-
-/// R rows × 8 columns (half h of each 64-byte step) from one panel, `cols` (1..8) of them valid.
-template <int R>
-POLYFORMER_NOINLINE void int8_half_block(const Int8Block& b, std::size_t h, std::size_t cols) noexcept {
-  __m256i acc[R][2];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const std::int8_t* w = b.panel + 32 * h;
-  for (std::size_t s = 0; s < b.steps; ++s) {
-    // 16 bytes = 4 columns × 4 depths, sign-extended to int16; vpmaddwd sums depth pairs of a column exactly.
-    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + s * 64)));
-    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + s * 64 + 16)));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m256i a = _mm256_set1_epi64x(load_i64(b.a + std::size_t(r) * b.lda + 4 * s));  // 4 int16 depths, 4 times
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, w0));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, w1));
-    }
-  }
-  const __m256 sw = _mm256_loadu_ps(b.w_scales + 8 * h);
-  alignas(32) float bias[8] = {};
-  if (b.bias)
-    for (std::size_t j = 0; j < cols; ++j) bias[j] = b.bias[8 * h + j];
-  const __m256 bv = _mm256_load_ps(bias);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    // Lanes hold (column, depth pair) sums: hadd folds the pairs, the permute puts columns 0..7 in order.
-    const __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
-    const __m256 sa = _mm256_set1_ps(b.a_scales[r]);
-    const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), sa), sw), bv);
-    float* dst = b.c + std::size_t(r) * b.ldc + 8 * h;
-    if (cols == 8) {
-      _mm256_storeu_ps(dst, y);
-    } else {
-      alignas(32) float tile[8];
-      _mm256_store_ps(tile, y);
-      for (std::size_t j = 0; j < cols; ++j) dst[j] = tile[j];
-    }
-  }
-}
-
-/// R rows × one panel (NV = 1): its two halves, skipping a half with no valid column.
-template <int R, int NV>
-void int8_block(const Int8Block& b) noexcept {
-  static_assert(NV == 1);
-  int8_half_block<R>(b, 0, std::min<std::size_t>(8, b.last_cols));
-  if (b.last_cols > 8) int8_half_block<R>(b, 1, b.last_cols - 8);
-}
-
-#else
-
-/// The portable path: one row × one panel per call.
-struct Int8Tile {
+/// The portable path: int8 operands, one row × one panel per call.
+struct PortableInt8 {
+  using operand = std::int8_t;
   static constexpr int rows = 1, panels = 1;
   static constexpr int gemv_panels = 1;
+
+  /// Quantizes row x (k) into q (stride ≥ k, padded with the operand of 0) and returns its scale.
+  static float quantize_row(const float* x, std::size_t k, std::size_t stride, operand* q) noexcept {
+    float absmax = 0.0f;
+    for (std::size_t i = 0; i < k; ++i) absmax = std::max(absmax, std::fabs(x[i]));
+    const RowQuantization rq = row_quantization(absmax);
+    for (std::size_t i = 0; i < k; ++i) q[i] = quantize_value(x[i], rq.inverse);
+    for (std::size_t i = k; i < stride; ++i) q[i] = 0;
+    return rq.scale;
+  }
+
+  template <int R, int NV>
+  static void block(const Int8Block<operand>& b) noexcept {
+    static_assert(R == 1 && NV == 1);
+    std::int32_t acc[16] = {};
+    for (std::size_t s = 0; s < b.steps; ++s) {
+      const std::int8_t* w = b.panel + s * 64;
+      const operand* a = b.a + 4 * s;
+      for (std::size_t j = 0; j < 16; ++j)
+        for (std::size_t g = 0; g < 4; ++g) acc[j] += std::int32_t(a[g]) * std::int32_t(w[4 * j + g]);
+    }
+    for (std::size_t j = 0; j < b.last_cols; ++j)
+      b.c[j] = static_cast<float>(acc[j]) * b.a_scales[0] * b.w_scales[j] + (b.bias ? b.bias[j] : 0.0f);
+  }
 };
 
-template <int R, int NV>
-void int8_block(const Int8Block& b) noexcept {
-  static_assert(R == 1 && NV == 1);
-  std::int32_t acc[16] = {};
-  for (std::size_t s = 0; s < b.steps; ++s) {
-    const std::int8_t* w = b.panel + s * 64;
-    const Int8Operand* a = b.a + 4 * s;
-    for (std::size_t j = 0; j < 16; ++j)
-      for (std::size_t g = 0; g < 4; ++g) acc[j] += std::int32_t(a[g]) * std::int32_t(w[4 * j + g]);
-  }
-  for (std::size_t j = 0; j < b.last_cols; ++j)
-    b.c[j] = static_cast<float>(acc[j]) * b.a_scales[0] * b.w_scales[j] + (b.bias ? b.bias[j] : 0.0f);
-}
+#if POLYFORMER_RUNTIME_DISPATCH
+#define POLYFORMER_TARGET_AVX512_VNNI \
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")))
 
+/// The AVX2 path: activations as int16, rows × half-panels of 8 columns (6 × 2 = 12 accumulators of 16 ymm).
+struct Avx2Int8 {
+  using operand = std::int16_t;
+  static constexpr int rows = 6, panels = 1;
+  static constexpr int gemv_panels = 1;
+
+  POLYFORMER_TARGET_AVX2 static float quantize_row(const float* x, std::size_t k, std::size_t stride,
+                                                   operand* q) noexcept {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m0 = _mm256_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 8 <= k; i += 8) m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m0);
+    float absmax = 0.0f;
+    for (float v : lanes) absmax = std::max(absmax, v);
+    for (std::size_t j = i; j < k; ++j) absmax = std::max(absmax, std::fabs(x[j]));
+    const RowQuantization rq = row_quantization(absmax);
+    const __m256 inverse = _mm256_set1_ps(rq.inverse);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    for (i = 0; i + 8 <= k; i += 8) {
+      __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inverse));
+      v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+      // packs interleaves the 128-bit lanes: gather quadwords 0 and 2 for the 8 int16 in order.
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(v, v), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm256_castsi256_si128(packed));
+    }
+    for (; i < k; ++i) q[i] = quantize_value(x[i], rq.inverse);
+    for (i = k; i < stride; ++i) q[i] = 0;
+    return rq.scale;
+  }
+
+  /// R rows × 8 columns (half h of each 64-byte step) from one panel, `cols` (1..8) of them valid.
+  template <int R>
+  POLYFORMER_NOINLINE POLYFORMER_TARGET_AVX2 static void half_block(const Int8Block<operand>& b, std::size_t h,
+                                                                    std::size_t cols) noexcept {
+    __m256i acc[R][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    const std::int8_t* w = b.panel + 32 * h;
+    for (std::size_t s = 0; s < b.steps; ++s) {
+      // 16 bytes = 4 columns × 4 depths, sign-extended to int16; vpmaddwd sums depth pairs of a column exactly.
+      const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + s * 64)));
+      const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + s * 64 + 16)));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256i a = _mm256_set1_epi64x(load_i64(b.a + std::size_t(r) * b.lda + 4 * s));  // 4 int16 depths, 4 times
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, w0));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, w1));
+      }
+    }
+    const __m256 sw = _mm256_loadu_ps(b.w_scales + 8 * h);
+    alignas(32) float bias[8] = {};
+    if (b.bias)
+      for (std::size_t j = 0; j < cols; ++j) bias[j] = b.bias[8 * h + j];
+    const __m256 bv = _mm256_load_ps(bias);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      // Lanes hold (column, depth pair) sums: hadd folds the pairs, the permute puts columns 0..7 in order.
+      const __m256i sum = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+      const __m256 sa = _mm256_set1_ps(b.a_scales[r]);
+      const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), sa), sw), bv);
+      float* dst = b.c + std::size_t(r) * b.ldc + 8 * h;
+      if (cols == 8) {
+        _mm256_storeu_ps(dst, y);
+      } else {
+        alignas(32) float tile[8];
+        _mm256_store_ps(tile, y);
+        for (std::size_t j = 0; j < cols; ++j) dst[j] = tile[j];
+      }
+    }
+  }
+
+  /// R rows × one panel (NV = 1): its two halves, skipping a half with no valid column.
+  template <int R, int NV>
+  static void block(const Int8Block<operand>& b) noexcept {
+    static_assert(NV == 1);
+    half_block<R>(b, 0, std::min<std::size_t>(8, b.last_cols));
+    if (b.last_cols > 8) half_block<R>(b, 1, b.last_cols - 8);
+  }
+};
+
+/// The AVX-512 VNNI path: activations as u8 = q + 128, rows × panels of 16 columns (8 × 3 = 24 accumulators of
+/// 32 zmm).
+struct VnniInt8 {
+  using operand = std::uint8_t;
+  static constexpr int rows = 8, panels = 3;
+  static constexpr int gemv_panels = 4;  // m = 1: four streams of weights
+
+  /// acc + Σ₄ u8(a) · s8(w) per 32-bit lane (vpdpbusd). Spelled in asm: g++ 12 allocates the intrinsic's
+  /// accumulator so badly (copies and stack spills of every accumulator on every step) that the register-blocked
+  /// kernel ran at half speed.
+  POLYFORMER_TARGET_AVX512_VNNI static __m512i dpbusd(__m512i acc, __m512i a, __m512i w) noexcept {
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(w));
+    return acc;
+  }
+
+  /// round_half_even(v · inverse) as int32 lanes: cvtps rounds half to even (the MXCSR default) like
+  /// std::nearbyint; NaN becomes INT_MIN, clamped to −127 by the callers.
+  POLYFORMER_TARGET_AVX512_VNNI static __m512i round16(__m512 v, __m512 inverse) noexcept {
+    return _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse));
+  }
+
+  /// 16 lanes rounded, clamped to [−127, 127], shifted by 128 and narrowed to bytes in registers (a masked
+  /// vpmovdb to memory is slow on AMD Zen).
+  POLYFORMER_TARGET_AVX512_VNNI static __m128i narrow16(__m512 v, __m512 inverse) noexcept {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), shift = _mm512_set1_epi32(128);
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(round16(v, inverse), lo), hi), shift));
+  }
+
+  POLYFORMER_TARGET_AVX512_VNNI static float quantize_row(const float* x, std::size_t k, std::size_t stride,
+                                                          operand* q) noexcept {
+    std::size_t i = 0;
+    __m512 m0 = _mm512_setzero_ps(), m1 = _mm512_setzero_ps();
+    for (; i + 32 <= k; i += 32) {
+      m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+      m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(x + i + 16)));
+    }
+    for (; i < k; i += 16) {  // masked: never reads past x[k - 1]
+      const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i)) - 1);
+      m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, x + i)));
+    }
+    const RowQuantization rq = row_quantization(_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)));
+    const __m512 inverse = _mm512_set1_ps(rq.inverse);
+    // 64 at a time: saturating packs narrow four vectors at once, max(·, -127) clamps, a permute restores the
+    // order the packs interleave by 128-bit lane, and flipping the sign bit adds 128.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i lo8 = _mm512_set1_epi8(-127), sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (i = 0; i + 64 <= k; i += 64) {
+      const __m512i ab = _mm512_packs_epi32(round16(_mm512_loadu_ps(x + i), inverse),
+                                            round16(_mm512_loadu_ps(x + i + 16), inverse));
+      const __m512i cd = _mm512_packs_epi32(round16(_mm512_loadu_ps(x + i + 32), inverse),
+                                            round16(_mm512_loadu_ps(x + i + 48), inverse));
+      const __m512i bytes = _mm512_max_epi8(_mm512_packs_epi16(ab, cd), lo8);
+      _mm512_storeu_si512(q + i, _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), sign_bit));
+    }
+    for (; i + 16 <= k; i += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), narrow16(_mm512_loadu_ps(x + i), inverse));
+    if (i < k) {  // masked load: never reads past x[k - 1]
+      alignas(16) std::uint8_t tail[16];
+      const __mmask16 mask = __mmask16((1u << (k - i)) - 1);
+      _mm_store_si128(reinterpret_cast<__m128i*>(tail), narrow16(_mm512_maskz_loadu_ps(mask, x + i), inverse));
+      std::memcpy(q + i, tail, k - i);
+    }
+    for (i = k; i < stride; ++i) q[i] = 128;
+    return rq.scale;
+  }
+
+  /// R rows × NV panels: C = (Σ u8(a) · s8(w) − 128 · colsum) · sa · sw [+ bias].
+  template <int R, int NV>
+  POLYFORMER_NOINLINE POLYFORMER_TARGET_AVX512_VNNI static void block(const Int8Block<operand>& b) noexcept {
+    __m512i acc[R][NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      // Start from −128 · colsum: the u8 shift of the activations, removed before it is added.
+      const __m512i start = _mm512_sub_epi32(
+          _mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(b.column_sums + 16 * v), 7));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][v] = start;
+    }
+    const std::int8_t* w = b.panel;
+    const operand* a = b.a;
+    for (std::size_t s = 0; s < b.steps; ++s, w += 64, a += 4) {
+      __m512i wv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(w + std::size_t(v) * b.panel_bytes);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512i av = _mm512_set1_epi32(static_cast<int>(load_u32(a + std::size_t(r) * b.lda)));
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = dpbusd(acc[r][v], av, wv[v]);
+      }
+    }
+
+    const __mmask16 last = b.last_cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << b.last_cols) - 1);
+    __m512 sw[NV], bias[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      sw[v] = _mm512_loadu_ps(b.w_scales + 16 * v);
+      const __mmask16 mask = v == NV - 1 ? last : __mmask16(0xFFFF);
+      bias[v] = b.bias ? _mm512_maskz_loadu_ps(mask, b.bias + 16 * v) : _mm512_setzero_ps();
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 sa = _mm512_set1_ps(b.a_scales[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), sa), sw[v], bias[v]);
+        float* dst = b.c + std::size_t(r) * b.ldc + 16 * std::size_t(v);
+        if (v == NV - 1) _mm512_mask_storeu_ps(dst, last, y);
+        else _mm512_storeu_ps(dst, y);
+      }
+    }
+  }
+};
+#undef POLYFORMER_TARGET_AVX512_VNNI
 #endif
 
-/// Rows [0, R) against panels [p0, p1) in groups of NV.
-template <int R, int NV>
-void int8_strip(Int8Block b, const QuantizedMatrix& w, std::size_t p0, std::size_t p1, const float* bias,
-                float* c) noexcept {
+/// Rows [0, R) against panels [p0, p1) in groups of NV, with path P's kernels.
+template <class P, int R, int NV>
+void int8_strip(Int8Block<typename P::operand> b, const QuantizedMatrix& w, std::size_t p0, std::size_t p1,
+                const float* bias, float* c) noexcept {
   static_assert(NV >= 1 && NV <= 4);
   constexpr std::size_t W = QuantizedMatrix::panel_width;
   for (std::size_t p = p0; p < p1; p += NV) {
@@ -459,30 +495,31 @@ void int8_strip(Int8Block b, const QuantizedMatrix& w, std::size_t p0, std::size
     b.c = c + p * W;
     b.last_cols = std::min(W, w.cols() - last * W);
     switch (nv) {  // only the last group of the range is narrower than NV panels
-      case 1: int8_block<R, 1>(b); break;
-      case 2: if constexpr (NV >= 2) int8_block<R, 2>(b); break;
-      case 3: if constexpr (NV >= 3) int8_block<R, 3>(b); break;
-      default: if constexpr (NV >= 4) int8_block<R, NV>(b); break;
+      case 1: P::template block<R, 1>(b); break;
+      case 2: if constexpr (NV >= 2) P::template block<R, 2>(b); break;
+      case 3: if constexpr (NV >= 3) P::template block<R, 3>(b); break;
+      default: if constexpr (NV >= 4) P::template block<R, NV>(b); break;
     }
   }
 }
 
 /// Remainder rows 1..MR-1 as one strip of `rest` rows.
-template <int NV, int MR>
-void int8_rest(std::size_t rest, const Int8Block& b, const QuantizedMatrix& w, std::size_t p0, std::size_t p1,
-               const float* bias, float* c) noexcept {
+template <class P, int NV, int MR>
+void int8_rest(std::size_t rest, const Int8Block<typename P::operand>& b, const QuantizedMatrix& w, std::size_t p0,
+               std::size_t p1, const float* bias, float* c) noexcept {
   if constexpr (MR > 1) {
-    if (rest == MR - 1) int8_strip<MR - 1, NV>(b, w, p0, p1, bias, c);
-    else int8_rest<NV, MR - 1>(rest, b, w, p0, p1, bias, c);
+    if (rest == MR - 1) int8_strip<P, MR - 1, NV>(b, w, p0, p1, bias, c);
+    else int8_rest<P, NV, MR - 1>(rest, b, w, p0, p1, bias, c);
   }
 }
 
 /// Rows [0, m) of C against panels [p0, p1), from quantized activations q (rows `stride` apart).
-inline void int8_panels(std::size_t m, const Int8Operand* q, std::size_t stride, const float* scales,
-                        const QuantizedMatrix& w, std::size_t p0, std::size_t p1, const float* bias, float* c,
-                        std::size_t ldc) noexcept {
-  constexpr int MR = Int8Tile::rows, NV = Int8Tile::panels;
-  Int8Block b{};
+template <class P>
+void int8_panels(std::size_t m, const typename P::operand* q, std::size_t stride, const float* scales,
+                 const QuantizedMatrix& w, std::size_t p0, std::size_t p1, const float* bias, float* c,
+                 std::size_t ldc) noexcept {
+  constexpr int MR = P::rows, NV = P::panels;
+  Int8Block<typename P::operand> b{};
   b.lda = stride;
   b.panel_bytes = w.panel_bytes();
   b.steps = w.steps();
@@ -490,11 +527,11 @@ inline void int8_panels(std::size_t m, const Int8Operand* q, std::size_t stride,
   if (m == 1) {  // the decode case: stream the weights once, several panels at a time
     b.a = q;
     b.a_scales = scales;
-    int8_strip<1, Int8Tile::gemv_panels>(b, w, p0, p1, bias, c);
+    int8_strip<P, 1, P::gemv_panels>(b, w, p0, p1, bias, c);
     return;
   }
   // Row blocks of ≈ 256 KiB of activations stay in L2 while every panel of the range passes by.
-  const std::size_t row_bytes = stride * sizeof(Int8Operand);
+  const std::size_t row_bytes = stride * sizeof(typename P::operand);
   const std::size_t row_block = std::max<std::size_t>(MR, (std::size_t(256) << 10) / row_bytes / MR * MR);
   for (std::size_t i0 = 0; i0 < m; i0 += row_block) {
     const std::size_t i1 = std::min(m, i0 + row_block);
@@ -504,15 +541,41 @@ inline void int8_panels(std::size_t m, const Int8Operand* q, std::size_t stride,
       for (; i + MR <= i1; i += MR) {
         b.a = q + i * stride;
         b.a_scales = scales + i;
-        int8_strip<MR, NV>(b, w, p, pe, bias, c + i * ldc);
+        int8_strip<P, MR, NV>(b, w, p, pe, bias, c + i * ldc);
       }
       if (i < i1) {
         b.a = q + i * stride;
         b.a_scales = scales + i;
-        int8_rest<NV, MR>(i1 - i, b, w, p, pe, bias, c + i * ldc);
+        int8_rest<P, NV, MR>(i1 - i, b, w, p, pe, bias, c + i * ldc);
       }
     }
   }
+}
+
+/// int8_gemm with path P: the activations quantized (split by rows), then the product split as every packed
+/// product is (split_packed_product).
+template <class P>
+void int8_gemm_with(std::size_t m, const float* x, std::size_t ldx, const QuantizedMatrix& w, const float* bias,
+                    float* c, std::size_t ldc, int threads) {
+  const std::size_t n = w.cols(), k = w.rows();
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  const int t = flops < 1e6 ? 1 : effective_threads(threads);
+  const std::size_t stride = w.steps() * QuantizedMatrix::group;
+  Int8Workspace& ws = int8_workspace();
+  typename P::operand* q = ws.reserve<typename P::operand>(m, stride);
+  float* scales = ws.scales.data();
+  const auto quantize = [&](Index r0, Index r1, int) {
+    for (auto i = static_cast<std::size_t>(r0); i < static_cast<std::size_t>(r1); ++i)
+      scales[i] = P::quantize_row(x + i * ldx, k, stride, q + i * stride);
+  };
+  const auto rows = static_cast<Index>(m);
+  if (t > 1 && m >= 2 * std::size_t(t) && m * k >= (std::size_t(1) << 16)) parallel_chunks(rows, t, quantize);
+  else quantize(0, rows, 0);
+  split_packed_product(m, w.panels(), flops, threads, false,
+                       [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
+                         int8_panels<P>(r1 - r0, q + r0 * stride, stride, scales + r0, w, p0, p1, bias, c + r0 * ldc,
+                                        ldc);
+                       });
 }
 
 }  // namespace detail
@@ -520,39 +583,20 @@ inline void int8_panels(std::size_t m, const Int8Operand* q, std::size_t stride,
 /// C (m, n) = dequantized int8 product of x (m, k), quantized per row here, and w (n, k) [+ bias (n) on every
 /// row, when not null]. Rows of x and C are ldx and ldc floats apart; C is overwritten (x is fully read first).
 /// Split over `threads` threads by column panels (rows when w has too few panels); below ~1 MFLOP on the
-/// calling thread. The quantized activations live in a grow-only per-thread workspace.
+/// calling thread. The quantized activations live in a grow-only per-thread workspace. `path` defaults to this
+/// process's (int8_path()); tests pass each one the CPU runs. Throws config_error for a path this CPU lacks.
 inline void int8_gemm(std::size_t m, const float* x, std::size_t ldx, const QuantizedMatrix& w, const float* bias,
-                      float* c, std::size_t ldc, int threads = 1) {
-  const std::size_t n = w.cols(), k = w.rows();
-  if (m == 0 || n == 0) return;
-  // Below ~1 MFLOP a second thread costs more than it saves.
-  const int t = 2.0 * double(m) * double(n) * double(k) < 1e6 ? 1 : effective_threads(threads);
-  const std::size_t stride = w.steps() * QuantizedMatrix::group;
-  detail::Int8Workspace& ws = detail::int8_workspace();
-  ws.reserve(m, stride);
-  detail::Int8Operand* q = ws.q.data();
-  float* scales = ws.scales.data();
-  const auto quantize = [&](Index r0, Index r1, int) {
-    for (auto i = static_cast<std::size_t>(r0); i < static_cast<std::size_t>(r1); ++i)
-      scales[i] = detail::quantize_row(x + i * ldx, k, stride, q + i * stride);
-  };
-  const auto rows = static_cast<Index>(m);
-  if (t > 1 && m >= 2 * std::size_t(t) && m * k >= (std::size_t(1) << 16)) parallel_chunks(rows, t, quantize);
-  else quantize(0, rows, 0);
-
-  const std::size_t panels = w.panels();
-  if (t == 1) {
-    detail::int8_panels(m, q, stride, scales, w, 0, panels, bias, c, ldc);
-  } else if (panels >= 2 * std::size_t(t) || m < 2 * std::size_t(t)) {
-    parallel_chunks(static_cast<Index>(panels), t, [&](Index p0, Index p1, int) {
-      detail::int8_panels(m, q, stride, scales, w, std::size_t(p0), std::size_t(p1), bias, c, ldc);
-    });
-  } else {
-    parallel_chunks(rows, t, [&](Index r0, Index r1, int) {
-      const auto i = static_cast<std::size_t>(r0);
-      detail::int8_panels(std::size_t(r1 - r0), q + i * stride, stride, scales + i, w, 0, panels, bias, c + i * ldc,
-                          ldc);
-    });
+                      float* c, std::size_t ldc, int threads = 1, Int8Path path = int8_path()) {
+  if (!cpu_supports(path))
+    throw config_error(polyformer::detail::cat("int8_gemm: path is ", int8_path_name(path),
+                                               ", which this CPU does not support"));
+  if (m == 0 || w.cols() == 0) return;
+  switch (path) {
+#if POLYFORMER_RUNTIME_DISPATCH
+    case Int8Path::avx512_vnni: detail::int8_gemm_with<detail::VnniInt8>(m, x, ldx, w, bias, c, ldc, threads); return;
+    case Int8Path::avx2: detail::int8_gemm_with<detail::Avx2Int8>(m, x, ldx, w, bias, c, ldc, threads); return;
+#endif
+    default: detail::int8_gemm_with<detail::PortableInt8>(m, x, ldx, w, bias, c, ldc, threads); return;
   }
 }
 

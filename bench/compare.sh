@@ -10,8 +10,10 @@
 # generate"), RUNC (path to llama2.c's run.c built by hand, e.g. `gcc -Ofast -march=native run.c -lm -o run`: the
 # peer of the "generate" area, skipped when unset), ORT_HARNESS (a scratch folder set up as shared/peers/ort/README.txt
 # says: its bench.js and bench2.js, node_modules with onnxruntime-node, models/ from export.py and make_mha.py; the
-# ONNX Runtime peer of the encoder layer and of attention, skipped when unset), SHARED (the shared/ folder, default
-# ../shared from the repo).
+# ONNX Runtime peer of the encoder layer and of attention, skipped when unset), LLAMA_CPP (a llama.cpp source tree
+# built by hand in a scratch folder, with build/bin/llama-bench and build/bin/llama-convert-llama2c-to-ggml: the peer
+# of the "llama" area on the same random 110M model, written by bench/make_llama2c_model.py and converted to F32 GGUF
+# once into BUILD_DIR/bench-models; skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
 # Every peer is measured in this run, on this machine; a peer that is absent is skipped, never filled in from
 # another machine's figures.
 #
@@ -107,6 +109,38 @@ json.dump({"benchmarks": benchmarks}, open(dst, "w"), indent=1)
 PY
 }
 
+# run_llamacpp THREADS — llama.cpp's llama-bench on the 110M model (prefill of 16 tokens, 128 decoded tokens, REPS
+# repetitions) as Google Benchmark JSON in $RESULTS/llamacpp.t<THREADS>.json: llamacpp_prefill (n:16) and
+# llamacpp_decode, tok/s as llama-bench reports them.
+run_llamacpp() {
+  local t=$1 bin=${LLAMA_CPP:-}/build/bin
+  if [[ -z ${LLAMA_CPP:-} || ! -x $bin/llama-bench || ! -x $bin/llama-convert-llama2c-to-ggml ]]; then
+    echo "  (skipping llama.cpp: LLAMA_CPP is not set to a built llama.cpp tree)" | tee -a "$LOG"
+    return 0
+  fi
+  local models=$BUILD/bench-models
+  if [[ ! -f $models/rand110M.gguf ]]; then
+    echo "  writing the random 110M model and its GGUF into $models" | tee -a "$LOG"
+    "$PYTHON" "$(dirname "$0")/make_llama2c_model.py" "$models" >>"$LOG" 2>&1 &&
+      "$bin/llama-convert-llama2c-to-ggml" --copy-vocab-from-model "$models/tok32000.bin" \
+        --llama2c-model "$models/rand110M.bin" --llama2c-output-model "$models/rand110M.gguf" >>"$LOG" 2>&1 ||
+      { echo "  (could not make the 110M GGUF)" | tee -a "$LOG"; return 0; }
+  fi
+  echo "  llama-bench -m $models/rand110M.gguf -p 16 -n 128 -t $t -r $REPS" | tee -a "$LOG"
+  "$bin/llama-bench" -m "$models/rand110M.gguf" -p 16 -n 128 -t "$t" -r "$REPS" -o json \
+    >"$RESULTS/llamacpp.t$t.raw" 2>>"$LOG" || { echo "  (llama-bench exited with $?)" | tee -a "$LOG"; return 0; }
+  "$PYTHON" - "$RESULTS/llamacpp.t$t.raw" "$RESULTS/llamacpp.t$t.json" <<'PY'
+import json, sys
+benchmarks = []
+for r in json.load(open(sys.argv[1])):
+    t = r["n_threads"]
+    name = f"BM_llamacpp_prefill/n:{r['n_prompt']}/threads:{t}" if r["n_gen"] == 0 else f"BM_llamacpp_decode/threads:{t}"
+    benchmarks.append({"name": name, "run_name": name, "run_type": "aggregate", "aggregate_name": "median",
+                       "ms": r["avg_ns"] / 1e6, "tok/s": r["avg_ts"]})
+json.dump({"benchmarks": benchmarks}, open(sys.argv[2], "w"), indent=1)
+PY
+}
+
 if [[ $TABLE_ONLY == 0 ]]; then
 : >"$LOG"
 { echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
@@ -130,8 +164,9 @@ for t in $THREADS; do
         run bench_attention attention_slow "$t" "$SLOW_REPS" "n:(4096|8192|16384)/threads:$t/"
         run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/"
         run_ort attn ort_attention_mha "$t" 5 1 1024 4096 ;;
-      llama)  # no peer in this area (llama.cpp is not wired in yet): polyformer's own figures only
-        run bench_llama llama "$t" "$REPS" "threads:$t/" ;;
+      llama)
+        run bench_llama llama "$t" "$REPS" "threads:$t/"
+        run_llamacpp "$t" ;;
       generate)  # whole processes, stories260K, greedy, 512 positions: generate against run.c, interleaved
         if [[ $t != 1 ]]; then echo "  (generate: run.c is single-threaded; compared at 1 thread only)" | tee -a "$LOG"
         elif [[ -z ${RUNC:-} || ! -x ${RUNC:-} ]]; then echo "  (skipping generate: RUNC is not set)" | tee -a "$LOG"
@@ -282,6 +317,23 @@ if llama:
               f"{fmt(c.get('decode_tok/s'), '.0f')} | {fmt(c.get('weight_GB/s'), '.1f')} | "
               f"{fmt(c.get('triad_GB/s'), '.1f')} | {fmt(c.get('pct_of_triad'), '.0f')} | "
               f"{fmt(c.get('GFLOP/s'), '.1f')} | {fmt(c.get('pct_of_gemm'), '.0f')} |")
+
+pairs = [("llama110m_decode", "threads:{t}", "llamacpp_decode", "threads:{t}"),
+         ("llama110m_prefill", "n:16/threads:{t}", "llamacpp_prefill", "n:16/threads:{t}")]
+rows = []
+for t in (1, 2):
+    for ours_f, ours_a, peer_f, peer_a in pairs:
+        ours, peer = pick(ours_f, ours_a.format(t=t)), pick(peer_f, peer_a.format(t=t))
+        if ours and peer and ours.get("tok/s") and peer.get("tok/s"):
+            rows.append((ours_f, t, ours["tok/s"], peer["tok/s"]))
+if rows:
+    print()
+    print("| 110M model, same shape and bytes (F32; llama.cpp reads an untied copy of the classifier, polyformer the "
+          "tied embedding) | threads | polyformer tok/s | llama.cpp tok/s | polyformer ÷ llama.cpp (decode target ≥ 1.1, "
+          "prefill ≥ 1) |")
+    print("|---|---|---|---|---|")
+    for fam, t, ours, peer in rows:
+        print(f"| {fam} | {t} | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} |")
 
 gen = os.path.join(results, "generate.t1.hyperfine.json")
 if os.path.exists(gen):

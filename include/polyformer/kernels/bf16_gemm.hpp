@@ -251,7 +251,7 @@ inline void bf16_gemm(std::size_t m, const float* x, std::size_t ldx, const Bf16
   std::uint32_t* pairs = ws.data();
   for (std::size_t i = 0; i < m; ++i) detail::bf16_pairs(x + i * ldx, k, pairs + i * kp, path);
 
-  const PackedBlocking blocking = packed_blocking(Bf16Matrix::tile, cpu().l1d_bytes, cpu().l2_bytes);
+  const PackedBlocking blocking = product_blocking(Bf16Matrix::tile, m, kp, b.panels());
   split_packed_product(m, b.panels(), 2.0 * double(m) * double(n) * double(k), threads, false,
                        [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
 #if POLYFORMER_RUNTIME_DISPATCH

@@ -181,6 +181,15 @@ constexpr PackedBlocking packed_blocking(PackedTile tile, std::size_t l1d_bytes,
   return {kc, panels};
 }
 
+/// The blocking of a product of m rows over B with `depth` steps and `panels` panels: fewer rows than the register
+/// tile (a matrix-vector product when decoding) reuse nothing of B, so B streams once, each panel read whole, one
+/// after the other (depth blocks would turn that one sequential stream into one per panel, each restarting the
+/// hardware prefetcher); more rows block for this CPU's caches (packed_blocking).
+inline PackedBlocking product_blocking(PackedTile tile, std::size_t m, std::size_t depth, std::size_t panels) noexcept {
+  if (m < static_cast<std::size_t>(tile.rows)) return {std::max<std::size_t>(depth, 1), std::max<std::size_t>(panels, 1)};
+  return packed_blocking(tile, cpu().l1d_bytes, cpu().l2_bytes);
+}
+
 namespace detail {
 
 /// What every fp32 kernel set shares: float A and B, one float a column per depth step, PackedMatrix's layout.
@@ -333,12 +342,12 @@ void split_packed_product(std::size_t m, std::size_t panels, double flops, int t
 /// C (m, n) = A (m, k) · B, plus bias (n) on every row when bias is not null, plus the old C when
 /// `accumulate`; only panels [p0, p1) of B (columns p0·panel_width() …) are computed. Rows of A and C are
 /// lda and ldc floats apart. On the calling thread with the kernels B was packed for; kernels::gemm splits
-/// panels over threads. `blocking` is chosen from this CPU's caches when left {} (tests pass small blocks).
+/// panels over threads. `blocking` is chosen by product_blocking when left {} (tests pass small blocks).
 inline void packed_gemm(std::size_t m, const float* a, std::size_t lda, const PackedMatrix& b, std::size_t p0,
                         std::size_t p1, const float* bias, bool accumulate, float* c, std::size_t ldc,
                         PackedBlocking blocking = {}) noexcept {
   if (m == 0 || p1 <= p0) return;
-  if (blocking.kc == 0 || blocking.panels == 0) blocking = packed_blocking(b.tile(), cpu().l1d_bytes, cpu().l2_bytes);
+  if (blocking.kc == 0 || blocking.panels == 0) blocking = product_blocking(b.tile(), m, b.rows(), b.panels());
   if (b.rows() == 0) {  // an empty sum: C = bias (+ C)
     for (std::size_t i = 0; i < m; ++i)
       for (std::size_t j = p0 * b.panel_width(); j < std::min(b.cols(), p1 * b.panel_width()); ++j)

@@ -54,8 +54,9 @@ double layer_norm_tol(const RefNorm& r, std::size_t n, std::size_t i, const std:
 
 TEST_CASE("kernels/layer_norm: matches scalar twin and double at every tail length", "[kernels][norm]") {
   const float eps = 1e-5f;
+  for (k::Isa isa : kt::runnable_isas("layer_norm"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     // Offset 10 with spread ±3: the two-pass variance must not cancel.
     const auto vx = kt::random_vec(n, 7.0f, 13.0f, static_cast<std::uint32_t>(600 + n));
     const auto vg = kt::random_vec(n, 0.5f, 1.5f, static_cast<std::uint32_t>(700 + n));
@@ -66,7 +67,7 @@ TEST_CASE("kernels/layer_norm: matches scalar twin and double at every tail leng
       const bool has_g = (variant & 1) != 0, has_b = (variant & 2) != 0;
       const auto ref = layer_norm_ref(vx, has_g ? &vg : nullptr, has_b ? &vb : nullptr, eps);
       kt::Guarded y(n), ys(n);
-      k::layer_norm(x.data(), y.data(), has_g ? g.data() : nullptr, has_b ? b.data() : nullptr, n, eps);
+      k::layer_norm(x.data(), y.data(), has_g ? g.data() : nullptr, has_b ? b.data() : nullptr, n, eps, isa);
       k::layer_norm_scalar(x.data(), ys.data(), has_g ? g.data() : nullptr, has_b ? b.data() : nullptr, n, eps);
       for (std::size_t i = 0; i < n; ++i) {
         const double tol = layer_norm_tol(ref, n, i, has_g ? &vg : nullptr, has_b ? &vb : nullptr);
@@ -79,14 +80,14 @@ TEST_CASE("kernels/layer_norm: matches scalar twin and double at every tail leng
 }
 
 TEST_CASE("kernels/layer_norm: in place (x == y) equals out of place", "[kernels][norm]") {
-  for (std::size_t n : {std::size_t{1}, kt::lanes - 1, kt::lanes, 2 * kt::lanes + 1, std::size_t{768}}) {
-    if (n == 0) continue;
-    CAPTURE(n);
+  for (k::Isa isa : kt::runnable_isas("layer_norm"))
+  for (std::size_t n : {std::size_t{1}, std::size_t{15}, std::size_t{16}, std::size_t{33}, std::size_t{768}}) {
+    CAPTURE(k::isa_name(isa), n);
     const auto vx = kt::random_vec(n, -2.0f, 2.0f, static_cast<std::uint32_t>(900 + n));
     const kt::Guarded x(n, vx), g(n, kt::random_vec(n, 0.5f, 1.5f, 901)), b(n, kt::random_vec(n, -1.0f, 1.0f, 902));
     kt::Guarded y(n), inplace(n, vx);
-    k::layer_norm(x.data(), y.data(), g.data(), b.data(), n, 1e-5f);
-    k::layer_norm(inplace.data(), inplace.data(), g.data(), b.data(), n, 1e-5f);
+    k::layer_norm(x.data(), y.data(), g.data(), b.data(), n, 1e-5f, isa);
+    k::layer_norm(inplace.data(), inplace.data(), g.data(), b.data(), n, 1e-5f, isa);
     for (std::size_t i = 0; i < n; ++i) CHECK(inplace[i] == y[i]);
     kt::Guarded ys(n), inplace_s(n, vx);
     k::layer_norm_scalar(x.data(), ys.data(), g.data(), b.data(), n, 1e-5f);
@@ -96,17 +97,20 @@ TEST_CASE("kernels/layer_norm: in place (x == y) equals out of place", "[kernels
 }
 
 TEST_CASE("kernels/layer_norm: constant row gives beta (variance 0, eps keeps it finite)", "[kernels][norm]") {
-  const std::size_t n = kt::lanes + 3;
+  const std::size_t n = 16 + 3;
   const kt::Guarded x(n, std::vector<float>(n, 3.25f)), b(n, kt::random_vec(n, -1.0f, 1.0f, 950));
-  kt::Guarded y(n);
-  k::layer_norm(x.data(), y.data(), nullptr, b.data(), n, 1e-5f);
-  for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == b[i]);  // the sum of equal dyadic values and sum / n are exact here
+  for (k::Isa isa : kt::runnable_isas("layer_norm")) {
+    kt::Guarded y(n);
+    k::layer_norm(x.data(), y.data(), nullptr, b.data(), n, 1e-5f, isa);
+    for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == b[i]);
+  }  // the sum of equal dyadic values and sum / n are exact here
 }
 
 TEST_CASE("kernels/rms_norm: matches scalar twin and double at every tail length", "[kernels][norm]") {
   const float eps = 1e-5f;
+  for (k::Isa isa : kt::runnable_isas("rms_norm"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto vx = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(1100 + n));
     const auto vg = kt::random_vec(n, 0.5f, 1.5f, static_cast<std::uint32_t>(1200 + n));
     const kt::Guarded x(n, vx), g(n, vg);
@@ -116,9 +120,9 @@ TEST_CASE("kernels/rms_norm: matches scalar twin and double at every tail length
     for (bool has_g : {true, false}) {
       CAPTURE(has_g);
       kt::Guarded y(n), ys(n), inplace(n, vx);
-      k::rms_norm(x.data(), y.data(), has_g ? g.data() : nullptr, n, eps);
+      k::rms_norm(x.data(), y.data(), has_g ? g.data() : nullptr, n, eps, isa);
       k::rms_norm_scalar(x.data(), ys.data(), has_g ? g.data() : nullptr, n, eps);
-      k::rms_norm(inplace.data(), inplace.data(), has_g ? g.data() : nullptr, n, eps);
+      k::rms_norm(inplace.data(), inplace.data(), has_g ? g.data() : nullptr, n, eps, isa);
       for (std::size_t i = 0; i < n; ++i) {
         const double ref = vx[i] * scale * (has_g ? vg[i] : 1.0f);
         // Σx² has only positive terms (no cancellation): the relative error of every output is the

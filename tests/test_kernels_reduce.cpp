@@ -41,8 +41,9 @@ TEST_CASE("kernels/reduce_max: all -inf stays -inf", "[kernels][reduce]") {
 }
 
 TEST_CASE("kernels/reduce_sum: matches scalar twin and double at every tail length", "[kernels][reduce]") {
+  for (k::Isa isa : kt::runnable_isas("reduce_sum"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto v = kt::random_vec(n, -1.0f, 3.0f, static_cast<std::uint32_t>(90 + n));
     const kt::Guarded x(n, v);
     double ref = 0.0, mag = 0.0;
@@ -52,7 +53,7 @@ TEST_CASE("kernels/reduce_sum: matches scalar twin and double at every tail leng
     }
     // Any summation order: |error| ≤ (n - 1)·u·Σ|x_i| (Higham §4.2).
     const double tol = static_cast<double>(n) * kt::u * mag;
-    const float s = k::reduce_sum(x.data(), n);
+    const float s = k::reduce_sum(x.data(), n, isa);
     const float ss = k::reduce_sum_scalar(x.data(), n);
     CHECK(std::fabs(s - ref) <= tol);
     CHECK(std::fabs(ss - ref) <= tol);

@@ -35,7 +35,7 @@ struct SlidingWindowOptions {
   Index window = 128;                  ///< w: keys on each side (causal: keys back), the query's own not counted
   std::vector<Index> dilation{1};      ///< D, one for every head or one per head
   std::vector<Index> global_positions; ///< positions that attend to and are attended by everything
-  Index query_block = 64;              ///< queries per tile (a tuning knob, not a semantic one)
+  Index query_block = 32;              ///< queries per tile (a tuning knob, not a semantic one)
 };
 
 /// Longformer attention. Without global positions it decodes incrementally over a WindowKVCache that keeps

@@ -3,12 +3,10 @@
 ///
 /// Algorithm: lane-parallel partial reductions folded at the end (the vertical-then-horizontal
 /// scheme of CTranslate2's `src/cpu/kernels.cc` reduce_max/reduce_sum); two accumulator batches
-/// break the add/max dependency chain. reduce_max, on every softmax row, is chosen at run time
-/// (detail/vector_kernels.hpp).
+/// break the add/max dependency chain. Chosen at run time (detail/vector_kernels.hpp).
 
 #include <cstddef>
 #include <limits>
-#include <xsimd/xsimd.hpp>
 
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/detail/vector_kernels.hpp"
@@ -36,22 +34,9 @@ inline float reduce_sum_scalar(const float* x, std::size_t n) noexcept {
   return s;
 }
 
-/// Σ x[0..n); 0 for n = 0.
-template <class Arch = xsimd::default_arch>
-inline float reduce_sum(const float* x, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  B s0(0.0f), s1(0.0f), s2(0.0f), s3(0.0f);
-  std::size_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += B::load_unaligned(x + i);
-    s1 += B::load_unaligned(x + i + L);
-    s2 += B::load_unaligned(x + i + 2 * L);
-    s3 += B::load_unaligned(x + i + 3 * L);
-  }
-  for (; i + L <= n; i += L) s0 += B::load_unaligned(x + i);
-  if (i < n) s1 += load_partial<Arch>(x + i, n - i, 0.0f);
-  return hsum<Arch>((s0 + s1) + (s2 + s3));
+/// Σ x[0..n); 0 for n = 0. `isa` picks the kernels (default: this process's, kernels::isa()).
+inline float reduce_sum(const float* x, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  return detail::with_vector_kernels(isa, [&](auto k) { return decltype(k)::reduce_sum(x, n); });
 }
 
 }  // namespace polyformer::kernels

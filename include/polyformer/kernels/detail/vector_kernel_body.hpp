@@ -4,7 +4,7 @@
 //   POLYFORMER_VECTOR_OPS      the vector operations (detail/vector_ops.hpp),
 // and undefines the three macros at its end.
 
-/// The element-wise kernels of one instruction set: exp, and the two sweeps of a softmax row.
+/// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums and the row norms.
 struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   using V = POLYFORMER_VECTOR_OPS;
   using Acc = typename V::acc;
@@ -82,6 +82,114 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
       acc1 = V::add(acc1, e);
     }
     return V::hsum(V::add(acc0, acc1));
+  }
+
+  /// Σ x[0, n) over four accumulators; 0 for n = 0.
+  POLYFORMER_VECTOR_TARGET static float reduce_sum(const float* x, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    Acc s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+    std::size_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      s0 = V::add(s0, V::load(x + i));
+      s1 = V::add(s1, V::load(x + i + L));
+      s2 = V::add(s2, V::load(x + i + 2 * L));
+      s3 = V::add(s3, V::load(x + i + 3 * L));
+    }
+    for (; i + L <= n; i += L) s0 = V::add(s0, V::load(x + i));
+    if (i < n) s1 = V::add(s1, V::load_partial(x + i, n - i));
+    return V::hsum(V::add(V::add(s0, s1), V::add(s2, s3)));
+  }
+
+  /// LayerNorm of one row by norm.hpp's definition: the mean, then the mean of squared deviations (two passes),
+  /// then y = (x − mean)·rstd·gamma + beta; gamma and beta may be null (1 and 0); x may equal y.
+  POLYFORMER_VECTOR_TARGET static void layer_norm(const float* x, float* y, const float* gamma, const float* beta,
+                                                  std::size_t n, float eps) noexcept {
+    constexpr std::size_t L = V::lanes;
+    if (n == 0) return;
+    const auto nf = static_cast<float>(n);
+    const float mean = reduce_sum(x, n) / nf;  // divide, not multiply by 1/n: one rounding
+    // Σ (x − mean)²; padding lanes hold `mean`, so they add exactly 0.
+    const Acc mb = V::broadcast_a(mean);
+    Acc s0 = V::zero(), s1 = V::zero();
+    std::size_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      const Acc d0 = V::sub(V::load(x + i), mb), d1 = V::sub(V::load(x + i + L), mb);
+      s0 = V::fma(d0, d0, s0);
+      s1 = V::fma(d1, d1, s1);
+    }
+    if (i + L <= n) {
+      const Acc d = V::sub(V::load(x + i), mb);
+      s0 = V::fma(d, d, s0);
+      i += L;
+    }
+    if (i < n) {
+      const Acc d = V::sub(V::load_partial(x + i, n - i, mean), mb);
+      s1 = V::fma(d, d, s1);
+    }
+    const float rstd = 1.0f / std::sqrt(V::hsum(V::add(s0, s1)) / nf + eps);
+    // The affine pass reads x[i] before writing y[i] at the same index, so x == y is safe.
+    if (gamma != nullptr && beta != nullptr) layer_norm_apply<true, true>(x, y, gamma, beta, n, mean, rstd);
+    else if (gamma != nullptr) layer_norm_apply<true, false>(x, y, gamma, beta, n, mean, rstd);
+    else if (beta != nullptr) layer_norm_apply<false, true>(x, y, gamma, beta, n, mean, rstd);
+    else layer_norm_apply<false, false>(x, y, gamma, beta, n, mean, rstd);
+  }
+
+  /// y = (x − mean)·rstd·gamma + beta, specialized on which affine parts exist.
+  template <bool HasGamma, bool HasBeta>
+  POLYFORMER_VECTOR_TARGET static void layer_norm_apply(const float* x, float* y, const float* gamma, const float* beta,
+                                                        std::size_t n, float mean, float rstd) noexcept {
+    constexpr std::size_t L = V::lanes;
+    const Acc mb = V::broadcast_a(mean), rb = V::broadcast_a(rstd);
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) {
+      const Acc g = HasGamma ? V::load(gamma + i) : V::zero(), b = HasBeta ? V::load(beta + i) : V::zero();
+      V::store(y + i, affine<HasGamma, HasBeta>(V::mul(V::sub(V::load(x + i), mb), rb), g, b));
+    }
+    if (i < n) {
+      const std::size_t r = n - i;
+      const Acc g = HasGamma ? V::load_partial(gamma + i, r) : V::zero(), b = HasBeta ? V::load_partial(beta + i, r) : V::zero();
+      V::store_partial(y + i, affine<HasGamma, HasBeta>(V::mul(V::sub(V::load_partial(x + i, r, mean), mb), rb), g, b), r);
+    }
+  }
+
+  /// t·g + b with the parts that exist.
+  template <bool HasGamma, bool HasBeta>
+  POLYFORMER_VECTOR_TARGET static Acc affine(Acc t, Acc g, Acc b) noexcept {
+    if constexpr (HasGamma) return HasBeta ? V::fma(t, g, b) : V::mul(t, g);
+    else return HasBeta ? V::add(t, b) : t;
+  }
+
+  /// RMSNorm of one row in llama2.c's order: scale = 1/sqrt(Σx²/n + eps), y = gamma · (scale · x); gamma may be
+  /// null (1); x may equal y.
+  POLYFORMER_VECTOR_TARGET static void rms_norm(const float* x, float* y, const float* gamma, std::size_t n,
+                                                float eps) noexcept {
+    constexpr std::size_t L = V::lanes;
+    if (n == 0) return;
+    Acc s0 = V::zero(), s1 = V::zero();
+    std::size_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      const Acc v0 = V::load(x + i), v1 = V::load(x + i + L);
+      s0 = V::fma(v0, v0, s0);
+      s1 = V::fma(v1, v1, s1);
+    }
+    if (i + L <= n) {
+      const Acc v = V::load(x + i);
+      s0 = V::fma(v, v, s0);
+      i += L;
+    }
+    if (i < n) {
+      const Acc v = V::load_partial(x + i, n - i);
+      s1 = V::fma(v, v, s1);
+    }
+    const Acc sb = V::broadcast_a(1.0f / std::sqrt(V::hsum(V::add(s0, s1)) / static_cast<float>(n) + eps));
+    for (i = 0; i + L <= n; i += L) {
+      const Acc v = V::mul(sb, V::load(x + i));
+      V::store(y + i, gamma != nullptr ? V::mul(V::load(gamma + i), v) : v);
+    }
+    if (i < n) {
+      const Acc v = V::mul(sb, V::load_partial(x + i, n - i));
+      V::store_partial(y + i, gamma != nullptr ? V::mul(V::load_partial(gamma + i, n - i), v) : v, n - i);
+    }
   }
 };
 

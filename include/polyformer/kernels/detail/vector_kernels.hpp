@@ -1,9 +1,10 @@
 #pragma once
 /// \file The element-wise kernels chosen at run time: the body detail/vector_kernel_body.hpp compiled for the
 /// build's own target (xsimd), AVX2 + FMA and AVX-512, and `with_vector_kernels`, which runs a callable with the
-/// set of a kernel family. exp.hpp and reduce.hpp expose them; the constants of exp live here.
+/// set of a kernel family. exp.hpp, reduce.hpp and norm.hpp expose them; the constants of exp live here.
 
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>

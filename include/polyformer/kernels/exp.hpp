@@ -54,8 +54,8 @@ inline float exp1(float x) noexcept {
 
 }  // namespace detail
 
-/// e^x lane-wise; -inf → 0, x > 88.72 → +inf, NaN → NaN, x < -87.34 → subnormal or 0; ≤ 2 ulp. For the build's
-/// own target (the xsimd kernels of activation.hpp use it); the run-time kernels have their own (vector_kernels.hpp).
+/// e^x lane-wise; -inf → 0, x > 88.72 → +inf, NaN → NaN, x < -87.34 → subnormal or 0; ≤ 2 ulp. The build's own
+/// instance of the run-time kernels' exp (detail/vector_kernel_body.hpp), for the xsimd kernels of activation.hpp.
 template <class Arch = xsimd::default_arch>
 inline batch_f<Arch> exp_batch(batch_f<Arch> x) noexcept {
   static_assert(std::is_same_v<Arch, xsimd::default_arch>, "exp_batch: the build's own architecture only");

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <random>
 #include <vector>
@@ -24,14 +25,21 @@ namespace polyformer::kernels::testing {
 /// Float lanes of the default architecture of this build (16 AVX-512, 8 AVX2, 4 SSE2).
 inline constexpr std::size_t lanes = lanes_v<>;
 
-/// The kernel families this CPU runs, each to be tested; the others are reported as skipped for `kernels`.
-inline std::vector<Isa> runnable_isas(const char* kernels) {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
-    if (cpu_supports(isa)) out.push_back(isa);
-    else WARN(kernels << ": skipped the " << isa_name(isa) << " kernels (this CPU lacks them)");
+/// Of the code paths `all` (an Isa, Bf16Path or Int8Path list), those this CPU runs, each to be tested; the others
+/// are reported as skipped for `kernels`, by their names (`name(path)`).
+template <class Path, class Name>
+std::vector<Path> runnable(std::initializer_list<Path> all, Name&& name, const char* kernels) {
+  std::vector<Path> out;
+  for (Path p : all) {
+    if (cpu_supports(p)) out.push_back(p);
+    else WARN(kernels << ": skipped the " << name(p) << " kernels (this CPU lacks them)");
   }
   return out;
+}
+
+/// The kernel families (Isa) this CPU runs.
+inline std::vector<Isa> runnable_isas(const char* kernels) {
+  return runnable({Isa::portable, Isa::avx2, Isa::avx512}, isa_name, kernels);
 }
 
 /// Unit roundoff of float, 2^-24.

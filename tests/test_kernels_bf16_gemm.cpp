@@ -41,11 +41,7 @@ std::uint16_t nearest_bf16(float x) {
 }
 
 std::vector<k::Bf16Path> runnable_paths() {
-  std::vector<k::Bf16Path> out;
-  for (k::Bf16Path p : {k::Bf16Path::portable, k::Bf16Path::avx512_bf16}) {
-    if (k::cpu_supports(p)) out.push_back(p);
-    else WARN("bf16_gemm: skipped the " << k::bf16_path_name(p) << " path (this CPU lacks it)");
-  }
+  auto out = k::testing::runnable({k::Bf16Path::portable, k::Bf16Path::avx512_bf16}, k::bf16_path_name, "bf16_gemm");
   if (k::cpu().amx_bf16) WARN("bf16_gemm: this CPU has AMX-BF16, for which no kernel is written yet: not tested");
   else WARN("bf16_gemm: skipped AMX-BF16 (this CPU lacks it, and no kernel is written for it yet)");
   return out;

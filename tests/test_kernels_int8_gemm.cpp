@@ -22,12 +22,8 @@ using k::testing::random_vec;
 
 /// The int8 paths this CPU runs; the others are reported as skipped.
 std::vector<k::Int8Path> runnable_paths() {
-  std::vector<k::Int8Path> out;
-  for (k::Int8Path p : {k::Int8Path::portable, k::Int8Path::avx2, k::Int8Path::avx512_vnni}) {
-    if (k::cpu_supports(p)) out.push_back(p);
-    else WARN("int8_gemm: skipped the " << k::int8_path_name(p) << " path (this CPU lacks it)");
-  }
-  return out;
+  return k::testing::runnable({k::Int8Path::portable, k::Int8Path::avx2, k::Int8Path::avx512_vnni},
+                              k::int8_path_name, "int8_gemm");
 }
 
 /// Rows quantized by the rule as the header states it, written here from that statement.

@@ -251,9 +251,10 @@ inline void bf16_gemm(std::size_t m, const float* x, std::size_t ldx, const Bf16
   std::uint32_t* pairs = ws.data();
   for (std::size_t i = 0; i < m; ++i) detail::bf16_pairs(x + i * ldx, k, pairs + i * kp, path);
 
-  const PackedBlocking blocking = product_blocking(Bf16Matrix::tile, m, kp, b.panels());
   split_packed_product(m, b.panels(), 2.0 * double(m) * double(n) * double(k), threads, false,
                        [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {
+                         // Blocked for this thread's rows, as packed_gemm blocks its own.
+                         const PackedBlocking blocking = product_blocking(Bf16Matrix::tile, r1 - r0, kp, b.panels());
 #if POLYFORMER_RUNTIME_DISPATCH
                          if (path == Bf16Path::avx512_bf16) {
                            detail::packed_gemm_blocked<detail::Avx512Bf16Kernels>(

@@ -13,6 +13,7 @@
 #include <iterator>
 #include <limits>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -226,10 +227,20 @@ V2File write_v2(const RawModel& m, bool shared, std::int32_t group) {
   put_f32s(f.bytes, m.attn_norm);
   put_f32s(f.bytes, m.ffn_norm);
   put_f32s(f.bytes, m.final_norm);
-  for (const auto* t : versioned_matrices(m, shared)) f.quantized.push_back(quantize(*t, std::size_t(group)));
-  for (const auto& q : f.quantized)
-    for (std::int8_t v : q.q) f.bytes.push_back(static_cast<unsigned char>(v));
-  for (const auto& q : f.quantized) put_f32s(f.bytes, q.scale);
+  const auto matrices = versioned_matrices(m, shared);
+  for (const auto* t : matrices) f.quantized.push_back(quantize(*t, std::size_t(group)));
+  // As llama2.c's export.py writes them (and runq.c reads them): each tensor's int8 values, then its scales.
+  // The per-layer kinds are stacked here; groups never straddle two layers (groups_align).
+  for (std::size_t k = 0; k < matrices.size(); ++k) {
+    const Quantized& q = f.quantized[k];
+    const bool per_layer = matrices[k] != &m.embedding && matrices[k] != &m.classifier;
+    const std::size_t tensors = per_layer ? m.L() : 1, each = q.q.size() / tensors, g = std::size_t(group);
+    for (std::size_t t = 0; t < tensors; ++t) {
+      for (std::size_t i = t * each; i < (t + 1) * each; ++i) f.bytes.push_back(static_cast<unsigned char>(q.q[i]));
+      put_f32s(f.bytes, std::vector<float>(q.scale.begin() + std::ptrdiff_t(t * each / g),
+                                           q.scale.begin() + std::ptrdiff_t((t + 1) * each / g)));
+    }
+  }
   return f;
 }
 
@@ -520,6 +531,82 @@ TEST_CASE("io/llama2c: a version-2 file dequantizes to q * scale of our own quan
       }
       CHECK(far == 0);
     }
+  }
+}
+
+namespace {
+
+/// Tensor t's values as this file's writer made them: the slice of the stacked reference vector of its kind, or
+/// for a version-2 matrix the writer's own dequantized values.
+std::vector<float> expected_values(const RawModel& m, const pf::io::Llama2cTensor& t, const V2File* v2, bool shared) {
+  using P = pf::io::Llama2cPart;
+  const std::vector<float>* stacked = nullptr;
+  switch (t.part) {
+    case P::embedding: stacked = &m.embedding; break;
+    case P::attn_norm: stacked = &m.attn_norm; break;
+    case P::wq: stacked = &m.wq; break;
+    case P::wk: stacked = &m.wk; break;
+    case P::wv: stacked = &m.wv; break;
+    case P::wo: stacked = &m.wo; break;
+    case P::ffn_norm: stacked = &m.ffn_norm; break;
+    case P::w1: stacked = &m.w1; break;
+    case P::w2: stacked = &m.w2; break;
+    case P::w3: stacked = &m.w3; break;
+    case P::final_norm: stacked = &m.final_norm; break;
+    case P::classifier: stacked = &m.classifier; break;
+  }
+  if (v2 != nullptr && !t.is_vector()) {
+    const auto order = versioned_matrices(m, shared);
+    const auto k = std::size_t(std::find(order.begin(), order.end(), stacked) - order.begin());
+    REQUIRE(k < order.size());
+    stacked = &v2->quantized[k].dequantized;
+  }
+  const std::size_t n = std::size_t(t.rows * t.cols), at = std::size_t(t.layer) * n;
+  REQUIRE(at + n <= stacked->size());
+  return std::vector<float>(stacked->begin() + std::ptrdiff_t(at), stacked->begin() + std::ptrdiff_t(at + n));
+}
+
+}  // namespace
+
+TEST_CASE("io/llama2c: every tensor of the layout, read in place or converted, holds the writer's values",
+          "[io][llama2c]") {
+  const RawModel stories = raw_from_legacy(pft::read_bytes(pft::shared_path("models/stories260K.bin")));
+  RawModel own_cls = random_model(4);
+  const V2File v2 = write_v2(own_cls, false, 32);
+  struct Case {
+    const char* name;
+    Bytes bytes;
+    const RawModel* model;
+    const V2File* v2;
+    bool shared;
+  };
+  const Case cases[] = {{"legacy stories260K", pft::read_bytes(pft::shared_path("models/stories260K.bin")), &stories,
+                         nullptr, true},
+                        {"version 1, own classifier", write_v1(own_cls, false), &own_cls, nullptr, false},
+                        {"version 2, own classifier", v2.bytes, &own_cls, &v2, false}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const pf::io::Llama2cLayout layout = pf::io::llama2c_layout(c.bytes, "mem.bin");
+    const std::size_t matrices = 1 + 7 * c.model->L() + (c.shared ? 0 : 1), norms = 2 * c.model->L() + 1;
+    REQUIRE(layout.tensors.size() == matrices + norms);
+    std::set<std::string> names;
+    for (const auto& t : layout.tensors) {
+      const std::string name = pf::io::llama2c_name(t);
+      INFO(name);
+      names.insert(name);
+      const std::vector<float> want = expected_values(*c.model, t, c.v2, c.shared);
+      std::vector<float> got(want.size());
+      pf::io::read_llama2c_tensor(c.bytes, layout, t, got.data());
+      CHECK(mismatches(got, want) == 0);
+      const float* in_place = pf::io::llama2c_tensor_in_place(c.bytes, layout, t);
+      const bool quantized = c.v2 != nullptr && !t.is_vector();
+      CHECK((in_place == nullptr) == quantized);  // the buffers are aligned for float
+      if (in_place != nullptr) CHECK(mismatches(std::vector<float>(in_place, in_place + want.size()), want) == 0);
+    }
+    CHECK(names.size() == layout.tensors.size());  // no name twice
+    CHECK(names.count("tok_embeddings.weight") == 1);
+    CHECK(names.count("layers.0.feed_forward.w2.weight") == 1);
+    CHECK(names.count("output.weight") == (c.shared ? 0u : 1u));
   }
 }
 

@@ -17,6 +17,7 @@
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/cached_attention.hpp"
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
@@ -167,36 +168,29 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     });
   }
 
-  /// Few queries against the cache, one task per (query, kv head): the score rows of the heads that share
-  /// the kv head are one small product Q_g·Kᵀ over the transposed keys (vectorized over keys, run to a whole
-  /// number of vectors), then each row's softmax, then head_dim dot products with the transposed values.
+  /// Few queries against the cache, one task per (query, kv head): the heads that share the kv head attend
+  /// together over its transposed keys and values (kernels/cached_attention.hpp), each key and value vector read
+  /// once for all of them.
   void decode(const AttentionShape& s, ConstMatrixView q, const KVCache& cache, const AttentionMask& mask,
               MatrixView out, Workspace& ws, const Context& ctx) const {
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index n_q = q.rows(), n_k = cache.size(), dh = s.head_dim, group = s.n_heads / s.n_kv_heads;
-    const Index tasks = n_q * s.n_kv_heads, width_max = cache.padded_size();
+    const Index tasks = n_q * s.n_kv_heads;
     const double work = static_cast<double>(n_q * s.n_heads) * static_cast<double>(n_k) * static_cast<double>(dh);
     const int t = work < 1e6 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
-    reserve_key_scores(ws, t, group * width_max);
+    reserve_key_scores(ws, t, group * n_k);
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index i = task / s.n_kv_heads, g = task % s.n_kv_heads;
-      const Index visible = mask.key_end(i, n_k), width = std::min((visible + 15) / 16 * 16, width_max);
+      const Index visible = mask.key_end(i, n_k);
       float* dst = out.data() + i * out.outerStride() + g * group * dh;  // the group's heads are adjacent
       if (visible == 0) {
         std::fill(dst, dst + group * dh, 0.0f);  // a query that sees no key
         return;
       }
-      MatrixView scores(ws.scratch[std::size_t(thread)].key_scores.data(), group, width, Eigen::OuterStride<>(width));
-      const ConstMatrixView qg(q.data() + i * q.outerStride() + g * group * dh, group, dh, Eigen::OuterStride<>(dh));
-      kernels::gemm(qg, cache.keys_t(g, width), kernels::Transpose::no, scores, s.scale, 0.0f, 1);
-      const ConstMatrixView vt = cache.values_t(g, width);
-      for (Index r = 0; r < group; ++r) {
-        float* row = scores.data() + r * width;
-        std::fill(row + visible, row + width, neg_inf);
-        const float sum = softmax_numerators(row, width);
-        for (Index d = 0; d < dh; ++d)
-          dst[r * dh + d] = kernels::dot(row, vt.data() + d * vt.outerStride(), std::size_t(width)) / sum;
-      }
+      const ConstMatrixView kt = cache.keys_t(g), vt = cache.values_t(g);
+      const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+      kernels::attend_transposed(u(group), u(dh), u(visible), s.scale, q.data() + i * q.outerStride() + g * group * dh,
+                                 u(dh), kt.data(), vt.data(), u(kt.outerStride()),
+                                 ws.scratch[std::size_t(thread)].key_scores.data(), u(n_k), dst, u(dh));
     });
   }
 

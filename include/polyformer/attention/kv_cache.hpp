@@ -22,11 +22,11 @@ class KVCache {
     if (capacity < 1 || n_kv_heads < 1 || head_dim < 1)
       throw config_error(detail::cat("KVCache: capacity ", capacity, ", kv heads ", n_kv_heads, ", head_dim ",
                                      head_dim, ", expected all >= 1"));
-    // Transposed rows padded to 16 floats, and kept off multiples of 4 KiB apart (L1 set aliasing).
+    // Transposed rows start at multiples of 16 floats, kept off multiples of 4 KiB apart (L1 set aliasing).
     Index stride = (capacity + 15) / 16 * 16;
     if (stride % 1024 == 0) stride += 16;
-    // Left unwritten: append() writes every column before it is read (and zeroes the padding it exposes), so
-    // a large cache's pages are first touched as positions arrive, not all at construction.
+    // Left unwritten: append() writes every column before it is read, so a large cache's pages are first
+    // touched as positions arrive, not all at construction.
     keys_t_.resize(n_kv_heads * head_dim, stride);
     values_t_.resize(n_kv_heads * head_dim, stride);
     values_.resize(n_kv_heads * capacity, head_dim);
@@ -54,33 +54,29 @@ class KVCache {
     check_shape(v, k.rows(), kv_dim(), "KVCache::append", "values");
     const Index n = k.rows();
     check_room(n, "KVCache::append");
-    for (Index g = 0; g < n_kv_heads_; ++g) {
+    for (Index g = 0; g < n_kv_heads_; ++g)
       block(view(values_), g * capacity_ + size_, 0, n, head_dim_) = block(v, 0, g * head_dim_, n, head_dim_);
-      block(view(keys_t_), g * head_dim_, size_, head_dim_, n) = block(k, 0, g * head_dim_, n, head_dim_).transpose();
-      block(view(values_t_), g * head_dim_, size_, head_dim_, n) = block(v, 0, g * head_dim_, n, head_dim_).transpose();
+    // Position by position into the transposed layouts: one strided column each (a decoding step appends one).
+    const Index kvd = kv_dim(), kt_stride = keys_t_.cols(), vt_stride = values_t_.cols();
+    for (Index i = 0; i < n; ++i) {
+      const float* kr = k.data() + i * k.outerStride();
+      const float* vr = v.data() + i * v.outerStride();
+      float* kc = keys_t_.data() + size_ + i;
+      float* vc = values_t_.data() + size_ + i;
+      for (Index f = 0; f < kvd; ++f) {
+        kc[f * kt_stride] = kr[f];
+        vc[f * vt_stride] = vr[f];
+      }
     }
     size_ += n;
-    // Columns up to padded_size() are read by whole-vector kernels: keep them zero, whatever an earlier
-    // sequence left there (they share cache lines with the columns just written).
-    const Index pad_end = padded_size();
-    if (pad_end > size_)
-      for (Matrix* m : {&keys_t_, &values_t_}) block(view(*m), 0, size_, m->rows(), pad_end - size_).setZero();
   }
 
-  /// Columns the transposed views may span: size() rounded up to 16 (the columns past size() hold zeros),
-  /// for kernels that run over whole vectors.
-  Index padded_size() const noexcept { return std::min<Index>((size_ + 15) / 16 * 16, keys_t_.cols()); }
-
-  /// Keys of kv head g, transposed: (head_dim, cols) with cols = size() by default, up to padded_size().
-  ConstMatrixView keys_t(Index g, Index cols = -1) const {
-    return block(view(keys_t_), g * head_dim_, 0, head_dim_, cols < 0 ? size_ : cols);
-  }
+  /// Keys of kv head g, transposed: (head_dim, size()), rows further apart than size().
+  ConstMatrixView keys_t(Index g) const { return block(view(keys_t_), g * head_dim_, 0, head_dim_, size_); }
   /// Values of kv head g: (size(), head_dim), rows head_dim apart.
   ConstMatrixView values(Index g) const { return block(view(values_), g * capacity_, 0, size_, head_dim_); }
-  /// Values of kv head g, transposed: (head_dim, cols) as keys_t.
-  ConstMatrixView values_t(Index g, Index cols = -1) const {
-    return block(view(values_t_), g * head_dim_, 0, head_dim_, cols < 0 ? size_ : cols);
-  }
+  /// Values of kv head g, transposed: (head_dim, size()) as keys_t.
+  ConstMatrixView values_t(Index g) const { return block(view(values_t_), g * head_dim_, 0, head_dim_, size_); }
 
  private:
   Index n_kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, size_ = 0;

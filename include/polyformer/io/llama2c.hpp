@@ -9,15 +9,17 @@
 ///   shared_classifier), then fp32 norms (attention, FFN, final), embedding, wq, wk, wv, wo, w1, w2, w3 and,
 ///   unless shared, the classifier;
 /// - version 2: the same header plus an int32 group size after the flag; fp32 norms, then every matrix of
-///   version 1 as int8 (row-major), then the fp32 scales of all of them (one per group of `group_size`
-///   consecutive values): Q8_0 quantization, dequantized here to float on load.
+///   version 1 as int8 (row-major), each followed by its fp32 scales (one per group of `group_size` consecutive
+///   values), as export.py writes and runq.c reads them: Q8_0 quantization, dequantized here to float on load.
 /// The file's size must be exactly what its header implies; nothing is read before that is checked.
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "polyformer/core/error.hpp"
@@ -81,6 +83,50 @@ struct LlamaWeights {
   Matrix classifier;                ///< (vocab_size, dim); empty when config.shared_classifier
 };
 
+/// What a tensor of a llama2.c checkpoint is (llama2c_name gives its model.py name).
+enum class Llama2cPart { embedding, attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3, final_norm, classifier };
+
+/// One tensor of a checkpoint: which, of which layer, its shape, and where its values lie in the file.
+struct Llama2cTensor {
+  Llama2cPart part = Llama2cPart::embedding;
+  Index layer = 0;                  ///< for the per-layer parts
+  Index rows = 0, cols = 0;         ///< (rows, cols); a norm is (1, dim)
+  std::size_t offset = 0;           ///< bytes: its fp32 values, or its int8 values in version 2
+  std::size_t scales_offset = 0;    ///< version 2: its fp32 group scales
+  bool is_vector() const noexcept {
+    return part == Llama2cPart::attn_norm || part == Llama2cPart::ffn_norm || part == Llama2cPart::final_norm;
+  }
+};
+
+/// A checkpoint's header and where each of its tensors lies, every size checked against the file's.
+struct Llama2cLayout {
+  LlamaConfig config;
+  int version = 0;         ///< 0 legacy, 1 fp32, 2 Q8_0
+  Index group_size = 0;    ///< version 2 only
+  std::vector<Llama2cTensor> tensors;  // in file order
+};
+
+/// llama2.c model.py's name of a tensor: "tok_embeddings.weight", "layers.<i>.attention.wq.weight", …,
+/// "layers.<i>.feed_forward.w2.weight", "layers.<i>.attention_norm.weight", "norm.weight", "output.weight".
+inline std::string llama2c_name(const Llama2cTensor& t) {
+  const std::string layer = detail::cat("layers.", t.layer, ".");
+  switch (t.part) {
+    case Llama2cPart::embedding: return "tok_embeddings.weight";
+    case Llama2cPart::attn_norm: return layer + "attention_norm.weight";
+    case Llama2cPart::wq: return layer + "attention.wq.weight";
+    case Llama2cPart::wk: return layer + "attention.wk.weight";
+    case Llama2cPart::wv: return layer + "attention.wv.weight";
+    case Llama2cPart::wo: return layer + "attention.wo.weight";
+    case Llama2cPart::ffn_norm: return layer + "ffn_norm.weight";
+    case Llama2cPart::w1: return layer + "feed_forward.w1.weight";
+    case Llama2cPart::w2: return layer + "feed_forward.w2.weight";
+    case Llama2cPart::w3: return layer + "feed_forward.w3.weight";
+    case Llama2cPart::final_norm: return "norm.weight";
+    case Llama2cPart::classifier: return "output.weight";
+  }
+  return {};
+}
+
 namespace detail {
 
 using polyformer::detail::cat;
@@ -103,66 +149,33 @@ inline float read_f32(const unsigned char* p) noexcept {
   return f;
 }
 
-/// Reads consecutive tensors from a byte range whose total size was checked against the header first;
-/// every take() still checks its own bounds, so a miscounted layout throws instead of reading past the end.
+/// Lays out consecutive tensors from an offset in a byte range whose total size was checked against the header
+/// first; every step still checks its own bounds, so a miscounted layout throws instead of pointing past the end.
 class Llama2cCursor {
  public:
-  Llama2cCursor(std::span<const unsigned char> bytes, std::size_t offset, const std::string& label)
-      : bytes_(bytes), offset_(offset), label_(label) {}
+  Llama2cCursor(std::size_t size, std::size_t offset, const std::string& label)
+      : size_(size), offset_(offset), label_(label) {}
 
-  std::size_t offset() const noexcept { return offset_; }
-
-  /// The next `count` fp32 values as (rows, cols).
-  Matrix matrix(Index rows, Index cols, const char* what) {
-    Matrix m(rows, cols);
-    const unsigned char* p = take(static_cast<std::size_t>(rows * cols) * 4, what);
-    float* dst = m.data();
-    for (Index i = 0; i < rows * cols; ++i) dst[i] = read_f32(p + 4 * i);
-    return m;
-  }
-  Vector vector(Index n, const char* what) {
-    Matrix m = matrix(1, n, what);
-    return Vector(m.row(0).transpose());
-  }
-  /// Skips `n` bytes.
-  void skip(std::size_t n, const char* what) { take(n, what); }
-  /// The next `n` bytes.
-  const unsigned char* take(std::size_t n, const char* what) {
-    if (n > bytes_.size() || offset_ > bytes_.size() - n)
+  /// The offset of the next n bytes, which it passes.
+  std::size_t take(std::size_t n, const char* what) {
+    if (n > size_ || offset_ > size_ - n)
       throw format_error(cat("llama2c: ", label_, ": ", what, " needs ", n, " bytes at offset ", offset_,
-                             " but the file has ", bytes_.size()));
-    const unsigned char* p = bytes_.data() + offset_;
+                             " but the file has ", size_));
+    const std::size_t at = offset_;
     offset_ += n;
-    return p;
+    return at;
+  }
+  /// A tensor of (rows, cols) values of `bytes_each` bytes here.
+  Llama2cTensor tensor(Llama2cPart part, Index layer, Index rows, Index cols, std::size_t bytes_each, const char* what) {
+    Llama2cTensor t{part, layer, rows, cols, 0, 0};
+    t.offset = take(static_cast<std::size_t>(rows * cols) * bytes_each, what);
+    return t;
   }
 
  private:
-  std::span<const unsigned char> bytes_;
-  std::size_t offset_;
+  std::size_t size_, offset_;
   const std::string& label_;
 };
-
-/// Floats of every matrix in the order the versioned formats store them (embedding, wq…w3, classifier).
-inline std::vector<std::pair<const char*, std::pair<Index, Index>>> llama2c_matrix_shapes(const LlamaConfig& c) {
-  const Index L = c.n_layers, d = c.dim, q = c.n_heads * c.head_dim(), kv = c.kv_dim(), h = c.hidden_dim;
-  std::vector<std::pair<const char*, std::pair<Index, Index>>> out;
-  out.push_back({"token_embedding", {c.vocab_size, d}});
-  for (auto [name, r, cols] : {std::tuple<const char*, Index, Index>{"wq", q, d}, {"wk", kv, d}, {"wv", kv, d},
-                               {"wo", d, q}, {"w1", h, d}, {"w2", d, h}, {"w3", h, d}})
-    for (Index l = 0; l < L; ++l) out.push_back({name, {r, cols}});
-  if (!c.shared_classifier) out.push_back({"classifier", {c.vocab_size, d}});
-  return out;
-}
-
-/// Distributes the matrices read in versioned order into `w`.
-inline void llama2c_assign(LlamaWeights& w, std::vector<Matrix>&& mats) {
-  const std::size_t L = static_cast<std::size_t>(w.config.n_layers);
-  std::size_t i = 0;
-  w.token_embedding = std::move(mats[i++]);
-  for (std::vector<Matrix>* dst : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w1, &w.w2, &w.w3})
-    for (std::size_t l = 0; l < L; ++l) dst->push_back(std::move(mats[i++]));
-  if (!w.config.shared_classifier) w.classifier = std::move(mats[i++]);
-}
 
 inline std::string llama2c_size_error(const std::string& label, std::size_t found, std::uint64_t expected,
                                       const LlamaConfig& c, int version) {
@@ -174,29 +187,30 @@ inline std::string llama2c_size_error(const std::string& label, std::size_t foun
 
 }  // namespace detail
 
-/// Parses a llama2.c checkpoint held in memory; `label` names it in messages (usually the path).
-/// Throws format_error for a truncated file, a bad header or a size that does not match the header,
-/// config_error for an unusable config.
-inline LlamaWeights parse_llama2c(std::span<const unsigned char> bytes, const std::string& label) {
+/// Reads a llama2.c checkpoint's header from its bytes and lays out its tensors; `label` names it in messages
+/// (usually the path). Throws format_error for a truncated file, a bad header or a size that does not match the
+/// header, config_error for an unusable config. Nothing past the header is read.
+inline Llama2cLayout llama2c_layout(std::span<const unsigned char> bytes, const std::string& label) {
   using detail::cat;
+  using P = Llama2cPart;
   constexpr std::size_t legacy_header = 7 * 4;
   if (bytes.size() < legacy_header)
     throw format_error(cat("llama2c: ", label, ": file has ", bytes.size(), " bytes, expected at least ",
                            legacy_header, " for the header"));
-  LlamaWeights w;
+  Llama2cLayout out;
   const bool versioned = static_cast<std::uint32_t>(detail::read_i32(bytes.data())) == detail::llama2c_magic;
   std::size_t header_at = 0;
   if (versioned) {
     if (bytes.size() < detail::llama2c_header_bytes)
       throw format_error(cat("llama2c: ", label, ": file has ", bytes.size(), " bytes, expected at least ",
                              detail::llama2c_header_bytes, " for the versioned header"));
-    w.version = detail::read_i32(bytes.data() + 4);
-    if (w.version != 1 && w.version != 2)
-      throw format_error(cat("llama2c: ", label, ": version is ", w.version, " at offset 4, expected 1 or 2"));
+    out.version = detail::read_i32(bytes.data() + 4);
+    if (out.version != 1 && out.version != 2)
+      throw format_error(cat("llama2c: ", label, ": version is ", out.version, " at offset 4, expected 1 or 2"));
     header_at = 8;
   }
   const auto field = [&](int i) { return static_cast<Index>(detail::read_i32(bytes.data() + header_at + 4 * i)); };
-  LlamaConfig& c = w.config;
+  LlamaConfig& c = out.config;
   c.dim = field(0);
   c.hidden_dim = field(1);
   c.n_layers = field(2);
@@ -214,78 +228,142 @@ inline LlamaWeights parse_llama2c(std::span<const unsigned char> bytes, const st
     c.shared_classifier = c.vocab_size > 0;
     if (c.vocab_size < 0) c.vocab_size = -c.vocab_size;
   }
-  if (w.version == 2) w.group_size = static_cast<Index>(detail::read_i32(bytes.data() + header_at + 29));
+  if (out.version == 2) out.group_size = static_cast<Index>(detail::read_i32(bytes.data() + header_at + 29));
   c.validate(cat("llama2c: ", label, ": header"));
 
-  const std::uint64_t L = std::uint64_t(c.n_layers), d = std::uint64_t(c.dim);
-  const std::uint64_t norm_floats = (2 * L + 1) * d;
+  const Index L = c.n_layers, d = c.dim, q = c.n_heads * c.head_dim(), kv = c.kv_dim(), h = c.hidden_dim;
+  // The matrices in the order the versioned formats store them (embedding, wq … w3, classifier).
+  std::vector<Llama2cTensor> matrices;
+  matrices.push_back({P::embedding, 0, c.vocab_size, d});
+  for (auto [part, rows, cols] : {std::tuple<P, Index, Index>{P::wq, q, d}, {P::wk, kv, d}, {P::wv, kv, d},
+                                  {P::wo, d, q}, {P::w1, h, d}, {P::w2, d, h}, {P::w3, h, d}})
+    for (Index l = 0; l < L; ++l) matrices.push_back({part, l, rows, cols});
+  if (!c.shared_classifier) matrices.push_back({P::classifier, 0, c.vocab_size, d});
+  const std::uint64_t norm_floats = (2 * std::uint64_t(L) + 1) * std::uint64_t(d);
   std::uint64_t matrix_floats = 0;
-  const auto shapes = detail::llama2c_matrix_shapes(c);
-  for (const auto& s : shapes) matrix_floats += std::uint64_t(s.second.first) * std::uint64_t(s.second.second);
+  for (const auto& m : matrices) matrix_floats += std::uint64_t(m.rows) * std::uint64_t(m.cols);
 
-  if (w.version == 0) {
+  if (out.version == 0) {
     const std::uint64_t rope = std::uint64_t(c.seq_len) * std::uint64_t(c.head_dim());  // cos and sin halves
     const std::uint64_t expected = legacy_header + 4 * (norm_floats + matrix_floats + rope);
     if (bytes.size() != expected) throw format_error(detail::llama2c_size_error(label, bytes.size(), expected, c, 0));
-    detail::Llama2cCursor in(bytes, legacy_header, label);
-    const Index q = c.n_heads * c.head_dim(), kv = c.kv_dim(), h = c.hidden_dim;
-    w.token_embedding = in.matrix(c.vocab_size, c.dim, "token_embedding");
-    for (Index l = 0; l < c.n_layers; ++l) w.attn_norm.push_back(in.vector(c.dim, "rms_att_weight"));
-    for (Index l = 0; l < c.n_layers; ++l) w.wq.push_back(in.matrix(q, c.dim, "wq"));
-    for (Index l = 0; l < c.n_layers; ++l) w.wk.push_back(in.matrix(kv, c.dim, "wk"));
-    for (Index l = 0; l < c.n_layers; ++l) w.wv.push_back(in.matrix(kv, c.dim, "wv"));
-    for (Index l = 0; l < c.n_layers; ++l) w.wo.push_back(in.matrix(c.dim, q, "wo"));
-    for (Index l = 0; l < c.n_layers; ++l) w.ffn_norm.push_back(in.vector(c.dim, "rms_ffn_weight"));
-    for (Index l = 0; l < c.n_layers; ++l) w.w1.push_back(in.matrix(h, c.dim, "w1"));
-    for (Index l = 0; l < c.n_layers; ++l) w.w2.push_back(in.matrix(c.dim, h, "w2"));
-    for (Index l = 0; l < c.n_layers; ++l) w.w3.push_back(in.matrix(h, c.dim, "w3"));
-    w.final_norm = in.vector(c.dim, "rms_final_weight");
-    in.skip(static_cast<std::size_t>(rope) * 4, "freq_cis tables");
-    if (!c.shared_classifier) w.classifier = in.matrix(c.vocab_size, c.dim, "wcls");
-    return w;
+    detail::Llama2cCursor in(bytes.size(), legacy_header, label);
+    auto& t = out.tensors;
+    t.push_back(in.tensor(P::embedding, 0, c.vocab_size, d, 4, "token_embedding"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::attn_norm, l, 1, d, 4, "rms_att_weight"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::wq, l, q, d, 4, "wq"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::wk, l, kv, d, 4, "wk"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::wv, l, kv, d, 4, "wv"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::wo, l, d, q, 4, "wo"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::ffn_norm, l, 1, d, 4, "rms_ffn_weight"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::w1, l, h, d, 4, "w1"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::w2, l, d, h, 4, "w2"));
+    for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::w3, l, h, d, 4, "w3"));
+    t.push_back(in.tensor(P::final_norm, 0, 1, d, 4, "rms_final_weight"));
+    in.take(static_cast<std::size_t>(rope) * 4, "freq_cis tables");
+    if (!c.shared_classifier) t.push_back(in.tensor(P::classifier, 0, c.vocab_size, d, 4, "wcls"));
+    return out;
   }
 
   std::uint64_t expected = detail::llama2c_header_bytes + 4 * norm_floats;
-  if (w.version == 1) {
+  if (out.version == 1) {
     expected += 4 * matrix_floats;
   } else {
-    if (w.group_size < 1)
-      throw format_error(cat("llama2c: ", label, ": group size is ", w.group_size, " at offset ", header_at + 29,
+    if (out.group_size < 1)
+      throw format_error(cat("llama2c: ", label, ": group size is ", out.group_size, " at offset ", header_at + 29,
                              ", expected >= 1"));
-    for (const auto& s : shapes) {
-      const std::uint64_t n = std::uint64_t(s.second.first) * std::uint64_t(s.second.second);
-      if (n % std::uint64_t(w.group_size) != 0)
-        throw format_error(cat("llama2c: ", label, ": ", s.first, " has ", n, " values, not a multiple of the group size ",
-                               w.group_size));
-      expected += n + 4 * (n / std::uint64_t(w.group_size));
+    for (const auto& m : matrices) {
+      const std::uint64_t n = std::uint64_t(m.rows) * std::uint64_t(m.cols);
+      if (n % std::uint64_t(out.group_size) != 0)
+        throw format_error(cat("llama2c: ", label, ": ", llama2c_name(m), " has ", n,
+                               " values, not a multiple of the group size ", out.group_size));
+      expected += n + 4 * (n / std::uint64_t(out.group_size));
     }
   }
-  if (bytes.size() != expected) throw format_error(detail::llama2c_size_error(label, bytes.size(), expected, c, w.version));
+  if (bytes.size() != expected)
+    throw format_error(detail::llama2c_size_error(label, bytes.size(), expected, c, out.version));
 
-  detail::Llama2cCursor in(bytes, detail::llama2c_header_bytes, label);
-  for (Index l = 0; l < c.n_layers; ++l) w.attn_norm.push_back(in.vector(c.dim, "attention_norm"));
-  for (Index l = 0; l < c.n_layers; ++l) w.ffn_norm.push_back(in.vector(c.dim, "ffn_norm"));
-  w.final_norm = in.vector(c.dim, "norm");
-  std::vector<Matrix> mats;
-  mats.reserve(shapes.size());
-  if (w.version == 1) {
-    for (const auto& s : shapes) mats.push_back(in.matrix(s.second.first, s.second.second, s.first));
-  } else {
-    // All int8 values first, then all scales: dequantize value i of a tensor as q[i] · scale[i / group_size].
-    std::vector<const unsigned char*> quants;
-    for (const auto& s : shapes) quants.push_back(in.take(static_cast<std::size_t>(s.second.first * s.second.second), s.first));
-    for (std::size_t t = 0; t < shapes.size(); ++t) {
-      const Index rows = shapes[t].second.first, cols = shapes[t].second.second, n = rows * cols;
-      const unsigned char* scales = in.take(static_cast<std::size_t>(n / w.group_size) * 4, "scales");
-      Matrix m(rows, cols);
-      for (Index i = 0; i < n; ++i) {
-        const auto q = static_cast<std::int8_t>(quants[t][i]);
-        m.data()[i] = static_cast<float>(q) * detail::read_f32(scales + 4 * (i / w.group_size));
-      }
-      mats.push_back(std::move(m));
+  detail::Llama2cCursor in(bytes.size(), detail::llama2c_header_bytes, label);
+  auto& t = out.tensors;
+  for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::attn_norm, l, 1, d, 4, "attention_norm"));
+  for (Index l = 0; l < L; ++l) t.push_back(in.tensor(P::ffn_norm, l, 1, d, 4, "ffn_norm"));
+  t.push_back(in.tensor(P::final_norm, 0, 1, d, 4, "norm"));
+  for (const auto& m : matrices) {
+    if (out.version == 1) {
+      t.push_back(in.tensor(m.part, m.layer, m.rows, m.cols, 4, "matrix"));
+    } else {  // its int8 values, then its scales
+      t.push_back(in.tensor(m.part, m.layer, m.rows, m.cols, 1, "matrix"));
+      t.back().scales_offset = in.take(static_cast<std::size_t>(m.rows * m.cols / out.group_size) * 4, "scales");
     }
   }
-  detail::llama2c_assign(w, std::move(mats));
+  return out;
+}
+
+/// Tensor t's rows·cols values into dst: fp32 decoded, or in version 2 each int8 value q[i] times the scale of its
+/// group, scale[i / group_size]. `bytes` are those `layout` was made from.
+inline void read_llama2c_tensor(std::span<const unsigned char> bytes, const Llama2cLayout& layout,
+                                const Llama2cTensor& t, float* dst) noexcept {
+  const Index n = t.rows * t.cols;
+  const unsigned char* p = bytes.data() + t.offset;
+  if (layout.version == 2 && !t.is_vector()) {
+    const unsigned char* scales = bytes.data() + t.scales_offset;
+    for (Index i = 0; i < n; ++i)
+      dst[i] = static_cast<float>(static_cast<std::int8_t>(p[i])) * detail::read_f32(scales + 4 * (i / layout.group_size));
+    return;
+  }
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(dst, p, static_cast<std::size_t>(n) * 4);
+  } else {
+    for (Index i = 0; i < n; ++i) dst[i] = detail::read_f32(p + 4 * i);
+  }
+}
+
+/// Tensor t's floats where they lie in `bytes`, when the file stores them as this machine's floats (fp32 on a
+/// little-endian host, at an address aligned for float); nullptr otherwise (version-2 matrices, for one), when
+/// read_llama2c_tensor converts them instead.
+inline const float* llama2c_tensor_in_place(std::span<const unsigned char> bytes, const Llama2cLayout& layout,
+                                            const Llama2cTensor& t) noexcept {
+  if (std::endian::native != std::endian::little || (layout.version == 2 && !t.is_vector())) return nullptr;
+  const unsigned char* p = bytes.data() + t.offset;
+  if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) != 0) return nullptr;
+  return reinterpret_cast<const float*>(p);
+}
+
+/// Parses a llama2.c checkpoint held in memory into float matrices; `label` names it in messages (usually the
+/// path). Throws as llama2c_layout does.
+inline LlamaWeights parse_llama2c(std::span<const unsigned char> bytes, const std::string& label) {
+  const Llama2cLayout layout = llama2c_layout(bytes, label);
+  LlamaWeights w;
+  w.config = layout.config;
+  w.version = layout.version;
+  w.group_size = layout.group_size;
+  const std::size_t L = static_cast<std::size_t>(layout.config.n_layers);
+  for (auto* list : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w1, &w.w2, &w.w3}) list->resize(L);
+  w.attn_norm.resize(L);
+  w.ffn_norm.resize(L);
+  for (const Llama2cTensor& t : layout.tensors) {
+    const auto l = static_cast<std::size_t>(t.layer);
+    if (t.is_vector()) {
+      Vector& v = t.part == Llama2cPart::attn_norm ? w.attn_norm[l] : t.part == Llama2cPart::ffn_norm ? w.ffn_norm[l] : w.final_norm;
+      v.resize(t.cols);
+      read_llama2c_tensor(bytes, layout, t, v.data());
+      continue;
+    }
+    Matrix* m = nullptr;
+    switch (t.part) {
+      case Llama2cPart::embedding: m = &w.token_embedding; break;
+      case Llama2cPart::wq: m = &w.wq[l]; break;
+      case Llama2cPart::wk: m = &w.wk[l]; break;
+      case Llama2cPart::wv: m = &w.wv[l]; break;
+      case Llama2cPart::wo: m = &w.wo[l]; break;
+      case Llama2cPart::w1: m = &w.w1[l]; break;
+      case Llama2cPart::w2: m = &w.w2[l]; break;
+      case Llama2cPart::w3: m = &w.w3[l]; break;
+      default: m = &w.classifier; break;
+    }
+    m->resize(t.rows, t.cols);
+    read_llama2c_tensor(bytes, layout, t, m->data());
+  }
   return w;
 }
 

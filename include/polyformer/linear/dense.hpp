@@ -55,15 +55,8 @@ class Dense {
   }
   const kernels::PackedMatrix& packed_weight() const noexcept { return packed_; }  ///< Wᵀ, packed
 
-  /// Replaces the weight (out, in) — the same shape as before, if any — and packs it.
-  void set_weight(const Matrix& weight) {
-    if (packed_.size() != 0 && (weight.rows() != out_features() || weight.cols() != in_features()))
-      throw shape_error(detail::cat("Dense::set_weight: weight has shape ", detail::shape_str(weight.rows(), weight.cols()),
-                                    ", expected ", detail::shape_str(out_features(), in_features())));
-    packed_ = kernels::PackedMatrix::pack_transposed(weight.data(), static_cast<std::size_t>(weight.rows()),
-                                                     static_cast<std::size_t>(weight.cols()),
-                                                     static_cast<std::size_t>(weight.cols()));
-  }
+  /// Replaces the weight (out, in) — the same shape as before, if any — and packs it into the storage it had.
+  void set_weight(const Matrix& weight) { repack(weight.data(), weight.rows(), weight.cols()); }
   const Vector& bias() const noexcept { return bias_; }  ///< (out) or empty
   Vector& bias() noexcept { return bias_; }
 
@@ -71,7 +64,7 @@ class Dense {
   void parameters(ParameterList& list, const std::string& prefix) {
     list.add({prefix + "weight", {out_features(), in_features()},
               [this](float* out) { packed_.unpack_transposed(out, static_cast<std::size_t>(in_features())); },
-              [this](const float* in) { set_weight(Eigen::Map<const Matrix>(in, out_features(), in_features())); }});
+              [this](const float* in) { repack(in, out_features(), in_features()); }});
     if (has_bias_) list.add_vector(prefix + "bias", bias_);
   }
 
@@ -83,6 +76,15 @@ class Dense {
   }
 
  private:
+  /// Packs the weight w (out, in), row-major and contiguous, reusing the packed storage (set_weight's check).
+  void repack(const float* w, Index out, Index in) {
+    if (packed_.size() != 0 && (out != out_features() || in != in_features()))
+      throw shape_error(detail::cat("Dense::set_weight: weight has shape ", detail::shape_str(out, in), ", expected ",
+                                    detail::shape_str(out_features(), in_features())));
+    const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+    packed_.repack_transposed(w, u(out), u(in), u(in));
+  }
+
   kernels::PackedMatrix packed_;  // Wᵀ (in, out) in micro-kernel panels
   Vector bias_;                   // (out) or empty
   bool has_bias_ = false;

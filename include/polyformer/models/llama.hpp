@@ -5,6 +5,7 @@
 /// llama2.c checkpoints.
 
 #include <concepts>
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
@@ -315,10 +316,32 @@ Llama<Attn, Lin> make_llama(const io::LlamaWeights& w, const Attn& attention = A
 
 /// Reads a llama2.c checkpoint (legacy, version 1 or 2) into a Llama over linear policy `Lin` and attention
 /// policy `attention`: `load_llama2c(path)`, `load_llama2c<Int8>(path)`, `load_llama2c(path, SlidingWindow(64))`.
+/// Float tensors go from the file's mapping straight into the model's layers (no float copy of the checkpoint on
+/// the way); version-2 (Q8_0) matrices are dequantized one at a time.
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
 Llama<Attn, Lin> load_llama2c(const std::string& path, const Attn& attention = Attn{}) {
-  return make_llama<Lin>(io::read_llama2c(path), attention);
+  const io::detail::ByteBuffer file = io::detail::map_file(path, "llama2c");
+  const std::span<const unsigned char> bytes(file.data(), file.size());
+  const io::Llama2cLayout layout = io::llama2c_layout(bytes, path);
+  auto model = make_llama<Lin>(layout.config, attention);
+  TensorRefs tensors;
+  std::vector<std::vector<float>> converted;  // the tensors not stored as this machine's floats
+  converted.reserve(layout.tensors.size());
+  for (const io::Llama2cTensor& t : layout.tensors) {
+    const float* data = io::llama2c_tensor_in_place(bytes, layout, t);
+    if (data == nullptr) {
+      converted.emplace_back(static_cast<std::size_t>(t.rows * t.cols));
+      io::read_llama2c_tensor(bytes, layout, t, converted.back().data());
+      data = converted.back().data();
+    }
+    std::vector<std::int64_t> shape = t.is_vector() ? std::vector<std::int64_t>{t.cols} : std::vector<std::int64_t>{t.rows, t.cols};
+    tensors[io::llama2c_name(t)] = TensorRef{std::move(shape), data};
+  }
+  if (layout.config.shared_classifier && model.classifier() != nullptr)  // a tied classifier of its own
+    tensors["output.weight"] = tensors.at("tok_embeddings.weight");
+  load_state_dict(parameters_of(model), tensors);
+  return model;
 }
 
 }  // namespace polyformer

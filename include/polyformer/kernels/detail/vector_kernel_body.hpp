@@ -4,7 +4,8 @@
 //   POLYFORMER_VECTOR_OPS      the vector operations (detail/vector_ops.hpp),
 // and undefines the three macros at its end.
 
-/// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums and the row norms.
+/// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums, the row norms, and
+/// decoding attention over transposed keys and values.
 struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   using V = POLYFORMER_VECTOR_OPS;
   using Acc = typename V::acc;
@@ -190,6 +191,149 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
       const Acc v = V::mul(sb, V::load_partial(x + i, n - i));
       V::store_partial(y + i, gamma != nullptr ? V::mul(V::load_partial(gamma + i, n - i), v) : v, n - i);
     }
+  }
+
+  /// Softmax attention of `rows` queries that share one key/value head over its first n positions, stored
+  /// transposed: keys_t and values_t (head_dim, n…) with rows ld floats apart. scores (rows, n…), rows lds apart,
+  /// is scratch; out (rows, head_dim), rows ldo apart, gets Σ_j softmax_j(scale·q_r·k_j)·v_j. n ≥ 1.
+  POLYFORMER_VECTOR_TARGET static void attend_transposed(std::size_t rows, std::size_t head_dim, std::size_t n,
+                                                         float scale, const float* q, std::size_t ldq,
+                                                         const float* keys_t, const float* values_t, std::size_t ld,
+                                                         float* scores, std::size_t lds, float* out,
+                                                         std::size_t ldo) noexcept {
+    for (std::size_t r = 0; r < rows;) {  // rows two at a time: every key and value vector loaded feeds both
+      const float* qr = q + r * ldq;
+      float* sc = scores + r * lds;
+      float* o = out + r * ldo;
+      if (rows - r >= 2) {
+        attend_rows<2>(head_dim, n, scale, qr, ldq, keys_t, values_t, ld, sc, lds, o, ldo);
+        r += 2;
+      } else {
+        attend_rows<1>(head_dim, n, scale, qr, ldq, keys_t, values_t, ld, sc, lds, o, ldo);
+        r += 1;
+      }
+    }
+  }
+
+  /// attend_transposed for R rows: the scores and their maxima in one pass, the R softmax rows side by side (R
+  /// independent exp chains), then the weighted values.
+  template <int R>
+  POLYFORMER_VECTOR_TARGET static void attend_rows(std::size_t head_dim, std::size_t n, float scale, const float* q,
+                                                   std::size_t ldq, const float* keys_t, const float* values_t,
+                                                   std::size_t ld, float* scores, std::size_t lds, float* out,
+                                                   std::size_t ldo) noexcept {
+    constexpr std::size_t L = V::lanes;
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    Acc mx[R];
+    score_rows<R>(head_dim, n, scale, q, ldq, keys_t, ld, scores, lds, mx);
+    Acc shift[R], sum[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+      shift[r] = V::broadcast_a(V::hmax(mx[r]));  // the max score itself gives e^0 = 1: the sum is >= 1
+      sum[r] = V::zero();
+    }
+    for (std::size_t j = 0; j < n; j += L) {
+      const std::size_t width = n - j < L ? n - j : L;
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        float* row = scores + std::size_t(r) * lds + j;
+        if (width == L) {
+          const Acc e = exp(V::sub(V::load(row), shift[r]));
+          V::store(row, e);
+          sum[r] = V::add(sum[r], e);
+        } else {  // padding lanes are −inf: they add e^−inf = 0
+          const Acc e = exp(V::sub(V::load_partial(row, width, ninf), shift[r]));
+          V::store_partial(row, e, width);
+          sum[r] = V::add(sum[r], e);
+        }
+      }
+    }
+    float inv[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) inv[r] = 1.0f / V::hsum(sum[r]);
+    weigh_values<R>(head_dim, n, scores, lds, inv, values_t, ld, out, ldo);
+  }
+
+  /// scores (R, n) = scale · q (R, head_dim) · keys_t (head_dim, n), vectorized over the keys; mx[r] gets lane-wise
+  /// maxima of row r (the lanes past n hold −inf).
+  template <int R>
+  POLYFORMER_VECTOR_TARGET static void score_rows(std::size_t head_dim, std::size_t n, float scale, const float* q,
+                                                  std::size_t ldq, const float* keys_t, std::size_t ld, float* scores,
+                                                  std::size_t lds, Acc* mx) noexcept {
+    constexpr std::size_t L = V::lanes;
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    const Acc s = V::broadcast_a(scale);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) mx[r] = V::broadcast_a(ninf);
+    for (std::size_t j = 0; j < n; j += L) {
+      const std::size_t width = n - j < L ? n - j : L;
+      Acc acc[R];
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) acc[r] = V::zero();
+      for (std::size_t d = 0; d < head_dim; ++d) {
+        const float* k = keys_t + d * ld + j;
+        const Acc kv = width == L ? V::load(k) : V::load_partial(k, width);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) acc[r] = V::fma(V::broadcast_a(q[std::size_t(r) * ldq + d]), kv, acc[r]);
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        float* row = scores + std::size_t(r) * lds + j;
+        const Acc v = V::mul(acc[r], s);
+        if (width == L) {
+          V::store(row, v);
+          mx[r] = V::max(mx[r], v);
+        } else {
+          V::store_partial(row, v, width);
+          mx[r] = V::max(mx[r], V::load_partial(row, width, ninf));
+        }
+      }
+    }
+  }
+
+  /// out (R, head_dim) = p (R, n) · values_tᵀ · inv_sum per row: blocks of dimensions, each a set of vector
+  /// accumulators over the keys, summed across lanes at the end.
+  template <int R>
+  POLYFORMER_VECTOR_TARGET static void weigh_values(std::size_t head_dim, std::size_t n, const float* p,
+                                                    std::size_t ldp, const float* inv_sum, const float* values_t,
+                                                    std::size_t ld, float* out, std::size_t ldo) noexcept {
+    // R·D accumulators, R weights and a value vector or two stay within the register file (32 or 16 vectors).
+    constexpr int D = (V::lanes == 16 ? 16 : 8) / R;
+    std::size_t d = 0;
+    for (; d + D <= head_dim; d += D) weigh_block<R, D>(d, n, p, ldp, inv_sum, values_t, ld, out, ldo);
+    for (; d < head_dim; ++d) weigh_block<R, 1>(d, n, p, ldp, inv_sum, values_t, ld, out, ldo);
+  }
+
+  template <int R, int D>
+  POLYFORMER_VECTOR_TARGET static void weigh_block(std::size_t d0, std::size_t n, const float* p, std::size_t ldp,
+                                                   const float* inv_sum, const float* values_t, std::size_t ld,
+                                                   float* out, std::size_t ldo) noexcept {
+    constexpr std::size_t L = V::lanes;
+    Acc acc[R][D];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int i = 0; i < D; ++i) acc[r][i] = V::zero();
+    for (std::size_t j = 0; j < n; j += L) {
+      const std::size_t width = n - j < L ? n - j : L;
+      Acc w[R];
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        const float* pr = p + std::size_t(r) * ldp + j;
+        w[r] = width == L ? V::load(pr) : V::load_partial(pr, width);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < D; ++i) {
+        const float* v = values_t + (d0 + std::size_t(i)) * ld + j;
+        const Acc vv = width == L ? V::load(v) : V::load_partial(v, width);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) acc[r][i] = V::fma(w[r], vv, acc[r][i]);
+      }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int i = 0; i < D; ++i) out[std::size_t(r) * ldo + d0 + std::size_t(i)] = V::hsum(acc[r][i]) * inv_sum[r];
   }
 };
 

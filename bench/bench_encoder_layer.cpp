@@ -2,7 +2,8 @@
 // at n tokens, as torch.nn.TransformerEncoderLayer computes it; the peer is bench/peers/libtorch_encoder_layer.cpp.
 // BM_encoder_layer_gemms times the layer's six matrix products alone (Q, K, V, output, FFN up and down,
 // through Dense::forward: packed weights, bias fused), so the layer's time splits into GEMMs and the rest (attention, norms, ...).
-// BM_encoder_layer_bf16 / BM_encoder_layer_gemms_bf16: the same with every linear layer in bf16 (linear/bf16.hpp).
+// BM_encoder_layer_bf16: the same in bf16 — every linear layer (linear/bf16.hpp) and attention's score and value
+// products (FullAttention::Products::bf16); BM_encoder_layer_gemms_bf16: its six products alone.
 //
 //   bench_encoder_layer --benchmark_filter='threads:1/'
 
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "main.hpp"
 #include "counters.hpp"
@@ -37,9 +39,11 @@ template <typename Lin>
 Layer<Lin> make_layer() {
   std::srand(1);
   using L = Layer<Lin>;
+  // A bf16 layer multiplies in bf16 inside attention too.
+  const auto products = std::is_same_v<Lin, pf::BF16> ? pf::FullAttention::Products::bf16 : pf::FullAttention::Products::fp32;
   return L(typename L::Attention(random_linear<Lin>(d_model, d_model), random_linear<Lin>(d_model, d_model),
                                  random_linear<Lin>(d_model, d_model), random_linear<Lin>(d_model, d_model),
-                                 pf::HeadConfig{n_heads}),
+                                 pf::HeadConfig{n_heads}, pf::FullAttention(pf::FullAttention::Tiles{}, products)),
            typename L::FFN(random_linear<Lin>(d_model, d_ffn), random_linear<Lin>(d_ffn, d_model)),
            pf::LayerNorm(d_model), pf::LayerNorm(d_model));
 }

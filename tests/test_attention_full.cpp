@@ -135,6 +135,58 @@ TEST_CASE("attention/full: tiled online softmax equals the naive oracle, n = 1..
   }
 }
 
+namespace {
+
+/// x rounded to the nearest bf16, as a float.
+float bf16(float x) { return pf::kernels::from_bf16(pf::kernels::to_bf16(x)); }
+Matrix bf16(const Matrix& m) { return m.unaryExpr([](float x) { return bf16(x); }); }
+
+// bf16 products against the float64 oracle on the operands the kernels see (the scaled queries, the keys and the
+// values rounded to bf16): what is left is the rounding of the softmax weights to bf16, at most 2^-9 of each weight,
+// so at most 2^-9 of the largest value (a margin of 2 below).
+void check_bf16_products(Index n_q, Index n_k, Index heads, Index kv_heads, Index dh, pf::FullAttention::Tiles tiles,
+                         unsigned seed) {
+  INFO("bf16 products: n_q " << n_q << " n_k " << n_k << " heads " << heads << "/" << kv_heads << " dh " << dh
+                             << " tiles " << tiles.query_block << "x" << tiles.key_block);
+  const Matrix q = pft::random_matrix(n_q, heads * dh, seed);
+  const Matrix k = pft::random_matrix(n_k, kv_heads * dh, seed + 1);
+  const Matrix v = pft::random_matrix(n_k, kv_heads * dh, seed + 2);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  const Matrix q_seen = bf16(Matrix(q * scale)) / scale, k_seen = bf16(k), v_seen = bf16(v);
+  const double tol = std::ldexp(1.0, -8) * v_seen.cwiseAbs().maxCoeff() + 2e-5;
+  pf::FullAttention attn(tiles, pf::FullAttention::Products::bf16);
+  for (int threads : {1, 2}) {
+    INFO("threads " << threads);
+    CHECK(pft::max_abs_diff(run(attn, q, k, v, heads, kv_heads, dh, {}, threads),
+                            oracle(q_seen, k_seen, v_seen, heads, kv_heads, dh, {})) < tol);
+    if (n_q == n_k) {
+      pf::AttentionMask m;
+      m.causal = true;
+      std::vector<float> pad(static_cast<std::size_t>(n_k), 0.0f);
+      OracleMask o;
+      o.causal = true;
+      o.padded.assign(static_cast<std::size_t>(n_k), 0);
+      for (Index j = 1; j < n_k; j += 5) pad[std::size_t(j)] = 1.0f, o.padded[std::size_t(j)] = 1;
+      m.key_padding = pad.data();
+      const Matrix got = run(attn, q, k, v, heads, kv_heads, dh, m, threads);
+      CHECK(got.allFinite());
+      CHECK(pft::max_abs_diff(got, oracle(q_seen, k_seen, v_seen, heads, kv_heads, dh, o)) < tol);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("attention/full: bf16 products equal the oracle on bf16 operands, every tile tail", "[attention][full][bf16]") {
+  if (pf::kernels::bf16_path() == pf::kernels::Bf16Path::portable)
+    WARN("attention/full bf16 products: this CPU has no AVX512-BF16, the portable bf16 kernels ran");
+  for (Index n : {1, 5, 6, 17, 33, 64, 65, 130, 257}) {
+    check_bf16_products(n, n, 2, 2, 16, {}, static_cast<unsigned>(n) + 500);
+    check_bf16_products(n, n, 4, 2, 9, {16, 32}, static_cast<unsigned>(n) + 600);  // odd head size, causal tile cuts
+  }
+  check_bf16_products(33, 257, 3, 1, 12, {16, 48}, 7);  // cross-attention: key tiles of exactly one panel
+}
+
 TEST_CASE("attention/full: cross-attention with different query and key lengths", "[attention][full]") {
   for (auto [n_q, n_k] : {std::pair<Index, Index>{1, 300}, {7, 3}, {130, 45}, {33, 257}})
     check_all_masks(n_q, n_k, 3, 1, 12, {16, 64}, static_cast<unsigned>(n_q * 31 + n_k));

@@ -16,11 +16,12 @@ namespace kt = polyformer::kernels::testing;
 namespace {
 
 using Kernel = void (*)(const float*, float*, std::size_t);
+using DispatchedKernel = void (*)(const float*, float*, std::size_t, k::Isa);
 
 /// Runs `simd` and `scalar` out of place and `simd` in place over inputs uniform in [lo, hi) at
 /// every tail length; checks both against `ref` (double) within `tol(x, ref)`.
-template <class Ref, class Tol>
-void check_unary(Kernel simd, Kernel scalar, float lo, float hi, Ref ref, Tol tol) {
+template <class Simd, class Ref, class Tol>
+void check_unary(Simd simd, Kernel scalar, float lo, float hi, Ref ref, Tol tol) {
   for (std::size_t n : kt::lengths()) {
     CAPTURE(n);
     const auto in = kt::random_vec(n, lo, hi, static_cast<std::uint32_t>(1300 + n));
@@ -41,16 +42,28 @@ void check_unary(Kernel simd, Kernel scalar, float lo, float hi, Ref ref, Tol to
   }
 }
 
+/// check_unary for a kernel chosen at run time, once per kernel family this CPU runs.
+template <class Ref, class Tol>
+void check_unary_each_isa(DispatchedKernel simd, Kernel scalar, const char* name, float lo, float hi, Ref ref, Tol tol) {
+  for (k::Isa isa : kt::runnable_isas(name)) {
+    CAPTURE(k::isa_name(isa));
+    check_unary([&](const float* x, float* y, std::size_t n) { simd(x, y, n, isa); }, scalar, lo, hi, ref, tol);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("kernels/relu: exact at every tail length", "[kernels][activation]") {
-  check_unary(
-      k::relu<>, k::relu_scalar, -4.0f, 4.0f, [](double x) { return x < 0 ? 0.0 : x; },
+  check_unary_each_isa(
+      k::relu, k::relu_scalar, "relu", -4.0f, 4.0f, [](double x) { return x < 0 ? 0.0 : x; },
       [](double, double) { return 0.0; });
-  float in[3] = {std::numeric_limits<float>::quiet_NaN(), -0.0f, -1.0f}, out[3];
-  k::relu(in, out, 3);
-  CHECK(std::isnan(out[0]));
-  CHECK(out[2] == 0.0f);
+  for (k::Isa isa : kt::runnable_isas("relu")) {
+    CAPTURE(k::isa_name(isa));
+    float in[3] = {std::numeric_limits<float>::quiet_NaN(), -0.0f, -1.0f}, out[3];
+    k::relu(in, out, 3, isa);
+    CHECK(std::isnan(out[0]));
+    CHECK(out[2] == 0.0f);
+  }
 }
 
 TEST_CASE("kernels/gelu_erf: within 1e-6 of double at every tail length", "[kernels][activation]") {
@@ -67,8 +80,8 @@ TEST_CASE("kernels/gelu_erf: within 1e-6 of double at every tail length", "[kern
 TEST_CASE("kernels/gelu_tanh: matches the tanh formula in double at every tail length", "[kernels][activation]") {
   // y = x / (1 + E), E = e^(-2u): u has ≈ 3 roundings, so E's argument errs by ≈ 3·|2u|·u, E by that
   // plus 2 ulp, and y by E's relative error times E/(1+E) ≤ 1, plus 2 roundings.
-  check_unary(
-      k::gelu_tanh<>, k::gelu_tanh_scalar, -8.0f, 8.0f,
+  check_unary_each_isa(
+      k::gelu_tanh, k::gelu_tanh_scalar, "gelu_tanh", -8.0f, 8.0f,
       [](double x) {
         // 0.5·(1 + tanh(u)) written as 1/(1 + e^(-2u)) (an identity): in double 1 + tanh(u) itself
         // cancels to 0 for u < -19, i.e. x < -7.3.
@@ -83,29 +96,30 @@ TEST_CASE("kernels/gelu_tanh: matches the tanh formula in double at every tail l
 
 TEST_CASE("kernels/silu: matches double at every tail length", "[kernels][activation]") {
   // y = x / (1 + e^(-x)): e^(-x) errs by ≤ 2 ulp + |x|·u (the negation is exact), y adds 2 roundings.
-  check_unary(
-      k::silu<>, k::silu_scalar, -20.0f, 20.0f, [](double x) { return x / (1.0 + std::exp(-x)); },
+  check_unary_each_isa(
+      k::silu, k::silu_scalar, "silu", -20.0f, 20.0f, [](double x) { return x / (1.0 + std::exp(-x)); },
       [](double x, double r) { return (std::fabs(x) + 8.0) * 2.0 * kt::u * std::fabs(r) + 1e-30; });
 }
 
 TEST_CASE("kernels/elu_plus_one: matches double at every tail length", "[kernels][activation]") {
   // x + 1 rounds once; e^x errs by ≤ 2 ulp.
-  check_unary(
-      k::elu_plus_one<>, k::elu_plus_one_scalar, -30.0f, 30.0f, [](double x) { return x > 0 ? x + 1.0 : std::exp(x); },
+  check_unary_each_isa(
+      k::elu_plus_one, k::elu_plus_one_scalar, "elu_plus_one", -30.0f, 30.0f, [](double x) { return x > 0 ? x + 1.0 : std::exp(x); },
       [](double, double r) { return 4.0 * kt::u * std::fabs(r) + 1e-30; });
 }
 
 TEST_CASE("kernels/swiglu: matches double at every tail length, in place on gate or up", "[kernels][activation]") {
+  for (k::Isa isa : kt::runnable_isas("swiglu"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto vg = kt::random_vec(n, -10.0f, 10.0f, static_cast<std::uint32_t>(1400 + n));
     const auto vu = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(1500 + n));
     const kt::Guarded gate(n, vg), up(n, vu);
     kt::Guarded y(n), ys(n), on_gate(n, vg), on_up(n, vu);
-    k::swiglu(gate.data(), up.data(), y.data(), n);
+    k::swiglu(gate.data(), up.data(), y.data(), n, isa);
     k::swiglu_scalar(gate.data(), up.data(), ys.data(), n);
-    k::swiglu(on_gate.data(), up.data(), on_gate.data(), n);
-    k::swiglu(gate.data(), on_up.data(), on_up.data(), n);
+    k::swiglu(on_gate.data(), up.data(), on_gate.data(), n, isa);
+    k::swiglu(gate.data(), on_up.data(), on_up.data(), n, isa);
     for (std::size_t i = 0; i < n; ++i) {
       const double x = vg[i];
       const double r = x / (1.0 + std::exp(-x)) * vu[i];
@@ -123,12 +137,13 @@ TEST_CASE("kernels/swiglu: matches double at every tail length, in place on gate
 TEST_CASE("kernels/activations: saturation far from 0", "[kernels][activation]") {
   const std::vector<float> in = {-100.0f, -30.0f, 30.0f, 100.0f, 1e6f};
   const std::size_t n = in.size();
-  std::vector<float> a(n), b(n), c(n);
-  k::gelu_erf(in.data(), a.data(), n);
-  k::gelu_tanh(in.data(), b.data(), n);
-  k::silu(in.data(), c.data(), n);
+  for (k::Isa isa : kt::runnable_isas("activations"))
   for (std::size_t i = 0; i < n; ++i) {
-    CAPTURE(in[i]);
+    std::vector<float> a(n), b(n), c(n);
+    k::gelu_erf(in.data(), a.data(), n);
+    k::gelu_tanh(in.data(), b.data(), n, isa);
+    k::silu(in.data(), c.data(), n, isa);
+    CAPTURE(k::isa_name(isa), in[i]);
     const float expect = in[i] > 0 ? in[i] : 0.0f;
     CHECK(a[i] == expect);
     CHECK(b[i] == expect);

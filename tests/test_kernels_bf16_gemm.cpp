@@ -157,3 +157,43 @@ TEST_CASE("kernels/bf16_gemm: two threads give the one-thread result bit for bit
       CHECK(one == two);
     }
 }
+
+TEST_CASE("kernels/bf16: repack packs B itself and reuses the storage, repack_transposed too", "[kernels][bf16]") {
+  k::Bf16Matrix p = k::Bf16Matrix::pack_transposed(random_vec(70 * 40, -2.0f, 2.0f, 5).data(), 70, 40, 40);
+  // B (k = 13, n = 21) row-major with rows 25 apart: a smaller shape into the storage of the larger one.
+  const std::size_t kk = 13, n = 21, ldb = 25;
+  const auto b = random_vec(kk * ldb, -2.0f, 2.0f, 6);
+  p.repack(b.data(), kk, n, ldb);
+  REQUIRE(p.rows() == kk);
+  REQUIRE(p.cols() == n);
+  REQUIRE(p.pairs() == 7);
+  for (std::size_t r = 0; r < kk; ++r)
+    for (std::size_t j = 0; j < n; ++j) REQUIRE(p.bits(r, j) == nearest_bf16(b[r * ldb + j]));
+  for (std::size_t j = 0; j < n; ++j) REQUIRE(p.bits(kk, j) == 0);  // the odd depth's padding row, left by no one
+  const auto w = random_vec(n * kk, -2.0f, 2.0f, 7);
+  p.repack_transposed(w.data(), n, kk, kk);
+  for (std::size_t j = 0; j < n; ++j)
+    for (std::size_t r = 0; r < kk; ++r) REQUIRE(p.bits(r, j) == nearest_bf16(w[j * kk + r]));
+}
+
+TEST_CASE("kernels/bf16_gemm_pairs: A converted once gives bf16_gemm's result, and accumulates", "[kernels][bf16]") {
+  for (k::Bf16Path path : runnable_paths())
+    for (auto [m, n, kk] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 5, 3}, {7, 64, 33}, {19, 100, 256}}) {
+      INFO("path " << k::bf16_path_name(path) << " m " << m << " n " << n << " k " << kk);
+      const auto a = random_vec(m * kk, -1.0f, 1.0f, 8), w = random_vec(n * kk, -1.0f, 1.0f, 9);
+      const auto b = k::Bf16Matrix::pack_transposed(w.data(), n, kk, kk);
+      const std::size_t kp = b.pairs();
+      std::vector<std::uint32_t> pairs(m * kp);
+      for (std::size_t i = 0; i < m; ++i) k::bf16_pairs(a.data() + i * kk, kk, pairs.data() + i * kp, path);
+      std::vector<float> want(m * n), got(m * n);
+      k::bf16_gemm(m, a.data(), kk, b, nullptr, want.data(), n, 1, path);
+      k::bf16_gemm_pairs(m, pairs.data(), kp, b, false, got.data(), n, path);
+      CHECK(got == want);
+      const auto old = random_vec(m * n, -1.0f, 1.0f, 10);
+      std::vector<float> acc = old;
+      k::bf16_gemm_pairs(m, pairs.data(), kp, b, true, acc.data(), n, path);
+      double worst = 0.0;
+      for (std::size_t i = 0; i < m * n; ++i) worst = std::max(worst, std::abs(double(acc[i]) - (double(old[i]) + want[i])));
+      CHECK(worst <= 1e-5);
+    }
+}

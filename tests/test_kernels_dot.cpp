@@ -10,8 +10,9 @@ namespace k = polyformer::kernels;
 namespace kt = polyformer::kernels::testing;
 
 TEST_CASE("kernels/dot: matches scalar twin and double at every tail length", "[kernels][dot]") {
+  for (k::Isa isa : kt::runnable_isas("level-1 kernels"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto va = kt::random_vec(n, -2.0f, 2.0f, static_cast<std::uint32_t>(10 + n));
     const auto vb = kt::random_vec(n, -2.0f, 2.0f, static_cast<std::uint32_t>(20 + n));
     const kt::Guarded a(n, va), b(n, vb);
@@ -23,7 +24,7 @@ TEST_CASE("kernels/dot: matches scalar twin and double at every tail length", "[
     // Higham, "Accuracy and Stability of Numerical Algorithms" §3.1: any summation order of a float
     // dot product errs by at most γ_n·Σ|a_i·b_i| with γ_n ≈ n·u (plus one rounding per product).
     const double tol = (static_cast<double>(n) + 1.0) * kt::u * mag;
-    const float d = k::dot(a.data(), b.data(), n);
+    const float d = k::dot(a.data(), b.data(), n, isa);
     const float ds = k::dot_scalar(a.data(), b.data(), n);
     CHECK(std::fabs(d - ref) <= tol);
     CHECK(std::fabs(ds - ref) <= tol);
@@ -34,13 +35,14 @@ TEST_CASE("kernels/dot: matches scalar twin and double at every tail length", "[
 
 TEST_CASE("kernels/axpy: matches scalar twin and double at every tail length", "[kernels][dot]") {
   const float alpha = -0.37f;
+  for (k::Isa isa : kt::runnable_isas("level-1 kernels"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto vx = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(30 + n));
     const auto vy = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(40 + n));
     const kt::Guarded x(n, vx);
     kt::Guarded y(n, vy), ys(n, vy);
-    k::axpy(alpha, x.data(), y.data(), n);
+    k::axpy(alpha, x.data(), y.data(), n, isa);
     k::axpy_scalar(alpha, x.data(), ys.data(), n);
     for (std::size_t i = 0; i < n; ++i) {
       const double ref = vy[i] + static_cast<double>(alpha) * vx[i];
@@ -53,17 +55,18 @@ TEST_CASE("kernels/axpy: matches scalar twin and double at every tail length", "
 }
 
 TEST_CASE("kernels/scale and add: exact against double at every tail length", "[kernels][dot]") {
+  for (k::Isa isa : kt::runnable_isas("level-1 kernels"))
   for (std::size_t n : kt::lengths()) {
-    CAPTURE(n);
+    CAPTURE(k::isa_name(isa), n);
     const auto vx = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(50 + n));
     const auto vy = kt::random_vec(n, -3.0f, 3.0f, static_cast<std::uint32_t>(60 + n));
     // One IEEE operation per element: the result is the correctly rounded double result, bit for bit.
     kt::Guarded s(n, vx), ss(n, vx);
-    k::scale(s.data(), 1.7f, n);
+    k::scale(s.data(), 1.7f, n, isa);
     k::scale_scalar(ss.data(), 1.7f, n);
     const kt::Guarded x(n, vx);
     kt::Guarded y(n, vy), ys(n, vy);
-    k::add(x.data(), y.data(), n);
+    k::add(x.data(), y.data(), n, isa);
     k::add_scalar(x.data(), ys.data(), n);
     for (std::size_t i = 0; i < n; ++i) {
       CHECK(s[i] == static_cast<float>(static_cast<double>(vx[i]) * 1.7f));
@@ -75,9 +78,12 @@ TEST_CASE("kernels/scale and add: exact against double at every tail length", "[
 }
 
 TEST_CASE("kernels/add: in place doubling (x == y)", "[kernels][dot]") {
-  const std::size_t n = 2 * kt::lanes + 1;
+  const std::size_t n = 2 * 16 + 1;
   const auto v = kt::random_vec(n, -3.0f, 3.0f, 70);
-  kt::Guarded y(n, v);
-  k::add(y.data(), y.data(), n);
-  for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == 2.0f * v[i]);
+  for (k::Isa isa : kt::runnable_isas("add")) {
+    CAPTURE(k::isa_name(isa));
+    kt::Guarded y(n, v);
+    k::add(y.data(), y.data(), n, isa);
+    for (std::size_t i = 0; i < n; ++i) CHECK(y[i] == 2.0f * v[i]);
+  }
 }

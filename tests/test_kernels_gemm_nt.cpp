@@ -14,16 +14,17 @@ namespace pk = polyformer::kernels;
 namespace pkt = polyformer::kernels::testing;
 
 TEST_CASE("kernels/gemm_nt: equals the scalar twin and float64 at every tail", "[kernels][gemm]") {
+  for (pk::Isa isa : pkt::runnable_isas("gemm_nt"))
   for (std::size_t k : {1u, 7u, 16u, 64u, 100u})
     for (std::size_t m = 1; m <= 9; ++m)
       for (std::size_t n : {1u, 3u, 4u, 5u, 9u, 17u}) {
-        INFO("m " << m << " n " << n << " k " << k);
+        INFO(pk::isa_name(isa) << " m " << m << " n " << n << " k " << k);
         const std::size_t lda = k + 3, ldb = k + 5, ldc = n + 2;
         std::vector<float> a = pkt::random_vec(m * lda, -1.0f, 1.0f, 11), b = pkt::random_vec(n * ldb, -1.0f, 1.0f, 12);
         for (std::size_t i = 0; i < m; ++i) a[i * lda + k] = 1e30f;  // guards past each row
         for (std::size_t j = 0; j < n; ++j) b[j * ldb + k] = 1e30f;
         std::vector<float> c(m * ldc, -7.0f), twin(m * ldc, -7.0f);
-        pk::gemm_nt(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc);
+        pk::gemm_nt(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, isa);
         pk::gemm_nt_scalar(m, n, k, a.data(), lda, b.data(), ldb, twin.data(), ldc);
         double worst = 0, worst_twin = 0;
         for (std::size_t i = 0; i < m; ++i) {

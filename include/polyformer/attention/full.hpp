@@ -1,10 +1,12 @@
 #pragma once
 /// \file Exact softmax attention, tiled with an online softmax (Milakov & Gimelshein 2018; Dao et al. 2022,
 /// FlashAttention): scores are made one (query block × key block) tile at a time and never stored whole,
-/// so memory is O(n·d) per thread however long the sequence.
+/// so memory is O(n·d) per thread however long the sequence. The score and value products are fp32, or on request
+/// bf16 operands with fp32 sums (kernels/bf16_gemm.hpp), the softmax fp32 either way.
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -17,6 +19,7 @@
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/bf16_gemm.hpp"
 #include "polyformer/kernels/cached_attention.hpp"
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
@@ -25,7 +28,8 @@
 
 namespace polyformer {
 
-/// softmax(scale·Q·Kᵀ + mask)·V per head, exact, computed in tiles. The object holds only its tile sizes;
+/// softmax(scale·Q·Kᵀ + mask)·V per head, exact, computed in tiles. The object holds only its tile sizes and the
+/// arithmetic of its products;
 /// the per-thread tile buffers live in a Workspace of the caller's.
 class FullAttention : public PerCallWorkspace<FullAttention> {
  private:
@@ -37,6 +41,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     std::vector<float> row_sum;     // running sum of exp(score − row_max)
     std::vector<float> correction;  // exp(old max − new max) of the current tile
     std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
+    std::vector<std::uint32_t> query_pairs, weight_pairs;  // bf16 products: the scaled queries, a tile's weights
   };
 
  public:
@@ -48,17 +53,12 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     std::vector<Scratch> scratch;  // one per thread
     Matrix keys_t;  // (key_blocks·kv_heads·d, key_block): keys transposed, tile by tile
     Matrix values;  // (kv_heads·n_k, d): values head by head
+    // bf16 products: per (kv head, key tile), the keys as B = Kᵀ (d, tile) and the values as B = V (tile, d)
+    std::vector<kernels::Bf16Matrix> key_tiles, value_tiles;
   };
 
   static constexpr bool supports_causal = true;
   static constexpr const char* name = "full";
-
-  // The spelling (attention/spelling.hpp): "full", no arguments; the tiles keep their defaults.
-  static constexpr std::string_view spelling_form = "full";
-  static constexpr std::string_view example_spelling = "full";
-  /// Reads no options.
-  static FullAttention from_spelling(const AttentionSpelling&, const AttentionOptions&) { return FullAttention{}; }
-  std::string spelling() const { return name; }
 
   /// Tile sizes: rows of queries and of keys per tile.
   struct Tiles {
@@ -66,14 +66,30 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     Index key_block = 256;
   };
 
+  /// The arithmetic of forward()'s score (Q·Kᵀ) and value (P·V) products: fp32, or bf16 — queries (scaled), keys,
+  /// values and softmax weights rounded to bf16, products summed in fp32 (vdpbf16ps on AVX512-BF16) — with the
+  /// softmax in fp32 either way. Up to four queries (forward's few-queries path) and decoding over a cache
+  /// (forward_cached) stay fp32.
+  enum class Products { fp32, bf16 };
+
+  // The spelling (attention/spelling.hpp): "full", no arguments; the tiles keep their defaults.
+  static constexpr std::string_view spelling_form = "full";
+  static constexpr std::string_view example_spelling = "full";
+  /// Reads the flag "bf16_products" (Products::bf16 when set).
+  static FullAttention from_spelling(const AttentionSpelling&, const AttentionOptions& options) {
+    return FullAttention(Tiles{}, options.flag("bf16_products", false) ? Products::bf16 : Products::fp32);
+  }
+  std::string spelling() const { return name; }
+
   FullAttention() = default;
-  explicit FullAttention(Tiles tiles) : tiles_(tiles) {
+  explicit FullAttention(Tiles tiles, Products products = Products::fp32) : tiles_(tiles), products_(products) {
     if (tiles.query_block < 1 || tiles.key_block < 1)
       throw config_error(detail::cat("FullAttention: tiles are (", tiles.query_block, ", ", tiles.key_block,
                                      "), expected both >= 1"));
   }
 
   const Tiles& tiles() const noexcept { return tiles_; }
+  Products products() const noexcept { return products_; }
 
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d), for one sequence.
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
@@ -87,6 +103,10 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     const Index q_blocks = (n_q + bq - 1) / bq;
     const Index tasks = s.n_heads * q_blocks;
     const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
+    if (products_ == Products::bf16) {
+      forward_bf16(s, q, k, v, mask, out, t, ws);
+      return;
+    }
     // Keys transposed once per call and stored tile by tile, (key_blocks·kv_heads·d, key_block), so every
     // score tile is a plain Q·Kᵀ micro-kernel product over a contiguous panel (rows n_k apart would alias
     // in L1 when n_k is a multiple of 1024).
@@ -105,6 +125,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       return HeadKeys{KeyTiles{ws.keys_t.data() + g * dh * bk, bk, kd * bk}, block(cview(ws.values), g * n_k, 0, n_k, dh)};
     });
   }
+
 
   /// The cache's state type: decoding with FullAttention keeps every key and value.
   using State = KVCache;
@@ -152,19 +173,84 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     ConstMatrixView values;  // (n_k, head_dim)
   };
 
-  /// Every (head, query block) task over `t` threads; keys_of(g) gives kv head g's keys and values.
-  template <typename KeysOf>
-  void run_tiles(const AttentionShape& s, ConstMatrixView q, Index n_k, const AttentionMask& mask, MatrixView out,
-                 int t, Workspace& ws, KeysOf&& keys_of) const {
-    const Index n_q = q.rows(), dh = s.head_dim;
+  /// Every (head, query block) task of n_q queries over `t` threads: block(h, q0, rows, scratch).
+  template <typename Block>
+  void for_each_block(const AttentionShape& s, Index n_q, int t, Workspace& ws, Block&& block_task) const {
     const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
     const Index q_blocks = (n_q + bq - 1) / bq;
     if (static_cast<int>(ws.scratch.size()) < t) ws.scratch.resize(static_cast<std::size_t>(t));
     parallel_for(s.n_heads * q_blocks, t, [&](Index task, int thread) {
-      const Index h = task / q_blocks, q0 = (task % q_blocks) * bq, rows = std::min(bq, n_q - q0);
+      const Index h = task / q_blocks, q0 = (task % q_blocks) * bq;
+      block_task(h, q0, std::min(bq, n_q - q0), ws.scratch[static_cast<std::size_t>(thread)]);
+    });
+  }
+
+  /// The fp32 tiles of every (head, query block) task; keys_of(g) gives kv head g's keys and values.
+  template <typename KeysOf>
+  void run_tiles(const AttentionShape& s, ConstMatrixView q, Index n_k, const AttentionMask& mask, MatrixView out,
+                 int t, Workspace& ws, KeysOf&& keys_of) const {
+    const Index dh = s.head_dim, bk = tiles_.key_block;
+    for_each_block(s, q.rows(), t, ws, [&](Index h, Index q0, Index rows, Scratch& w) {
       const HeadKeys hk = keys_of(s.kv_head(h));
-      tile_loop(s, block(q, q0, h * dh, rows, dh), q0, hk.keys, hk.values, n_k, mask, block(out, q0, h * dh, rows, dh),
-                ws.scratch[static_cast<std::size_t>(thread)]);
+      ensure_shape(w.queries, tiles_.query_block, dh);
+      MatrixView qs = block(view(w.queries), 0, 0, rows, dh);
+      qs = block(q, q0, h * dh, rows, dh) * s.scale;  // contiguous rows for the micro-kernel, scale applied once
+      const auto score_tile = [&](Index k0, Index nk, MatrixView sc) {
+        const ConstMatrixView key_tile(hk.keys.base + (k0 / bk) * hk.keys.block_jump, dh, nk,
+                                       Eigen::OuterStride<>(hk.keys.row_stride));
+        kernels::gemm(cview(qs), key_tile, kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
+      };
+      const auto add_values = [&](Index k0, Index nk, ConstMatrixView p, MatrixView acc) {
+        kernels::gemm(p, block(hk.values, k0, 0, nk, dh), kernels::Transpose::no, acc, 1.0f, 1.0f, 1);
+      };
+      tile_loop(s, rows, q0, n_k, mask, block(out, q0, h * dh, rows, dh), w, score_tile, add_values);
+    });
+  }
+
+  /// forward() with bf16 products: each (kv head, key tile)'s keys and values packed once in bf16, each block's
+  /// scaled queries rounded once, each tile's softmax weights rounded before the value product.
+  void forward_bf16(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                    const AttentionMask& mask, MatrixView out, int t, Workspace& ws) const {
+    const Index n_k = k.rows(), dh = s.head_dim, bk = tiles_.key_block, k_blocks = (n_k + bk - 1) / bk;
+    const auto u = [](Index x) { return static_cast<std::size_t>(x); };
+    ws.key_tiles.resize(u(s.n_kv_heads * k_blocks));
+    ws.value_tiles.resize(u(s.n_kv_heads * k_blocks));
+    parallel_for(s.n_kv_heads * k_blocks, t, [&](Index i, int) {
+      const Index g = i / k_blocks, k0 = (i % k_blocks) * bk, nk = std::min(bk, n_k - k0);
+      ws.key_tiles[u(i)].repack_transposed(k.data() + k0 * k.outerStride() + g * dh, u(nk), u(dh), u(k.outerStride()));
+      ws.value_tiles[u(i)].repack(v.data() + k0 * v.outerStride() + g * dh, u(nk), u(dh), u(v.outerStride()));
+    });
+    const kernels::Bf16Path path = kernels::bf16_path();
+    const Index d_pairs = (dh + 1) / 2, tile_pairs = (bk + 1) / 2;
+    for_each_block(s, q.rows(), t, ws, [&](Index h, Index q0, Index rows, Scratch& w) {
+      const Index g = s.kv_head(h);
+      ensure_shape(w.queries, tiles_.query_block, dh);
+      w.query_pairs.resize(u(tiles_.query_block * d_pairs));
+      w.weight_pairs.resize(u(tiles_.query_block * tile_pairs));
+      for (Index i = 0; i < rows; ++i) {
+        float* qs = w.queries.data() + i * dh;
+        const float* qi = q.data() + (q0 + i) * q.outerStride() + h * dh;
+        for (Index d = 0; d < dh; ++d) qs[d] = qi[d] * s.scale;
+        kernels::bf16_pairs(qs, u(dh), w.query_pairs.data() + i * d_pairs, path);
+      }
+      // The scores of a whole packed tile are written (sc's rows hold key_block floats); those past nk go unread.
+      const auto score_tile = [&](Index k0, Index, MatrixView sc) {
+        kernels::bf16_gemm_pairs(u(rows), w.query_pairs.data(), u(d_pairs), ws.key_tiles[u(g * k_blocks + k0 / bk)],
+                                 false, sc.data(), u(sc.outerStride()), path);
+      };
+      const auto add_values = [&](Index k0, Index nk, ConstMatrixView p, MatrixView acc) {
+        // A causal tile may stop short of the packed one: its weights end in zero pairs.
+        const kernels::Bf16Matrix& values = ws.value_tiles[u(g * k_blocks + k0 / bk)];
+        const Index full_pairs = static_cast<Index>(values.pairs()), nk_pairs = (nk + 1) / 2;
+        for (Index i = 0; i < rows; ++i) {
+          std::uint32_t* row = w.weight_pairs.data() + i * full_pairs;
+          kernels::bf16_pairs(p.data() + i * p.outerStride(), u(nk), row, path);
+          std::fill(row + nk_pairs, row + full_pairs, 0u);
+        }
+        kernels::bf16_gemm_pairs(u(rows), w.weight_pairs.data(), u(full_pairs), values, true, acc.data(),
+                                 u(acc.outerStride()), path);
+      };
+      tile_loop(s, rows, q0, n_k, mask, block(out, q0, h * dh, rows, dh), w, score_tile, add_values);
     });
   }
 
@@ -244,15 +330,15 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     });
   }
 
-  /// One head, one block of queries (rows q0.. of the sequence), all n_k keys in tiles from `keys`.
-  void tile_loop(const AttentionShape& s, ConstMatrixView qh, Index q0, const KeyTiles& keys, ConstMatrixView vh,
-                 Index n_k, const AttentionMask& mask, MatrixView outh, Scratch& w) const {
+  /// One head, one block of nq queries (rows q0.. of the sequence), over all n_k keys in tiles of key_block:
+  /// score_tile(k0, nk, sc) writes the scaled scores (nq, nk) of keys k0.. into sc; add_values(k0, nk, p, acc) adds
+  /// p (nq, nk) · V[k0, k0 + nk) into acc (nq, head_dim). The online softmax and the masks are here.
+  template <typename ScoreTile, typename AddValues>
+  void tile_loop(const AttentionShape& s, Index nq, Index q0, Index n_k, const AttentionMask& mask, MatrixView outh,
+                 Scratch& w, ScoreTile&& score_tile, AddValues&& add_values) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index nq = qh.rows(), dh = s.head_dim, bk = tiles_.key_block;
+    const Index dh = s.head_dim, bk = tiles_.key_block;
     ensure_shape(w.scores, tiles_.query_block, bk);
-    ensure_shape(w.queries, tiles_.query_block, dh);
-    MatrixView qs = block(view(w.queries), 0, 0, nq, dh);
-    qs = qh * s.scale;  // contiguous rows for the micro-kernel, scale applied once
     ensure_shape(w.acc, tiles_.query_block, dh);
     w.row_max.assign(static_cast<std::size_t>(nq), neg_inf);
     w.row_sum.assign(static_cast<std::size_t>(nq), 0.0f);
@@ -264,8 +350,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     for (Index k0 = 0; k0 < key_limit; k0 += bk) {
       const Index nk = std::min(bk, key_limit - k0);
       MatrixView sc = block(view(w.scores), 0, 0, nq, nk);
-      const ConstMatrixView key_tile(keys.base + (k0 / bk) * keys.block_jump, dh, nk, Eigen::OuterStride<>(keys.row_stride));
-      kernels::gemm(cview(qs), key_tile, kernels::Transpose::no, sc, 1.0f, 0.0f, 1);
+      score_tile(k0, nk, sc);
       bool rescale = false;
       for (Index i = 0; i < nq; ++i) {
         float* row = sc.data() + i * sc.outerStride();
@@ -293,7 +378,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
         for (Index i = 0; i < nq; ++i)
           if (w.correction[std::size_t(i)] != 1.0f)
             kernels::scale(acc.data() + i * acc.outerStride(), w.correction[std::size_t(i)], std::size_t(dh));
-      kernels::gemm(cview(sc), block(vh, k0, 0, nk, dh), kernels::Transpose::no, acc, 1.0f, 1.0f, 1);
+      add_values(k0, nk, cview(sc), acc);
     }
     for (Index i = 0; i < nq; ++i) {
       const float l = w.row_sum[std::size_t(i)];
@@ -309,6 +394,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
   }
 
   Tiles tiles_{};
+  Products products_ = Products::fp32;
 };
 
 static_assert(SpelledAttention<FullAttention> && IncrementalAttention<FullAttention>);

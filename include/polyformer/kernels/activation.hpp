@@ -11,12 +11,15 @@
 ///   for negative x where 1 + erf(z) would lose the small result.
 /// - 0.5·(1 + tanh(u)) = σ(2u) = 1 / (1 + e^(-2u)), so tanh-GELU is x / (1 + e^(-2u)), which saturates
 ///   cleanly (e^(-2u) → +inf gives -0, → 0 gives x) with a single exp.
+/// All but GELU-erf are chosen at run time (detail/vector_kernels.hpp) and take an `isa` (default: this process's,
+/// kernels::isa()); GELU-erf is the build's own, as it rests on xsimd's erfc.
 
 #include <cmath>
 #include <cstddef>
 #include <xsimd/xsimd.hpp>
 
-#include "polyformer/kernels/exp.hpp"
+#include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/detail/vector_kernels.hpp"
 #include "polyformer/kernels/simd.hpp"
 
 namespace polyformer::kernels {
@@ -26,6 +29,7 @@ namespace detail {
 inline constexpr float sqrt1_2 = 0.70710678118654752440f;   // 1/√2
 inline constexpr float sqrt2_pi = 0.79788456080286535588f;  // √(2/π)
 inline constexpr float gelu_tanh_c = 0.044715f;
+static_assert(gelu_tanh_m2c1 == -2.0f * sqrt2_pi && gelu_tanh_m2c3 == -2.0f * sqrt2_pi * gelu_tanh_c);
 
 /// Applies `f` (batch → batch) to x (n) → y (n), with a masked tail; x may equal y.
 template <class Arch, class F>
@@ -44,22 +48,6 @@ inline batch_f<Arch> gelu_erf_batch(batch_f<Arch> x) noexcept {
   return B(0.5f) * x * xsimd::erfc(x * B(-sqrt1_2));
 }
 
-/// x / (1 + e^(-2u)), u = √(2/π)·(x + 0.044715·x³), lane-wise.
-template <class Arch>
-inline batch_f<Arch> gelu_tanh_batch(batch_f<Arch> x) noexcept {
-  using B = batch_f<Arch>;
-  const B x2 = x * x;
-  const B m2u = x * xsimd::fma(x2, B(-2.0f * sqrt2_pi * gelu_tanh_c), B(-2.0f * sqrt2_pi));  // -2u
-  return x / (B(1.0f) + exp_batch<Arch>(m2u));
-}
-
-/// x·σ(x) = x / (1 + e^(-x)) lane-wise.
-template <class Arch>
-inline batch_f<Arch> silu_batch(batch_f<Arch> x) noexcept {
-  using B = batch_f<Arch>;
-  return x / (B(1.0f) + exp_batch<Arch>(-x));
-}
-
 }  // namespace detail
 
 /// y = max(x, 0) (scalar twin); NaN stays NaN.
@@ -68,11 +56,8 @@ inline void relu_scalar(const float* x, float* y, std::size_t n) noexcept {
 }
 
 /// y = max(x, 0); NaN stays NaN; x may equal y.
-template <class Arch = xsimd::default_arch>
-inline void relu(const float* x, float* y, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  // select rather than xsimd::max: x86 max returns the second operand for NaN, this keeps NaN.
-  detail::map<Arch>(x, y, n, [](B v) { return xsimd::select(v < B(0.0f), B(0.0f), v); });
+inline void relu(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::template map<decltype(k)::relu>(x, y, n); });
 }
 
 /// y = 0.5·x·(1 + erf(x/√2)) (scalar twin, float std::erfc).
@@ -96,9 +81,8 @@ inline void gelu_tanh_scalar(const float* x, float* y, std::size_t n) noexcept {
 }
 
 /// y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), the tanh-approximate GELU; x may equal y.
-template <class Arch = xsimd::default_arch>
-inline void gelu_tanh(const float* x, float* y, std::size_t n) noexcept {
-  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::gelu_tanh_batch<Arch>(v); });
+inline void gelu_tanh(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::template map<decltype(k)::gelu_tanh>(x, y, n); });
 }
 
 /// y = x·σ(x) (scalar twin, std::exp).
@@ -107,9 +91,8 @@ inline void silu_scalar(const float* x, float* y, std::size_t n) noexcept {
 }
 
 /// y = x·σ(x) = x / (1 + e^(-x)) (SiLU / swish-1); x may equal y.
-template <class Arch = xsimd::default_arch>
-inline void silu(const float* x, float* y, std::size_t n) noexcept {
-  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::silu_batch<Arch>(v); });
+inline void silu(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::template map<decltype(k)::silu>(x, y, n); });
 }
 
 /// y = elu(x) + 1 = x + 1 for x > 0, e^x otherwise (scalar twin): linear attention's feature map.
@@ -117,12 +100,9 @@ inline void elu_plus_one_scalar(const float* x, float* y, std::size_t n) noexcep
   for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] + 1.0f : std::exp(x[i]);
 }
 
-/// y = elu(x) + 1 (Katharopoulos et al. 2020); x may equal y.
-template <class Arch = xsimd::default_arch>
-inline void elu_plus_one(const float* x, float* y, std::size_t n) noexcept {
-  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) {
-    return xsimd::select(v > batch_f<Arch>(0.0f), v + batch_f<Arch>(1.0f), exp_batch<Arch>(xsimd::min(v, batch_f<Arch>(0.0f))));
-  });
+/// y = elu(x) + 1 (Katharopoulos et al. 2020); NaN stays NaN; x may equal y.
+inline void elu_plus_one(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::template map<decltype(k)::elu_plus_one>(x, y, n); });
 }
 
 /// y = silu(gate)·up (scalar twin); gate, up, y: (n); y may equal gate or up.
@@ -131,18 +111,8 @@ inline void swiglu_scalar(const float* gate, const float* up, float* y, std::siz
 }
 
 /// y = silu(gate)·up, the SwiGLU gating of a Llama FFN; gate, up, y: (n); y may equal gate or up.
-template <class Arch = xsimd::default_arch>
-inline void swiglu(const float* gate, const float* up, float* y, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  std::size_t i = 0;
-  for (; i + L <= n; i += L)
-    (detail::silu_batch<Arch>(B::load_unaligned(gate + i)) * B::load_unaligned(up + i)).store_unaligned(y + i);
-  if (i < n) {
-    const std::size_t r = n - i;
-    const B v = detail::silu_batch<Arch>(load_partial<Arch>(gate + i, r, 0.0f)) * load_partial<Arch>(up + i, r, 0.0f);
-    store_partial<Arch>(v, y + i, r);
-  }
+inline void swiglu(const float* gate, const float* up, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::swiglu(gate, up, y, n); });
 }
 
 }  // namespace polyformer::kernels

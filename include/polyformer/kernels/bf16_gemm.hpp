@@ -72,10 +72,39 @@ class Bf16Matrix {
 
   /// Packs Wᵀ for W (n, k) row-major floats, rows ldw apart, each rounded to bf16.
   static Bf16Matrix pack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
-    Bf16Matrix p(n, k);
-    for (std::size_t j = 0; j < n; ++j)
-      for (std::size_t r = 0; r < k; ++r) p.slot(r, j) = to_bf16(w[j * ldw + r]);
+    Bf16Matrix p;
+    p.repack_transposed(w, n, k, ldw);
     return p;
+  }
+
+  /// The same into this object, reusing its storage when it is large enough (no allocation then): for callers that
+  /// pack operands on every call (attention's keys).
+  void repack_transposed(const float* w, std::size_t n, std::size_t k, std::size_t ldw) {
+    reset(n, k);
+    for (std::size_t p = 0; p < panels(); ++p) {
+      std::uint16_t* dst = data_.data() + p * pairs() * panel_width * 2;
+      const std::size_t width = panel_cols(p), j0 = p * panel_width, cols = std::min(panel_width, n - j0);
+      for (std::size_t j = 0; j < cols; ++j) {  // column j of the panel: row j0 + j of W, pair by pair
+        const float* src = w + (j0 + j) * ldw;
+        std::uint16_t* col = dst + 2 * j;
+        for (std::size_t r = 0; r < k; ++r) col[(r / 2) * width * 2 + r % 2] = to_bf16(src[r]);
+      }
+    }
+  }
+
+  /// Packs B (k, n) itself, row-major floats with rows ldb apart, each rounded to bf16, reusing this object's
+  /// storage (attention's values).
+  void repack(const float* b, std::size_t k, std::size_t n, std::size_t ldb) {
+    reset(n, k);
+    for (std::size_t p = 0; p < panels(); ++p) {
+      std::uint16_t* dst = data_.data() + p * pairs() * panel_width * 2;
+      const std::size_t width = panel_cols(p), j0 = p * panel_width, cols = std::min(panel_width, n - j0);
+      for (std::size_t r = 0; r < k; ++r) {  // row r of B into the even or odd halves of its pair row
+        const float* src = b + r * ldb + j0;
+        std::uint16_t* row = dst + (r / 2) * width * 2 + r % 2;
+        for (std::size_t j = 0; j < cols; ++j) row[2 * j] = to_bf16(src[j]);
+      }
+    }
   }
 
   /// Packs Wᵀ for W (n, k) given as little-endian bf16 values (2 bytes each, rows ldw values apart, any
@@ -117,7 +146,11 @@ class Bf16Matrix {
   }
 
  private:
-  Bf16Matrix(std::size_t n, std::size_t k) : k_(k), n_(n) {
+  Bf16Matrix(std::size_t n, std::size_t k) { reset(n, k); }
+  /// Sized for B (k, n), every slot zero (the padding of an odd depth and of the last panel stays so).
+  void reset(std::size_t n, std::size_t k) {
+    k_ = k;
+    n_ = n;
     data_.assign(n == 0 ? 0 : ((panels() - 1) * panel_width + panel_cols(panels() - 1)) * pairs() * 2, 0);
   }
   std::uint16_t& slot(std::size_t r, std::size_t j) noexcept {
@@ -211,18 +244,6 @@ struct Avx512Bf16Ops : Bf16Layout {
 #undef POLYFORMER_TARGET_AVX512_BF16
 #endif
 
-/// Row x (k floats) as bf16 pairs, rounded to nearest even; a zero pads an odd k.
-inline void bf16_pairs(const float* x, std::size_t k, std::uint32_t* out, Bf16Path path) noexcept {
-#if POLYFORMER_RUNTIME_DISPATCH
-  if (path == Bf16Path::avx512_bf16) {
-    Avx512Bf16Ops::convert_row(x, k, out);
-    return;
-  }
-#endif
-  (void)path;
-  for (std::size_t r = 0; r < k; r += 2) out[r / 2] = bf16_pair(x, r, k);
-}
-
 /// Grow-only per-thread buffer of A's bf16 pairs.
 inline std::vector<std::uint32_t>& bf16_workspace() {
   thread_local std::vector<std::uint32_t> pairs;
@@ -230,6 +251,44 @@ inline std::vector<std::uint32_t>& bf16_workspace() {
 }
 
 }  // namespace detail
+
+/// Row x (k floats) as (k + 1) / 2 bf16 pairs, rounded to nearest even; a zero pads an odd k. `path` must be one
+/// this CPU runs.
+inline void bf16_pairs(const float* x, std::size_t k, std::uint32_t* out, Bf16Path path = bf16_path()) noexcept {
+#if POLYFORMER_RUNTIME_DISPATCH
+  if (path == Bf16Path::avx512_bf16) {
+    detail::Avx512Bf16Ops::convert_row(x, k, out);
+    return;
+  }
+#endif
+  (void)path;
+  for (std::size_t r = 0; r < k; r += 2) out[r / 2] = bf16_pair(x, r, k);
+}
+
+/// C (m, n) = A · B, plus the old C when `accumulate`, for A given as bf16 pairs (m rows of b.pairs() words, lda
+/// words apart; bf16_pairs makes them), on the calling thread: for callers that convert A once and reuse it
+/// (attention tiles). Throws config_error for a path this CPU lacks.
+inline void bf16_gemm_pairs(std::size_t m, const std::uint32_t* a, std::size_t lda, const Bf16Matrix& b,
+                            bool accumulate, float* c, std::size_t ldc, Bf16Path path = bf16_path()) {
+  if (!cpu_supports(path))
+    throw config_error(polyformer::detail::cat("bf16_gemm_pairs: path is ", bf16_path_name(path),
+                                               ", which this CPU does not support"));
+  if (m == 0 || b.cols() == 0) return;
+  if (b.rows() == 0) {
+    for (std::size_t i = 0; i < m && !accumulate; ++i) std::fill(c + i * ldc, c + i * ldc + b.cols(), 0.0f);
+    return;
+  }
+  const PackedBlocking blocking = product_blocking(Bf16Matrix::tile, m, b.pairs(), b.panels());
+#if POLYFORMER_RUNTIME_DISPATCH
+  if (path == Bf16Path::avx512_bf16) {
+    detail::packed_gemm_blocked<detail::Avx512Bf16Kernels>(m, a, lda, b, 0, b.panels(), nullptr, accumulate, c, ldc,
+                                                           blocking);
+    return;
+  }
+#endif
+  detail::packed_gemm_blocked<detail::PortableBf16Kernels>(m, a, lda, b, 0, b.panels(), nullptr, accumulate, c, ldc,
+                                                           blocking);
+}
 
 /// C (m, n) = bf16(x) (m, k) · B [+ bias (n) on every row], C overwritten; rows of x and C are ldx and ldc floats
 /// apart. Split over `threads` threads by column panels (rows when B has too few); below ~1 MFLOP on the calling
@@ -249,7 +308,7 @@ inline void bf16_gemm(std::size_t m, const float* x, std::size_t ldx, const Bf16
   std::vector<std::uint32_t>& ws = detail::bf16_workspace();
   if (ws.size() < m * kp) ws.resize(m * kp);
   std::uint32_t* pairs = ws.data();
-  for (std::size_t i = 0; i < m; ++i) detail::bf16_pairs(x + i * ldx, k, pairs + i * kp, path);
+  for (std::size_t i = 0; i < m; ++i) bf16_pairs(x + i * ldx, k, pairs + i * kp, path);
 
   split_packed_product(m, b.panels(), 2.0 * double(m) * double(n) * double(k), threads, false,
                        [&](std::size_t r0, std::size_t r1, std::size_t p0, std::size_t p1) {

@@ -3,12 +3,13 @@
 ///
 /// Algorithms: the reference BLAS routines SDOT/SAXPY/SSCAL (netlib, Dongarra et al. 1979); dot
 /// keeps four independent accumulator batches, as OpenBLAS' x86 sdot microkernels do, so the FMA
-/// latency (4 cycles) is hidden and the summation tree is shallower (better rounding too).
+/// latency (4 cycles) is hidden and the summation tree is shallower (better rounding too). Chosen at run time
+/// (detail/vector_kernels.hpp).
 
 #include <cstddef>
-#include <xsimd/xsimd.hpp>
 
-#include "polyformer/kernels/simd.hpp"
+#include "polyformer/kernels/cpu.hpp"
+#include "polyformer/kernels/detail/vector_kernels.hpp"
 
 namespace polyformer::kernels {
 
@@ -19,22 +20,9 @@ inline float dot_scalar(const float* a, const float* b, std::size_t n) noexcept 
   return s;
 }
 
-/// Σ a[i]·b[i] over i < n; 0 for n = 0.
-template <class Arch = xsimd::default_arch>
-inline float dot(const float* a, const float* b, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  B acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
-  std::size_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    acc0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc0);
-    acc1 = xsimd::fma(B::load_unaligned(a + i + L), B::load_unaligned(b + i + L), acc1);
-    acc2 = xsimd::fma(B::load_unaligned(a + i + 2 * L), B::load_unaligned(b + i + 2 * L), acc2);
-    acc3 = xsimd::fma(B::load_unaligned(a + i + 3 * L), B::load_unaligned(b + i + 3 * L), acc3);
-  }
-  for (; i + L <= n; i += L) acc0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc0);
-  if (i < n) acc1 = xsimd::fma(load_partial<Arch>(a + i, n - i, 0.0f), load_partial<Arch>(b + i, n - i, 0.0f), acc1);
-  return hsum<Arch>((acc0 + acc1) + (acc2 + acc3));
+/// Σ a[i]·b[i] over i < n; 0 for n = 0. `isa` picks the kernels (default: this process's, kernels::isa()).
+inline float dot(const float* a, const float* b, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  return detail::with_vector_kernels(isa, [&](auto k) { return decltype(k)::dot(a, b, n); });
 }
 
 /// y[i] += alpha·x[i] for i < n (scalar twin).
@@ -42,22 +30,9 @@ inline void axpy_scalar(float alpha, const float* x, float* y, std::size_t n) no
   for (std::size_t i = 0; i < n; ++i) y[i] += alpha * x[i];  // x, y: (n)
 }
 
-/// y[i] += alpha·x[i] for i < n (fused multiply-add where the ISA has it).
-template <class Arch = xsimd::default_arch>
-inline void axpy(float alpha, const float* x, float* y, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  const B a(alpha);
-  std::size_t i = 0;
-  for (; i + 2 * L <= n; i += 2 * L) {
-    xsimd::fma(a, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
-    xsimd::fma(a, B::load_unaligned(x + i + L), B::load_unaligned(y + i + L)).store_unaligned(y + i + L);
-  }
-  for (; i + L <= n; i += L) xsimd::fma(a, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
-  if (i < n) {
-    const std::size_t r = n - i;
-    store_partial<Arch>(xsimd::fma(a, load_partial<Arch>(x + i, r, 0.0f), load_partial<Arch>(y + i, r, 0.0f)), y + i, r);
-  }
+/// y[i] += alpha·x[i] for i < n, fused multiply-adds.
+inline void axpy(float alpha, const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::axpy(alpha, x, y, n); });
 }
 
 /// x[i] *= s for i < n (scalar twin).
@@ -66,14 +41,8 @@ inline void scale_scalar(float* x, float s, std::size_t n) noexcept {
 }
 
 /// x[i] *= s for i < n.
-template <class Arch = xsimd::default_arch>
-inline void scale(float* x, float s, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  const B sb(s);
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) (B::load_unaligned(x + i) * sb).store_unaligned(x + i);
-  if (i < n) store_partial<Arch>(load_partial<Arch>(x + i, n - i, 0.0f) * sb, x + i, n - i);
+inline void scale(float* x, float s, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::scale(x, s, n); });
 }
 
 /// y[i] += x[i] for i < n (scalar twin).
@@ -81,17 +50,9 @@ inline void add_scalar(const float* x, float* y, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) y[i] += x[i];  // x, y: (n)
 }
 
-/// y[i] += x[i] for i < n (residual connections, bias rows).
-template <class Arch = xsimd::default_arch>
-inline void add(const float* x, float* y, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) (B::load_unaligned(y + i) + B::load_unaligned(x + i)).store_unaligned(y + i);
-  if (i < n) {
-    const std::size_t r = n - i;
-    store_partial<Arch>(load_partial<Arch>(y + i, r, 0.0f) + load_partial<Arch>(x + i, r, 0.0f), y + i, r);
-  }
+/// y[i] += x[i] for i < n (residual connections, bias rows); x may equal y.
+inline void add(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::add(x, y, n); });
 }
 
 }  // namespace polyformer::kernels

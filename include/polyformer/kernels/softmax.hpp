@@ -10,12 +10,11 @@
 #include <cstddef>
 #include <cmath>
 #include <limits>
-#include <xsimd/xsimd.hpp>
 
+#include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/reduce.hpp"
-#include "polyformer/kernels/simd.hpp"
 
 namespace polyformer::kernels {
 
@@ -35,39 +34,18 @@ inline void softmax_scalar(float* x, std::size_t n, const float* additive_mask =
 }
 
 /// In place x = softmax(x + additive_mask) over n entries; -inf entries give 0, a fully masked row
-/// gives all zeros (never NaN). additive_mask (n) may be null; NaN or +inf in x give NaN.
-template <class Arch = xsimd::default_arch>
-inline void softmax(float* x, std::size_t n, const float* additive_mask = nullptr) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  constexpr float ninf = -std::numeric_limits<float>::infinity();
+/// gives all zeros (never NaN). additive_mask (n) may be null; NaN or +inf in x give NaN. `isa` picks the kernels
+/// (default: this process's, kernels::isa()).
+inline void softmax(float* x, std::size_t n, const float* additive_mask = nullptr, Isa isa = kernels::isa()) noexcept {
   // x, additive_mask: (n)
-  float m;
-  if (additive_mask != nullptr) {
-    // Pass 1 fused: apply the mask and track the max in the same sweep.
-    B mb(ninf);
-    std::size_t i = 0;
-    for (; i + L <= n; i += L) {
-      const B v = B::load_unaligned(x + i) + B::load_unaligned(additive_mask + i);
-      v.store_unaligned(x + i);
-      mb = xsimd::max(mb, v);
-    }
-    if (i < n) {
-      const std::size_t r = n - i;
-      const B v = load_partial<Arch>(x + i, r, ninf) + load_partial<Arch>(additive_mask + i, r, 0.0f);
-      store_partial<Arch>(v, x + i, r);
-      mb = xsimd::max(mb, v);
-    }
-    m = hmax<Arch>(mb);
-  } else {
-    m = reduce_max(x, n);
-  }
-  if (m == ninf) {  // fully masked (or empty) row: zeros rather than 0/0
+  if (additive_mask != nullptr) add(additive_mask, x, n, isa);
+  const float m = reduce_max(x, n, isa);
+  if (m == -std::numeric_limits<float>::infinity()) {  // fully masked (or empty) row: zeros rather than 0/0
     for (std::size_t i = 0; i < n; ++i) x[i] = 0.0f;
     return;
   }
-  const float sum = exp_shifted_sum(x, n, m);  // >= 1: the max entry contributes e^0
-  scale<Arch>(x, 1.0f / sum, n);
+  const float sum = exp_shifted_sum(x, n, m, isa);  // >= 1: the max entry contributes e^0
+  scale(x, 1.0f / sum, n, isa);
 }
 
 }  // namespace polyformer::kernels

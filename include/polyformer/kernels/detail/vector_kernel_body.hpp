@@ -4,7 +4,8 @@
 //   POLYFORMER_VECTOR_OPS      the vector operations (detail/vector_ops.hpp),
 // and undefines the three macros at its end.
 
-/// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums, the row norms, and
+/// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums, the row norms, the
+/// level-1 kernels (dot, axpy, scale, add), the activations but GELU-erf, C = A·Bᵀ by dot products (gemm_nt), and
 /// decoding attention over transposed keys and values.
 struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   using V = POLYFORMER_VECTOR_OPS;
@@ -191,6 +192,140 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
       const Acc v = V::mul(sb, V::load_partial(x + i, n - i));
       V::store_partial(y + i, gamma != nullptr ? V::mul(V::load_partial(gamma + i, n - i), v) : v, n - i);
     }
+  }
+
+  /// Σ a[i]·b[i] over four accumulators (as OpenBLAS' sdot kernels keep them); 0 for n = 0.
+  POLYFORMER_VECTOR_TARGET static float dot(const float* a, const float* b, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    Acc s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+    std::size_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      s0 = V::fma(V::load(a + i), V::load(b + i), s0);
+      s1 = V::fma(V::load(a + i + L), V::load(b + i + L), s1);
+      s2 = V::fma(V::load(a + i + 2 * L), V::load(b + i + 2 * L), s2);
+      s3 = V::fma(V::load(a + i + 3 * L), V::load(b + i + 3 * L), s3);
+    }
+    for (; i + L <= n; i += L) s0 = V::fma(V::load(a + i), V::load(b + i), s0);
+    if (i < n) s1 = V::fma(V::load_partial(a + i, n - i), V::load_partial(b + i, n - i), s1);
+    return V::hsum(V::add(V::add(s0, s1), V::add(s2, s3)));
+  }
+
+  /// y[i] += alpha·x[i], fused.
+  POLYFORMER_VECTOR_TARGET static void axpy(float alpha, const float* x, float* y, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    const Acc a = V::broadcast_a(alpha);
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(y + i, V::fma(a, V::load(x + i), V::load(y + i)));
+    if (i < n) V::store_partial(y + i, V::fma(a, V::load_partial(x + i, n - i), V::load_partial(y + i, n - i)), n - i);
+  }
+
+  /// x[i] *= s.
+  POLYFORMER_VECTOR_TARGET static void scale(float* x, float s, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    const Acc sb = V::broadcast_a(s);
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(x + i, V::mul(V::load(x + i), sb));
+    if (i < n) V::store_partial(x + i, V::mul(V::load_partial(x + i, n - i), sb), n - i);
+  }
+
+  /// y[i] += x[i]; x may equal y.
+  POLYFORMER_VECTOR_TARGET static void add(const float* x, float* y, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(y + i, V::add(V::load(y + i), V::load(x + i)));
+    if (i < n) V::store_partial(y + i, V::add(V::load_partial(y + i, n - i), V::load_partial(x + i, n - i)), n - i);
+  }
+
+  /// y = F(x) lane-wise, with a partial tail; x may equal y.
+  template <Acc (*F)(Acc) noexcept>
+  POLYFORMER_VECTOR_TARGET static void map(const float* x, float* y, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(y + i, F(V::load(x + i)));
+    if (i < n) V::store_partial(y + i, F(V::load_partial(x + i, n - i)), n - i);
+  }
+
+  /// max(x, 0) with x as max's second operand, which x86 returns when either is NaN: NaN stays NaN, −0 stays −0.
+  POLYFORMER_VECTOR_TARGET static Acc relu(Acc x) noexcept { return V::max(V::zero(), x); }
+
+  /// x·σ(x) = x / (1 + e^(−x)).
+  POLYFORMER_VECTOR_TARGET static Acc silu(Acc x) noexcept {
+    return V::div(x, V::add(V::broadcast_a(1.0f), exp(V::sub(V::zero(), x))));
+  }
+
+  /// x / (1 + e^(−2u)), u = √(2/π)·(x + 0.044715·x³): tanh-GELU by activation.hpp's rewrite.
+  POLYFORMER_VECTOR_TARGET static Acc gelu_tanh(Acc x) noexcept {
+    const Acc m2u = V::mul(x, V::fma(V::mul(x, x), V::broadcast_a(gelu_tanh_m2c3), V::broadcast_a(gelu_tanh_m2c1)));
+    return V::div(x, V::add(V::broadcast_a(1.0f), exp(m2u)));
+  }
+
+  /// elu(x) + 1 = max(x, 0) + e^min(x, 0): x + 1 above 0, e^x at or below (NaN stays NaN).
+  POLYFORMER_VECTOR_TARGET static Acc elu_plus_one(Acc x) noexcept {
+    return V::add(V::max(V::zero(), x), exp(V::min(x, V::zero())));
+  }
+
+  /// y = silu(gate)·up; y may equal gate or up.
+  POLYFORMER_VECTOR_TARGET static void swiglu(const float* gate, const float* up, float* y, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(y + i, V::mul(silu(V::load(gate + i)), V::load(up + i)));
+    if (i < n)
+      V::store_partial(y + i, V::mul(silu(V::load_partial(gate + i, n - i)), V::load_partial(up + i, n - i)), n - i);
+  }
+
+  /// C (m, n) = A (m, k) · Bᵀ for B (n, k): blocks of up to 4 rows of A × 4 rows of B, 16 vector accumulators
+  /// over k, summed across lanes at the end (gemm_nt.hpp's file comment).
+  POLYFORMER_VECTOR_TARGET static void gemm_nt(std::size_t m, std::size_t n, std::size_t k, const float* a,
+                                               std::size_t lda, const float* b, std::size_t ldb, float* c,
+                                               std::size_t ldc) noexcept {
+    std::size_t i = 0;
+    for (; i + 4 <= m; i += 4) gemm_nt_rows<4>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc);
+    switch (m - i) {
+      case 3: gemm_nt_rows<3>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+      case 2: gemm_nt_rows<2>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+      case 1: gemm_nt_rows<1>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc); break;
+      default: break;
+    }
+  }
+
+  template <int MR>
+  POLYFORMER_VECTOR_TARGET static void gemm_nt_rows(std::size_t n, std::size_t k, const float* a, std::size_t lda,
+                                                    const float* b, std::size_t ldb, float* c, std::size_t ldc) noexcept {
+    std::size_t j = 0;
+    for (; j + 4 <= n; j += 4) gemm_nt_block<MR, 4>(k, a, lda, b + j * ldb, ldb, c + j, ldc);
+    for (; j < n; ++j) gemm_nt_block<MR, 1>(k, a, lda, b + j * ldb, ldb, c + j, ldc);
+  }
+
+  template <int MR, int NR>
+  POLYFORMER_NOINLINE POLYFORMER_VECTOR_TARGET static void gemm_nt_block(std::size_t k, const float* a, std::size_t lda,
+                                                                         const float* b, std::size_t ldb, float* c,
+                                                                         std::size_t ldc) noexcept {
+    constexpr std::size_t L = V::lanes;
+    Acc acc[MR][NR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+    for (std::size_t r = 0; r < k; r += L) {
+      const std::size_t width = k - r < L ? k - r : L;
+      Acc bv[NR];
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) {
+        const float* p = b + std::size_t(j) * ldb + r;
+        bv[j] = width == L ? V::load(p) : V::load_partial(p, width);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const float* p = a + std::size_t(i) * lda + r;
+        const Acc av = width == L ? V::load(p) : V::load_partial(p, width);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) c[std::size_t(i) * ldc + std::size_t(j)] = V::hsum(acc[i][j]);
   }
 
   /// Softmax attention of `rows` queries that share one key/value head over its first n positions, stored

@@ -1,7 +1,8 @@
 #pragma once
 /// \file The element-wise kernels chosen at run time: the body detail/vector_kernel_body.hpp compiled for the
 /// build's own target (xsimd), AVX2 + FMA and AVX-512, and `with_vector_kernels`, which runs a callable with the
-/// set of a kernel family. exp.hpp, reduce.hpp and norm.hpp expose them; the constants of exp live here.
+/// set of a kernel family. exp.hpp, reduce.hpp, norm.hpp, dot.hpp, activation.hpp, gemm_nt.hpp, softmax.hpp and
+/// cached_attention.hpp expose them; the constants of exp and of tanh-GELU live here.
 
 #include <bit>
 #include <cmath>
@@ -29,6 +30,9 @@ inline constexpr float exp_p5 = 5.0000001201e-1f;
 inline constexpr float exp_hi = 88.8f;
 inline constexpr float exp_lo = -104.0f;
 inline constexpr float exp_shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+// tanh-GELU's −2u = x·(−2√(2/π) − 2√(2/π)·0.044715·x²).
+inline constexpr float gelu_tanh_m2c1 = -2.0f * 0.79788456080286535588f;
+inline constexpr float gelu_tanh_m2c3 = -2.0f * 0.79788456080286535588f * 0.044715f;
 
 #define POLYFORMER_VECTOR_KERNELS PortableVectorKernels
 #define POLYFORMER_VECTOR_TARGET

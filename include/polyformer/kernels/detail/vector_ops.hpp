@@ -40,6 +40,7 @@ struct PortableVectorOps {
   static acc add(acc a, acc b) noexcept { return a + b; }
   static acc sub(acc a, acc b) noexcept { return a - b; }
   static acc mul(acc a, acc b) noexcept { return a * b; }
+  static acc div(acc a, acc b) noexcept { return a / b; }
   static acc min(acc a, acc b) noexcept { return xsimd::min(a, b); }
   static acc max(acc a, acc b) noexcept { return xsimd::max(a, b); }
   static float hsum(acc v) noexcept { return kernels::hsum<xsimd::default_arch>(v); }
@@ -77,6 +78,7 @@ struct Avx2VectorOps {
   POLYFORMER_TARGET_AVX2 static acc add(acc a, acc b) noexcept { return _mm256_add_ps(a, b); }
   POLYFORMER_TARGET_AVX2 static acc sub(acc a, acc b) noexcept { return _mm256_sub_ps(a, b); }
   POLYFORMER_TARGET_AVX2 static acc mul(acc a, acc b) noexcept { return _mm256_mul_ps(a, b); }
+  POLYFORMER_TARGET_AVX2 static acc div(acc a, acc b) noexcept { return _mm256_div_ps(a, b); }
   POLYFORMER_TARGET_AVX2 static acc min(acc a, acc b) noexcept { return _mm256_min_ps(a, b); }
   POLYFORMER_TARGET_AVX2 static acc max(acc a, acc b) noexcept { return _mm256_max_ps(a, b); }
   POLYFORMER_TARGET_AVX2 static float hsum(acc v) noexcept {
@@ -125,6 +127,7 @@ struct Avx512VectorOps {
   POLYFORMER_TARGET_AVX512 static acc add(acc a, acc b) noexcept { return _mm512_add_ps(a, b); }
   POLYFORMER_TARGET_AVX512 static acc sub(acc a, acc b) noexcept { return _mm512_sub_ps(a, b); }
   POLYFORMER_TARGET_AVX512 static acc mul(acc a, acc b) noexcept { return _mm512_mul_ps(a, b); }
+  POLYFORMER_TARGET_AVX512 static acc div(acc a, acc b) noexcept { return _mm512_div_ps(a, b); }
   POLYFORMER_TARGET_AVX512 static acc min(acc a, acc b) noexcept { return _mm512_min_ps(a, b); }
   POLYFORMER_TARGET_AVX512 static acc max(acc a, acc b) noexcept { return _mm512_max_ps(a, b); }
   POLYFORMER_TARGET_AVX512 static float hsum(acc v) noexcept { return _mm512_reduce_add_ps(v); }

@@ -383,10 +383,11 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
         }
       }
     }
-    float inv[R];
+    // out (R, head_dim) = weights (R, n) · values_tᵀ, as dot products over the keys, then each row over its sum.
+    gemm_nt_rows<R>(head_dim, n, scores, lds, values_t, ld, out, ldo);
 #pragma GCC unroll 2
-    for (int r = 0; r < R; ++r) inv[r] = 1.0f / V::hsum(sum[r]);
-    weigh_values<R>(head_dim, n, scores, lds, inv, values_t, ld, out, ldo);
+    for (int r = 0; r < R; ++r)  // (the parameter `scale` hides the member)
+      POLYFORMER_VECTOR_KERNELS::scale(out + std::size_t(r) * ldo, 1.0f / V::hsum(sum[r]), head_dim);
   }
 
   /// scores (R, n) = scale · q (R, head_dim) · keys_t (head_dim, n), vectorized over the keys; mx[r] gets lane-wise
@@ -426,50 +427,6 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
     }
   }
 
-  /// out (R, head_dim) = p (R, n) · values_tᵀ · inv_sum per row: blocks of dimensions, each a set of vector
-  /// accumulators over the keys, summed across lanes at the end.
-  template <int R>
-  POLYFORMER_VECTOR_TARGET static void weigh_values(std::size_t head_dim, std::size_t n, const float* p,
-                                                    std::size_t ldp, const float* inv_sum, const float* values_t,
-                                                    std::size_t ld, float* out, std::size_t ldo) noexcept {
-    // R·D accumulators, R weights and a value vector or two stay within the register file (32 or 16 vectors).
-    constexpr int D = (V::lanes == 16 ? 16 : 8) / R;
-    std::size_t d = 0;
-    for (; d + D <= head_dim; d += D) weigh_block<R, D>(d, n, p, ldp, inv_sum, values_t, ld, out, ldo);
-    for (; d < head_dim; ++d) weigh_block<R, 1>(d, n, p, ldp, inv_sum, values_t, ld, out, ldo);
-  }
-
-  template <int R, int D>
-  POLYFORMER_VECTOR_TARGET static void weigh_block(std::size_t d0, std::size_t n, const float* p, std::size_t ldp,
-                                                   const float* inv_sum, const float* values_t, std::size_t ld,
-                                                   float* out, std::size_t ldo) noexcept {
-    constexpr std::size_t L = V::lanes;
-    Acc acc[R][D];
-#pragma GCC unroll 2
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int i = 0; i < D; ++i) acc[r][i] = V::zero();
-    for (std::size_t j = 0; j < n; j += L) {
-      const std::size_t width = n - j < L ? n - j : L;
-      Acc w[R];
-#pragma GCC unroll 2
-      for (int r = 0; r < R; ++r) {
-        const float* pr = p + std::size_t(r) * ldp + j;
-        w[r] = width == L ? V::load(pr) : V::load_partial(pr, width);
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < D; ++i) {
-        const float* v = values_t + (d0 + std::size_t(i)) * ld + j;
-        const Acc vv = width == L ? V::load(v) : V::load_partial(v, width);
-#pragma GCC unroll 2
-        for (int r = 0; r < R; ++r) acc[r][i] = V::fma(w[r], vv, acc[r][i]);
-      }
-    }
-#pragma GCC unroll 2
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int i = 0; i < D; ++i) out[std::size_t(r) * ldo + d0 + std::size_t(i)] = V::hsum(acc[r][i]) * inv_sum[r];
-  }
 };
 
 #undef POLYFORMER_VECTOR_KERNELS

@@ -17,6 +17,7 @@
 #include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/bf16_gemm.hpp"
@@ -42,6 +43,9 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     std::vector<float> correction;  // exp(old max − new max) of the current tile
     std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
     std::vector<std::uint32_t> query_pairs, weight_pairs;  // bf16 products: the scaled queries, a tile's weights
+    // backward: a key tile's keys and values transposed (d, key_block), its gradients (key_block, d), the tile's
+    // score gradients (query_block, key_block) and a transposed weight or score-gradient tile (key_block, query_block)
+    Matrix keys_t, values_t, key_grad, value_grad, score_grads, weights_t;
   };
 
  public:
@@ -55,6 +59,9 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     Matrix values;  // (kv_heads·n_k, d): values head by head
     // bf16 products: per (kv head, key tile), the keys as B = Kᵀ (d, tile) and the values as B = V (tile, d)
     std::vector<kernels::Bf16Matrix> key_tiles, value_tiles;
+    // backward: rowsum(dout ⊙ out) (heads, n_q), and each thread's share of dq (n_q, heads·d)
+    Matrix delta;
+    std::vector<Matrix> query_grads;
   };
 
   static constexpr bool supports_causal = true;
@@ -98,7 +105,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       forward_few_queries(s, q, k, v, mask, out, ws, ctx);
       return;
     }
-    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
+    const Index n_q = q.rows();
     const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1));
     const Index q_blocks = (n_q + bq - 1) / bq;
     const Index tasks = s.n_heads * q_blocks;
@@ -107,6 +114,116 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       forward_bf16(s, q, k, v, mask, out, t, ws);
       return;
     }
+    forward_tiles(s, q, k, v, mask, out, t, ws, nullptr);
+  }
+
+  /// What forward_train keeps for backward: the log-sum-exp of each query row's scaled, masked scores, from which
+  /// backward recomputes the softmax weights tile by tile (FlashAttention's backward), O(n) per head.
+  struct Saved : SavedForward {
+    Matrix lse;  ///< (heads, n_q); −inf for a query that sees no key
+  };
+
+  /// forward() in fp32 whatever products() says, keeping in `saved` what backward() needs.
+  void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const {
+    const Index n_q = q.rows();
+    const Index bq = std::min(tiles_.query_block, std::max<Index>(n_q, 1)), tasks = s.n_heads * ((n_q + bq - 1) / bq);
+    const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
+    ensure_shape(saved.lse, s.n_heads, n_q);
+    forward_tiles(s, q, k, v, mask, out, t, ws, saved.lse.data());
+    saved.record();
+  }
+
+  /// The backward of forward_train: dq (n_q, heads·d), dk and dv (n_k, kv_heads·d) written from dout (n_q, heads·d),
+  /// given the same q, k, v, mask and the output `out`. Each (kv head, key tile) task recomputes its score tiles
+  /// from the saved log-sum-exp, sums its keys' and values' gradients itself, and adds the queries' into a buffer
+  /// of its thread's (summed at the end), so nothing (n_q, n_k) is ever stored. Uses `saved` once (saved.keep:
+  /// again).
+  void backward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
+                MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
+    const char* func = "FullAttention::backward";
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, qd = s.n_heads * dh, kd = s.n_kv_heads * dh;
+    check_shape(out, n_q, qd, func, "out");
+    check_shape(dout, n_q, qd, func, "dout");
+    check_shape(dq, n_q, qd, func, "dq");
+    check_shape(dk, n_k, kd, func, "dk");
+    check_shape(dv, n_k, kd, func, "dv");
+    check_shape(saved.lse, s.n_heads, n_q, func, "the saved log-sum-exp");
+    saved.take(func);
+    const Index bq = tiles_.query_block, bk = tiles_.key_block, k_blocks = (n_k + bk - 1) / bk;
+    const Index tasks = s.n_kv_heads * k_blocks;
+    const int t = static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
+    if (static_cast<int>(ws.scratch.size()) < t) ws.scratch.resize(static_cast<std::size_t>(t));
+    // delta (heads, n_q) = rowsum(dout ⊙ out) per head: softmax's backward subtracts it from dP.
+    ensure_shape(ws.delta, s.n_heads, n_q);
+    for (Index i = 0; i < n_q; ++i)
+      for (Index h = 0; h < s.n_heads; ++h)
+        ws.delta(h, i) = kernels::dot(dout.data() + i * dout.outerStride() + h * dh,
+                                      out.data() + i * out.outerStride() + h * dh, static_cast<std::size_t>(dh));
+    ws.query_grads.resize(static_cast<std::size_t>(t));
+    for (int i = 0; i < t; ++i) ws.query_grads[std::size_t(i)].setZero(n_q, qd);
+    const Index group = s.n_heads / s.n_kv_heads;
+    parallel_for(tasks, t, [&](Index task, int thread) {
+      const Index g = task / k_blocks, k0 = (task % k_blocks) * bk, nk = std::min(bk, n_k - k0);
+      Scratch& w = ws.scratch[std::size_t(thread)];
+      ensure_shape(w.keys_t, dh, bk);
+      ensure_shape(w.values_t, dh, bk);
+      ensure_shape(w.key_grad, bk, dh);
+      ensure_shape(w.value_grad, bk, dh);
+      ensure_shape(w.queries, bq, dh);
+      ensure_shape(w.scores, bq, bk);
+      ensure_shape(w.score_grads, bq, bk);
+      ensure_shape(w.weights_t, bk, bq);
+      const ConstMatrixView kb = block(k, k0, g * dh, nk, dh), vb = block(v, k0, g * dh, nk, dh);
+      MatrixView kt = block(view(w.keys_t), 0, 0, dh, nk), vt = block(view(w.values_t), 0, 0, dh, nk);
+      kt = kb.transpose();
+      vt = vb.transpose();
+      MatrixView dkb = block(view(w.key_grad), 0, 0, nk, dh), dvb = block(view(w.value_grad), 0, 0, nk, dh);
+      dkb.setZero();
+      dvb.setZero();
+      MatrixView dq_thread = view(ws.query_grads[std::size_t(thread)]);
+      // The first query that may see key k0 (causal): queries before it see none of this tile.
+      const Index first_query = mask.causal ? std::clamp<Index>(k0 - mask.causal_offset, 0, n_q) : 0;
+      for (Index h = g * group; h < (g + 1) * group; ++h)
+        for (Index q0 = first_query / bq * bq; q0 < n_q; q0 += bq) {
+          const Index rows = std::min(bq, n_q - q0);
+          MatrixView qs = block(view(w.queries), 0, 0, rows, dh);
+          qs = block(q, q0, h * dh, rows, dh) * s.scale;
+          MatrixView p = block(view(w.scores), 0, 0, rows, nk);
+          kernels::gemm(cview(qs), cview(kt), kernels::Transpose::no, p, 1.0f, 0.0f, 1);
+          softmax_weights(mask, q0, k0, n_k, saved.lse.data() + h * n_q + q0, p);
+          const ConstMatrixView dob = block(dout, q0, h * dh, rows, dh);
+          // dV += Pᵀ·dO
+          MatrixView pt = block(view(w.weights_t), 0, 0, nk, rows);
+          pt = p.transpose();
+          kernels::gemm(cview(pt), dob, kernels::Transpose::no, dvb, 1.0f, 1.0f, 1);
+          // dP = dO·Vᵀ, then dS = P ⊙ (dP − delta)
+          MatrixView ds = block(view(w.score_grads), 0, 0, rows, nk);
+          kernels::gemm(dob, cview(vt), kernels::Transpose::no, ds, 1.0f, 0.0f, 1);
+          for (Index i = 0; i < rows; ++i) {
+            const float d = ws.delta(h, q0 + i);
+            float* dsr = ds.data() + i * ds.outerStride();
+            const float* pr = p.data() + i * p.outerStride();
+            for (Index j = 0; j < nk; ++j) dsr[j] = pr[j] * (dsr[j] - d);
+          }
+          // dK += dSᵀ·(scale·Q); dQ += scale·dS·K
+          pt = ds.transpose();
+          kernels::gemm(cview(pt), cview(qs), kernels::Transpose::no, dkb, 1.0f, 1.0f, 1);
+          kernels::gemm(cview(ds), kb, kernels::Transpose::no, block(dq_thread, q0, h * dh, rows, dh), s.scale, 1.0f, 1);
+        }
+      block(dk, k0, g * dh, nk, dh) = dkb;
+      block(dv, k0, g * dh, nk, dh) = dvb;
+    });
+    dq = ws.query_grads[0];
+    for (int i = 1; i < t; ++i) dq += ws.query_grads[std::size_t(i)];
+  }
+
+ private:
+  /// The fp32 tiled forward over t threads; with lse non-null, also each query row's log-sum-exp, (heads, n_q).
+  void forward_tiles(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, int t, Workspace& ws, float* lse) const {
+    const Index n_k = k.rows(), dh = s.head_dim;
     // Keys transposed once per call and stored tile by tile, (key_blocks·kv_heads·d, key_block), so every
     // score tile is a plain Q·Kᵀ micro-kernel product over a contiguous panel (rows n_k apart would alias
     // in L1 when n_k is a multiple of 1024).
@@ -123,10 +240,31 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     });
     run_tiles(s, q, n_k, mask, out, t, ws, [&](Index g) {
       return HeadKeys{KeyTiles{ws.keys_t.data() + g * dh * bk, bk, kd * bk}, block(cview(ws.values), g * n_k, 0, n_k, dh)};
-    });
+    }, lse);
   }
 
+  /// Turns p (rows, nk), the scaled scores of queries q0.. against keys k0.., into the softmax weights
+  /// e^(score + mask − lse) of the forward, 0 where masked or where the query sees no key (lse −inf).
+  static void softmax_weights(const AttentionMask& mask, Index q0, Index k0, Index n_k, const float* lse, MatrixView p) {
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index nk = p.cols();
+    for (Index i = 0; i < p.rows(); ++i) {
+      float* row = p.data() + i * p.outerStride();
+      const Index visible = std::clamp<Index>(mask.key_end(q0 + i, n_k) - k0, 0, nk);
+      if (lse[i] == neg_inf || visible == 0) {
+        std::fill(row, row + nk, 0.0f);
+        continue;
+      }
+      if (mask.additive) kernels::add(mask.additive + (q0 + i) * mask.additive_stride + k0, row, std::size_t(visible));
+      if (mask.key_padding)
+        for (Index j = 0; j < visible; ++j)
+          if (mask.key_padding[k0 + j] != 0.0f) row[j] = neg_inf;
+      for (Index j = 0; j < visible; ++j) row[j] = std::exp(row[j] - lse[i]);
+      std::fill(row + visible, row + nk, 0.0f);
+    }
+  }
 
+ public:
   /// The cache's state type: decoding with FullAttention keeps every key and value.
   using State = KVCache;
   /// A cache for `capacity` positions.
@@ -188,7 +326,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
   /// The fp32 tiles of every (head, query block) task; keys_of(g) gives kv head g's keys and values.
   template <typename KeysOf>
   void run_tiles(const AttentionShape& s, ConstMatrixView q, Index n_k, const AttentionMask& mask, MatrixView out,
-                 int t, Workspace& ws, KeysOf&& keys_of) const {
+                 int t, Workspace& ws, KeysOf&& keys_of, float* lse = nullptr) const {
     const Index dh = s.head_dim, bk = tiles_.key_block;
     for_each_block(s, q.rows(), t, ws, [&](Index h, Index q0, Index rows, Scratch& w) {
       const HeadKeys hk = keys_of(s.kv_head(h));
@@ -203,7 +341,8 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       const auto add_values = [&](Index k0, Index nk, ConstMatrixView p, MatrixView acc) {
         kernels::gemm(p, block(hk.values, k0, 0, nk, dh), kernels::Transpose::no, acc, 1.0f, 1.0f, 1);
       };
-      tile_loop(s, rows, q0, n_k, mask, block(out, q0, h * dh, rows, dh), w, score_tile, add_values);
+      tile_loop(s, rows, q0, n_k, mask, block(out, q0, h * dh, rows, dh), w, score_tile, add_values,
+                lse != nullptr ? lse + h * q.rows() + q0 : nullptr);
     });
   }
 
@@ -333,9 +472,10 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
   /// One head, one block of nq queries (rows q0.. of the sequence), over all n_k keys in tiles of key_block:
   /// score_tile(k0, nk, sc) writes the scaled scores (nq, nk) of keys k0.. into sc; add_values(k0, nk, p, acc) adds
   /// p (nq, nk) · V[k0, k0 + nk) into acc (nq, head_dim). The online softmax and the masks are here.
+  /// With lse non-null, lse[i] receives query i's log-sum-exp of its scores (−inf when it sees no key).
   template <typename ScoreTile, typename AddValues>
   void tile_loop(const AttentionShape& s, Index nq, Index q0, Index n_k, const AttentionMask& mask, MatrixView outh,
-                 Scratch& w, ScoreTile&& score_tile, AddValues&& add_values) const {
+                 Scratch& w, ScoreTile&& score_tile, AddValues&& add_values, float* lse = nullptr) const {
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
     const Index dh = s.head_dim, bk = tiles_.key_block;
     ensure_shape(w.scores, tiles_.query_block, bk);
@@ -380,6 +520,11 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
             kernels::scale(acc.data() + i * acc.outerStride(), w.correction[std::size_t(i)], std::size_t(dh));
       add_values(k0, nk, cview(sc), acc);
     }
+    if (lse != nullptr)
+      for (Index i = 0; i < nq; ++i) {
+        const float l = w.row_sum[std::size_t(i)];
+        lse[i] = l > 0.0f ? w.row_max[std::size_t(i)] + std::log(l) : neg_inf;
+      }
     for (Index i = 0; i < nq; ++i) {
       const float l = w.row_sum[std::size_t(i)];
       float* dst = outh.data() + i * outh.outerStride();

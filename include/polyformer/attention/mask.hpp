@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -94,6 +95,34 @@ struct MaskSpec {
     if (!key_lengths.empty()) m.n_valid_keys = key_lengths[static_cast<std::size_t>(b)];
     return m;
   }
+};
+
+/// A copy of a MaskSpec's masks, kept by a training forward for its backward (the caller's may change meanwhile).
+class MaskCopy {
+ public:
+  /// Copies m's masks, reusing this copy's storage.
+  void assign(const MaskSpec& m) {
+    causal_ = m.causal;
+    has_additive_ = m.additive.has_value();
+    has_padding_ = m.key_padding.has_value();
+    if (has_additive_) additive_ = m.additive->view();
+    if (has_padding_) key_padding_ = m.key_padding->view();
+    key_lengths_.assign(m.key_lengths.begin(), m.key_lengths.end());
+  }
+  /// The copied masks as a MaskSpec (valid while this copy lives and is not reassigned).
+  MaskSpec spec() const {
+    MaskSpec m;
+    m.causal = causal_;
+    if (has_additive_) m.additive = ConstMatrixRef(additive_);
+    if (has_padding_) m.key_padding = ConstMatrixRef(key_padding_);
+    m.key_lengths = key_lengths_;
+    return m;
+  }
+
+ private:
+  bool causal_ = false, has_additive_ = false, has_padding_ = false;
+  Matrix additive_, key_padding_;
+  std::vector<Index> key_lengths_;
 };
 
 }  // namespace polyformer

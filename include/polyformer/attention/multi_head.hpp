@@ -50,6 +50,20 @@ class MultiHeadAttention {
     typename Attn::Workspace attention;
   };
 
+  /// What a training forward keeps for its backward (one per call in flight), and the backward's scratch.
+  struct Saved : SavedForward {
+    Matrix q, k, v;   ///< (rows, heads·d), (key rows, kv_heads·d) ×2: the projections, q and k after rotary
+    Matrix context;   ///< (rows, heads·d): the policy's output
+    std::vector<typename Attn::Saved> attention;  ///< the policy's, one per sequence
+    typename Attn::Workspace workspace;           ///< the policy's scratch
+    Matrix grad_q, grad_k, grad_v, grad_context;  ///< backward's scratch, shaped as the above
+  };
+
+  /// The projections' gradients.
+  struct Gradients {
+    typename Lin::Gradients q{}, k{}, v{}, o{};
+  };
+
   MultiHeadAttention() = default;
 
   /// q: d_model → heads·d, k and v: d_model → kv_heads·d, o: heads·d → d_model.
@@ -131,6 +145,88 @@ class MultiHeadAttention {
     }
     o_proj_.parameters(list, prefix + names.o);
     if constexpr (HasParameters<Attn>) attention_.parameters(list, prefix + names.policy);
+  }
+
+  Gradients make_gradients() const requires TrainableLinear<Lin> {
+    return {q_proj_.make_gradients(), k_proj_.make_gradients(), v_proj_.make_gradients(), o_proj_.make_gradients()};
+  }
+
+  /// The projections' gradients, named as parameters() names their tensors (fused in_proj_* included).
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const AttentionNames& names = {}) const
+    requires TrainableLinear<Lin>
+  {
+    if (names.fused_in_proj) {
+      GradientList qkv;  // q, k, v under one prefix each, then fused as row blocks
+      q_proj_.gradients(qkv, "q.", g.q);
+      k_proj_.gradients(qkv, "k.", g.k);
+      v_proj_.gradients(qkv, "v.", g.v);
+      for (const char* field : {"weight", "bias"}) {
+        std::vector<const Gradient*> parts;
+        for (const char* head : {"q.", "k.", "v."})
+          if (const Gradient* p = qkv.find(std::string(head) + field)) parts.push_back(p);
+        if (parts.empty()) continue;
+        if (parts.size() != 3)
+          throw config_error(detail::cat("MultiHeadAttention::gradients: a fused in_proj_", field,
+                                         " needs it on all of q, k and v"));
+        std::vector<Index> shape = parts[0]->shape;
+        shape[0] = parts[0]->shape[0] + parts[1]->shape[0] + parts[2]->shape[0];
+        const Index n0 = parts[0]->numel(), n1 = parts[1]->numel();
+        const Gradient p0 = *parts[0], p1 = *parts[1], p2 = *parts[2];
+        list.add({prefix + "in_proj_" + field, shape,
+                  [p0, p1, p2, n0, n1](float* out) {
+                    p0.read(out);
+                    p1.read(out + n0);
+                    p2.read(out + n0 + n1);
+                  },
+                  [p0, p1, p2] { return p0.trainable() || p1.trainable() || p2.trainable(); },
+                  [p0, p1, p2](bool on) {
+                    p0.set_trainable(on);
+                    p1.set_trainable(on);
+                    p2.set_trainable(on);
+                  },
+                  [p0, p1, p2] {
+                    p0.zero();
+                    p1.zero();
+                    p2.zero();
+                  }});
+      }
+    } else {
+      q_proj_.gradients(list, prefix + names.q, g.q);
+      k_proj_.gradients(list, prefix + names.k, g.k);
+      v_proj_.gradients(list, prefix + names.v, g.v);
+    }
+    o_proj_.gradients(list, prefix + names.o, g.o);
+  }
+
+  /// Self-attention for training: forward() that keeps in `saved` what backward() needs.
+  void forward_train(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Saved& saved,
+                     const Context& ctx) const requires TrainableAttention<Attn> && TrainableLinear<Lin> {
+    run_train("MultiHeadAttention::forward_train", x, batch, x, mask, y, saved, ctx, true);
+  }
+  /// Cross-attention for training: queries from x (batch·seq, d_model), keys and values from memory (batch·mem, d_kv).
+  void forward_train(ConstMatrixView x, Index batch, ConstMatrixView memory, const MaskSpec& mask, MatrixView y,
+                     Saved& saved, const Context& ctx) const requires TrainableAttention<Attn> && TrainableLinear<Lin> {
+    run_train("MultiHeadAttention::forward_train (cross)", x, batch, memory, mask, y, saved, ctx, false);
+  }
+
+  /// The backward of self-attention's forward_train(x): adds the projections' gradients into g and writes (or, with
+  /// accumulate_dx, adds) dx (batch·seq, d_model) from dy, through queries, keys and values alike. Give the same x,
+  /// batch and mask as the forward. Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView x, Index batch, const MaskSpec& mask, ConstMatrixView dy, MatrixView dx, Gradients& g,
+                Saved& saved, const Context& ctx, bool accumulate_dx = false) const
+    requires TrainableAttention<Attn> && TrainableLinear<Lin>
+  {
+    run_backward("MultiHeadAttention::backward", x, batch, x, mask, dy, dx, dx, g, saved, ctx, accumulate_dx, true, true);
+  }
+  /// The backward of cross-attention's forward_train(x, memory): dx through the queries, dmemory through keys and
+  /// values (each written, or added with its accumulate flag; a view of no columns skips it).
+  void backward(ConstMatrixView x, Index batch, ConstMatrixView memory, const MaskSpec& mask, ConstMatrixView dy,
+                MatrixView dx, MatrixView dmemory, Gradients& g, Saved& saved, const Context& ctx,
+                bool accumulate_dx = false, bool accumulate_dmemory = false) const
+    requires TrainableAttention<Attn> && TrainableLinear<Lin>
+  {
+    run_backward("MultiHeadAttention::backward (cross)", x, batch, memory, mask, dy, dx, dmemory, g, saved, ctx,
+                 accumulate_dx, accumulate_dmemory, false);
   }
 
   /// Self-attention: y (batch·seq, d_model) from x (batch·seq, d_model).
@@ -245,6 +341,92 @@ class MultiHeadAttention {
   }
 
  private:
+  /// The checks of every batched call: x, keys' input, batch and masks.
+  void check_batch(const char* func, ConstMatrixView x, Index batch, ConstMatrixView kv_in, const MaskSpec& mask,
+                   bool self) const {
+    check_cols(x, d_model(), func, "x");
+    check_cols(kv_in, k_proj_.in_features(), func, self ? "x" : "memory");
+    if (batch < 1 || x.rows() % batch != 0 || kv_in.rows() % batch != 0)
+      throw shape_error(detail::cat(func, ": batch is ", batch, " but x has ", x.rows(), " rows and keys ",
+                                    kv_in.rows(), ", expected multiples of batch"));
+    mask.validate(func, batch, x.rows() / batch, kv_in.rows() / batch);
+  }
+
+  void run_train(const char* func, ConstMatrixView x, Index batch, ConstMatrixView kv_in, const MaskSpec& mask,
+                 MatrixView y, Saved& saved, const Context& ctx, bool self) const {
+    ctx.validate(func);
+    check_batch(func, x, batch, kv_in, mask, self);
+    check_shape(y, x.rows(), d_model(), func, "y");
+    const Index n_q = x.rows() / batch, n_k = kv_in.rows() / batch;
+    const Index qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+    ensure_shape(saved.q, x.rows(), qd);
+    ensure_shape(saved.context, x.rows(), qd);
+    ensure_shape(saved.k, kv_in.rows(), kvd);
+    ensure_shape(saved.v, kv_in.rows(), kvd);
+    q_proj_.forward(x, view(saved.q), ctx);
+    k_proj_.forward(kv_in, view(saved.k), ctx);
+    v_proj_.forward(kv_in, view(saved.v), ctx);
+    if constexpr (Rot::enabled) {
+      if (self)
+        for (Index b = 0; b < batch; ++b) {
+          rotary_.apply(saved.q.data() + b * n_q * qd, n_q, qd, shape_.n_heads, shape_.head_dim, 0);
+          rotary_.apply(saved.k.data() + b * n_k * kvd, n_k, kvd, shape_.n_kv_heads, shape_.head_dim, 0);
+        }
+    }
+    saved.attention.resize(static_cast<std::size_t>(batch));
+    for (Index b = 0; b < batch; ++b)
+      attention_.forward_train(shape_, block(cview(saved.q), b * n_q, 0, n_q, qd), block(cview(saved.k), b * n_k, 0, n_k, kvd),
+                               block(cview(saved.v), b * n_k, 0, n_k, kvd), mask.for_sequence(b),
+                               block(view(saved.context), b * n_q, 0, n_q, qd), saved.attention[std::size_t(b)],
+                               saved.workspace, ctx);
+    o_proj_.forward(cview(saved.context), y, ctx);
+    saved.record();
+  }
+
+  void run_backward(const char* func, ConstMatrixView x, Index batch, ConstMatrixView kv_in, const MaskSpec& mask,
+                    ConstMatrixView dy, MatrixView dx, MatrixView dkv, Gradients& g, Saved& saved, const Context& ctx,
+                    bool accumulate_dx, bool accumulate_dkv, bool self) const {
+    ctx.validate(func);
+    check_batch(func, x, batch, kv_in, mask, self);
+    check_shape(dy, x.rows(), d_model(), func, "dy");
+    if (dx.cols() != 0) check_shape(dx, x.rows(), d_model(), func, "dx");
+    if (!self && dkv.cols() != 0) check_shape(dkv, kv_in.rows(), k_proj_.in_features(), func, "dmemory");
+    const Index n_q = x.rows() / batch, n_k = kv_in.rows() / batch;
+    const Index qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+    check_shape(saved.context, x.rows(), qd, func, "the saved context");
+    check_shape(saved.k, kv_in.rows(), kvd, func, "the saved keys");
+    if (static_cast<Index>(saved.attention.size()) != batch)
+      throw shape_error(detail::cat(func, ": the saved forward ran ", saved.attention.size(), " sequences, expected ", batch));
+    saved.take(func);
+    ensure_shape(saved.grad_context, x.rows(), qd);
+    ensure_shape(saved.grad_q, x.rows(), qd);
+    ensure_shape(saved.grad_k, kv_in.rows(), kvd);
+    ensure_shape(saved.grad_v, kv_in.rows(), kvd);
+    o_proj_.backward(cview(saved.context), dy, view(saved.grad_context), g.o, ctx);
+    for (Index b = 0; b < batch; ++b) {
+      typename Attn::Saved& s = saved.attention[std::size_t(b)];
+      s.keep = s.keep || saved.keep;
+      attention_.backward(shape_, block(cview(saved.q), b * n_q, 0, n_q, qd), block(cview(saved.k), b * n_k, 0, n_k, kvd),
+                          block(cview(saved.v), b * n_k, 0, n_k, kvd), mask.for_sequence(b),
+                          block(cview(saved.context), b * n_q, 0, n_q, qd),
+                          block(cview(saved.grad_context), b * n_q, 0, n_q, qd), s,
+                          block(view(saved.grad_q), b * n_q, 0, n_q, qd), block(view(saved.grad_k), b * n_k, 0, n_k, kvd),
+                          block(view(saved.grad_v), b * n_k, 0, n_k, kvd), saved.workspace, ctx);
+    }
+    if constexpr (Rot::enabled) {
+      if (self)
+        for (Index b = 0; b < batch; ++b) {
+          rotary_.unapply(saved.grad_q.data() + b * n_q * qd, n_q, qd, shape_.n_heads, shape_.head_dim, 0);
+          rotary_.unapply(saved.grad_k.data() + b * n_k * kvd, n_k, kvd, shape_.n_kv_heads, shape_.head_dim, 0);
+        }
+    }
+    // Self-attention: dx and dkv are one view; the key and value paths add to what the query path wrote.
+    q_proj_.backward(x, cview(saved.grad_q), dx, g.q, ctx, accumulate_dx);
+    const bool kv_accumulate = self ? dx.cols() != 0 : accumulate_dkv;
+    k_proj_.backward(kv_in, cview(saved.grad_k), dkv, g.k, ctx, kv_accumulate);
+    v_proj_.backward(kv_in, cview(saved.grad_v), dkv, g.v, ctx, dkv.cols() != 0);
+  }
+
   void run(const char* func, ConstMatrixView x, Index batch, ConstMatrixView kv_in, const MaskSpec& mask,
            MatrixView y, Workspace& ws, const Context& ctx, bool self) const {
     ctx.validate(func);

@@ -22,6 +22,9 @@
 namespace polyformer {
 
 static_assert(FeedForwardPolicy<FeedForward<Dense, ReLU>> && FeedForwardPolicy<FeedForward<Dense, SwiGLU>>);
+static_assert(TrainableFeedForward<FeedForward<Dense, GELU>> && TrainableFeedForward<FeedForward<Dense, SwiGLU>>);
+static_assert(TrainableNorm<LayerNorm> && TrainableNorm<RMSNorm> && TrainableLinear<Dense>);
+static_assert(TrainableAttention<FullAttention>);
 
 /// One encoder layer composed from policies. Inputs are batches laid out as (batch·seq, d_model) rows.
 /// post-norm: h = norm1(x + SA(x)); y = norm2(h + FF(h)).  pre-norm: h = x + SA(norm1(x)); y = h + FF(norm2(h)).
@@ -42,6 +45,28 @@ class EncoderLayer {
     typename Attention::Workspace attention;
     typename FFN::Workspace ffn;
     Matrix normed, sublayer, hidden;  // (rows, d_model) each
+  };
+
+  /// What a training forward keeps for its backward (one per call in flight): the input, the masks, every
+  /// intermediate the backward reads, the sublayers' own, and the backward's scratch.
+  struct Saved : SavedForward {
+    Matrix x;                 ///< (rows, d): the input
+    Matrix normed1, normed2;  ///< pre-norm: the sublayers' inputs norm1(x) and norm2(h)
+    Matrix sum1, sum2;        ///< post-norm: the norms' inputs x + SA(x) and h + FF(h)
+    Matrix hidden;            ///< (rows, d): h, between the sublayers
+    Matrix sublayer;          ///< (rows, d): a sublayer's output
+    Matrix grad, grad_hidden;  ///< (rows, d): backward's scratch
+    Index batch = 1;
+    MaskCopy mask;
+    typename Attention::Saved attention;
+    typename FFN::Saved ffn;
+  };
+
+  /// The gradients of every trainable tensor of the layer.
+  struct Gradients {
+    typename Attention::Gradients self_attn{};
+    typename FFN::Gradients ffn{};
+    typename Norm::Gradients norm1{}, norm2{};
   };
 
   EncoderLayer() = default;
@@ -70,6 +95,87 @@ class EncoderLayer {
     ffn_.parameters(list, prefix + names.ffn, names.ffn_names);
     norm1_.parameters(list, prefix + names.norm1);
     norm2_.parameters(list, prefix + names.norm2);
+  }
+
+  Gradients make_gradients() const requires TrainableNorm<Norm> && TrainableFeedForward<FFN> {
+    return {self_attn_.make_gradients(), ffn_.make_gradients(), norm1_.make_gradients(), norm2_.make_gradients()};
+  }
+  /// The gradients, named as parameters() names the tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const BlockNames& names = {}) const
+    requires TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    self_attn_.gradients(list, prefix + names.self_attn, g.self_attn, names.attention);
+    ffn_.gradients(list, prefix + names.ffn, g.ffn, names.ffn_names);
+    norm1_.gradients(list, prefix + names.norm1, g.norm1);
+    norm2_.gradients(list, prefix + names.norm2, g.norm2);
+  }
+
+  /// forward() for training: y (batch·seq, d_model) from x, keeping in `saved` (with copies of x and the masks)
+  /// what backward() needs. y must not alias x.
+  void forward_train(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Saved& saved,
+                     const Context& ctx) const requires TrainableNorm<Norm> && TrainableFeedForward<FFN> {
+    const char* func = "EncoderLayer::forward_train";
+    check_cols(x, d_model(), func, "x");
+    check_shape(y, x.rows(), d_model(), func, "y");
+    const Index n = x.rows(), d = d_model();
+    for (Matrix* m : {&saved.x, &saved.hidden, &saved.sublayer}) ensure_shape(*m, n, d);
+    saved.x = x;
+    saved.batch = batch;
+    saved.mask.assign(mask);
+    const MaskSpec masks = saved.mask.spec();
+    if constexpr (Placement == NormPlacement::post) {
+      ensure_shape(saved.sum1, n, d);
+      ensure_shape(saved.sum2, n, d);
+      self_attn_.forward_train(cview(saved.x), batch, masks, view(saved.sublayer), saved.attention, ctx);
+      saved.sum1 = saved.x + saved.sublayer;
+      norm1_.forward(cview(saved.sum1), view(saved.hidden));
+      ffn_.forward_train(cview(saved.hidden), view(saved.sublayer), saved.ffn, ctx);
+      saved.sum2 = saved.hidden + saved.sublayer;
+      norm2_.forward(cview(saved.sum2), y);
+    } else {
+      ensure_shape(saved.normed1, n, d);
+      ensure_shape(saved.normed2, n, d);
+      norm1_.forward(cview(saved.x), view(saved.normed1));
+      self_attn_.forward_train(cview(saved.normed1), batch, masks, view(saved.sublayer), saved.attention, ctx);
+      saved.hidden = saved.x + saved.sublayer;
+      norm2_.forward(cview(saved.hidden), view(saved.normed2));
+      ffn_.forward_train(cview(saved.normed2), view(saved.sublayer), saved.ffn, ctx);
+      y = saved.hidden + saved.sublayer;
+    }
+    saved.record();
+  }
+
+  /// The backward of forward_train: adds every tensor's gradient into g (frozen ones skipped) and writes
+  /// dx (batch·seq, d_model) from dy; dx must not alias dy. Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView dy, MatrixView dx, Gradients& g, Saved& saved, const Context& ctx) const
+    requires TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    const char* func = "EncoderLayer::backward";
+    const Index n = saved.x.rows(), d = d_model();
+    check_shape(dy, n, d, func, "dy");
+    check_shape(dx, n, d, func, "dx");
+    saved.take(func);
+    saved.attention.keep = saved.ffn.keep = saved.keep;
+    ensure_shape(saved.grad, n, d);
+    ensure_shape(saved.grad_hidden, n, d);
+    const MaskSpec masks = saved.mask.spec();
+    if constexpr (Placement == NormPlacement::post) {
+      norm2_.backward(cview(saved.sum2), dy, view(saved.grad), g.norm2);  // d sum2
+      saved.grad_hidden = saved.grad;
+      ffn_.backward(cview(saved.hidden), cview(saved.grad), view(saved.grad_hidden), g.ffn, saved.ffn, ctx, true);
+      norm1_.backward(cview(saved.sum1), cview(saved.grad_hidden), view(saved.grad), g.norm1);  // d sum1
+      dx = saved.grad;
+      self_attn_.backward(cview(saved.x), saved.batch, masks, cview(saved.grad), dx, g.self_attn, saved.attention, ctx,
+                          true);
+    } else {
+      ffn_.backward(cview(saved.normed2), dy, view(saved.grad), g.ffn, saved.ffn, ctx);  // d normed2
+      norm2_.backward(cview(saved.hidden), cview(saved.grad), view(saved.grad_hidden), g.norm2);
+      saved.grad_hidden += dy;  // d h
+      self_attn_.backward(cview(saved.normed1), saved.batch, masks, cview(saved.grad_hidden), view(saved.grad),
+                          g.self_attn, saved.attention, ctx);  // d normed1
+      norm1_.backward(cview(saved.x), cview(saved.grad), dx, g.norm1);
+      dx += saved.grad_hidden;
+    }
   }
 
   /// y (batch·seq, d_model) from x (batch·seq, d_model); y must not alias x.

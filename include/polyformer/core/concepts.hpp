@@ -4,9 +4,11 @@
 
 #include <concepts>
 #include <cstddef>
+#include <string>
 #include <utility>
 
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 
@@ -25,6 +27,18 @@ concept LinearPolicy = std::movable<L> && requires(const L& l, ConstMatrixView x
   l.forward(x, y, ctx);
 };
 
+/// A linear policy that trains: Gradients buffers of its own (make_gradients, listed by gradients(list, prefix, g)),
+/// and backward(x, dy, dx, g, ctx, accumulate_dx), which adds the parameters' gradients into g and writes (or adds)
+/// dx (n, in) = ∂/∂x; a dx of no columns is skipped.
+template <typename L>
+concept TrainableLinear = LinearPolicy<L> &&
+    requires(const L& l, ConstMatrixView x, ConstMatrixView dy, MatrixView dx, typename L::Gradients& g,
+             GradientList& list, const std::string& prefix, const Context& ctx) {
+  { l.make_gradients() } -> std::same_as<typename L::Gradients>;
+  l.gradients(list, prefix, g);
+  l.backward(x, dy, dx, g, ctx, true);
+};
+
 /// A position-wise feed-forward sublayer y (n, d) = f(x (n, d)) that a block calls between its residuals:
 /// FeedForward (layers/ffn.hpp), MixtureOfExperts (layers/moe.hpp). The weights are read through `const`;
 /// everything a call writes besides y lives in the caller's `Workspace` (one per concurrent caller, reused
@@ -36,6 +50,18 @@ concept FeedForwardPolicy = std::movable<F> && std::default_initializable<typena
   f.forward(x, y, ws, ctx);
 };
 
+/// A feed-forward policy that trains: forward_train(x, y, saved, ctx) keeps what backward(x, dy, dx, g, saved, ctx,
+/// accumulate_dx) needs in its Saved; gradients as TrainableLinear's.
+template <typename F>
+concept TrainableFeedForward = FeedForwardPolicy<F> && std::default_initializable<typename F::Saved> &&
+    requires(const F& f, ConstMatrixView x, MatrixView y, ConstMatrixView dy, typename F::Saved& saved,
+             typename F::Gradients& g, GradientList& list, const std::string& prefix, const Context& ctx) {
+  { f.make_gradients() } -> std::same_as<typename F::Gradients>;
+  f.gradients(list, prefix, g);
+  f.forward_train(x, y, saved, ctx);
+  f.backward(x, dy, y, g, saved, ctx, true);
+};
+
 /// A row-wise normalization (LayerNorm, RMSNorm): y (n, d) = norm(x (n, d)).
 template <typename N>
 concept NormPolicy = std::movable<N> && requires(const N& norm, ConstMatrixView x, MatrixView y) {
@@ -43,11 +69,22 @@ concept NormPolicy = std::movable<N> && requires(const N& norm, ConstMatrixView 
   norm.forward(x, y);
 };
 
+/// A norm that trains: backward(x, dy, dx, g) writes dx and adds its gains' gradients into g.
+template <typename N>
+concept TrainableNorm = NormPolicy<N> &&
+    requires(const N& norm, ConstMatrixView x, ConstMatrixView dy, MatrixView dx, typename N::Gradients& g,
+             GradientList& list, const std::string& prefix) {
+  { norm.make_gradients() } -> std::same_as<typename N::Gradients>;
+  norm.gradients(list, prefix, g);
+  norm.backward(x, dy, dx, g);
+};
+
 /// A plain element-wise activation: apply(x, y, n), y may alias x.
 template <typename A>
 concept PlainActivation = requires(const float* x, float* y, std::size_t n) {
   requires !A::gated;
   A::apply(x, y, n);
+  A::backward(x, x, y, n);  // dx = f′(x)·dy
 };
 
 /// A gated activation (SwiGLU): y = act(gate) ⊙ up.
@@ -55,6 +92,7 @@ template <typename A>
 concept GatedActivation = requires(const float* gate, const float* up, float* y, std::size_t n) {
   requires A::gated;
   A::apply(gate, up, y, n);
+  A::backward(gate, up, up, y, y, n);  // dgate, dup from dy
 };
 
 /// An FFN activation policy: plain or gated.
@@ -66,6 +104,7 @@ template <typename R>
 concept RotaryPolicy = requires(const R& r, float* rows, Index n_rows, Index row_stride, Index n_heads,
                                 Index head_dim, Index first_position) {
   r.apply(rows, n_rows, row_stride, n_heads, head_dim, first_position);
+  r.unapply(rows, n_rows, row_stride, n_heads, head_dim, first_position);  // the inverse, apply's backward
 };
 
 /// The score/softmax/value part of attention: out (n_q, heads·d) from q (n_q, heads·d),
@@ -79,6 +118,18 @@ concept AttentionPolicy = std::default_initializable<P> && std::default_initiali
              const AttentionMask& mask, MatrixView out, typename P::Workspace& ws, const Context& ctx) {
   { P::supports_causal } -> std::convertible_to<bool>;
   p.forward(shape, q, k, v, mask, out, ws, ctx);
+};
+
+/// An attention policy that trains: forward_train keeps in its Saved what backward needs, and
+/// backward(shape, q, k, v, mask, out, dout, saved, dq, dk, dv, ws, ctx) writes the gradients of q, k and v from
+/// those of the output (dout), given the same inputs and forward's output `out`.
+template <typename P>
+concept TrainableAttention = AttentionPolicy<P> && std::default_initializable<typename P::Saved> &&
+    requires(const P& p, const AttentionShape& shape, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+             const AttentionMask& mask, MatrixView out, typename P::Saved& saved, typename P::Workspace& ws,
+             const Context& ctx) {
+  p.forward_train(shape, q, k, v, mask, out, saved, ws, ctx);
+  p.backward(shape, q, k, v, mask, q, q, saved, out, out, out, ws, ctx);
 };
 
 /// An attention policy that can decode incrementally: it makes the per-sequence state it keeps (`State`: a

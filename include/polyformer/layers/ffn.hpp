@@ -37,6 +37,20 @@ class FeedForward {
     Matrix gate_out;  ///< (n, hidden): the gate projection, gated only
   };
 
+  /// What a training forward keeps for its backward (one per call in flight), and the backward's scratch.
+  struct Saved : SavedForward {
+    Matrix pre;          ///< (n, hidden): up(x), before the activation
+    Matrix gate_pre;     ///< (n, hidden): gate(x), gated only
+    Matrix hidden;       ///< (n, hidden): the activated hidden state, down's input
+    Matrix grad_hidden;  ///< (n, hidden): backward's scratch
+  };
+
+  /// The projections' gradients.
+  struct Gradients {
+    std::conditional_t<gated, typename Lin::Gradients, std::monostate> gate{};
+    typename Lin::Gradients up{}, down{};
+  };
+
   FeedForward() = default;
 
   /// Plain FFN from its two projections: up (d → hidden), down (hidden → d).
@@ -55,6 +69,22 @@ class FeedForward {
     if constexpr (gated) gate_.parameters(list, prefix + names.gate);
     up_.parameters(list, prefix + names.up);
     down_.parameters(list, prefix + names.down);
+  }
+
+  Gradients make_gradients() const requires TrainableLinear<Lin> {
+    Gradients g;
+    if constexpr (gated) g.gate = gate_.make_gradients();
+    g.up = up_.make_gradients();
+    g.down = down_.make_gradients();
+    return g;
+  }
+  /// The projections' gradients, named as parameters() names their tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const FFNNames& names = {}) const
+    requires TrainableLinear<Lin>
+  {
+    if constexpr (gated) gate_.gradients(list, prefix + names.gate, g.gate);
+    up_.gradients(list, prefix + names.up, g.up);
+    down_.gradients(list, prefix + names.down, g.down);
   }
 
   Lin& up() noexcept { return up_; }
@@ -84,6 +114,66 @@ class FeedForward {
     forward(x, y, ws, ctx);
   }
 
+  /// forward() that keeps in `saved` what backward() needs: the projections before and after the activation.
+  void forward_train(ConstMatrixView x, MatrixView y, Saved& saved, const Context& ctx) const
+    requires TrainableLinear<Lin>
+  {
+    const char* func = "FeedForward::forward_train";
+    check_cols(x, dim(), func, "x");
+    check_shape(y, x.rows(), dim(), func, "y");
+    const Index n = x.rows(), h = hidden_dim();
+    ensure_shape(saved.pre, n, h);
+    ensure_shape(saved.hidden, n, h);
+    up_.forward(x, view(saved.pre), ctx);
+    const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+    if constexpr (gated) {
+      ensure_shape(saved.gate_pre, n, h);
+      gate_.forward(x, view(saved.gate_pre), ctx);
+      rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
+        Act::apply(saved.gate_pre.data() + r0 * h, saved.pre.data() + r0 * h, saved.hidden.data() + r0 * h, u((r1 - r0) * h));
+      });
+    } else {
+      rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
+        Act::apply(saved.pre.data() + r0 * h, saved.hidden.data() + r0 * h, u((r1 - r0) * h));
+      });
+    }
+    down_.forward(cview(saved.hidden), y, ctx);
+    saved.record();
+  }
+
+  /// The backward of forward_train(x): adds the projections' gradients into g and writes (or, with accumulate_dx,
+  /// adds) dx (n, d) from dy (n, d). Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g, Saved& saved, const Context& ctx,
+                bool accumulate_dx = false) const
+    requires TrainableLinear<Lin>
+  {
+    const char* func = "FeedForward::backward";
+    check_cols(x, dim(), func, "x");
+    check_shape(dy, x.rows(), dim(), func, "dy");
+    if (dx.cols() != 0) check_shape(dx, x.rows(), dim(), func, "dx");
+    check_shape(saved.hidden, x.rows(), hidden_dim(), func, "the saved hidden state");
+    saved.take(func);
+    const Index n = x.rows(), h = hidden_dim();
+    ensure_shape(saved.grad_hidden, n, h);
+    down_.backward(cview(saved.hidden), dy, view(saved.grad_hidden), g.down, ctx);
+    const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+    float* const dh = saved.grad_hidden.data();
+    if constexpr (gated) {
+      // d gate into grad_hidden, d up into pre (each lane reads before it writes).
+      rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
+        Act::backward(saved.gate_pre.data() + r0 * h, saved.pre.data() + r0 * h, dh + r0 * h, dh + r0 * h,
+                      saved.pre.data() + r0 * h, u((r1 - r0) * h));
+      });
+      gate_.backward(x, cview(saved.grad_hidden), dx, g.gate, ctx, accumulate_dx);
+      up_.backward(x, cview(saved.pre), dx, g.up, ctx, dx.cols() != 0);
+    } else {
+      rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
+        Act::backward(saved.pre.data() + r0 * h, dh + r0 * h, dh + r0 * h, u((r1 - r0) * h));
+      });
+      up_.backward(x, cview(saved.grad_hidden), dx, g.up, ctx, accumulate_dx);
+    }
+  }
+
   /// The same product over the caller's buffers: hidden (n, hidden) receives the activated hidden state and,
   /// gated, gate_out (n, hidden) the gate projection (ignored when plain). For callers that run many FFNs over
   /// changing row counts from one buffer (MixtureOfExperts). Shapes are the caller's contract.
@@ -110,6 +200,13 @@ class FeedForward {
   }
 
  private:
+  /// f(r0, r1) over row ranges of n rows of the hidden width: on ctx.threads threads when the work is large enough.
+  template <typename F>
+  void rows_in_parallel(Index n, const Context& ctx, F&& f) const {
+    const int t = n * hidden_dim() >= (1 << 15) ? ctx.threads : 1;
+    parallel_chunks(n, t, [&](Index r0, Index r1, int) { f(r0, r1); });
+  }
+
   void check() const {
     if (down_.in_features() != up_.out_features() || down_.out_features() != up_.in_features())
       throw shape_error(detail::cat("FeedForward: up maps ", up_.in_features(), " -> ", up_.out_features(),

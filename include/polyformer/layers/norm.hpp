@@ -6,6 +6,7 @@
 
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/norm.hpp"
 
@@ -49,6 +50,17 @@ class LayerNorm {
     list.add_vector(prefix + "weight", gamma_);
     list.add_vector(prefix + "bias", beta_);
   }
+  /// The gradients of the gain and the bias (d each); empty = frozen.
+  struct Gradients {
+    Vector weight, bias;
+  };
+  Gradients make_gradients() const { return {Vector::Zero(dim()), Vector::Zero(dim())}; }
+  /// "weight" and "bias", as parameters() names them.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const {
+    list.add_vector(prefix + "weight", g.weight, dim());
+    list.add_vector(prefix + "bias", g.bias, dim());
+  }
+
   Vector& gamma() noexcept { return gamma_; }
   Vector& beta() noexcept { return beta_; }
   const Vector& gamma() const noexcept { return gamma_; }
@@ -61,6 +73,21 @@ class LayerNorm {
     for (Index r = 0; r < x.rows(); ++r)
       kernels::layer_norm(x.data() + r * x.outerStride(), y.data() + r * y.outerStride(), gamma_.data(),
                           beta_.data(), static_cast<std::size_t>(dim()), eps_);
+  }
+
+  /// The backward of forward(x): dx (n, dim) from x and dy (n, dim); g's live buffers are added to. dx may alias dy.
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g) const {
+    const char* func = "LayerNorm::backward";
+    detail::check_norm_rows(func, x, dim());
+    check_shape(dy, x.rows(), dim(), func, "dy");
+    check_shape(dx, x.rows(), dim(), func, "dx");
+    detail::check_gradient(func, "weight", g.weight, dim());
+    detail::check_gradient(func, "bias", g.bias, dim());
+    float* dgamma = detail::live(g.weight) ? g.weight.data() : nullptr;
+    float* dbeta = detail::live(g.bias) ? g.bias.data() : nullptr;
+    for (Index r = 0; r < x.rows(); ++r)
+      kernels::layer_norm_backward(x.data() + r * x.outerStride(), dy.data() + r * dy.outerStride(), gamma_.data(),
+                                   dx.data() + r * dx.outerStride(), dgamma, dbeta, static_cast<std::size_t>(dim()), eps_);
   }
 
  private:
@@ -83,6 +110,16 @@ class RMSNorm {
   float eps() const noexcept { return eps_; }
   /// "weight" (the gain, d).
   void parameters(ParameterList& list, const std::string& prefix) { list.add_vector(prefix + "weight", gamma_); }
+  /// The gradient of the gain (d); empty = frozen.
+  struct Gradients {
+    Vector weight;
+  };
+  Gradients make_gradients() const { return {Vector::Zero(dim())}; }
+  /// "weight", as parameters() names it.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const {
+    list.add_vector(prefix + "weight", g.weight, dim());
+  }
+
   Vector& gamma() noexcept { return gamma_; }
   const Vector& gamma() const noexcept { return gamma_; }
 
@@ -93,6 +130,19 @@ class RMSNorm {
     for (Index r = 0; r < x.rows(); ++r)
       kernels::rms_norm(x.data() + r * x.outerStride(), y.data() + r * y.outerStride(), gamma_.data(),
                         static_cast<std::size_t>(dim()), eps_);
+  }
+
+  /// The backward of forward(x): dx (n, dim) from x and dy (n, dim); g's live buffer is added to. dx may alias dy.
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g) const {
+    const char* func = "RMSNorm::backward";
+    detail::check_norm_rows(func, x, dim());
+    check_shape(dy, x.rows(), dim(), func, "dy");
+    check_shape(dx, x.rows(), dim(), func, "dx");
+    detail::check_gradient(func, "weight", g.weight, dim());
+    float* dgamma = detail::live(g.weight) ? g.weight.data() : nullptr;
+    for (Index r = 0; r < x.rows(); ++r)
+      kernels::rms_norm_backward(x.data() + r * x.outerStride(), dy.data() + r * dy.outerStride(), gamma_.data(),
+                                 dx.data() + r * dx.outerStride(), dgamma, static_cast<std::size_t>(dim()), eps_);
   }
 
  private:

@@ -15,6 +15,7 @@ namespace polyformer {
 struct NoRotary {
   static constexpr bool enabled = false;
   void apply(float*, Index, Index, Index, Index, Index) const noexcept {}
+  void unapply(float*, Index, Index, Index, Index, Index) const noexcept {}
 };
 
 /// Which coordinates form a rotated pair within a head.
@@ -51,6 +52,16 @@ class RoPE {
 
   /// Rotates n_rows rows (row r at position first_position + r), each holding n_heads heads of head_dim.
   void apply(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
+    rotate<false>(rows, n_rows, row_stride, n_heads, head_dim, first_position);
+  }
+  /// The inverse rotation (by the negative angles), which is also apply's backward: a rotation's transpose.
+  void unapply(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
+    rotate<true>(rows, n_rows, row_stride, n_heads, head_dim, first_position);
+  }
+
+ private:
+  template <bool Inverse>
+  void rotate(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
     const Index half = head_dim / 2;
     const bool tabled = head_dim == table_head_dim_ && first_position >= 0 && first_position + n_rows <= table_positions_;
     std::vector<float> cos_row, sin_row;
@@ -75,7 +86,7 @@ class RoPE {
         for (Index i = 0; i < half; ++i) {
           const Index a = Style == RotaryStyle::interleaved ? 2 * i : i;
           const Index b = Style == RotaryStyle::interleaved ? 2 * i + 1 : i + half;
-          const float x0 = x[a], x1 = x[b], c = c_t[i], s = s_t[i];
+          const float x0 = x[a], x1 = x[b], c = c_t[i], s = Inverse ? -s_t[i] : s_t[i];
           x[a] = x0 * c - x1 * s;
           x[b] = x0 * s + x1 * c;
         }
@@ -83,7 +94,6 @@ class RoPE {
     }
   }
 
- private:
   /// cos and sin of pos·θ^(−2i/d) for the head_dim/2 pairs of one position, in float as run.c computes them.
   void angles(Index position, Index head_dim, float* cos_out, float* sin_out) const {
     const float pos = static_cast<float>(position);

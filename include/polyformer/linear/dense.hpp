@@ -7,10 +7,23 @@
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/gemm.hpp"
 
 namespace polyformer {
+
+namespace detail {
+/// Dense::backward's buffers: the weight unpacked and dy transposed, per thread, grow-only.
+struct DenseBackwardScratch {
+  Matrix weight;  // (out, in)
+  Matrix dy_t;    // (out, n)
+};
+inline DenseBackwardScratch& dense_backward_scratch() {
+  thread_local DenseBackwardScratch scratch;
+  return scratch;
+}
+}  // namespace detail
 
 /// Fully connected layer; weight (out, in) as in torch.nn.Linear, optional bias (out). The weight is stored
 /// once, packed for the GEMM micro-kernels (kernels/packed_gemm.hpp): weight() unpacks a copy, set_weight
@@ -66,6 +79,51 @@ class Dense {
               [this](float* out) { packed_.unpack_transposed(out, static_cast<std::size_t>(in_features())); },
               [this](const float* in) { repack(in, out_features(), in_features()); }});
     if (has_bias_) list.add_vector(prefix + "bias", bias_);
+  }
+
+  /// The gradients of the weight (out, in) and the bias (out, when there is one); empty = frozen.
+  struct Gradients {
+    Matrix weight;
+    Vector bias;
+  };
+  Gradients make_gradients() const {
+    return {Matrix::Zero(out_features(), in_features()), has_bias_ ? Vector::Zero(out_features()) : Vector()};
+  }
+  /// "weight" and, with a bias, "bias", as parameters() names them.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const {
+    list.add_matrix(prefix + "weight", g.weight, out_features(), in_features());
+    if (has_bias_) list.add_vector(prefix + "bias", g.bias, out_features());
+  }
+
+  /// The backward of forward(x): adds dyᵀ·x to g.weight and the column sums of dy to g.bias (when live), and
+  /// writes dx (n, in) = dy (n, out) · W — or adds it, with accumulate_dx; a dx of no columns skips it.
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g, const Context& ctx,
+                bool accumulate_dx = false) const {
+    const char* func = "Dense::backward";
+    check_cols(x, in_features(), func, "x");
+    check_shape(dy, x.rows(), out_features(), func, "dy");
+    if (dx.cols() != 0) check_shape(dx, x.rows(), in_features(), func, "dx");
+    detail::check_gradient(func, "weight", g.weight, out_features(), in_features());
+    detail::check_gradient(func, "bias", g.bias, out_features());
+    if (detail::live(g.bias) && !has_bias_)
+      throw shape_error(detail::cat(func, ": a bias gradient was given for a layer without a bias"));
+    const Index n = x.rows();
+    if (n == 0) return;
+    detail::DenseBackwardScratch& scratch = detail::dense_backward_scratch();
+    if (dx.cols() != 0) {
+      // dx = dy · W: W (out, in) unpacked from its packed transpose, then packed again by the GEMM.
+      ensure_shape(scratch.weight, out_features(), in_features());
+      packed_.unpack_transposed(scratch.weight.data(), static_cast<std::size_t>(in_features()));
+      kernels::gemm(dy, cview(scratch.weight), kernels::Transpose::no, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f,
+                    ctx.threads);
+    }
+    if (detail::live(g.weight)) {
+      ensure_shape(scratch.dy_t, out_features(), n);
+      view(scratch.dy_t) = dy.transpose();
+      kernels::gemm(cview(scratch.dy_t), x, kernels::Transpose::no, view(g.weight), 1.0f, 1.0f, ctx.threads);
+    }
+    if (detail::live(g.bias))
+      for (Index r = 0; r < n; ++r) g.bias += dy.row(r).transpose();
   }
 
   /// y (n, out) = x (n, in) · Wᵀ + b.

@@ -273,6 +273,62 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
       V::store_partial(y + i, V::mul(silu(V::load_partial(gate + i, n - i)), V::load_partial(up + i, n - i)), n - i);
   }
 
+  /// dx = D(x)·dy lane-wise, D an activation's derivative; dx may equal dy.
+  template <Acc (*D)(Acc) noexcept>
+  POLYFORMER_VECTOR_TARGET static void map_grad(const float* x, const float* dy, float* dx, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(dx + i, V::mul(D(V::load(x + i)), V::load(dy + i)));
+    if (i < n) V::store_partial(dx + i, V::mul(D(V::load_partial(x + i, n - i)), V::load_partial(dy + i, n - i)), n - i);
+  }
+
+  /// σ(x) lane-wise, as 1 / (1 + e^(−x)).
+  POLYFORMER_VECTOR_TARGET static Acc sigmoid(Acc x) noexcept {
+    return V::div(V::broadcast_a(1.0f), V::add(V::broadcast_a(1.0f), exp(V::sub(V::zero(), x))));
+  }
+
+  /// d silu / dx = σ(x)·(1 + x·(1 − σ(x))).
+  POLYFORMER_VECTOR_TARGET static Acc silu_grad(Acc x) noexcept {
+    const Acc s = sigmoid(x), one = V::broadcast_a(1.0f);
+    return V::mul(s, V::fma(x, V::sub(one, s), one));
+  }
+
+  /// d tanh-GELU / dx = s + x·s·(1 − s)·2u′ with s = σ(2u), 2u′ = −(m2c1 + 3·m2c3·x²) (gelu_tanh's −2u).
+  POLYFORMER_VECTOR_TARGET static Acc gelu_tanh_grad(Acc x) noexcept {
+    const Acc x2 = V::mul(x, x), one = V::broadcast_a(1.0f);
+    const Acc m2u = V::mul(x, V::fma(x2, V::broadcast_a(gelu_tanh_m2c3), V::broadcast_a(gelu_tanh_m2c1)));
+    const Acc s = V::div(one, V::add(one, exp(m2u)));
+    const Acc du2 = V::fma(x2, V::broadcast_a(-3.0f * gelu_tanh_m2c3), V::broadcast_a(-gelu_tanh_m2c1));
+    return V::fma(V::mul(V::mul(x, s), V::sub(one, s)), du2, s);
+  }
+
+  /// One vector of SwiGLU's backward: dg = d·u·silu′(g), du = d·silu(g).
+  POLYFORMER_VECTOR_TARGET static void swiglu_grad(Acc g, Acc u, Acc d, Acc& dg, Acc& du) noexcept {
+    const Acc s = sigmoid(g), one = V::broadcast_a(1.0f);
+    dg = V::mul(V::mul(d, u), V::mul(s, V::fma(g, V::sub(one, s), one)));
+    du = V::mul(d, V::mul(g, s));
+  }
+
+  /// SwiGLU's backward: dgate = dy·up·silu′(gate), dup = dy·silu(gate); dgate may equal gate, dup may equal up
+  /// (each lane reads all three inputs before it writes).
+  POLYFORMER_VECTOR_TARGET static void swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate,
+                                                       float* dup, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    std::size_t i = 0;
+    Acc dg = V::zero(), du = V::zero();
+    for (; i + L <= n; i += L) {
+      swiglu_grad(V::load(gate + i), V::load(up + i), V::load(dy + i), dg, du);
+      V::store(dgate + i, dg);
+      V::store(dup + i, du);
+    }
+    if (i < n) {
+      const std::size_t r = n - i;
+      swiglu_grad(V::load_partial(gate + i, r), V::load_partial(up + i, r), V::load_partial(dy + i, r), dg, du);
+      V::store_partial(dgate + i, dg, r);
+      V::store_partial(dup + i, du, r);
+    }
+  }
+
   /// C (m, n) = A (m, k) · Bᵀ for B (n, k): blocks of up to 4 rows of A × 4 rows of B, 16 vector accumulators
   /// over k, summed across lanes at the end (gemm_nt.hpp's file comment).
   POLYFORMER_VECTOR_TARGET static void gemm_nt(std::size_t m, std::size_t n, std::size_t k, const float* a,

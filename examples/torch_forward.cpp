@@ -3,11 +3,16 @@
 //
 //   torch_forward --weights W.safetensors --inputs I.safetensors --out O.safetensors
 //                 [--module encoder_layer|decoder_layer|transformer] [--nhead N] [--norm-first]
-//                 [--activation relu|gelu] [--layer-norm-eps E] [--threads T]
+//                 [--activation relu|gelu] [--layer-norm-eps E] [--threads T] [--grad-output G.safetensors]
 //
 // Options missing on the command line come from the weights file's __metadata__. Inputs are found by
 // name (src, tgt, memory, src_mask, tgt_mask, memory_mask, *_key_padding_mask), with or without an
 // "input." prefix, shaped (batch, seq, d) or (seq, d). Exit code 2 on bad input.
+//
+// With --grad-output, G holds "y", the gradient of a loss with respect to the output y (loss = Σ y ⊙ G.y, the
+// output's shape); --out then also gets "grad.<input>" for every float input given (src) and "grad.<name>" for every
+// parameter, under its state-dict name. Any other tensor in G, or a misshaped "y", is an error. So far this runs
+// for --module encoder_layer.
 
 #include <cstdio>
 #include <cstdlib>
@@ -33,10 +38,11 @@ using cli::usage_error;
 constexpr const char* usage =
     "usage: torch_forward --weights W.safetensors --inputs I.safetensors --out O.safetensors\n"
     "                     [--module encoder_layer|decoder_layer|transformer] [--nhead N] [--norm-first]\n"
-    "                     [--activation relu|gelu] [--layer-norm-eps E] [--threads T]\n";
+    "                     [--activation relu|gelu] [--layer-norm-eps E] [--threads T]\n"
+    "                     [--grad-output G.safetensors]\n";
 
 struct Options {
-  std::string weights, inputs, out, module, activation;
+  std::string weights, inputs, out, module, activation, grad_output;
   std::optional<Index> nhead;
   std::optional<bool> norm_first;
   std::optional<float> eps;
@@ -58,6 +64,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--inputs") o.inputs = value();
     else if (a == "--out") o.out = value();
     else if (a == "--module") o.module = value();
+    else if (a == "--grad-output") o.grad_output = value();
     else if (a == "--activation") o.activation = value();
     else if (a == "--nhead") o.nhead = parse_int(a, value());
     else if (a == "--norm-first") o.norm_first = true;
@@ -175,6 +182,32 @@ pf::io::FloatTensor to_tensor(const Matrix& rows, const std::vector<std::int64_t
   return {shape, std::vector<float>(rows.data(), rows.data() + rows.size())};
 }
 
+// The output's gradient from the --grad-output file: "y" of the output's shape, and nothing else.
+Matrix grad_output(const std::string& path, const Sequence& output) {
+  const auto g = pf::io::SafetensorsFile::open(path);
+  for (const std::string& name : g.names())
+    if (name != "y") throw usage_error("--grad-output file has a tensor '" + name + "', expected only 'y'");
+  if (!g.contains("y")) throw usage_error("--grad-output file has no tensor 'y'");
+  const auto t = g.tensor("y");
+  if (t.shape != output.shape) {
+    std::string want, got;
+    for (auto e : output.shape) want += (want.empty() ? "" : ", ") + std::to_string(e);
+    for (auto e : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(e);
+    throw usage_error("--grad-output tensor 'y' has shape (" + got + "), expected the output's (" + want + ")");
+  }
+  return Eigen::Map<const Matrix>(t.data.data(), output.rows.rows(), output.rows.cols());
+}
+
+// Every gradient of `list` as "grad.<name>" in its parameter's shape.
+void add_gradients(const pf::GradientList& list, std::vector<std::pair<std::string, pf::io::FloatTensor>>& out) {
+  for (const pf::Gradient& g : list.items()) {
+    pf::io::FloatTensor t{std::vector<std::int64_t>(g.shape.begin(), g.shape.end()),
+                          std::vector<float>(static_cast<std::size_t>(g.numel()))};
+    g.read(t.data.data());
+    out.emplace_back("grad." + g.name, std::move(t));
+  }
+}
+
 template <typename Act, pf::NormPlacement P>
 void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::SafetensorsFile& in) {
   const pf::torch::LayerOptions lo{*o.nhead, *o.eps};
@@ -185,7 +218,22 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
     auto layer = pf::torch::load_encoder_layer<pf::torch::EncoderLayer<Act, P>>(w, "", lo);
     const Sequence src = sequence(in, "src", layer.d_model());
     const auto m = masks.spec(in, "src_mask", "src_key_padding_mask", src.batch, src.length, src.length);
-    out.emplace_back("y", to_tensor(layer.forward(src.rows, src.batch, m, ctx), src.shape));
+    if (o.grad_output.empty()) {
+      out.emplace_back("y", to_tensor(layer.forward(src.rows, src.batch, m, ctx), src.shape));
+    } else {
+      const Matrix dy = grad_output(o.grad_output, src);
+      using Layer = decltype(layer);
+      typename Layer::Saved saved;
+      auto grads = layer.make_gradients();
+      Matrix y(src.rows.rows(), src.rows.cols()), dsrc(y.rows(), y.cols());
+      layer.forward_train(pf::cview(src.rows), src.batch, m, pf::view(y), saved, ctx);
+      layer.backward(pf::cview(dy), pf::view(dsrc), grads, saved, ctx);
+      out.emplace_back("y", to_tensor(y, src.shape));
+      out.emplace_back("grad.src", to_tensor(dsrc, src.shape));
+      add_gradients(pf::gradients_of(layer, grads), out);
+    }
+  } else if (!o.grad_output.empty()) {
+    throw usage_error("--grad-output runs with --module encoder_layer only so far, not " + o.module);
   } else if (o.module == "decoder_layer") {
     auto layer = pf::torch::load_decoder_layer<pf::torch::DecoderLayer<Act, P>>(w, "", lo);
     const Sequence tgt = sequence(in, "tgt", layer.d_model()), mem = sequence(in, "memory", layer.d_model());

@@ -3,10 +3,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <sys/wait.h>
+#include <vector>
 
 #include "polyformer/io/safetensors.hpp"
 #include "support.hpp"
@@ -46,6 +48,60 @@ TEST_CASE("examples/torch_forward: reproduces PyTorch from metadata alone", "[ex
     std::filesystem::remove(out);
   }
 }
+
+#ifdef POLYFORMER_GRAD_REFERENCE_DIR
+TEST_CASE("examples/torch_forward: --grad-output gradients equal torch.autograd in float64", "[examples][torch][backward]") {
+  // Written at configure time by tests/torch_grad_reference.py: the module, its inputs with a causal mask and key
+  // padding, and every gradient torch.autograd computes in float64 ("expected.grad.<name>").
+  for (const std::string kind : {"postnorm_relu", "postnorm_gelu", "prenorm_relu", "prenorm_gelu"}) {
+    INFO(kind);
+    const std::string base = std::string(POLYFORMER_GRAD_REFERENCE_DIR) + "/grad_encoder_layer_" + kind;
+    const std::string ref = base + ".safetensors", grad = base + ".grad_output.safetensors";
+    REQUIRE(std::filesystem::exists(ref));
+    const std::string out = temp_path("grad_" + kind + ".safetensors");
+    for (const int threads : {1, 2}) {
+      REQUIRE(run("--weights " + ref + " --inputs " + ref + " --grad-output " + grad + " --out " + out +
+                  " --threads " + std::to_string(threads)) == 0);
+      const auto got = polyformer::io::SafetensorsFile::open(out);
+      const auto want = polyformer::io::SafetensorsFile::open(ref);
+      std::size_t compared = 0;
+      for (const std::string& name : want.names()) {
+        if (name.rfind("expected.", 0) != 0) continue;
+        const std::string produced = name.substr(9);
+        INFO(produced << ", threads " << threads);
+        REQUIRE(got.contains(produced));
+        const polyformer::Matrix g = pft::as_rows(got.tensor(produced)), w = pft::as_rows(want.tensor(name));
+        REQUIRE(g.rows() == w.rows());
+        REQUIRE(g.cols() == w.cols());
+        const double err = (g - w).cast<double>().norm() / std::max(w.cast<double>().norm(), 1e-30);
+        INFO("relative error " << err);
+        CHECK(err <= 1e-4);
+        ++compared;
+      }
+      CHECK(compared == 14);  // y, src and 12 parameters
+      CHECK(got.size() == 14);
+    }
+    std::filesystem::remove(out);
+  }
+}
+
+TEST_CASE("examples/torch_forward: a bad --grad-output file exits with code 2", "[examples][errors][backward]") {
+  const std::string base = std::string(POLYFORMER_GRAD_REFERENCE_DIR) + "/grad_encoder_layer_postnorm_relu";
+  const std::string ref = base + ".safetensors", out = temp_path("bad_grad.safetensors");
+  const std::string args = "--weights " + ref + " --inputs " + ref + " --out " + out + " --grad-output ";
+  // The reference file itself holds many tensors besides "y": unknown names are an error.
+  CHECK(run(args + ref) == 2);
+  CHECK(run(args + "/nonexistent.safetensors") == 2);
+  const std::string misshaped = temp_path("misshaped_grad.safetensors");
+  polyformer::io::write_safetensors(misshaped, {{"y", polyformer::io::FloatTensor{{2, 7, 23}, std::vector<float>(2 * 7 * 23)}}});
+  CHECK(run(args + misshaped) == 2);
+  // A module without a backward yet says so.
+  const std::string decoder = pft::shared_path("reference/torch/decoder_layer_prenorm_relu_seed0.safetensors");
+  CHECK(run("--weights " + decoder + " --inputs " + decoder + " --out " + out + " --grad-output " + base +
+            ".grad_output.safetensors") == 2);
+  std::filesystem::remove(misshaped);
+}
+#endif
 
 TEST_CASE("examples/torch_forward: bad input exits with code 2", "[examples][errors]") {
   const std::string ref = pft::shared_path("reference/torch/encoder_layer_postnorm_relu_seed0.safetensors");

@@ -143,6 +143,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
                 const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
                 MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
     const char* func = "FullAttention::backward";
+    saved.require_held(func);
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, qd = s.n_heads * dh, kd = s.n_kv_heads * dh;
     check_shape(out, n_q, qd, func, "out");
     check_shape(dout, n_q, qd, func, "dout");

@@ -387,6 +387,7 @@ class MultiHeadAttention {
                     ConstMatrixView dy, MatrixView dx, MatrixView dkv, Gradients& g, Saved& saved, const Context& ctx,
                     bool accumulate_dx, bool accumulate_dkv, bool self) const {
     ctx.validate(func);
+    saved.require_held(func);
     check_batch(func, x, batch, kv_in, mask, self);
     check_shape(dy, x.rows(), d_model(), func, "dy");
     if (dx.cols() != 0) check_shape(dx, x.rows(), d_model(), func, "dx");

@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "polyformer/attention/full.hpp"
 #include "polyformer/attention/mask.hpp"
@@ -35,6 +36,8 @@ struct DecoderMasks {
 struct NoCrossAttention {
   struct MemoryKV {};
   struct Workspace {};
+  struct Saved {};
+  struct Gradients {};
 };
 
 namespace detail {
@@ -92,6 +95,30 @@ class DecoderLayer {
     Index size() const noexcept { return self.size(); }  ///< positions decoded so far
   };
 
+  /// What a training forward keeps for its backward (one per call in flight): each sublayer's input and norm
+  /// output, a copy of the memory and of the masks, the sublayers' own, and the backward's scratch.
+  struct Saved : SavedForward {
+    SavedResidual self_residual, cross_residual, ffn_residual;
+    Matrix hidden1, hidden2;                  ///< (rows, d): after the first and (with cross-attention) second sublayer
+    Matrix sublayer, scratch;                 ///< (rows, d): a sublayer's output; backward's buffer
+    Matrix grad_hidden1, grad_hidden2;        ///< (rows, d): the gradients there
+    Matrix memory;                            ///< (batch·mem, d): with cross-attention
+    Index batch = 1;
+    MaskCopy self_mask, cross_mask;
+    typename SelfAttention::Saved self_attention;
+    std::conditional_t<has_cross_attention, typename CrossAttention::Saved, std::monostate> cross_attention{};
+    typename FFN::Saved ffn;
+  };
+
+  /// The gradients of every trainable tensor of the layer.
+  struct Gradients {
+    typename SelfAttention::Gradients self_attn{};
+    std::conditional_t<has_cross_attention, typename CrossAttention::Gradients, std::monostate> cross_attn{};
+    typename FFN::Gradients ffn{};
+    typename Norm::Gradients norm1{}, norm2{};
+    std::conditional_t<has_cross_attention, typename Norm::Gradients, std::monostate> norm3{};
+  };
+
   DecoderLayer() = default;
   /// With cross-attention: the norms before/after the self-attention, the cross-attention and the FFN.
   DecoderLayer(SelfAttention self_attn, CrossAttention cross_attn, FFN ffn, Norm norm1, Norm norm2, Norm norm3)
@@ -136,6 +163,66 @@ class DecoderLayer {
     norm1_.parameters(list, prefix + names.norm1);
     norm2_.parameters(list, prefix + names.norm2);
     if constexpr (has_cross_attention) norm3_.parameters(list, prefix + names.norm3);
+  }
+
+  Gradients make_gradients() const requires TrainableNorm<Norm> && TrainableFeedForward<FFN> {
+    Gradients g;
+    g.self_attn = self_attn_.make_gradients();
+    g.ffn = ffn_.make_gradients();
+    g.norm1 = norm1_.make_gradients();
+    g.norm2 = norm2_.make_gradients();
+    if constexpr (has_cross_attention) {
+      g.cross_attn = cross_attn_.make_gradients();
+      g.norm3 = norm3_.make_gradients();
+    }
+    return g;
+  }
+  /// The gradients, named as parameters() names the tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const BlockNames& names = {}) const
+    requires TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    self_attn_.gradients(list, prefix + names.self_attn, g.self_attn, names.attention);
+    if constexpr (has_cross_attention) cross_attn_.gradients(list, prefix + names.cross_attn, g.cross_attn, names.attention);
+    ffn_.gradients(list, prefix + names.ffn, g.ffn, names.ffn_names);
+    norm1_.gradients(list, prefix + names.norm1, g.norm1);
+    norm2_.gradients(list, prefix + names.norm2, g.norm2);
+    if constexpr (has_cross_attention) norm3_.gradients(list, prefix + names.norm3, g.norm3);
+  }
+
+  /// forward() for training: y from x and memory, keeping in `saved` (with copies of the memory and the masks)
+  /// what backward() needs. y must not alias x.
+  void forward_train(ConstMatrixView x, ConstMatrixView memory, Index batch, const DecoderMasks& masks, MatrixView y,
+                     Saved& saved, const Context& ctx) const
+    requires has_cross_attention && TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    saved.memory = memory;
+    saved.cross_mask.assign(masks.cross);
+    train(x, batch, masks.self, y, saved, ctx);
+  }
+  /// Without cross-attention: forward() for training under `mask` (causal by default).
+  void forward_train(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Saved& saved,
+                     const Context& ctx) const
+    requires(!has_cross_attention) && TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    train(x, batch, mask, y, saved, ctx);
+  }
+
+  /// The backward of forward_train: adds every tensor's gradient into g and writes dx (batch·seq, d_model) and
+  /// dmemory (batch·mem, d_model; added to with accumulate_dmemory; a view of no columns skips it) from dy; neither
+  /// may alias dy. Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView dy, MatrixView dx, MatrixView dmemory, Gradients& g, Saved& saved, const Context& ctx,
+                bool accumulate_dmemory = false) const
+    requires has_cross_attention && TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    if (dmemory.cols() != 0)
+      check_shape(dmemory, saved.memory.rows(), saved.memory.cols(), "DecoderLayer::backward", "dmemory");
+    run_backward(dy, dx, dmemory, g, saved, ctx, accumulate_dmemory);
+  }
+  /// Without cross-attention: the backward of forward_train, dx from dy.
+  void backward(ConstMatrixView dy, MatrixView dx, Gradients& g, Saved& saved, const Context& ctx) const
+    requires(!has_cross_attention) && TrainableNorm<Norm> && TrainableFeedForward<FFN>
+  {
+    run_backward(dy, dx, dx, g, saved, ctx, false);
   }
 
   /// y (batch·seq, d_model) from x (batch·seq, d_model) and memory (batch·mem, d_model); y must not alias x.
@@ -225,6 +312,74 @@ class DecoderLayer {
   }
 
  private:
+  /// The training forward: the sublayers' training forwards, each residual kept.
+  void train(ConstMatrixView x, Index batch, const MaskSpec& self_mask, MatrixView y, Saved& saved,
+             const Context& ctx) const {
+    const char* func = "DecoderLayer::forward_train";
+    check_cols(x, d_model(), func, "x");
+    check_shape(y, x.rows(), d_model(), func, "y");
+    saved.batch = batch;
+    saved.self_mask.assign(self_mask);
+    const MaskSpec self_masks = saved.self_mask.spec();
+    ensure_shape(saved.hidden1, x.rows(), x.cols());
+    residual_sublayer_train<Placement>(x, norm1_, view(saved.hidden1), saved.self_residual, saved.sublayer,
+                                       [&](ConstMatrixView in, MatrixView out) {
+                                         self_attn_.forward_train(in, batch, self_masks, out, saved.self_attention, ctx);
+                                       });
+    const auto ffn = [&](ConstMatrixView in, MatrixView out) { ffn_.forward_train(in, out, saved.ffn, ctx); };
+    if constexpr (has_cross_attention) {
+      const MaskSpec cross_masks = saved.cross_mask.spec();
+      ensure_shape(saved.hidden2, x.rows(), x.cols());
+      residual_sublayer_train<Placement>(cview(saved.hidden1), norm2_, view(saved.hidden2), saved.cross_residual,
+                                         saved.sublayer, [&](ConstMatrixView in, MatrixView out) {
+                                           cross_attn_.forward_train(in, batch, cview(saved.memory), cross_masks, out,
+                                                                     saved.cross_attention, ctx);
+                                         });
+      residual_sublayer_train<Placement>(cview(saved.hidden2), norm3_, y, saved.ffn_residual, saved.sublayer, ffn);
+    } else {
+      residual_sublayer_train<Placement>(cview(saved.hidden1), norm2_, y, saved.ffn_residual, saved.sublayer, ffn);
+    }
+    saved.record();
+  }
+
+  /// The backward: the sublayers in reverse, dmemory from the cross-attention (with cross-attention).
+  void run_backward(ConstMatrixView dy, MatrixView dx, MatrixView dmemory, Gradients& g, Saved& saved,
+                    const Context& ctx, bool accumulate_dmemory) const {
+    const char* func = "DecoderLayer::backward";
+    saved.require_held(func);
+    const Index n = saved.hidden1.rows(), d = d_model();
+    check_shape(dy, n, d, func, "dy");
+    check_shape(dx, n, d, func, "dx");
+    saved.take(func);
+    saved.self_attention.keep = saved.ffn.keep = saved.keep;
+    ensure_shape(saved.grad_hidden1, n, d);
+    const auto ffn = [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
+      ffn_.backward(in, d_out, d_in, g.ffn, saved.ffn, ctx, accumulate);
+    };
+    if constexpr (has_cross_attention) {
+      saved.cross_attention.keep = saved.keep;
+      ensure_shape(saved.grad_hidden2, n, d);
+      residual_backward<Placement>(dy, view(saved.grad_hidden2), norm3_, g.norm3, saved.ffn_residual, saved.scratch, ffn);
+      const MaskSpec cross_masks = saved.cross_mask.spec();
+      residual_backward<Placement>(cview(saved.grad_hidden2), view(saved.grad_hidden1), norm2_, g.norm2,
+                                   saved.cross_residual, saved.scratch,
+                                   [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
+                                     cross_attn_.backward(in, saved.batch, cview(saved.memory), cross_masks, d_out, d_in,
+                                                          dmemory, g.cross_attn, saved.cross_attention, ctx, accumulate,
+                                                          accumulate_dmemory);
+                                   });
+    } else {
+      (void)dmemory, (void)accumulate_dmemory;
+      residual_backward<Placement>(dy, view(saved.grad_hidden1), norm2_, g.norm2, saved.ffn_residual, saved.scratch, ffn);
+    }
+    const MaskSpec self_masks = saved.self_mask.spec();
+    residual_backward<Placement>(cview(saved.grad_hidden1), dx, norm1_, g.norm1, saved.self_residual, saved.scratch,
+                                 [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
+                                   self_attn_.backward(in, saved.batch, self_masks, d_out, d_in, g.self_attn,
+                                                       saved.self_attention, ctx, accumulate);
+                                 });
+  }
+
   /// The sublayers around `self_attend` and (with cross-attention) `cross_attend`, then the FFN.
   template <typename SelfAttend, typename CrossAttend>
   void run(ConstMatrixView x, MatrixView y, Workspace& ws, const Context& ctx, SelfAttend&& self_attend,

@@ -47,15 +47,13 @@ class EncoderLayer {
     Matrix normed, sublayer, hidden;  // (rows, d_model) each
   };
 
-  /// What a training forward keeps for its backward (one per call in flight): the input, the masks, every
-  /// intermediate the backward reads, the sublayers' own, and the backward's scratch.
+  /// What a training forward keeps for its backward (one per call in flight): each sublayer's input and norm
+  /// output, the masks, the sublayers' own, and the backward's scratch.
   struct Saved : SavedForward {
-    Matrix x;                 ///< (rows, d): the input
-    Matrix normed1, normed2;  ///< pre-norm: the sublayers' inputs norm1(x) and norm2(h)
-    Matrix sum1, sum2;        ///< post-norm: the norms' inputs x + SA(x) and h + FF(h)
-    Matrix hidden;            ///< (rows, d): h, between the sublayers
-    Matrix sublayer;          ///< (rows, d): a sublayer's output
-    Matrix grad, grad_hidden;  ///< (rows, d): backward's scratch
+    SavedResidual attention_residual, ffn_residual;
+    Matrix hidden;              ///< (rows, d): between the sublayers
+    Matrix sublayer, scratch;   ///< (rows, d): a sublayer's output; backward's buffer
+    Matrix grad_hidden;         ///< (rows, d): the gradient between the sublayers
     Index batch = 1;
     MaskCopy mask;
     typename Attention::Saved attention;
@@ -117,31 +115,18 @@ class EncoderLayer {
     const char* func = "EncoderLayer::forward_train";
     check_cols(x, d_model(), func, "x");
     check_shape(y, x.rows(), d_model(), func, "y");
-    const Index n = x.rows(), d = d_model();
-    for (Matrix* m : {&saved.x, &saved.hidden, &saved.sublayer}) ensure_shape(*m, n, d);
-    saved.x = x;
     saved.batch = batch;
     saved.mask.assign(mask);
     const MaskSpec masks = saved.mask.spec();
-    if constexpr (Placement == NormPlacement::post) {
-      ensure_shape(saved.sum1, n, d);
-      ensure_shape(saved.sum2, n, d);
-      self_attn_.forward_train(cview(saved.x), batch, masks, view(saved.sublayer), saved.attention, ctx);
-      saved.sum1 = saved.x + saved.sublayer;
-      norm1_.forward(cview(saved.sum1), view(saved.hidden));
-      ffn_.forward_train(cview(saved.hidden), view(saved.sublayer), saved.ffn, ctx);
-      saved.sum2 = saved.hidden + saved.sublayer;
-      norm2_.forward(cview(saved.sum2), y);
-    } else {
-      ensure_shape(saved.normed1, n, d);
-      ensure_shape(saved.normed2, n, d);
-      norm1_.forward(cview(saved.x), view(saved.normed1));
-      self_attn_.forward_train(cview(saved.normed1), batch, masks, view(saved.sublayer), saved.attention, ctx);
-      saved.hidden = saved.x + saved.sublayer;
-      norm2_.forward(cview(saved.hidden), view(saved.normed2));
-      ffn_.forward_train(cview(saved.normed2), view(saved.sublayer), saved.ffn, ctx);
-      y = saved.hidden + saved.sublayer;
-    }
+    ensure_shape(saved.hidden, x.rows(), x.cols());
+    residual_sublayer_train<Placement>(x, norm1_, view(saved.hidden), saved.attention_residual, saved.sublayer,
+                                       [&](ConstMatrixView in, MatrixView out) {
+                                         self_attn_.forward_train(in, batch, masks, out, saved.attention, ctx);
+                                       });
+    residual_sublayer_train<Placement>(cview(saved.hidden), norm2_, y, saved.ffn_residual, saved.sublayer,
+                                       [&](ConstMatrixView in, MatrixView out) {
+                                         ffn_.forward_train(in, out, saved.ffn, ctx);
+                                       });
     saved.record();
   }
 
@@ -151,31 +136,23 @@ class EncoderLayer {
     requires TrainableNorm<Norm> && TrainableFeedForward<FFN>
   {
     const char* func = "EncoderLayer::backward";
-    const Index n = saved.x.rows(), d = d_model();
+    saved.require_held(func);
+    const Index n = saved.hidden.rows(), d = d_model();
     check_shape(dy, n, d, func, "dy");
     check_shape(dx, n, d, func, "dx");
     saved.take(func);
     saved.attention.keep = saved.ffn.keep = saved.keep;
-    ensure_shape(saved.grad, n, d);
     ensure_shape(saved.grad_hidden, n, d);
     const MaskSpec masks = saved.mask.spec();
-    if constexpr (Placement == NormPlacement::post) {
-      norm2_.backward(cview(saved.sum2), dy, view(saved.grad), g.norm2);  // d sum2
-      saved.grad_hidden = saved.grad;
-      ffn_.backward(cview(saved.hidden), cview(saved.grad), view(saved.grad_hidden), g.ffn, saved.ffn, ctx, true);
-      norm1_.backward(cview(saved.sum1), cview(saved.grad_hidden), view(saved.grad), g.norm1);  // d sum1
-      dx = saved.grad;
-      self_attn_.backward(cview(saved.x), saved.batch, masks, cview(saved.grad), dx, g.self_attn, saved.attention, ctx,
-                          true);
-    } else {
-      ffn_.backward(cview(saved.normed2), dy, view(saved.grad), g.ffn, saved.ffn, ctx);  // d normed2
-      norm2_.backward(cview(saved.hidden), cview(saved.grad), view(saved.grad_hidden), g.norm2);
-      saved.grad_hidden += dy;  // d h
-      self_attn_.backward(cview(saved.normed1), saved.batch, masks, cview(saved.grad_hidden), view(saved.grad),
-                          g.self_attn, saved.attention, ctx);  // d normed1
-      norm1_.backward(cview(saved.x), cview(saved.grad), dx, g.norm1);
-      dx += saved.grad_hidden;
-    }
+    residual_backward<Placement>(dy, view(saved.grad_hidden), norm2_, g.norm2, saved.ffn_residual, saved.scratch,
+                                 [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
+                                   ffn_.backward(in, d_out, d_in, g.ffn, saved.ffn, ctx, accumulate);
+                                 });
+    residual_backward<Placement>(cview(saved.grad_hidden), dx, norm1_, g.norm1, saved.attention_residual, saved.scratch,
+                                 [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
+                                   self_attn_.backward(in, saved.batch, masks, d_out, d_in, g.self_attn,
+                                                       saved.attention, ctx, accumulate);
+                                 });
   }
 
   /// y (batch·seq, d_model) from x (batch·seq, d_model); y must not alias x.

@@ -145,11 +145,15 @@ struct SavedForward {
 
   void record() noexcept { held_ = true; }
   bool held() const noexcept { return held_; }
-  /// Throws config_error naming `func` unless a forward is held; releases it unless `keep`.
-  void take(const char* func) {
+  /// Throws config_error naming `func` unless a forward is held.
+  void require_held(const char* func) const {
     if (!held_)
       throw config_error(detail::cat(func, ": no saved forward (run a training forward first; a backward uses "
                                            "it once unless saved.keep is set)"));
+  }
+  /// require_held(func), then releases the forward unless `keep`.
+  void take(const char* func) {
+    require_held(func);
     if (!keep) held_ = false;
   }
 

@@ -148,6 +148,7 @@ class FeedForward {
     requires TrainableLinear<Lin>
   {
     const char* func = "FeedForward::backward";
+    saved.require_held(func);
     check_cols(x, dim(), func, "x");
     check_shape(dy, x.rows(), dim(), func, "dy");
     if (dx.cols() != 0) check_shape(dx, x.rows(), dim(), func, "dx");

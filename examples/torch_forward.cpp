@@ -10,9 +10,8 @@
 // "input." prefix, shaped (batch, seq, d) or (seq, d). Exit code 2 on bad input.
 //
 // With --grad-output, G holds "y", the gradient of a loss with respect to the output y (loss = Σ y ⊙ G.y, the
-// output's shape); --out then also gets "grad.<input>" for every float input given (src) and "grad.<name>" for every
-// parameter, under its state-dict name. Any other tensor in G, or a misshaped "y", is an error. So far this runs
-// for --module encoder_layer.
+// output's shape); --out then also gets "grad.<input>" for every float input (src, tgt, memory) and "grad.<name>" for every
+// parameter, under its state-dict name. Any other tensor in G, or a misshaped "y", is an error.
 
 #include <cstdio>
 #include <cstdlib>
@@ -232,15 +231,27 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
       out.emplace_back("grad.src", to_tensor(dsrc, src.shape));
       add_gradients(pf::gradients_of(layer, grads), out);
     }
-  } else if (!o.grad_output.empty()) {
-    throw usage_error("--grad-output runs with --module encoder_layer only so far, not " + o.module);
   } else if (o.module == "decoder_layer") {
     auto layer = pf::torch::load_decoder_layer<pf::torch::DecoderLayer<Act, P>>(w, "", lo);
     const Sequence tgt = sequence(in, "tgt", layer.d_model()), mem = sequence(in, "memory", layer.d_model());
     if (mem.batch != tgt.batch) throw usage_error("memory and tgt have different batch sizes");
     pf::DecoderMasks dm{masks.spec(in, "tgt_mask", "tgt_key_padding_mask", tgt.batch, tgt.length, tgt.length),
                         masks.spec(in, "memory_mask", "memory_key_padding_mask", tgt.batch, tgt.length, mem.length)};
-    out.emplace_back("y", to_tensor(layer.forward(tgt.rows, mem.rows, tgt.batch, dm, ctx), tgt.shape));
+    if (o.grad_output.empty()) {
+      out.emplace_back("y", to_tensor(layer.forward(tgt.rows, mem.rows, tgt.batch, dm, ctx), tgt.shape));
+    } else {
+      const Matrix dy = grad_output(o.grad_output, tgt);
+      using Layer = decltype(layer);
+      typename Layer::Saved saved;
+      auto grads = layer.make_gradients();
+      Matrix y(tgt.rows.rows(), tgt.rows.cols()), dtgt(y.rows(), y.cols()), dmem(mem.rows.rows(), mem.rows.cols());
+      layer.forward_train(pf::cview(tgt.rows), pf::cview(mem.rows), tgt.batch, dm, pf::view(y), saved, ctx);
+      layer.backward(pf::cview(dy), pf::view(dtgt), pf::view(dmem), grads, saved, ctx);
+      out.emplace_back("y", to_tensor(y, tgt.shape));
+      out.emplace_back("grad.tgt", to_tensor(dtgt, tgt.shape));
+      out.emplace_back("grad.memory", to_tensor(dmem, mem.shape));
+      add_gradients(pf::gradients_of(layer, grads), out);
+    }
   } else {
     auto model = pf::torch::load_transformer<pf::torch::Transformer<Act, P>>(w, o.enc_layers, o.dec_layers, lo);
     const Index d = model.encoder().d_model();
@@ -251,8 +262,25 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
         masks.spec(in, "tgt_mask", "tgt_key_padding_mask", tgt.batch, tgt.length, tgt.length),
         masks.spec(in, "memory_mask", "memory_key_padding_mask", tgt.batch, tgt.length, src.length)};
     Matrix memory;
-    out.emplace_back("y", to_tensor(model.forward(src.rows, tgt.rows, src.batch, em, ctx, &memory), tgt.shape));
-    out.emplace_back("memory", to_tensor(memory, src.shape));
+    if (o.grad_output.empty()) {
+      out.emplace_back("y", to_tensor(model.forward(src.rows, tgt.rows, src.batch, em, ctx, &memory), tgt.shape));
+      out.emplace_back("memory", to_tensor(memory, src.shape));
+    } else {
+      const Matrix dy = grad_output(o.grad_output, tgt);
+      using Model = decltype(model);
+      typename Model::Saved saved;
+      auto grads = model.make_gradients();
+      Matrix y(tgt.rows.rows(), d), dsrc(src.rows.rows(), d), dtgt(tgt.rows.rows(), d);
+      memory.resize(src.rows.rows(), d);
+      model.forward_train(pf::cview(src.rows), pf::cview(tgt.rows), src.batch, em, pf::view(y), pf::view(memory), saved,
+                          ctx);
+      model.backward(pf::cview(dy), pf::view(dsrc), pf::view(dtgt), grads, saved, ctx);
+      out.emplace_back("y", to_tensor(y, tgt.shape));
+      out.emplace_back("memory", to_tensor(memory, src.shape));
+      out.emplace_back("grad.src", to_tensor(dsrc, src.shape));
+      out.emplace_back("grad.tgt", to_tensor(dtgt, tgt.shape));
+      add_gradients(pf::gradients_of(model, grads), out);
+    }
   }
   pf::io::write_safetensors(o.out, out, {{"producer", "polyformer torch_forward"}, {"module", o.module}});
 }

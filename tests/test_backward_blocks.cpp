@@ -10,6 +10,7 @@
 #include "backward_testing.hpp"
 #include "polyformer/blocks/decoder_layer.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
+#include "polyformer/blocks/layer_stack.hpp"
 
 using namespace bwt;
 namespace oracle = backward_oracle;
@@ -295,4 +296,45 @@ TEST_CASE("backward: DecoderLayer with cross-attention against the oracle", "[ba
     check_decoder_layer<pf::ReLU, pf::NormPlacement::post>(oracle::Act::relu, threads);
     check_decoder_layer<pf::GELU, pf::NormPlacement::pre>(oracle::Act::gelu_erf, threads);
   }
+}
+
+TEST_CASE("backward: Encoder stack with learned positions, checkpointed or not", "[backward][blocks]") {
+  using Layer = pf::EncoderLayer<pf::FullAttention, pf::Dense, pf::LayerNorm, pf::GELU, pf::NormPlacement::pre>;
+  using Stack = pf::Encoder<Layer, pf::LearnedPosition>;
+  std::vector<Layer> layers;
+  for (int i = 0; i < 3; ++i) layers.push_back(EncoderCase<Layer>(oracle::Act::gelu_erf, true).layer);
+  const Index batch = 2, n = 10, d = 32;
+  const Stack stack(std::move(layers), pf::LayerNorm(d), pf::LearnedPosition(pft::random_matrix(16, d, 71, 0.1f)));
+  const Matrix x = pft::random_matrix(batch * n, d, 72), dy = pft::random_matrix(batch * n, d, 73);
+  const pf::MaskSpec mask = pf::MaskSpec::causal_mask();
+  Stack::Gradients grads[2] = {stack.make_gradients(), stack.make_gradients()};
+  Matrix dx[2] = {Matrix(batch * n, d), Matrix(batch * n, d)};
+  for (const int checkpoint : {0, 1}) {
+    Stack::Saved saved;
+    saved.checkpoint = checkpoint == 1;
+    Matrix y(batch * n, d);
+    stack.forward_train(pf::cview(x), batch, mask, pf::view(y), saved, pf::Context{2});
+    CHECK(pft::max_abs_diff(y, stack.forward(x, batch, mask)) < 1e-5);
+    stack.backward(pf::cview(dy), pf::view(dx[checkpoint]), grads[checkpoint], saved, pf::Context{2});
+    CHECK(saved.layers.size() == (checkpoint ? 1u : 3u));  // checkpointed: one layer's intermediates at a time
+  }
+  // Recomputing a layer's forward gives the same intermediates, hence the same gradients.
+  CHECK(dx[1] == dx[0]);
+  const pf::GradientList list0 = pf::gradients_of(stack, grads[0]), list1 = pf::gradients_of(stack, grads[1]);
+  REQUIRE(list0.size() == 3 * 12 + 2 + 1);  // 3 layers, the final norm, the position table
+  CHECK(list0.find("layers.2.linear2.bias") != nullptr);
+  CHECK(list0.find("norm.weight") != nullptr);
+  CHECK(list0.find("position.weight") != nullptr);
+  for (std::size_t i = 0; i < list0.size(); ++i) {
+    const pf::Gradient& a = list0.items()[i];
+    std::vector<float> va(static_cast<std::size_t>(a.numel())), vb(va.size());
+    a.read(va.data());
+    list1.items()[i].read(vb.data());
+    INFO(a.name);
+    CHECK(va == vb);
+  }
+  // The table's rows get the input's gradient, summed over the batch; rows past the sequence get nothing.
+  const Matrix& table_grad = grads[0].position.weight;
+  for (Index s = 0; s < n; ++s) CHECK((table_grad.row(s) - dx[0].row(s) - dx[0].row(n + s)).norm() < 1e-6f);
+  CHECK(table_grad.bottomRows(16 - n).norm() == 0.0f);
 }

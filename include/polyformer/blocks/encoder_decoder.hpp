@@ -7,6 +7,7 @@
 
 #include "polyformer/blocks/layer_stack.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/tensor.hpp"
 
 namespace polyformer {
@@ -29,6 +30,18 @@ class EncoderDecoder {
     typename DecoderStack::Workspace decoder;
   };
 
+  /// What a training forward keeps for its backward: the stacks' own, and the memory's gradient.
+  struct Saved : SavedForward {
+    typename EncoderStack::Saved encoder;
+    typename DecoderStack::Saved decoder;
+    Matrix grad_memory;  ///< (batch·src_len, d): backward's
+  };
+  /// Both stacks' gradients.
+  struct Gradients {
+    typename EncoderStack::Gradients encoder;
+    typename DecoderStack::Gradients decoder;
+  };
+
   EncoderDecoder() = default;
   EncoderDecoder(EncoderStack encoder, DecoderStack decoder) : encoder_(std::move(encoder)), decoder_(std::move(decoder)) {
     if (encoder_.d_model() != decoder_.d_model())
@@ -45,6 +58,33 @@ class EncoderDecoder {
   void parameters(ParameterList& list, const std::string& prefix, const BlockNames& names = {}) {
     encoder_.parameters(list, prefix + "encoder.", names);
     decoder_.parameters(list, prefix + "decoder.", names);
+  }
+
+  Gradients make_gradients() const { return {encoder_.make_gradients(), decoder_.make_gradients()}; }
+  /// "encoder.*" and "decoder.*", as parameters() names the tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const BlockNames& names = {}) const {
+    encoder_.gradients(list, prefix + "encoder.", g.encoder, names);
+    decoder_.gradients(list, prefix + "decoder.", g.decoder, names);
+  }
+
+  /// forward() for training, keeping in `saved` what backward() needs (set saved.encoder.checkpoint and
+  /// saved.decoder.checkpoint first to recompute each layer during backward instead).
+  void forward_train(ConstMatrixView src, ConstMatrixView tgt, Index batch, const EncoderDecoderMasks& masks,
+                     MatrixView y, MatrixView memory, Saved& saved, const Context& ctx) const {
+    encoder_.forward_train(src, batch, masks.src, memory, saved.encoder, ctx);
+    decoder_.forward_train(tgt, cview(memory), batch, DecoderMasks{masks.tgt, masks.memory}, y, saved.decoder, ctx);
+    saved.record();
+  }
+
+  /// The backward of forward_train: adds every tensor's gradient into g and writes dsrc and dtgt from dy (the
+  /// gradient of y). Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView dy, MatrixView dsrc, MatrixView dtgt, Gradients& g, Saved& saved,
+                const Context& ctx) const {
+    saved.take("EncoderDecoder::backward");
+    saved.encoder.keep = saved.decoder.keep = saved.keep;
+    ensure_shape(saved.grad_memory, saved.encoder.input.rows(), encoder_.d_model());
+    decoder_.backward(dy, dtgt, view(saved.grad_memory), g.decoder, saved.decoder, ctx);
+    encoder_.backward(cview(saved.grad_memory), dsrc, g.encoder, saved.encoder, ctx);
   }
 
   /// y (batch·tgt_len, d) and memory (batch·src_len, d) from src (batch·src_len, d) and tgt (batch·tgt_len, d).

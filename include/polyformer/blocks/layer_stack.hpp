@@ -12,6 +12,7 @@
 #include "polyformer/blocks/decoder_layer.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/layers/position.hpp"
 
@@ -31,6 +32,27 @@ class LayerStack {
   struct Workspace {
     typename Layer::Workspace layer;
     Matrix buffer, input;  // (batch·seq, d_model): the ping-pong partner of y, the input with positions
+  };
+
+  /// What a training forward keeps for its backward (one per call in flight). With `checkpoint` set before the
+  /// forward, only each layer's input is kept and the backward runs each layer's training forward again just
+  /// before its backward (activation checkpointing: memory of one layer's intermediates, one more forward's work).
+  struct Saved : SavedForward {
+    bool checkpoint = false;  ///< set by the caller: recompute each layer's intermediates during backward
+    std::vector<typename Layer::Saved> layers;  ///< one per layer (one in all when checkpointing)
+    std::vector<Matrix> inputs;                 ///< checkpointing: each layer's input (rows, d)
+    Matrix input, buffer, last;  ///< the input with positions; a ping-pong partner; the last layer's output
+    Matrix grad, grad_buffer;    ///< backward's ping-pong pair (rows, d)
+    Matrix memory;               ///< decoder: a copy of the memory
+    Index batch = 1;
+    MaskCopy self_mask, cross_mask;
+  };
+
+  /// Every layer's gradients, the final norm's (empty without one) and the position table's.
+  struct Gradients {
+    std::vector<typename Layer::Gradients> layers;
+    typename norm_type::Gradients norm{};
+    typename Position::Gradients position{};
   };
 
   LayerStack() = default;
@@ -60,6 +82,50 @@ class LayerStack {
     for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].parameters(list, detail::cat(prefix, "layers.", i, "."), names);
     if (final_norm_) final_norm_->parameters(list, prefix + "norm.");
     if constexpr (HasParameters<Position>) position_.parameters(list, prefix + "position.");
+  }
+
+  Gradients make_gradients() const {
+    Gradients g;
+    for (const Layer& layer : layers_) g.layers.push_back(layer.make_gradients());
+    if (final_norm_) g.norm = final_norm_->make_gradients();
+    g.position = position_.make_gradients();
+    return g;
+  }
+  /// The gradients, named as parameters() names the tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const BlockNames& names = {}) const {
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      layers_[i].gradients(list, detail::cat(prefix, "layers.", i, "."), g.layers[i], names);
+    if (final_norm_) final_norm_->gradients(list, prefix + "norm.", g.norm);
+    if constexpr (HasParameters<Position>) position_.gradients(list, prefix + "position.", g.position);
+  }
+
+  /// Encoder stack for training: forward() keeping in `saved` what backward() needs. y must not alias x.
+  void forward_train(ConstMatrixView x, Index batch, const MaskSpec& mask, MatrixView y, Saved& saved,
+                     const Context& ctx) const requires(!decoder) {
+    saved.self_mask.assign(mask);
+    train(x, batch, y, saved, ctx);
+  }
+  /// Decoder stack for training: y from x and memory (a copy of which is kept).
+  void forward_train(ConstMatrixView x, ConstMatrixView memory, Index batch, const DecoderMasks& masks, MatrixView y,
+                     Saved& saved, const Context& ctx) const requires decoder {
+    saved.memory = memory;
+    saved.self_mask.assign(masks.self);
+    saved.cross_mask.assign(masks.cross);
+    train(x, batch, y, saved, ctx);
+  }
+
+  /// Encoder stack's backward: adds every tensor's gradient into g and writes dx (batch·seq, d_model) from dy.
+  /// Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView dy, MatrixView dx, Gradients& g, Saved& saved, const Context& ctx) const
+    requires(!decoder) {
+    run_backward(dy, dx, dx, g, saved, ctx);
+  }
+  /// Decoder stack's backward: dx and dmemory (batch·mem, d_model; the sum over every layer's cross-attention; a
+  /// view of no columns skips it) from dy.
+  void backward(ConstMatrixView dy, MatrixView dx, MatrixView dmemory, Gradients& g, Saved& saved,
+                const Context& ctx) const requires decoder {
+    if (dmemory.cols() != 0) check_shape(dmemory, saved.memory.rows(), saved.memory.cols(), "Decoder::backward", "dmemory");
+    run_backward(dy, dx, dmemory, g, saved, ctx);
   }
 
   /// Encoder stack: y (batch·seq, d_model) from x; y must not alias x.
@@ -124,6 +190,91 @@ class LayerStack {
   }
 
  private:
+  /// One layer's training forward under the stack's saved masks (and memory).
+  void layer_train(const Layer& layer, ConstMatrixView in, MatrixView out, typename Layer::Saved& layer_saved,
+                   Saved& saved, const Context& ctx) const {
+    if constexpr (decoder)
+      layer.forward_train(in, cview(saved.memory), saved.batch,
+                          DecoderMasks{saved.self_mask.spec(), saved.cross_mask.spec()}, out, layer_saved, ctx);
+    else
+      layer.forward_train(in, saved.batch, saved.self_mask.spec(), out, layer_saved, ctx);
+  }
+
+  /// The training forward: positions, every layer (its input kept when checkpointing), the final norm.
+  void train(ConstMatrixView x, Index batch, MatrixView y, Saved& saved, const Context& ctx) const {
+    const char* func = decoder ? "Decoder::forward_train" : "Encoder::forward_train";
+    check_cols(x, d_model(), func, "x");
+    check_shape(y, x.rows(), d_model(), func, "y");
+    saved.batch = batch;
+    saved.input = x;
+    position_.add(view(saved.input), batch, 0);
+    const std::size_t n = layers_.size();
+    saved.layers.resize(saved.checkpoint ? 1 : n);
+    if (saved.checkpoint) saved.inputs.resize(n);
+    ensure_shape(saved.buffer, x.rows(), x.cols());
+    ensure_shape(saved.last, x.rows(), x.cols());
+    // Ping-pong between buffer and last, so that the last layer writes `last` (the final norm's input) or y.
+    MatrixView final_out = final_norm_ ? view(saved.last) : y;
+    ConstMatrixRef input(saved.input);  // re-seated to each layer's output
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool to_final = (n - 1 - i) % 2 == 0;
+      MatrixView out = to_final ? final_out : view(saved.buffer);
+      const ConstMatrixView in = input.view();
+      if (saved.checkpoint) {
+        saved.inputs[i] = in;
+        typename Layer::Workspace ws;
+        if constexpr (decoder)
+          layers_[i].forward(in, cview(saved.memory), batch, DecoderMasks{saved.self_mask.spec(), saved.cross_mask.spec()},
+                             out, ws, ctx);
+        else
+          layers_[i].forward(in, batch, saved.self_mask.spec(), out, ws, ctx);
+      } else {
+        layer_train(layers_[i], in, out, saved.layers[i], saved, ctx);
+      }
+      input = ConstMatrixRef(cview(out));
+    }
+    if (final_norm_) final_norm_->forward(cview(saved.last), y);
+    saved.record();
+  }
+
+  /// The backward: the final norm, then every layer from the last (recomputed first when checkpointing), then the
+  /// positions. dmemory gathers every layer's cross-attention gradient (decoder).
+  void run_backward(ConstMatrixView dy, MatrixView dx, MatrixView dmemory, Gradients& g, Saved& saved,
+                    const Context& ctx) const {
+    const char* func = decoder ? "Decoder::backward" : "Encoder::backward";
+    saved.require_held(func);
+    const Index rows = saved.input.rows(), d = d_model();
+    check_shape(dy, rows, d, func, "dy");
+    check_shape(dx, rows, d, func, "dx");
+    if (g.layers.size() != layers_.size())
+      throw shape_error(detail::cat(func, ": gradients for ", g.layers.size(), " layers, expected ", layers_.size()));
+    saved.take(func);
+    ensure_shape(saved.grad, rows, d);
+    ensure_shape(saved.grad_buffer, rows, d);
+    ConstMatrixRef grad_out(dy);  // re-seated to each layer's input gradient
+    if (final_norm_) {
+      final_norm_->backward(cview(saved.last), dy, view(saved.grad), g.norm);
+      grad_out = ConstMatrixRef(saved.grad);
+    }
+    const std::size_t n = layers_.size();
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = n - 1 - k;
+      // The first layer writes dx; the others alternate between the two buffers, away from grad_out.
+      MatrixView grad_in = i == 0 ? dx : (grad_out.data == saved.grad.data() ? view(saved.grad_buffer) : view(saved.grad));
+      typename Layer::Saved& layer_saved = saved.layers[saved.checkpoint ? 0 : i];
+      if (saved.checkpoint)  // this layer's intermediates again, its output into the idle buffer
+        layer_train(layers_[i], cview(saved.inputs[i]), view(saved.buffer), layer_saved, saved, ctx);
+      layer_saved.keep = saved.keep && !saved.checkpoint;
+      if constexpr (decoder)
+        layers_[i].backward(grad_out.view(), grad_in, dmemory, g.layers[i], layer_saved, ctx, /*accumulate_dmemory=*/k > 0);
+      else
+        layers_[i].backward(grad_out.view(), grad_in, g.layers[i], layer_saved, ctx);
+      grad_out = ConstMatrixRef(cview(grad_in));
+    }
+    (void)dmemory;
+    position_.backward(cview(dx), saved.batch, g.position, 0);
+  }
+
   /// Positions (from first_position) on the input, then every layer, ping-ponging between y and one buffer
   /// so that the last layer writes y, then the final norm.
   template <typename Call>

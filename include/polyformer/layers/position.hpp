@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 
@@ -15,15 +16,22 @@ namespace polyformer {
 /// Adds nothing (the model has no absolute positions, or uses RoPE inside attention).
 struct NoPosition {
   static constexpr bool enabled = false;
+  struct Gradients {};  ///< nothing trains
   void add(MatrixView, Index, Index = 0) const noexcept {}
+  Gradients make_gradients() const noexcept { return {}; }
+  void backward(ConstMatrixView, Index, Gradients&, Index = 0) const noexcept {}
 };
 
 /// PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), computed in double.
 class SinusoidalPosition {
  public:
   static constexpr bool enabled = true;
+  struct Gradients {};  ///< a fixed encoding: nothing trains
   SinusoidalPosition() = default;
   explicit SinusoidalPosition(double base) : base_(base) {}
+  Gradients make_gradients() const noexcept { return {}; }
+  /// The encoding is added, so the input's gradient is the output's: nothing to do.
+  void backward(ConstMatrixView, Index, Gradients&, Index = 0) const noexcept {}
 
   /// The encoding of one position, written to out (dim).
   void encode(Index pos, float* out, Index dim) const noexcept {
@@ -62,6 +70,31 @@ class LearnedPosition {
   Matrix& table() noexcept { return table_; }
   /// The table as "weight" (max_positions, d).
   void parameters(ParameterList& list, const std::string& prefix) { list.add_matrix(prefix + "weight", table_); }
+
+  /// The table's gradient (max_positions, d); empty = frozen.
+  struct Gradients {
+    Matrix weight;
+  };
+  Gradients make_gradients() const { return {Matrix::Zero(table_.rows(), table_.cols())}; }
+  /// "weight", as parameters() names it.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const {
+    list.add_matrix(prefix + "weight", g.weight, table_.rows(), table_.cols());
+  }
+  /// The backward of add(): the rows of dy (batch·seq, d), the gradient of the sum, add into the table rows they
+  /// read (the input's gradient is dy itself).
+  void backward(ConstMatrixView dy, Index batch, Gradients& g, Index first_position = 0) const {
+    const char* func = "LearnedPosition::backward";
+    detail::check_gradient(func, "weight", g.weight, table_.rows(), table_.cols());
+    if (!detail::live(g.weight)) return;
+    check_cols(dy, table_.cols(), func, "dy");
+    if (batch < 1 || dy.rows() % batch != 0 || first_position < 0 || first_position + dy.rows() / batch > table_.rows())
+      throw shape_error(detail::cat(func, ": dy has ", dy.rows(), " rows for batch ", batch, " from position ",
+                                    first_position, ", expected a multiple of batch within the table of ",
+                                    table_.rows(), " positions"));
+    const Index seq = dy.rows() / batch;
+    for (Index s = 0; s < seq; ++s)
+      for (Index b = 0; b < batch; ++b) g.weight.row(first_position + s) += dy.row(b * seq + s);
+  }
 
   /// x (batch·seq, d) += table[first_position + s] on every sequence's row s.
   void add(MatrixView x, Index batch, Index first_position = 0) const {

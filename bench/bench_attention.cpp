@@ -48,6 +48,40 @@ void BM_attention(benchmark::State& state) {
   memory.report(state);
 }
 
+// FullAttention forward + backward (forward_train, then backward from a random dout), the same shapes: the training
+// step of the attention alone. Its backward recomputes the score tiles from the saved log-sum-exp, so peak_MB stays
+// O(n·d) like the forward's. Target: ≤ 3.5× BM_attention's time at n = 4096.
+void BM_attention_train(benchmark::State& state) {
+  const pf::Index n = state.range(0), width = n_heads * head_dim;
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  const pf::AttentionShape shape{n_heads, n_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
+  const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
+  const pf::Matrix dout = pf::Matrix::Random(n, width);
+  pf::Matrix out(n, width), dq(n, width), dk(n, width), dv(n, width);
+  const pf::AttentionMask mask{};
+  const pf::FullAttention attention;
+  pf::FullAttention::Workspace ws;
+  pf::FullAttention::Saved saved;
+  const bench::PeakMemory memory;
+  const auto step = [&] {
+    attention.forward_train(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), saved, ws, ctx);
+    attention.backward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::cview(out), pf::cview(dout), saved,
+                       pf::view(dq), pf::view(dk), pf::view(dv), ws, ctx);
+  };
+  if (n < 8192) step();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(dq.data());
+    benchmark::ClobberMemory();
+  }
+  const double nd = static_cast<double>(n);
+  // forward 4n²d, backward 8n²d (recomputed scores, dV, dP, dK, dQ: five n²d products of 2 flops each, less the
+  // forward's P·V) — counted as 12n²d in all.
+  clock.report(state, 12.0 * nd * nd * static_cast<double>(head_dim * n_heads));
+  memory.report(state);
+}
+
 // The large sizes take seconds per call (≈ 10 s or more at n = 16384 on one thread): one iteration each.
 void small_sizes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "threads"});
@@ -103,6 +137,8 @@ void full_sizes(benchmark::internal::Benchmark* b) { policy_sizes(b, 4096); }  /
 
 BENCHMARK(BM_attention)->Apply(small_sizes);
 BENCHMARK(BM_attention)->Apply(large_sizes);
+BENCHMARK(BM_attention_train)->Apply(small_sizes);
+BENCHMARK(BM_attention_train)->Apply(large_sizes);
 
 namespace {
 /// BM_policy/<name> for every policy of the registry; exact attention to n = 4096 only (larger n: BM_attention).

@@ -4,6 +4,7 @@
 // through Dense::forward: packed weights, bias fused), so the layer's time splits into GEMMs and the rest (attention, norms, ...).
 // BM_encoder_layer_bf16: the same in bf16 — every linear layer (linear/bf16.hpp) and attention's score and value
 // products (FullAttention::Products::bf16); BM_encoder_layer_gemms_bf16: its six products alone.
+// BM_encoder_layer_train: a training step, forward and backward (the peer: libtorch autograd, same file).
 //
 //   bench_encoder_layer --benchmark_filter='threads:1/'
 
@@ -108,6 +109,36 @@ void encoder_layer_gemms(benchmark::State& state) {
   memory.report(state, std::string(Lin::name) + " packed weights");
 }
 
+/// One training step of the layer: forward_train, then backward from a random dy into every parameter's gradient
+/// and the input's, the gradients zeroed first (as an optimizer step would). 3× the forward's flops are counted.
+void BM_encoder_layer_train(benchmark::State& state) {
+  const pf::Index n = state.range(0);
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  using L = Layer<pf::Dense>;
+  const L layer = make_layer<pf::Dense>();
+  const pf::Matrix x = pf::Matrix::Random(n, d_model), dy = pf::Matrix::Random(n, d_model);
+  pf::Matrix y(n, d_model), dx(n, d_model);
+  const pf::MaskSpec mask{};
+  L::Saved saved;
+  auto grads = layer.make_gradients();
+  const pf::GradientList list = pf::gradients_of(layer, grads);
+  const bench::PeakMemory memory;
+  const auto step = [&] {
+    list.zero();
+    layer.forward_train(pf::cview(x), 1, mask, pf::view(y), saved, ctx);
+    layer.backward(pf::cview(dy), pf::view(dx), grads, saved, ctx);
+  };
+  step();  // warm-up: sizes the saved buffers once
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, 3.0 * layer_flops(static_cast<double>(n)));
+  memory.report(state, "fp32 forward + backward");
+}
+
 void BM_encoder_layer(benchmark::State& state) { encoder_layer<pf::Dense>(state); }
 void BM_encoder_layer_gemms(benchmark::State& state) { encoder_layer_gemms<pf::Dense>(state); }
 void BM_encoder_layer_bf16(benchmark::State& state) { encoder_layer<pf::BF16>(state); }
@@ -123,6 +154,7 @@ void sizes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_encoder_layer)->Apply(sizes);
+BENCHMARK(BM_encoder_layer_train)->Apply(sizes);
 BENCHMARK(BM_encoder_layer_gemms)->Apply(sizes);
 BENCHMARK(BM_encoder_layer_bf16)->Apply(sizes);
 BENCHMARK(BM_encoder_layer_gemms_bf16)->Apply(sizes);

@@ -13,6 +13,8 @@
 #include "polyformer/layers/ffn.hpp"
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/linear/dense.hpp"
+#include "polyformer/linear/int8.hpp"
+#include "polyformer/linear/lora.hpp"
 
 using namespace bwt;
 namespace oracle = backward_oracle;
@@ -235,4 +237,69 @@ TEST_CASE("backward: FeedForward, plain and SwiGLU, 1 and 2 threads", "[backward
   for (const auto& e : list.items()) names.push_back(e.name);
   CHECK(names == std::vector<std::string>{"feed_forward.w1.weight", "feed_forward.w1.bias", "feed_forward.w3.weight",
                                           "feed_forward.w3.bias", "feed_forward.w2.weight", "feed_forward.w2.bias"});
+}
+
+namespace {
+/// The oracle of one active adapter over a base weight w: y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ, composed from linear pieces.
+struct LoRAOracle {
+  MatD dx, da, db;
+};
+LoRAOracle lora_oracle(const MatD& x, const MatD& w, const VecD& bias, const MatD& a, const MatD& b, double s,
+                       const MatD& dy) {
+  const auto base = oracle::linear_backward(x, w, bias, dy);
+  const MatD u = oracle::linear(x, a, VecD());
+  const auto up = oracle::linear_backward(u, b, VecD(), MatD(s * dy));
+  const auto down = oracle::linear_backward(x, a, VecD(), up.dx);
+  return {base.dx + down.dx, down.dw, up.dw};
+}
+}  // namespace
+
+TEST_CASE("backward: LoRA over Dense and Int8 trains the active adapters, the base frozen", "[backward][lora]") {
+  const Index n = 37, in = 48, out = 40;
+  const Matrix w = pft::random_matrix(out, in, 1, 0.2f), x = pft::random_matrix(n, in, 2), dy = pft::random_matrix(n, out, 3);
+  const Vector bias = random_vector(out, 4, 0.1f);
+  const Matrix a = pft::random_matrix(8, in, 5, 0.2f), b = pft::random_matrix(out, 8, 6, 0.2f);
+  const Matrix a2 = pft::random_matrix(4, in, 7, 0.2f), b2 = pft::random_matrix(out, 4, 8, 0.2f);
+  const auto run = [&](auto layer, const Matrix& applied_weight, int threads) {
+    layer.add_adapter("task", a, b, 0.5f);
+    layer.add_adapter("other", a2, b2, 2.0f);  // inactive: no gradient, no effect
+    layer.set_active("task");
+    auto g = layer.make_gradients();
+    Matrix dx(n, in);
+    layer.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, pf::Context{threads});
+    const LoRAOracle want = lora_oracle(f64(x), f64(applied_weight), f64(bias), f64(a), f64(b), 0.5, f64(dy));
+    BWT_CHECK_GRAD(dx, want.dx);
+    BWT_CHECK_GRAD(g.adapters[0].a, want.da);
+    BWT_CHECK_GRAD(g.adapters[0].b, want.db);
+    CHECK(g.adapters[1].a.norm() == 0.0f);
+    CHECK(g.adapters[1].b.norm() == 0.0f);
+    return std::pair(std::move(layer), std::move(g));
+  };
+  for (const int threads : {1, 2}) {
+    INFO("threads " << threads);
+    auto [dense, g] = run(pf::LoRA<pf::Dense>(w, bias), w, threads);
+    const pf::Int8 int8(w, bias);
+    run(pf::LoRA<pf::Int8>(int8), int8.dequantized_weight(), threads);  // QLoRA-style: the int8 base as it applies
+
+    // Names as the parameters'; the base frozen until unfrozen by name.
+    pf::GradientList list;
+    dense.gradients(list, "wq.", g);
+    pf::ParameterList params;
+    dense.parameters(params, "wq.");
+    REQUIRE(list.size() == params.size());
+    for (std::size_t i = 0; i < list.size(); ++i) CHECK(list.items()[i].name == params.items()[i].name);
+    CHECK(list.trainable_numel() == (8 + 4) * (in + out));
+    CHECK(list.unfreeze("wq.weight") == 1);
+    list.zero();
+    Matrix dx(n, in);
+    dense.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, pf::Context{threads});
+    BWT_CHECK_GRAD(g.inner.weight, oracle::linear_backward(f64(x), f64(w), f64(bias), f64(dy)).dw);
+    dense.merge();
+    CHECK_THROWS_WITH(dense.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, pf::Context{threads}),
+                      Catch::Contains("LoRA::backward: the adapters are merged"));
+    dense.unmerge();
+    dense.add_adapter("late", 2, 4.0f);
+    CHECK_THROWS_WITH(dense.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, pf::Context{threads}),
+                      Catch::Contains("gradients for 2 adapters, expected 3"));
+  }
 }

@@ -1,7 +1,7 @@
 // Peer of bench_encoder_layer.cpp: libtorch 1.13's torch::nn::TransformerEncoderLayer (d_model 768, 12 heads,
 // FFN 3072, ReLU, post-norm — the only placement the 1.13 C++ module has —, dropout 0, eval, no grad,
-// batch 1) and the fused kernel Python's fast path calls, at::_transformer_encoder_layer_fwd, on the
-// module's own weights. The 1.13 C++ module has no batch_first: its input is (seq, batch, d) = (n, 1, 768);
+// batch 1), the fused kernel Python's fast path calls, at::_transformer_encoder_layer_fwd, on the module's own
+// weights, and a training step through autograd (BM_libtorch_encoder_layer_train). The 1.13 C++ module has no batch_first: its input is (seq, batch, d) = (n, 1, 768);
 // the fused kernel takes (batch, seq, d) = (1, n, 768). Built without polyformer (see bench/CMakeLists.txt).
 //
 // Thread settings that keep it honest (shared/MACHINE.md): 1 thread: OPENBLAS_NUM_THREADS=1; 2 threads:
@@ -101,6 +101,33 @@ void BM_libtorch_encoder_layer_fused(benchmark::State& state) {
   memory.report(state, "fused, " + std::to_string(at::get_num_threads()) + " thread(s)");
 }
 
+/// A training step through autograd: the module with gradients on, its input requiring grad, forward, then
+/// backward from a random gradient of the output; the gradients zeroed first (zero_grad). 3× the forward's flops.
+void BM_libtorch_encoder_layer_train(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  set_threads(static_cast<int>(state.range(1)));
+  auto layer = make_layer();
+  layer->train();  // dropout is 0: the same arithmetic as eval, with autograd's graph
+  const torch::Tensor x = torch::randn({n, 1, d_model}).requires_grad_(true);
+  const torch::Tensor dy = torch::randn({n, 1, d_model});
+  const bench::PeakMemory memory;
+  const auto step = [&] {
+    layer->zero_grad();
+    x.mutable_grad() = torch::Tensor();
+    torch::Tensor y = layer->forward(x);
+    y.backward(dy);
+  };
+  step();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(x.grad().data_ptr());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, 3.0 * layer_flops(static_cast<double>(n)));
+  memory.report(state, "autograd, " + std::to_string(at::get_num_threads()) + " thread(s)");
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "threads"});
   for (int threads : {1, 2})
@@ -112,5 +139,6 @@ void sizes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_libtorch_encoder_layer)->Apply(sizes);
 BENCHMARK(BM_libtorch_encoder_layer_fused)->Apply(sizes);
+BENCHMARK(BM_libtorch_encoder_layer_train)->Apply(sizes);
 
 BENCHMARK_MAIN();

@@ -21,6 +21,7 @@
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/kernels/gemm.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/int8_gemm.hpp"
 #include "polyformer/linear/dense.hpp"
@@ -131,6 +132,24 @@ class Int8 {
     if (bias_.size() != 0) list.add_vector(prefix + "bias", bias_);
   }
 
+  /// Nothing of an int8 layer trains: it is a frozen base (under LoRA, QLoRA-style).
+  struct Gradients {};
+  Gradients make_gradients() const noexcept { return {}; }
+  void gradients(GradientList&, const std::string&, Gradients&) const noexcept {}
+  /// The backward of forward(x) for the input alone: dx (n, in) = dy · W with W the weight it applies
+  /// (dequantized_weight(); the rounding of x is passed straight through). Writes, or with accumulate_dx adds; a dx
+  /// of no columns skips it.
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients&, const Context& ctx,
+                bool accumulate_dx = false) const {
+    const char* func = "Int8::backward";
+    check_cols(x, in_features(), func, "x");
+    check_shape(dy, x.rows(), out_features(), func, "dy");
+    if (dx.cols() == 0) return;
+    check_shape(dx, x.rows(), in_features(), func, "dx");
+    const Matrix w = dequantized_weight();  // (out, in)
+    kernels::gemm(dy, cview(w), kernels::Transpose::no, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f, ctx.threads);
+  }
+
   /// y (n, out) = quantized x (n, in) · quantized Wᵀ + b; when calibrated, x / s, and its outliers added apart.
   void forward(ConstMatrixView x, MatrixView y, const Context& ctx) const {
     check_cols(x, in_features(), "Int8::forward", "x");
@@ -194,6 +213,6 @@ class Int8 {
   std::vector<std::int8_t> columns_; // (in, out): qW transposed, for the outliers; empty without them
 };
 
-static_assert(LinearPolicy<Int8>);
+static_assert(TrainableLinear<Int8>);
 
 }  // namespace polyformer

@@ -194,10 +194,81 @@ class LoRA {
     }
   }
 
+  /// The gradients of one adapter's factors: A (r, in), B (out, r); empty = frozen.
+  struct AdapterGradients {
+    Matrix a, b;
+  };
+  /// The adapters' gradients (in adapters() order) and the inner layer's, which start frozen (empty): LoRA trains
+  /// the adapters alone unless the inner layer's tensors are unfrozen by name.
+  struct Gradients {
+    typename Inner::Gradients inner{};
+    std::vector<AdapterGradients> adapters;
+  };
+  Gradients make_gradients() const requires TrainableLinear<Inner> {
+    Gradients g;
+    for (const auto& x : adapters_)
+      g.adapters.push_back({Matrix::Zero(x.a.rows(), x.a.cols()), Matrix::Zero(x.b.rows(), x.b.cols())});
+    return g;
+  }
+  /// The inner layer's gradients and "lora_A.<adapter>.weight", "lora_B.<adapter>.weight", as parameters() names them.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const requires TrainableLinear<Inner> {
+    check_adapter_gradients(g, "LoRA::gradients");
+    inner_.gradients(list, prefix, g.inner);
+    for (std::size_t i = 0; i < adapters_.size(); ++i) {
+      const LoRAAdapter& x = adapters_[i];
+      list.add_matrix(prefix + "lora_A." + x.name + ".weight", g.adapters[i].a, x.a.rows(), x.a.cols());
+      list.add_matrix(prefix + "lora_B." + x.name + ".weight", g.adapters[i].b, x.b.rows(), x.b.cols());
+    }
+  }
+
+  /// The backward of forward(x): the inner layer's (its gradients only where unfrozen; dx through its weight), then
+  /// each active adapter's: with u = x·Aᵀ (n, r), dB += s·dyᵀ·u, du = s·dy·B, dA += duᵀ·x, dx += du·A. Writes (or,
+  /// with accumulate_dx, adds) dx (n, in); a dx of no columns skips it. Not while merged.
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g, const Context& ctx,
+                bool accumulate_dx = false) const requires TrainableLinear<Inner> {
+    const char* func = "LoRA::backward";
+    if (merged_) throw config_error(detail::cat(func, ": the adapters are merged, unmerge() before training"));
+    check_adapter_gradients(g, func);
+    inner_.backward(x, dy, dx, g.inner, ctx, accumulate_dx);
+    const Index n = x.rows();
+    Matrix down, d_down, d_down_t, dy_t;  // (n, r), (n, r), (r, n), (out, n)
+    for (std::size_t i = 0; i < adapters_.size(); ++i) {
+      const LoRAAdapter& a = adapters_[i];
+      if (!a.active) continue;
+      AdapterGradients& ga = g.adapters[i];
+      const Index r = a.rank();
+      down.resize(n, r);
+      d_down.resize(n, r);
+      kernels::gemm(x, packed_[i].a_t, view(down), nullptr, false, ctx.threads);
+      kernels::gemm(dy, cview(a.b), kernels::Transpose::no, view(d_down), a.scaling, 0.0f, ctx.threads);
+      if (detail::live(ga.b)) {
+        dy_t = dy.transpose();
+        kernels::gemm(cview(dy_t), cview(down), kernels::Transpose::no, view(ga.b), a.scaling, 1.0f, ctx.threads);
+      }
+      if (detail::live(ga.a)) {
+        d_down_t = d_down.transpose();
+        kernels::gemm(cview(d_down_t), x, kernels::Transpose::no, view(ga.a), 1.0f, 1.0f, ctx.threads);
+      }
+      if (dx.cols() != 0) kernels::gemm(cview(d_down), cview(a.a), kernels::Transpose::no, dx, 1.0f, 1.0f, ctx.threads);
+    }
+  }
+
   /// Floats of forward()'s stack buffer for x·Aᵀ (8 KB): n·r up to this is not allocated.
   static constexpr Index stack_floats = 2048;
 
  private:
+  /// Throws shape_error naming `func` unless g has a pair of buffers per adapter, each of its shape or empty.
+  void check_adapter_gradients(const Gradients& g, const char* func) const {
+    if (g.adapters.size() != adapters_.size())
+      throw shape_error(detail::cat(func, ": gradients for ", g.adapters.size(), " adapters, expected ", adapters_.size(),
+                                    " (make the gradients after adding the adapters)"));
+    for (std::size_t i = 0; i < adapters_.size(); ++i) {
+      const LoRAAdapter& x = adapters_[i];
+      detail::check_gradient(func, "lora_A", g.adapters[i].a, x.a.rows(), x.a.cols());
+      detail::check_gradient(func, "lora_B", g.adapters[i].b, x.b.rows(), x.b.cols());
+    }
+  }
+
   /// An adapter as forward() streams it: Aᵀ (in, r) and (s·B)ᵀ (r, out), packed for the micro-kernels.
   struct Packed {
     kernels::PackedMatrix a_t, sb_t;

@@ -57,6 +57,26 @@ class Llama {
     std::vector<Index> rows, wanted;          // per sequence: new rows; the rows whose logits are wanted
   };
 
+  /// What a training forward keeps for its backward (one per call in flight): the tokens, every layer's own, the
+  /// final norm's input and output, and the backward's scratch.
+  struct Saved : SavedForward {
+    std::vector<typename Layer::Saved> layers;
+    std::vector<int> tokens;  ///< (batch·seq)
+    Index batch = 1;
+    Matrix x, y;              ///< (rows, dim): the layers' ping-pong pair; y ends as the last layer's output
+    Matrix normed;            ///< (rows, dim): the final norm's output, the classifier's input
+    Matrix grad, grad_buffer, grad_normed, dlogits_t;  ///< backward's
+  };
+
+  /// The gradients of every tensor: the embedding (vocab, dim; from the input and, tied, from the classifier), the
+  /// layers', the final norm's and an untied classifier's.
+  struct Gradients {
+    Matrix embedding;
+    std::vector<typename Layer::Gradients> layers;
+    RMSNorm::Gradients norm{};
+    typename Lin::Gradients classifier{};  ///< untied only
+  };
+
   Llama() = default;
 
   /// embedding (vocab, dim); layers; final norm; classifier dim → vocab, or none for a classifier tied to the
@@ -99,6 +119,98 @@ class Llama {
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].parameters(list, detail::cat(prefix, "layers.", l, "."), names);
     final_norm_.parameters(list, prefix + "norm.");
     if (classifier_) classifier_->parameters(list, prefix + "output.");
+  }
+
+  Gradients make_gradients() const requires TrainableLinear<Lin> {
+    Gradients g;
+    g.embedding = Matrix::Zero(embedding_.rows(), embedding_.cols());
+    for (const Layer& layer : layers_) g.layers.push_back(layer.make_gradients());
+    g.norm = final_norm_.make_gradients();
+    if (classifier_) g.classifier = classifier_->make_gradients();
+    return g;
+  }
+  /// The gradients, named as parameters() names the tensors.
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g) const requires TrainableLinear<Lin> {
+    const BlockNames names = llama2c_block_names();
+    list.add_matrix(prefix + "tok_embeddings.weight", g.embedding, embedding_.rows(), embedding_.cols());
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      layers_[l].gradients(list, detail::cat(prefix, "layers.", l, "."), g.layers[l], names);
+    final_norm_.gradients(list, prefix + "norm.", g.norm);
+    if (classifier_) classifier_->gradients(list, prefix + "output.", g.classifier);
+  }
+
+  /// The training forward of `batch` sequences of equal length laid out one after another in tokens
+  /// (batch·seq), each from position 0, causal: logits (batch·seq, vocab) of every position, and in `saved` what
+  /// backward() needs. For next-token training, the targets are the tokens shifted by one (cross_entropy).
+  void forward_train(std::span<const int> tokens, Index batch, MatrixView logits, Saved& saved,
+                     const Context& ctx) const requires TrainableLinear<Lin> {
+    const char* func = "Llama::forward_train";
+    ctx.validate(func);
+    const Index rows = static_cast<Index>(tokens.size());
+    if (batch < 1 || rows == 0 || rows % batch != 0)
+      throw config_error(detail::cat(func, ": ", rows, " tokens for batch ", batch, ", expected a positive multiple"));
+    if (rows / batch > config_.seq_len)
+      throw config_error(detail::cat(func, ": sequences of ", rows / batch, " tokens pass the model's seq_len ",
+                                     config_.seq_len));
+    for (Index i = 0; i < rows; ++i)
+      if (tokens[std::size_t(i)] < 0 || tokens[std::size_t(i)] >= config_.vocab_size)
+        throw config_error(detail::cat(func, ": token ", i, " is ", tokens[std::size_t(i)], ", expected 0..",
+                                       config_.vocab_size - 1));
+    check_shape(logits, rows, config_.vocab_size, func, "logits");
+    const Index d = config_.dim;
+    saved.tokens.assign(tokens.begin(), tokens.end());
+    saved.batch = batch;
+    ensure_shape(saved.x, rows, d);
+    ensure_shape(saved.y, rows, d);
+    for (Index r = 0; r < rows; ++r) saved.x.row(r) = embedding_.row(tokens[std::size_t(r)]);
+    saved.layers.resize(layers_.size());
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      layers_[l].forward_train(cview(saved.x), batch, MaskSpec::causal_mask(), view(saved.y), saved.layers[l], ctx);
+      if (l + 1 < layers_.size()) saved.x.swap(saved.y);
+    }
+    ensure_shape(saved.normed, rows, d);
+    final_norm_.forward(cview(saved.y), view(saved.normed));
+    if (classifier_) classifier_->forward(cview(saved.normed), logits, ctx);
+    else kernels::gemm(cview(saved.normed), cview(embedding_), kernels::Transpose::yes, logits, 1.0f, 0.0f, ctx.threads);
+    saved.record();
+  }
+
+  /// The backward of forward_train from dlogits (batch·seq, vocab), the loss's gradient of the logits: adds every
+  /// tensor's gradient into g. Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView dlogits, Gradients& g, Saved& saved, const Context& ctx) const
+    requires TrainableLinear<Lin>
+  {
+    const char* func = "Llama::backward";
+    saved.require_held(func);
+    const Index rows = static_cast<Index>(saved.tokens.size()), d = config_.dim;
+    check_shape(dlogits, rows, config_.vocab_size, func, "dlogits");
+    detail::check_gradient(func, "tok_embeddings", g.embedding, embedding_.rows(), embedding_.cols());
+    if (g.layers.size() != layers_.size())
+      throw shape_error(detail::cat(func, ": gradients for ", g.layers.size(), " layers, expected ", layers_.size()));
+    saved.take(func);
+    for (auto& s : saved.layers) s.keep = saved.keep;
+    ensure_shape(saved.grad_normed, rows, d);
+    ensure_shape(saved.grad, rows, d);
+    ensure_shape(saved.grad_buffer, rows, d);
+    if (classifier_) {
+      classifier_->backward(cview(saved.normed), dlogits, view(saved.grad_normed), g.classifier, ctx);
+    } else {  // logits = normed · Eᵀ: d normed = dlogits · E, dE += dlogitsᵀ · normed
+      kernels::gemm(dlogits, cview(embedding_), kernels::Transpose::no, view(saved.grad_normed), 1.0f, 0.0f, ctx.threads);
+      if (detail::live(g.embedding)) {
+        ensure_shape(saved.dlogits_t, config_.vocab_size, rows);
+        view(saved.dlogits_t) = dlogits.transpose();
+        kernels::gemm(cview(saved.dlogits_t), cview(saved.normed), kernels::Transpose::no, view(g.embedding), 1.0f, 1.0f,
+                      ctx.threads);
+      }
+    }
+    final_norm_.backward(cview(saved.y), cview(saved.grad_normed), view(saved.grad), g.norm);
+    for (std::size_t k = 0; k < layers_.size(); ++k) {
+      const std::size_t l = layers_.size() - 1 - k;
+      layers_[l].backward(cview(saved.grad), view(saved.grad_buffer), g.layers[l], saved.layers[l], ctx);
+      saved.grad.swap(saved.grad_buffer);
+    }
+    if (detail::live(g.embedding))  // each token's row of the embedding gets its input row's gradient
+      for (Index r = 0; r < rows; ++r) g.embedding.row(saved.tokens[std::size_t(r)]) += saved.grad.row(r);
   }
 
   /// A new sequence's state, for config.seq_len positions.

@@ -4,12 +4,14 @@
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/parameters.hpp"
 #include "polyformer/core/policy_list.hpp"
 #include "polyformer/core/tensor.hpp"
 
 #include "polyformer/kernels/activation.hpp"
+#include "polyformer/kernels/activation_backward.hpp"
 #include "polyformer/kernels/bf16_gemm.hpp"
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/dot.hpp"
@@ -25,6 +27,7 @@
 #include "polyformer/kernels/transpose.hpp"
 
 #include "polyformer/layers/activation.hpp"
+#include "polyformer/layers/cross_entropy.hpp"
 #include "polyformer/layers/ffn.hpp"
 #include "polyformer/layers/moe.hpp"
 #include "polyformer/layers/norm.hpp"

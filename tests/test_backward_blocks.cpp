@@ -92,11 +92,11 @@ void check_encoder_layer(oracle::Act act, int threads) {
 
 }  // namespace
 
+// Two of the four placement × activation pairs (the other two meet torch.autograd in test_examples_torch_forward.cpp;
+// every activation's backward is in test_backward_layers.cpp).
 TEST_CASE("backward: EncoderLayer against the oracle, post- and pre-norm, ReLU and GELU", "[backward][blocks]") {
   for (const int threads : {1, 2}) {
     check_encoder_layer<pf::ReLU, pf::NormPlacement::post>(oracle::Act::relu, threads);
-    check_encoder_layer<pf::GELU, pf::NormPlacement::post>(oracle::Act::gelu_erf, threads);
-    check_encoder_layer<pf::ReLU, pf::NormPlacement::pre>(oracle::Act::relu, threads);
     check_encoder_layer<pf::GELU, pf::NormPlacement::pre>(oracle::Act::gelu_erf, threads);
   }
 }

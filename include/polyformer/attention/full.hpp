@@ -43,9 +43,9 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     std::vector<float> correction;  // exp(old max − new max) of the current tile
     std::vector<float> key_scores;  // (n_k): one query's scores, few-queries path
     std::vector<std::uint32_t> query_pairs, weight_pairs;  // bf16 products: the scaled queries, a tile's weights
-    // backward: a key tile's keys and values transposed (d, key_block), its gradients (key_block, d), the tile's
-    // score gradients (query_block, key_block) and a transposed weight or score-gradient tile (key_block, query_block)
-    Matrix keys_t, values_t, key_grad, value_grad, score_grads, weights_t;
+    // backward: a key tile's keys, values and their gradients transposed (d, key_block), a query block's scaled
+    // queries and output gradients transposed (d, query_block), the tile's score gradients (query_block, key_block)
+    Matrix keys_t, values_t, key_grad, value_grad, queries_t, out_grad_t, score_grads;
   };
 
  public:
@@ -168,21 +168,19 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     parallel_for(tasks, t, [&](Index task, int thread) {
       const Index g = task / k_blocks, k0 = (task % k_blocks) * bk, nk = std::min(bk, n_k - k0);
       Scratch& w = ws.scratch[std::size_t(thread)];
-      ensure_shape(w.keys_t, dh, bk);
-      ensure_shape(w.values_t, dh, bk);
-      ensure_shape(w.key_grad, bk, dh);
-      ensure_shape(w.value_grad, bk, dh);
+      for (Matrix* m : {&w.keys_t, &w.values_t, &w.key_grad, &w.value_grad}) ensure_shape(*m, dh, bk);
+      for (Matrix* m : {&w.queries_t, &w.out_grad_t}) ensure_shape(*m, dh, bq);
       ensure_shape(w.queries, bq, dh);
       ensure_shape(w.scores, bq, bk);
       ensure_shape(w.score_grads, bq, bk);
-      ensure_shape(w.weights_t, bk, bq);
-      const ConstMatrixView kb = block(k, k0, g * dh, nk, dh), vb = block(v, k0, g * dh, nk, dh);
+      const ConstMatrixView kb = block(k, k0, g * dh, nk, dh);
       MatrixView kt = block(view(w.keys_t), 0, 0, dh, nk), vt = block(view(w.values_t), 0, 0, dh, nk);
       kt = kb.transpose();
-      vt = vb.transpose();
-      MatrixView dkb = block(view(w.key_grad), 0, 0, nk, dh), dvb = block(view(w.value_grad), 0, 0, nk, dh);
-      dkb.setZero();
-      dvb.setZero();
+      vt = block(v, k0, g * dh, nk, dh).transpose();
+      // The tile's key and value gradients, transposed (d, nk): every product below then has an untransposed B.
+      MatrixView dkt = block(view(w.key_grad), 0, 0, dh, nk), dvt = block(view(w.value_grad), 0, 0, dh, nk);
+      dkt.setZero();
+      dvt.setZero();
       MatrixView dq_thread = view(ws.query_grads[std::size_t(thread)]);
       // The first query that may see key k0 (causal): queries before it see none of this tile.
       const Index first_query = mask.causal ? std::clamp<Index>(k0 - mask.causal_offset, 0, n_q) : 0;
@@ -191,30 +189,28 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
           const Index rows = std::min(bq, n_q - q0);
           MatrixView qs = block(view(w.queries), 0, 0, rows, dh);
           qs = block(q, q0, h * dh, rows, dh) * s.scale;
-          MatrixView p = block(view(w.scores), 0, 0, rows, nk);
-          kernels::gemm(cview(qs), cview(kt), kernels::Transpose::no, p, 1.0f, 0.0f, 1);
-          softmax_weights(mask, q0, k0, n_k, saved.lse.data() + h * n_q + q0, p);
           const ConstMatrixView dob = block(dout, q0, h * dh, rows, dh);
-          // dV += Pᵀ·dO
-          MatrixView pt = block(view(w.weights_t), 0, 0, nk, rows);
-          pt = p.transpose();
-          kernels::gemm(cview(pt), dob, kernels::Transpose::no, dvb, 1.0f, 1.0f, 1);
-          // dP = dO·Vᵀ, then dS = P ⊙ (dP − delta)
+          MatrixView qs_t = block(view(w.queries_t), 0, 0, dh, rows), do_t = block(view(w.out_grad_t), 0, 0, dh, rows);
+          qs_t = qs.transpose();
+          do_t = dob.transpose();
+          MatrixView p = block(view(w.scores), 0, 0, rows, nk);
+          kernels::gemm(cview(qs), cview(kt), kernels::Transpose::no, p, 1.0f, 0.0f, 1);  // S = (scale·Q)·Kᵀ
+          softmax_weights(mask, q0, k0, n_k, saved.lse.data() + h * n_q + q0, p);      // P
+          kernels::gemm(cview(do_t), cview(p), kernels::Transpose::no, dvt, 1.0f, 1.0f, 1);  // dVᵀ += dOᵀ·P
           MatrixView ds = block(view(w.score_grads), 0, 0, rows, nk);
-          kernels::gemm(dob, cview(vt), kernels::Transpose::no, ds, 1.0f, 0.0f, 1);
-          for (Index i = 0; i < rows; ++i) {
+          kernels::gemm(dob, cview(vt), kernels::Transpose::no, ds, 1.0f, 0.0f, 1);  // dP = dO·Vᵀ
+          for (Index i = 0; i < rows; ++i) {  // dS = P ⊙ (dP − delta)
             const float d = ws.delta(h, q0 + i);
             float* dsr = ds.data() + i * ds.outerStride();
             const float* pr = p.data() + i * p.outerStride();
             for (Index j = 0; j < nk; ++j) dsr[j] = pr[j] * (dsr[j] - d);
           }
-          // dK += dSᵀ·(scale·Q); dQ += scale·dS·K
-          pt = ds.transpose();
-          kernels::gemm(cview(pt), cview(qs), kernels::Transpose::no, dkb, 1.0f, 1.0f, 1);
-          kernels::gemm(cview(ds), kb, kernels::Transpose::no, block(dq_thread, q0, h * dh, rows, dh), s.scale, 1.0f, 1);
+          kernels::gemm(cview(qs_t), cview(ds), kernels::Transpose::no, dkt, 1.0f, 1.0f, 1);  // dKᵀ += (scale·Q)ᵀ·dS
+          kernels::gemm(cview(ds), kb, kernels::Transpose::no, block(dq_thread, q0, h * dh, rows, dh), s.scale, 1.0f,
+                        1);  // dQ += scale·dS·K
         }
-      block(dk, k0, g * dh, nk, dh) = dkb;
-      block(dv, k0, g * dh, nk, dh) = dvb;
+      block(dk, k0, g * dh, nk, dh) = dkt.transpose();
+      block(dv, k0, g * dh, nk, dh) = dvt.transpose();
     });
     dq = ws.query_grads[0];
     for (int i = 1; i < t; ++i) dq += ws.query_grads[std::size_t(i)];
@@ -260,7 +256,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       if (mask.key_padding)
         for (Index j = 0; j < visible; ++j)
           if (mask.key_padding[k0 + j] != 0.0f) row[j] = neg_inf;
-      for (Index j = 0; j < visible; ++j) row[j] = std::exp(row[j] - lse[i]);
+      kernels::exp_shifted_sum(row, std::size_t(visible), lse[i]);  // e^(s − lse) in place (the sum is unused)
       std::fill(row + visible, row + nk, 0.0f);
     }
   }

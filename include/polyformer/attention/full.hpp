@@ -26,6 +26,7 @@
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
 
@@ -175,8 +176,8 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
       ensure_shape(w.score_grads, bq, bk);
       const ConstMatrixView kb = block(k, k0, g * dh, nk, dh);
       MatrixView kt = block(view(w.keys_t), 0, 0, dh, nk), vt = block(view(w.values_t), 0, 0, dh, nk);
-      kt = kb.transpose();
-      vt = block(v, k0, g * dh, nk, dh).transpose();
+      kernels::transpose(kb.data(), kb.outerStride(), nk, dh, kt.data(), kt.outerStride());
+      kernels::transpose(v.data() + k0 * v.outerStride() + g * dh, v.outerStride(), nk, dh, vt.data(), vt.outerStride());
       // The tile's key and value gradients, transposed (d, nk): every product below then has an untransposed B.
       MatrixView dkt = block(view(w.key_grad), 0, 0, dh, nk), dvt = block(view(w.value_grad), 0, 0, dh, nk);
       dkt.setZero();
@@ -191,8 +192,8 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
           qs = block(q, q0, h * dh, rows, dh) * s.scale;
           const ConstMatrixView dob = block(dout, q0, h * dh, rows, dh);
           MatrixView qs_t = block(view(w.queries_t), 0, 0, dh, rows), do_t = block(view(w.out_grad_t), 0, 0, dh, rows);
-          qs_t = qs.transpose();
-          do_t = dob.transpose();
+          kernels::transpose(qs.data(), qs.outerStride(), rows, dh, qs_t.data(), qs_t.outerStride());
+          kernels::transpose(dob.data(), dob.outerStride(), rows, dh, do_t.data(), do_t.outerStride());
           MatrixView p = block(view(w.scores), 0, 0, rows, nk);
           kernels::gemm(cview(qs), cview(kt), kernels::Transpose::no, p, 1.0f, 0.0f, 1);  // S = (scale·Q)·Kᵀ
           softmax_weights(mask, q0, k0, n_k, saved.lse.data() + h * n_q + q0, p);      // P
@@ -209,8 +210,8 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
           kernels::gemm(cview(ds), kb, kernels::Transpose::no, block(dq_thread, q0, h * dh, rows, dh), s.scale, 1.0f,
                         1);  // dQ += scale·dS·K
         }
-      block(dk, k0, g * dh, nk, dh) = dkt.transpose();
-      block(dv, k0, g * dh, nk, dh) = dvt.transpose();
+      kernels::transpose(dkt.data(), dkt.outerStride(), dh, nk, dk.data() + k0 * dk.outerStride() + g * dh, dk.outerStride());
+      kernels::transpose(dvt.data(), dvt.outerStride(), dh, nk, dv.data() + k0 * dv.outerStride() + g * dh, dv.outerStride());
     });
     dq = ws.query_grads[0];
     for (int i = 1; i < t; ++i) dq += ws.query_grads[std::size_t(i)];

@@ -115,6 +115,14 @@ class PackedMatrix {
     const std::size_t p = j / panel_width();
     return panel(p)[r * panel_cols(p) + j % panel_width()];
   }
+  /// Unpacks B into b (k, n) row-major with rows ldb floats apart: contiguous runs of each panel's rows.
+  void unpack(float* b, std::size_t ldb) const noexcept {
+    for (std::size_t p = 0; p < panels(); ++p) {
+      const float* src = panel(p);
+      const std::size_t col0 = p * panel_width(), cols = std::min(panel_width(), n_ - col0), width = panel_cols(p);
+      for (std::size_t r = 0; r < k_; ++r) std::copy_n(src + r * width, cols, b + r * ldb + col0);
+    }
+  }
   /// Unpacks Bᵀ = W into w (n, k) row-major with rows ldw floats apart: pack_transposed undone exactly.
   void unpack_transposed(float* w, std::size_t ldw) const noexcept {
     for (std::size_t p = 0; p < panels(); ++p) {

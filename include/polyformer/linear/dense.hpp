@@ -10,14 +10,15 @@
 #include "polyformer/core/gradients.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
 
 namespace detail {
-/// Dense::backward's buffers: the weight unpacked and dy transposed, per thread, grow-only.
+/// Dense::backward's buffers: the weight's transpose unpacked and dy transposed, per thread, grow-only.
 struct DenseBackwardScratch {
-  Matrix weight;  // (out, in)
-  Matrix dy_t;    // (out, n)
+  Matrix weight_t;  // (in, out)
+  Matrix dy_t;      // (out, n)
 };
 inline DenseBackwardScratch& dense_backward_scratch() {
   thread_local DenseBackwardScratch scratch;
@@ -111,15 +112,16 @@ class Dense {
     if (n == 0) return;
     detail::DenseBackwardScratch& scratch = detail::dense_backward_scratch();
     if (dx.cols() != 0) {
-      // dx = dy · W: W (out, in) unpacked from its packed transpose, then packed again by the GEMM.
-      ensure_shape(scratch.weight, out_features(), in_features());
-      packed_.unpack_transposed(scratch.weight.data(), static_cast<std::size_t>(in_features()));
-      kernels::gemm(dy, cview(scratch.weight), kernels::Transpose::no, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f,
+      // dx = dy · W = dy · (Wᵀ)ᵀ: Wᵀ (in, out) copied out of its panels row by row, then packed as the GEMM's
+      // transposed operand.
+      ensure_shape(scratch.weight_t, in_features(), out_features());
+      packed_.unpack(scratch.weight_t.data(), static_cast<std::size_t>(out_features()));
+      kernels::gemm(dy, cview(scratch.weight_t), kernels::Transpose::yes, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f,
                     ctx.threads);
     }
     if (detail::live(g.weight)) {
       ensure_shape(scratch.dy_t, out_features(), n);
-      view(scratch.dy_t) = dy.transpose();
+      kernels::transpose(dy.data(), dy.outerStride(), n, out_features(), scratch.dy_t.data(), n);
       kernels::gemm(cview(scratch.dy_t), x, kernels::Transpose::no, view(g.weight), 1.0f, 1.0f, ctx.threads);
     }
     if (detail::live(g.bias))

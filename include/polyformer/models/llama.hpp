@@ -22,6 +22,7 @@
 #include "polyformer/io/state_dict.hpp"
 #include "polyformer/kernels/gemm_nt.hpp"
 #include "polyformer/kernels/gemm.hpp"
+#include "polyformer/kernels/transpose.hpp"
 #include "polyformer/layers/activation.hpp"
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/layers/rotary.hpp"
@@ -198,7 +199,7 @@ class Llama {
       kernels::gemm(dlogits, cview(embedding_), kernels::Transpose::no, view(saved.grad_normed), 1.0f, 0.0f, ctx.threads);
       if (detail::live(g.embedding)) {
         ensure_shape(saved.dlogits_t, config_.vocab_size, rows);
-        view(saved.dlogits_t) = dlogits.transpose();
+        kernels::transpose(dlogits.data(), dlogits.outerStride(), rows, config_.vocab_size, saved.dlogits_t.data(), rows);
         kernels::gemm(cview(saved.dlogits_t), cview(saved.normed), kernels::Transpose::no, view(g.embedding), 1.0f, 1.0f,
                       ctx.threads);
       }

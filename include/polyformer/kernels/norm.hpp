@@ -21,17 +21,27 @@
 
 namespace polyformer::kernels {
 
-/// LayerNorm of one row (scalar twin): x, y, gamma, beta: (n); gamma/beta null mean 1/0; x may equal y.
-inline void layer_norm_scalar(const float* x, float* y, const float* gamma, const float* beta, std::size_t n,
-                              float eps) noexcept {
-  if (n == 0) return;
+namespace detail {
+/// The mean of x (n ≥ 1) and 1/sqrt(var + eps) with the biased variance, in two passes.
+struct RowStatistics {
+  float mean, rstd;
+};
+inline RowStatistics row_statistics(const float* x, std::size_t n, float eps) noexcept {
   const auto nf = static_cast<float>(n);
   float sum = 0.0f;
   for (std::size_t i = 0; i < n; ++i) sum += x[i];
   const float mean = sum / nf;
   float ss = 0.0f;
   for (std::size_t i = 0; i < n; ++i) ss += (x[i] - mean) * (x[i] - mean);
-  const float rstd = 1.0f / std::sqrt(ss / nf + eps);
+  return {mean, 1.0f / std::sqrt(ss / nf + eps)};
+}
+}  // namespace detail
+
+/// LayerNorm of one row (scalar twin): x, y, gamma, beta: (n); gamma/beta null mean 1/0; x may equal y.
+inline void layer_norm_scalar(const float* x, float* y, const float* gamma, const float* beta, std::size_t n,
+                              float eps) noexcept {
+  if (n == 0) return;
+  const auto [mean, rstd] = detail::row_statistics(x, n, eps);
   for (std::size_t i = 0; i < n; ++i) {
     const float g = gamma != nullptr ? gamma[i] : 1.0f;
     const float b = beta != nullptr ? beta[i] : 0.0f;
@@ -68,12 +78,7 @@ inline void layer_norm_backward(const float* x, const float* dy, const float* ga
                                 float* dbeta, std::size_t n, float eps) noexcept {
   if (n == 0) return;
   const auto nf = static_cast<float>(n);
-  float sum = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) sum += x[i];
-  const float mean = sum / nf;
-  float ss = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) ss += (x[i] - mean) * (x[i] - mean);
-  const float rstd = 1.0f / std::sqrt(ss / nf + eps);
+  const auto [mean, rstd] = detail::row_statistics(x, n, eps);
   float sum_g = 0.0f, sum_gx = 0.0f;  // Σ ĝ and Σ ĝ·x̂
   for (std::size_t i = 0; i < n; ++i) {
     const float xh = (x[i] - mean) * rstd, g = dy[i] * (gamma != nullptr ? gamma[i] : 1.0f);

@@ -320,6 +320,16 @@ TEST_CASE("backward: Encoder stack with learned positions, checkpointed or not",
   }
   // Recomputing a layer's forward gives the same intermediates, hence the same gradients.
   CHECK(dx[1] == dx[0]);
+  {  // The backward follows how the forward ran, whatever the flag says by then.
+    Stack::Saved saved;
+    saved.checkpoint = true;
+    Matrix y(batch * n, d), dx2(batch * n, d);
+    auto g2 = stack.make_gradients();
+    stack.forward_train(pf::cview(x), batch, mask, pf::view(y), saved, pf::Context{1});
+    saved.checkpoint = false;
+    stack.backward(pf::cview(dy), pf::view(dx2), g2, saved, pf::Context{1});
+    CHECK(dx2 == dx[0]);
+  }
   const pf::GradientList list0 = pf::gradients_of(stack, grads[0]), list1 = pf::gradients_of(stack, grads[1]);
   REQUIRE(list0.size() == 3 * 12 + 2 + 1);  // 3 layers, the final norm, the position table
   CHECK(list0.find("layers.2.linear2.bias") != nullptr);

@@ -217,6 +217,16 @@ void check_ffn(oracle::Act act, int threads) {
   }
   CHECK_THROWS_WITH(ffn.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, saved, ctx),
                     Catch::Contains("FeedForward::backward: no saved forward"));
+  // Kept: a second backward over the same forward finds it unchanged and adds the same again.
+  saved.keep = true;
+  g = ffn.make_gradients();
+  ffn.forward_train(pf::cview(x), pf::view(y), saved, ctx);
+  ffn.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, saved, ctx);
+  ffn.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, saved, ctx);
+  BWT_CHECK_GRAD(dx, want.dx);
+  BWT_CHECK_GRAD(g.up.weight, MatD(2.0 * want.dw_up));
+  BWT_CHECK_GRAD(g.down.weight, MatD(2.0 * want.dw_down));
+  if constexpr (gated) BWT_CHECK_GRAD(g.gate.weight, MatD(2.0 * want.dw_gate));
 }
 }  // namespace
 

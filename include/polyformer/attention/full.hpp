@@ -146,6 +146,9 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
     const char* func = "FullAttention::backward";
     saved.require_held(func);
     const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, qd = s.n_heads * dh, kd = s.n_kv_heads * dh;
+    check_cols(q, qd, func, "q");
+    check_shape(k, n_k, kd, func, "k");
+    check_shape(v, n_k, kd, func, "v");
     check_shape(out, n_q, qd, func, "out");
     check_shape(dout, n_q, qd, func, "dout");
     check_shape(dq, n_q, qd, func, "dq");

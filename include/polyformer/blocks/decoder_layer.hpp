@@ -350,7 +350,6 @@ class DecoderLayer {
     const Index n = saved.hidden1.rows(), d = d_model();
     check_shape(dy, n, d, func, "dy");
     check_shape(dx, n, d, func, "dx");
-    saved.take(func);
     saved.self_attention.keep = saved.ffn.keep = saved.keep;
     ensure_shape(saved.grad_hidden1, n, d);
     const auto ffn = [&](ConstMatrixView in, ConstMatrixView d_out, MatrixView d_in, bool accumulate) {
@@ -378,6 +377,7 @@ class DecoderLayer {
                                    self_attn_.backward(in, saved.batch, self_masks, d_out, d_in, g.self_attn,
                                                        saved.self_attention, ctx, accumulate);
                                  });
+    saved.take(func);  // released once the whole backward has run
   }
 
   /// The sublayers around `self_attend` and (with cross-attention) `cross_attend`, then the FFN.

@@ -80,11 +80,13 @@ class EncoderDecoder {
   /// gradient of y). Uses `saved` once (saved.keep: again).
   void backward(ConstMatrixView dy, MatrixView dsrc, MatrixView dtgt, Gradients& g, Saved& saved,
                 const Context& ctx) const {
-    saved.take("EncoderDecoder::backward");
+    const char* func = "EncoderDecoder::backward";
+    saved.require_held(func);
     saved.encoder.keep = saved.decoder.keep = saved.keep;
     ensure_shape(saved.grad_memory, saved.encoder.input.rows(), encoder_.d_model());
     decoder_.backward(dy, dtgt, view(saved.grad_memory), g.decoder, saved.decoder, ctx);
     encoder_.backward(cview(saved.grad_memory), dsrc, g.encoder, saved.encoder, ctx);
+    saved.take(func);  // released once the whole backward has run
   }
 
   /// y (batch·tgt_len, d) and memory (batch·src_len, d) from src (batch·src_len, d) and tgt (batch·tgt_len, d).

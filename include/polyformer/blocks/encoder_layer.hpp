@@ -140,7 +140,6 @@ class EncoderLayer {
     const Index n = saved.hidden.rows(), d = d_model();
     check_shape(dy, n, d, func, "dy");
     check_shape(dx, n, d, func, "dx");
-    saved.take(func);
     saved.attention.keep = saved.ffn.keep = saved.keep;
     ensure_shape(saved.grad_hidden, n, d);
     const MaskSpec masks = saved.mask.spec();
@@ -153,6 +152,7 @@ class EncoderLayer {
                                    self_attn_.backward(in, saved.batch, masks, d_out, d_in, g.self_attn,
                                                        saved.attention, ctx, accumulate);
                                  });
+    saved.take(func);  // released once the whole backward has run
   }
 
   /// y (batch·seq, d_model) from x (batch·seq, d_model); y must not alias x.

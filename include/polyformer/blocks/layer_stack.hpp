@@ -39,6 +39,7 @@ class LayerStack {
   /// before its backward (activation checkpointing: memory of one layer's intermediates, one more forward's work).
   struct Saved : SavedForward {
     bool checkpoint = false;  ///< set by the caller: recompute each layer's intermediates during backward
+    bool checkpointed = false;  ///< how the held forward ran (set by it; backward follows this, not `checkpoint`)
     std::vector<typename Layer::Saved> layers;  ///< one per layer (one in all when checkpointing)
     std::vector<Matrix> inputs;                 ///< checkpointing: each layer's input (rows, d)
     Matrix input, buffer, last;  ///< the input with positions; a ping-pong partner; the last layer's output
@@ -220,20 +221,13 @@ class LayerStack {
       const bool to_final = (n - 1 - i) % 2 == 0;
       MatrixView out = to_final ? final_out : view(saved.buffer);
       const ConstMatrixView in = input.view();
-      if (saved.checkpoint) {
-        saved.inputs[i] = in;
-        typename Layer::Workspace ws;
-        if constexpr (decoder)
-          layers_[i].forward(in, cview(saved.memory), batch, DecoderMasks{saved.self_mask.spec(), saved.cross_mask.spec()},
-                             out, ws, ctx);
-        else
-          layers_[i].forward(in, batch, saved.self_mask.spec(), out, ws, ctx);
-      } else {
-        layer_train(layers_[i], in, out, saved.layers[i], saved, ctx);
-      }
+      // Checkpointing runs the same training forward the backward will repeat, into the one layer Saved it reuses.
+      if (saved.checkpoint) saved.inputs[i] = in;
+      layer_train(layers_[i], in, out, saved.layers[saved.checkpoint ? 0 : i], saved, ctx);
       input = ConstMatrixRef(cview(out));
     }
     if (final_norm_) final_norm_->forward(cview(saved.last), y);
+    saved.checkpointed = saved.checkpoint;
     saved.record();
   }
 
@@ -248,7 +242,6 @@ class LayerStack {
     check_shape(dx, rows, d, func, "dx");
     if (g.layers.size() != layers_.size())
       throw shape_error(detail::cat(func, ": gradients for ", g.layers.size(), " layers, expected ", layers_.size()));
-    saved.take(func);
     ensure_shape(saved.grad, rows, d);
     ensure_shape(saved.grad_buffer, rows, d);
     ConstMatrixRef grad_out(dy);  // re-seated to each layer's input gradient
@@ -261,10 +254,10 @@ class LayerStack {
       const std::size_t i = n - 1 - k;
       // The first layer writes dx; the others alternate between the two buffers, away from grad_out.
       MatrixView grad_in = i == 0 ? dx : (grad_out.data == saved.grad.data() ? view(saved.grad_buffer) : view(saved.grad));
-      typename Layer::Saved& layer_saved = saved.layers[saved.checkpoint ? 0 : i];
-      if (saved.checkpoint)  // this layer's intermediates again, its output into the idle buffer
+      typename Layer::Saved& layer_saved = saved.layers[saved.checkpointed ? 0 : i];
+      if (saved.checkpointed)  // this layer's intermediates again, its output into the idle buffer
         layer_train(layers_[i], cview(saved.inputs[i]), view(saved.buffer), layer_saved, saved, ctx);
-      layer_saved.keep = saved.keep && !saved.checkpoint;
+      layer_saved.keep = saved.keep && !saved.checkpointed;
       if constexpr (decoder)
         layers_[i].backward(grad_out.view(), grad_in, dmemory, g.layers[i], layer_saved, ctx, /*accumulate_dmemory=*/k > 0);
       else
@@ -273,6 +266,7 @@ class LayerStack {
     }
     (void)dmemory;
     position_.backward(cview(dx), saved.batch, g.position, 0);
+    saved.take(func);  // released once the whole backward has run
   }
 
   /// Positions (from first_position) on the input, then every layer, ping-ponging between y and one buffer

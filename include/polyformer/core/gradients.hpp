@@ -137,7 +137,9 @@ GradientList gradients_of(const M& model, typename M::Gradients& g) {
   return list;
 }
 
-/// Whether a Saved struct holds a forward that backward may use. A training forward calls record(); backward calls
+/// Whether a Saved struct holds a forward that backward may use. A backward checks its arguments before it adds
+/// anything; if one of its parts still throws (a misshaped gradient buffer deep inside), the buffers may hold part
+/// of its sums: zero them before the next step. A training forward calls record(); backward calls
 /// take(func), which throws unless a forward is held and then releases it, so a second backward over the same
 /// forward is an error, unless the caller set `keep` (to run backward again, say for a second loss).
 struct SavedForward {

@@ -3,7 +3,8 @@
 /// dy (n) of its output; dx may equal dy. Derivatives (own): relu′ = [x > 0] (0 at the kink, as torch);
 /// GELU-erf′ = Φ(x) + x·φ(x); tanh-GELU′ = s + x·s·(1 − s)·2u′ with s = σ(2u) (activation.hpp's rewrite);
 /// silu′ = σ(x)·(1 + x·(1 − σ(x))); SwiGLU: dgate = dy·up·silu′(gate), dup = dy·silu(gate).
-/// All but GELU-erf are chosen at run time (detail/vector_kernels.hpp); GELU-erf is the build's own, as its forward.
+/// tanh-GELU, SiLU and SwiGLU are chosen at run time (detail/vector_kernels.hpp); GELU-erf is the build's own, as its
+/// forward; ReLU's is a plain loop the compiler vectorizes.
 
 #include <cstddef>
 #include <xsimd/xsimd.hpp>

@@ -43,6 +43,7 @@ class FeedForward {
     Matrix gate_pre;     ///< (n, hidden): gate(x), gated only
     Matrix hidden;       ///< (n, hidden): the activated hidden state, down's input
     Matrix grad_hidden;  ///< (n, hidden): backward's scratch
+    Matrix grad_up;      ///< (n, hidden): backward's scratch, gated only
   };
 
   /// The projections' gradients.
@@ -160,13 +161,15 @@ class FeedForward {
     const auto u = [](Index v) { return static_cast<std::size_t>(v); };
     float* const dh = saved.grad_hidden.data();
     if constexpr (gated) {
-      // d gate into grad_hidden, d up into pre (each lane reads before it writes).
+      // d gate over grad_hidden (each lane reads before it writes), d up into grad_up: the saved projections stay
+      // as the forward left them (a kept forward runs backward again).
+      ensure_shape(saved.grad_up, n, h);
       rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
         Act::backward(saved.gate_pre.data() + r0 * h, saved.pre.data() + r0 * h, dh + r0 * h, dh + r0 * h,
-                      saved.pre.data() + r0 * h, u((r1 - r0) * h));
+                      saved.grad_up.data() + r0 * h, u((r1 - r0) * h));
       });
       gate_.backward(x, cview(saved.grad_hidden), dx, g.gate, ctx, accumulate_dx);
-      up_.backward(x, cview(saved.pre), dx, g.up, ctx, dx.cols() != 0);
+      up_.backward(x, cview(saved.grad_up), dx, g.up, ctx, dx.cols() != 0);
     } else {
       rows_in_parallel(n, ctx, [&](Index r0, Index r1) {
         Act::backward(saved.pre.data() + r0 * h, dh + r0 * h, dh + r0 * h, u((r1 - r0) * h));

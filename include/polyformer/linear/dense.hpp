@@ -15,7 +15,8 @@
 namespace polyformer {
 
 namespace detail {
-/// Dense::backward's buffers: the weight's transpose unpacked and dy transposed, per thread, grow-only.
+/// Dense::backward's buffers: the weight's transpose unpacked and dy transposed, per thread, reshaped to each call's
+/// sizes.
 struct DenseBackwardScratch {
   Matrix weight_t;  // (in, out)
   Matrix dy_t;      // (out, n)

@@ -188,7 +188,6 @@ class Llama {
     detail::check_gradient(func, "tok_embeddings", g.embedding, embedding_.rows(), embedding_.cols());
     if (g.layers.size() != layers_.size())
       throw shape_error(detail::cat(func, ": gradients for ", g.layers.size(), " layers, expected ", layers_.size()));
-    saved.take(func);
     for (auto& s : saved.layers) s.keep = saved.keep;
     ensure_shape(saved.grad_normed, rows, d);
     ensure_shape(saved.grad, rows, d);
@@ -212,6 +211,7 @@ class Llama {
     }
     if (detail::live(g.embedding))  // each token's row of the embedding gets its input row's gradient
       for (Index r = 0; r < rows; ++r) g.embedding.row(saved.tokens[std::size_t(r)]) += saved.grad.row(r);
+    saved.take(func);  // released once the whole backward has run
   }
 
   /// A new sequence's state, for config.seq_len positions.

@@ -46,3 +46,38 @@ TEST_CASE("readme: one model with many sequences, named parameters, policy sets"
   CHECK(std::vector<float>(l2.begin(), l2.end()) == std::vector<float>(logits.begin(), logits.end()));
   std::filesystem::remove(path);
 }
+
+TEST_CASE("readme: gradients", "[readme][backward]") {
+  using Layer = pf::EncoderLayer<pf::FullAttention, pf::Dense, pf::LayerNorm, pf::GELU, pf::NormPlacement::pre>;
+  const pf::Index d = 16, hidden = 32, batch = 1;
+  auto linear = [](pf::Index in, pf::Index out) { return pf::Dense(pf::Matrix::Random(out, in) * 0.3f); };
+  const Layer layer(Layer::Attention(linear(d, d), linear(d, d), linear(d, d), linear(d, d), pf::HeadConfig{4}),
+                    Layer::FFN(linear(d, hidden), linear(hidden, d)), pf::LayerNorm(d), pf::LayerNorm(d));
+  const pf::Matrix x = pf::Matrix::Random(7, d), dy = pf::Matrix::Random(7, d);
+  pf::Matrix y(7, d), dx(7, d);
+  const pf::MaskSpec mask = pf::MaskSpec::causal_mask();
+  const pf::Context ctx{2};
+
+  Layer::Saved saved;                                  // one per call in flight
+  auto grads = layer.make_gradients();                 // zeroed buffers, shaped like the weights
+  auto list = pf::gradients_of(layer, grads);          // "self_attn.in_proj_weight", "linear1.bias", …
+  list.freeze("self_attn.");                           // by name prefix: those get no gradient
+  layer.forward_train(pf::cview(x), batch, mask, pf::view(y), saved, ctx);
+  layer.backward(pf::cview(dy), pf::view(dx), grads, saved, ctx);   // adds into grads; dx written
+  CHECK(grads.self_attn.q.weight.size() == 0);
+  CHECK(grads.ffn.up.weight.norm() > 0.0f);
+  CHECK(dx.allFinite());
+
+  const auto model = pf::load_llama2c(pft::shared_path("models/stories260K.bin"));
+  const std::vector<int> tokens{1, 403, 407, 261, 378}, targets{403, 407, 261, 378, 324};
+  pf::Matrix logits(5, 512), dlogits(5, 512);
+  decltype(model)::Saved llama_saved;
+  auto llama_grads = model.make_gradients();
+  // A Llama: logits of every position, the mean next-token cross-entropy, its gradient.
+  model.forward_train(tokens, batch, pf::view(logits), llama_saved, ctx);
+  double loss = pf::cross_entropy(pf::cview(logits), targets, pf::view(dlogits));
+  model.backward(pf::cview(dlogits), llama_grads, llama_saved, ctx);
+  CHECK(loss > 0.0);
+  CHECK(loss < 10.0);
+  CHECK(llama_grads.embedding.norm() > 0.0f);
+}

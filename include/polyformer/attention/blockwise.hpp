@@ -13,6 +13,7 @@
 #include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -28,6 +29,23 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
     Index head, block, i0, i_end;
   };
 
+  /// The mask of a task's rows over keys [j0, j1): causal, key lengths, padding and the additive mask.
+  struct RowMask {
+    const Task& task;
+    Index j0, j1, n_k;
+    const AttentionMask& mask;
+    void operator()(Index r, float* row) const {
+      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+      const Index i = task.i0 + r, end = std::clamp<Index>(mask.key_end(i, n_k) - j0, 0, j1 - j0);
+      std::fill(row + end, row + (j1 - j0), neg_inf);
+      if (mask.key_padding || mask.additive)
+        for (Index c = 0; c < end; ++c) {
+          if (mask.key_padding && mask.key_padding[j0 + c] != 0.0f) row[c] = neg_inf;
+          else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j0 + c];
+        }
+    }
+  };
+
  public:
   using PerCallWorkspace<Blockwise>::forward;
 
@@ -35,6 +53,7 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
   struct Workspace {
     std::vector<Task> tasks;
     std::vector<detail::LocalTile> tiles;  // one per thread
+    std::vector<detail::KeyGradients> key_grads;  // backward: one per thread
   };
 
   static constexpr bool supports_causal = true;
@@ -60,58 +79,118 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d).
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
-    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
-    // Tasks: (head, block, first query of a slice of at most query_slice queries of that block).
-    ws.tasks.clear();
-    if (n_q > 0) {
-      const Index first_block = off / block_, last_block = (off + n_q - 1) / block_;
-      // Block-major: a block's rows serve every head while they are in cache.
-      for (Index b = first_block; b <= last_block; ++b) {
-        const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
-        for (Index h = 0; h < s.n_heads; ++h)
-          for (Index i0 = i_begin; i0 < i_end; i0 += query_slice)
-            ws.tasks.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
-      }
-    }
-    const Index span = (previous_ ? 2 : 1) * block_;
-    const double work = double(n_q) * double(s.n_heads) * double(std::min(span, n_k)) * double(dh);
-    const int t =
-        work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), Index(ws.tasks.size())));
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
+    make_tasks(s, n_q, mask.causal_offset, true, ws);
+    const int t = threads_for(s, n_q, n_k, Index(ws.tasks.size()), ctx);
     if (static_cast<int>(ws.tiles.size()) < t) ws.tiles.resize(std::size_t(t));
     for (int i = 0; i < t; ++i)
-      ws.tiles[std::size_t(i)].reserve(query_slice, std::min(span, std::max<Index>(n_k, 1)), dh);
+      ws.tiles[std::size_t(i)].reserve(query_slice, std::min(span(), std::max<Index>(n_k, 1)), dh);
     parallel_for(static_cast<Index>(ws.tasks.size()), t, [&](Index task_index, int thread) {
-      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
       const Task& task = ws.tasks[std::size_t(task_index)];
       detail::LocalTile& tile = ws.tiles[std::size_t(thread)];
-      const Index h = task.head, g = s.kv_head(h), nq = task.i_end - task.i0;
-      const Index j0 = std::clamp<Index>((previous_ ? task.block - 1 : task.block) * block_, 0, n_k);
-      const Index j1 = std::clamp<Index>((task.block + 1) * block_, j0, n_k);
-      tile.query_rows(nq) = block(q, task.i0, h * dh, nq, dh) * s.scale;
-      tile.key_cols(j1 - j0) = block(k, j0, g * dh, j1 - j0, dh).transpose();
-      tile.value_rows(j1 - j0) = block(v, j0, g * dh, j1 - j0, dh);
-      tile.attend(nq, j1 - j0, [&](Index r, float* row) {
-        const Index i = task.i0 + r, end = std::clamp<Index>(mask.key_end(i, n_k) - j0, 0, j1 - j0);
-        std::fill(row + end, row + (j1 - j0), neg_inf);
-        if (mask.key_padding || mask.additive)
-          for (Index c = 0; c < end; ++c) {
-            if (mask.key_padding && mask.key_padding[j0 + c] != 0.0f) row[c] = neg_inf;
-            else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j0 + c];
-          }
-      });
+      const Index nq = task.i_end - task.i0;
+      const auto [j0, j1] = gather(s, task, q, k, v, tile);
+      tile.attend(nq, j1 - j0, RowMask{task, j0, j1, n_k, mask});
       for (Index r = 0; r < nq; ++r) {
         const float* src = tile.out_row(r);
-        std::copy(src, src + dh, out.data() + (task.i0 + r) * out.outerStride() + h * dh);
+        std::copy(src, src + dh, out.data() + (task.i0 + r) * out.outerStride() + task.head * s.head_dim);
       }
     });
   }
 
+  /// Nothing is kept: backward recomputes each block's softmax from the same q, k, v (a block is a query's whole key
+  /// set).
+  struct Saved : SavedForward {};
+
+  void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const {
+    forward(s, q, k, v, mask, out, ws, ctx);
+    saved.record();
+  }
+
+  /// The backward of forward_train: dq (n_q, heads·d), dk and dv (n_k, kv_heads·d) written from dout (n_q, heads·d),
+  /// given the same q, k, v, mask and the output `out`. Uses `saved` once (saved.keep: again).
+  void backward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
+                MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
+    const char* func = "Blockwise::backward";
+    saved.require_held(func);
+    detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
+    saved.take(func);
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim;
+    make_tasks(s, n_q, mask.causal_offset, false, ws);  // head-major: kv head g's tasks are one run
+    const Index per_kv_head = Index(ws.tasks.size()) / s.n_kv_heads;
+    const int t = threads_for(s, n_q, n_k, Index(ws.tasks.size()), ctx);
+    if (static_cast<int>(ws.tiles.size()) < t) ws.tiles.resize(std::size_t(t));
+    for (int i = 0; i < t; ++i)
+      ws.tiles[std::size_t(i)].reserve_backward(query_slice, std::min(span(), std::max<Index>(n_k, 1)), dh);
+    detail::backward_by_kv_head(s, t, ws.key_grads, dk, dv, [&](Index) { return per_kv_head; },
+                                [&](Index g, Index task_index, int thread, detail::KeyGradients& acc) {
+      const Task& task = ws.tasks[std::size_t(g * per_kv_head + task_index)];
+      detail::LocalTile& tile = ws.tiles[std::size_t(thread)];
+      const Index h = task.head, nq = task.i_end - task.i0;
+      const auto [j0, j1] = gather(s, task, q, k, v, tile);
+      for (Index r = 0; r < nq; ++r) {
+        const float* o = out.data() + (task.i0 + r) * out.outerStride() + h * dh;
+        const float* d_o = dout.data() + (task.i0 + r) * dout.outerStride() + h * dh;
+        std::copy(d_o, d_o + dh, tile.dout.data() + r * tile.dout.cols());
+        tile.deltas[std::size_t(r)] = kernels::dot(d_o, o, std::size_t(dh));
+      }
+      tile.backward(nq, cview(tile.key_cols(j1 - j0)), cview(tile.value_rows(j1 - j0)), RowMask{task, j0, j1, n_k, mask},
+                    tile.deltas.data());
+      for (Index r = 0; r < nq; ++r) {
+        const float* g_q = tile.query_grad_row(r);
+        float* dst = dq.data() + (task.i0 + r) * dq.outerStride() + h * dh;
+        for (Index f = 0; f < dh; ++f) dst[f] = s.scale * g_q[f];
+      }
+      tile.add_key_grads(j1 - j0, [j0](Index c) { return j0 + c; }, acc.keys_t.data(), acc.values_t.data(), n_k);
+    });
+  }
+
  private:
+  Index span() const noexcept { return (previous_ ? 2 : 1) * block_; }
+
+  /// Tasks (head, block, first query of a slice of at most query_slice queries of that block): block-major (a
+  /// block's rows serve every head while they are in cache) or head-major.
+  void make_tasks(const AttentionShape& s, Index n_q, Index off, bool block_major, Workspace& ws) const {
+    ws.tasks.clear();
+    if (n_q == 0) return;
+    const Index first_block = off / block_, last_block = (off + n_q - 1) / block_;
+    const auto add = [&](Index h, Index b) {
+      const Index i_begin = std::max<Index>(b * block_ - off, 0), i_end = std::min(n_q, (b + 1) * block_ - off);
+      for (Index i0 = i_begin; i0 < i_end; i0 += query_slice) ws.tasks.push_back({h, b, i0, std::min(i_end, i0 + query_slice)});
+    };
+    if (block_major) {
+      for (Index b = first_block; b <= last_block; ++b)
+        for (Index h = 0; h < s.n_heads; ++h) add(h, b);
+    } else {
+      for (Index h = 0; h < s.n_heads; ++h)
+        for (Index b = first_block; b <= last_block; ++b) add(h, b);
+    }
+  }
+
+  int threads_for(const AttentionShape& s, Index n_q, Index n_k, Index tasks, const Context& ctx) const {
+    const double work = double(n_q) * double(s.n_heads) * double(std::min(span(), n_k)) * double(s.head_dim);
+    return work < 2e5 ? 1 : static_cast<int>(std::min<Index>(effective_threads(ctx.threads), std::max<Index>(tasks, 1)));
+  }
+
+  /// Gathers the task's scaled queries, its keys (transposed) and values into the tile; returns the key range [j0, j1).
+  std::pair<Index, Index> gather(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k,
+                                 ConstMatrixView v, detail::LocalTile& tile) const {
+    const Index n_k = k.rows(), dh = s.head_dim, h = task.head, g = s.kv_head(h), nq = task.i_end - task.i0;
+    const Index j0 = std::clamp<Index>((previous_ ? task.block - 1 : task.block) * block_, 0, n_k);
+    const Index j1 = std::clamp<Index>((task.block + 1) * block_, j0, n_k);
+    tile.query_rows(nq) = block(q, task.i0, h * dh, nq, dh) * s.scale;
+    tile.key_cols(j1 - j0) = block(k, j0, g * dh, j1 - j0, dh).transpose();
+    tile.value_rows(j1 - j0) = block(v, j0, g * dh, j1 - j0, dh);
+    return {j0, j1};
+  }
+
   static constexpr Index query_slice = 128;  // queries per tile: bounds the score tile for large blocks
   Index block_ = 64;
   bool previous_ = false;
 };
 
-static_assert(SpelledAttention<Blockwise>);
+static_assert(SpelledAttention<Blockwise> && TrainableAttention<Blockwise>);
 
 }  // namespace polyformer

@@ -145,15 +145,8 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
                 MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
     const char* func = "FullAttention::backward";
     saved.require_held(func);
-    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, qd = s.n_heads * dh, kd = s.n_kv_heads * dh;
-    check_cols(q, qd, func, "q");
-    check_shape(k, n_k, kd, func, "k");
-    check_shape(v, n_k, kd, func, "v");
-    check_shape(out, n_q, qd, func, "out");
-    check_shape(dout, n_q, qd, func, "dout");
-    check_shape(dq, n_q, qd, func, "dq");
-    check_shape(dk, n_k, kd, func, "dk");
-    check_shape(dv, n_k, kd, func, "dv");
+    const Index n_q = q.rows(), n_k = k.rows(), dh = s.head_dim, qd = s.n_heads * dh;
+    detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
     check_shape(saved.lse, s.n_heads, n_q, func, "the saved log-sum-exp");
     saved.take(func);
     const Index bq = tiles_.query_block, bk = tiles_.key_block, k_blocks = (n_k + bk - 1) / bk;

@@ -23,6 +23,7 @@
 #include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -52,6 +53,10 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
     Matrix projection;        // (n, Σ factor / 2)
     Matrix sorted_rows;       // (n, head_dim): a round's keys in sorted order, before the transpose
     std::vector<Index> count; // (n_buckets + 1)
+    // backward: this thread's share of the current head's gradients
+    detail::KeyGradients grads;  // (head_dim, n) each: of the unit-length keys and of the values, by position
+    Matrix query_grads;          // (n, head_dim)
+    std::vector<float> row_lse;  // (chunk): the saved log-sum-exps of a chunk's queries
   };
 
  public:
@@ -115,6 +120,102 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
   /// length. ws afterwards tells the buckets this call used.
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
+    run(s, q, k, v, mask, out, ws, ctx, nullptr);
+  }
+
+  /// What backward needs of the forward: every round's sorted order and each query's log-sum-exp over all rounds
+  /// (the buckets are not differentiated, as in Reformer: backward attends within the same chunks).
+  struct Saved : SavedForward {
+    std::vector<Index> order;  ///< (heads, n_hashes, n): positions sorted by (bucket, position)
+    Matrix lse;                ///< (heads, n): log Σ over the rounds' visible keys of e^score, −inf for none
+  };
+
+  void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const {
+    run(s, q, k, v, mask, out, ws, ctx, &saved);
+    saved.record();
+  }
+
+  /// The backward of forward_train: dq (n, heads·d) and dv (n, kv_heads·d) written from dout (n, heads·d), given the
+  /// same q, k, v, mask and the output `out`; dk is zero (the keys are the normalized queries, so their gradient
+  /// reaches dq through the normalization; a zero query, whose key is kept at zero, passes none). Each round's
+  /// chunks recompute their scores and take their weights from the saved log-sum-exp over all rounds. Uses `saved`
+  /// once (saved.keep: again).
+  void backward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
+                MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
+    const char* func = "LSHAttention::backward";
+    saved.require_held(func);
+    detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
+    const Index n = q.rows(), dh = s.head_dim, H = opt_.n_hashes, C = opt_.chunk;
+    if (n != k.rows() || static_cast<Index>(saved.order.size()) != s.n_heads * H * n || saved.lse.rows() != s.n_heads ||
+        saved.lse.cols() != n)
+      throw shape_error(detail::cat(func, ": the saved forward ran ", saved.lse.cols(), " positions of ", saved.lse.rows(),
+                                    " heads, expected ", n, " of ", s.n_heads));
+    saved.take(func);
+    dk.setZero();
+    dv.setZero();
+    if (n == 0) return;
+    ensure_shape(ws.keys_, n, dh);
+    ensure_shape(ws.sorted_keys_t_, H * dh, n);
+    ensure_shape(ws.sorted_values_, H * n, dh);
+    ws.order_.resize(std::size_t(H * n));
+    const Index chunks = (n + C - 1) / C;
+    const int t = effective_threads(ctx.threads);
+    if (static_cast<int>(ws.work_.size()) < t) ws.work_.resize(std::size_t(t));
+    for (auto& w : ws.work_) {
+      w.tile.reserve_backward(C, 2 * C, dh);
+      ensure_shape(w.grads.keys_t, dh, n);
+      ensure_shape(w.grads.values_t, dh, n);
+      ensure_shape(w.query_grads, n, dh);
+      w.row_lse.resize(std::size_t(C));
+    }
+    for (Index h = 0; h < s.n_heads; ++h) {
+      const Index g = s.kv_head(h);
+      normalize_queries(q, h, dh, ws);
+      std::copy_n(saved.order.data() + h * H * n, H * n, ws.order_.data());
+      parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) {
+        sort_round(s, g, r, v, ws, ws.work_[std::size_t(thread)]);
+      });
+      for (int i = 0; i < t; ++i) {
+        Work& w = ws.work_[std::size_t(i)];
+        w.grads.keys_t.setZero();
+        w.grads.values_t.setZero();
+        w.query_grads.setZero();
+      }
+      parallel_for(H * chunks, t, [&](Index task, int thread) {
+        backward_chunk(s, h, task / chunks, task % chunks, q, mask, out, dout, saved.lse.data() + h * n, ws,
+                       ws.work_[std::size_t(thread)]);
+      });
+      // Sum the threads' shares; the keys' gradient reaches the queries through the normalization:
+      // d(x/|x|) = (I − u·uᵀ)/|x| · dkey with u = x/|x|.
+      Work& w0 = ws.work_[0];
+      for (int i = 1; i < t; ++i) {
+        const Work& w = ws.work_[std::size_t(i)];
+        w0.grads.keys_t += w.grads.keys_t;
+        w0.grads.values_t += w.grads.values_t;
+        w0.query_grads += w.query_grads;
+      }
+      for (Index i = 0; i < n; ++i) {
+        const auto qi = block(q, i, h * dh, 1, dh);
+        auto dst = block(dq, i, h * dh, 1, dh);
+        dst = block(cview(w0.query_grads), i, 0, 1, dh);
+        const float norm = qi.norm();
+        if (norm == 0.0f) continue;
+        const float* u = ws.keys_.data() + i * dh;
+        const float* dkey = w0.grads.keys_t.data() + i;  // column i, n apart
+        float along = 0.0f;
+        for (Index f = 0; f < dh; ++f) along += u[f] * dkey[f * n];
+        for (Index f = 0; f < dh; ++f) dst(0, f) += (dkey[f * n] - along * u[f]) / norm;
+      }
+      block(dv, 0, g * dh, n, dh) += w0.grads.values_t.transpose();
+    }
+  }
+
+ private:
+  /// forward(), keeping each head's orders and log-sum-exps in `saved` when given.
+  void run(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v, const AttentionMask& mask,
+           MatrixView out, Workspace& ws, const Context& ctx, Saved* saved) const {
     const char* func = "LSHAttention::forward";
     if (q.rows() != k.rows())
       throw shape_error(detail::cat(func, ": ", q.rows(), " queries and ", k.rows(),
@@ -132,24 +233,27 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
     prepare_rotations(s.n_heads, dh, ws);
     ws.buckets_.resize(std::size_t(s.n_heads * H * n));
     ws.order_.resize(std::size_t(H * n));
+    if (saved != nullptr && n == 0) {
+      saved->order.clear();
+      ensure_shape(saved->lse, s.n_heads, 0);
+    }
     if (n == 0) return;
     ensure_shape(ws.keys_, n, dh);
     ensure_shape(ws.sorted_keys_t_, H * dh, n);
     ensure_shape(ws.sorted_values_, H * n, dh);
     ensure_shape(ws.round_out_, H * n, dh);
     ws.round_lse_.resize(std::size_t(H * n));
+    if (saved != nullptr) {
+      saved->order.resize(std::size_t(s.n_heads * H * n));
+      ensure_shape(saved->lse, s.n_heads, n);
+    }
     const Index chunks = (n + C - 1) / C;
     const int t = effective_threads(ctx.threads);
     if (static_cast<int>(ws.work_.size()) < t) ws.work_.resize(std::size_t(t));
     for (auto& w : ws.work_) w.tile.reserve(C, 2 * C, dh);
     for (Index h = 0; h < s.n_heads; ++h) {
       const Index g = s.kv_head(h);
-      // Shared query-keys: unit-length queries (a zero query stays zero).
-      for (Index i = 0; i < n; ++i) {
-        const auto qi = block(q, i, h * dh, 1, dh);
-        const float norm = qi.norm();
-        block(view(ws.keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
-      }
+      normalize_queries(q, h, dh, ws);
       parallel_for(H, std::min<int>(t, static_cast<int>(H)), [&](Index r, int thread) {
         hash_round(h, r, ws, ws.work_[std::size_t(thread)]);
         sort_round(s, g, r, v, ws, ws.work_[std::size_t(thread)]);
@@ -165,6 +269,7 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
           for (Index r = 0; r < H; ++r) m = std::max(m, ws.round_lse_[std::size_t(r * n + i)]);
           auto dst = block(out, i, h * dh, 1, dh);
           dst.setZero();
+          if (saved != nullptr) saved->lse(h, i) = neg_inf;
           if (m == neg_inf) continue;
           float total = 0.0f;
           for (Index r = 0; r < H; ++r) {
@@ -173,12 +278,22 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
             if (w != 0.0f) dst += w * block(cview(ws.round_out_), r * n + i, 0, 1, dh);
           }
           dst /= total;
+          if (saved != nullptr) saved->lse(h, i) = m + std::log(total);
         }
       });
+      if (saved != nullptr) std::copy_n(ws.order_.data(), H * n, saved->order.data() + h * H * n);
     }
   }
 
- private:
+  /// ws.keys_ (n, d): head h's queries scaled to unit length (a zero query stays zero).
+  static void normalize_queries(ConstMatrixView q, Index h, Index dh, Workspace& ws) {
+    for (Index i = 0; i < q.rows(); ++i) {
+      const auto qi = block(q, i, h * dh, 1, dh);
+      const float norm = qi.norm();
+      block(view(ws.keys_), i, 0, 1, dh) = norm > 0.0f ? (qi / norm).eval() : qi.eval();
+    }
+  }
+
   /// Draws the rotations into ws when the seed, head count, head size or bucket count changed (seeded per head
   /// and round). They depend on nothing else, so a workspace's draw serves every object with the same seed.
   void prepare_rotations(Index n_heads, Index dh, Workspace& ws) const {
@@ -245,29 +360,33 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
     return best;
   }
 
-  /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
-  void attend_chunk(const AttentionShape& s, Index h, Index r, Index c, ConstMatrixView q, const AttentionMask& mask,
-                    Workspace& ws, Work& w) const {
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index n = ws.n_, C = opt_.chunk, dh = s.head_dim;
-    const Index* order = ws.order_.data() + r * n;
-    const Index q0 = c * C, nq = std::min(C, n - q0), k0 = std::max<Index>(q0 - C, 0), nk = q0 + nq - k0;
-    detail::LocalTile& tile = w.tile;
-    MatrixView qs = tile.query_rows(nq);
-    for (Index a = 0; a < nq; ++a) block(qs, a, 0, 1, dh) = block(q, order[q0 + a], h * dh, 1, dh) * s.scale;
-    const ConstMatrixView keys_t(ws.sorted_keys_t_.data() + r * dh * n + k0, dh, nk, Eigen::OuterStride<>(n));
-    const ConstMatrixView values = block(cview(ws.sorted_values_), r * n + k0, 0, nk, dh);
-    const bool plain = !mask.causal && !mask.key_padding && !mask.additive && mask.n_valid_keys >= n;
-    tile.attend(nq, keys_t, values, [&](Index a, float* row) {
-      if (plain) {  // every key of the two chunks but itself (it sits at column q0 + a − k0)
-        if (nk > 1) row[q0 + a - k0] = neg_inf;
+  /// Where chunk c of round r lies in the sorted order: queries q0.. (nq), keys k0.. (nk: chunks c−1 and c).
+  struct Chunk {
+    Index q0, nq, k0, nk;
+  };
+  Chunk chunk_of(Index c, Index n) const noexcept {
+    const Index C = opt_.chunk, q0 = c * C, nq = std::min(C, n - q0), k0 = std::max<Index>(q0 - C, 0);
+    return {q0, nq, k0, q0 + nq - k0};
+  }
+
+  /// The mask of a chunk's rows: the call's masks, and no attending to itself unless nothing else is visible.
+  struct ChunkMask {
+    const Index* order;
+    Chunk ch;
+    Index n;
+    const AttentionMask& mask;
+
+    void operator()(Index a, float* row) const {
+      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+      if (!mask.causal && !mask.key_padding && !mask.additive && mask.n_valid_keys >= n) {
+        if (ch.nk > 1) row[ch.q0 + a - ch.k0] = neg_inf;  // every key of the two chunks but itself
         return;
       }
-      const Index i = order[q0 + a], end = mask.key_end(i, n);
+      const Index i = order[ch.q0 + a], end = mask.key_end(i, n);
       Index self = -1;
       bool other = false;
-      for (Index b = 0; b < nk; ++b) {
-        const Index j = order[k0 + b];
+      for (Index b = 0; b < ch.nk; ++b) {
+        const Index j = order[ch.k0 + b];
         if (j >= end || (mask.key_padding && mask.key_padding[j] != 0.0f)) {
           row[b] = neg_inf;
           continue;
@@ -277,18 +396,67 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
         else other |= row[b] != neg_inf;
       }
       if (self >= 0 && other) row[self] = neg_inf;  // itself only when nothing else is visible
-    });
-    for (Index a = 0; a < nq; ++a) {
-      const Index i = order[q0 + a];
+    }
+  };
+
+  /// Gathers chunk ch's scaled queries of head h into the tile; returns its keys (d, nk) and values (nk, d) in the
+  /// round's sorted arrays.
+  std::pair<ConstMatrixView, ConstMatrixView> gather_chunk(const AttentionShape& s, Index h, Index r, const Chunk& ch,
+                                                           ConstMatrixView q, const Workspace& ws, detail::LocalTile& tile) const {
+    const Index n = ws.n_, dh = s.head_dim;
+    const Index* order = ws.order_.data() + r * n;
+    MatrixView qs = tile.query_rows(ch.nq);
+    for (Index a = 0; a < ch.nq; ++a) block(qs, a, 0, 1, dh) = block(q, order[ch.q0 + a], h * dh, 1, dh) * s.scale;
+    return {ConstMatrixView(ws.sorted_keys_t_.data() + r * dh * n + ch.k0, dh, ch.nk, Eigen::OuterStride<>(n)),
+            block(cview(ws.sorted_values_), r * n + ch.k0, 0, ch.nk, dh)};
+  }
+
+  /// Chunk c of round r: its queries against the keys of chunks c−1 and c.
+  void attend_chunk(const AttentionShape& s, Index h, Index r, Index c, ConstMatrixView q, const AttentionMask& mask,
+                    Workspace& ws, Work& w) const {
+    const Index n = ws.n_, dh = s.head_dim;
+    const Index* order = ws.order_.data() + r * n;
+    const Chunk ch = chunk_of(c, n);
+    detail::LocalTile& tile = w.tile;
+    const auto [keys_t, values] = gather_chunk(s, h, r, ch, q, ws, tile);
+    tile.attend(ch.nq, keys_t, values, ChunkMask{order, ch, n, mask});
+    for (Index a = 0; a < ch.nq; ++a) {
+      const Index i = order[ch.q0 + a];
       std::copy(tile.out_row(a), tile.out_row(a) + dh, ws.round_out_.data() + (r * n + i) * dh);
       ws.round_lse_[std::size_t(r * n + i)] = tile.lse[std::size_t(a)];
     }
+  }
+
+  /// The backward of chunk c of round r of head h: its queries' gradients into the thread's query_grads, its keys'
+  /// (the unit-length queries') and values' into the thread's grads, by position. lse (n): head h's saved.
+  void backward_chunk(const AttentionShape& s, Index h, Index r, Index c, ConstMatrixView q, const AttentionMask& mask,
+                      ConstMatrixView out, ConstMatrixView dout, const float* lse, const Workspace& ws, Work& w) const {
+    const Index n = ws.n_, dh = s.head_dim;
+    const Index* order = ws.order_.data() + r * n;
+    const Chunk ch = chunk_of(c, n);
+    detail::LocalTile& tile = w.tile;
+    const auto [keys_t, values] = gather_chunk(s, h, r, ch, q, ws, tile);
+    MatrixView d_o = tile.dout_rows(ch.nq);
+    for (Index a = 0; a < ch.nq; ++a) {
+      const Index i = order[ch.q0 + a];
+      block(d_o, a, 0, 1, dh) = block(dout, i, h * dh, 1, dh);
+      tile.deltas[std::size_t(a)] = kernels::dot(dout.data() + i * dout.outerStride() + h * dh,
+                                                 out.data() + i * out.outerStride() + h * dh, std::size_t(dh));
+      w.row_lse[std::size_t(a)] = lse[i];
+    }
+    tile.backward(ch.nq, keys_t, values, ChunkMask{order, ch, n, mask}, tile.deltas.data(), w.row_lse.data());
+    for (Index a = 0; a < ch.nq; ++a) {
+      const float* g_q = tile.query_grad_row(a);
+      float* dst = w.query_grads.data() + order[ch.q0 + a] * dh;
+      for (Index f = 0; f < dh; ++f) dst[f] += s.scale * g_q[f];
+    }
+    tile.add_key_grads(ch.nk, [&](Index b) { return order[ch.k0 + b]; }, w.grads.keys_t.data(), w.grads.values_t.data(), n);
   }
 
   static constexpr Index max_single_factor = 64;
   LSHOptions opt_{};
 };
 
-static_assert(SpelledAttention<LSHAttention>);
+static_assert(SpelledAttention<LSHAttention> && TrainableAttention<LSHAttention>);
 
 }  // namespace polyformer

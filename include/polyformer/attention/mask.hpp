@@ -97,6 +97,23 @@ struct MaskSpec {
   }
 };
 
+namespace detail {
+/// The shape checks of an attention policy's backward: q, out, dout, dq (n_q, heads·d); k, v, dk, dv (n_k, kv_heads·d).
+inline void check_attention_grads(const char* func, const AttentionShape& s, ConstMatrixView q, ConstMatrixView k,
+                                  ConstMatrixView v, ConstMatrixView out, ConstMatrixView dout, const MatrixView& dq,
+                                  const MatrixView& dk, const MatrixView& dv) {
+  const Index n_q = q.rows(), n_k = k.rows(), qd = s.n_heads * s.head_dim, kd = s.n_kv_heads * s.head_dim;
+  check_cols(q, qd, func, "q");
+  check_shape(k, n_k, kd, func, "k");
+  check_shape(v, n_k, kd, func, "v");
+  check_shape(out, n_q, qd, func, "out");
+  check_shape(dout, n_q, qd, func, "dout");
+  check_shape(dq, n_q, qd, func, "dq");
+  check_shape(dk, n_k, kd, func, "dk");
+  check_shape(dv, n_k, kd, func, "dv");
+}
+}  // namespace detail
+
 /// A copy of a MaskSpec's masks, kept by a training forward for its backward (the caller's may change meanwhile).
 class MaskCopy {
  public:

@@ -33,6 +33,21 @@ struct AttentionNames {
   std::string policy = "policy.";  ///< prefix of the attention policy's own parameters (Linformer's E, F)
 };
 
+namespace detail {
+/// A policy's gradients inside MultiHeadAttention::Gradients: its own for a ParametrizedAttention, else nothing.
+struct NoPolicyGradients {};
+template <typename Attn>
+struct PolicyGradientsOf {
+  using type = NoPolicyGradients;
+};
+template <ParametrizedAttention Attn>
+struct PolicyGradientsOf<Attn> {
+  using type = typename Attn::Gradients;
+};
+template <typename Attn>
+using PolicyGradients = typename PolicyGradientsOf<Attn>::type;
+}  // namespace detail
+
 /// Projections around an attention policy. Inputs are batches laid out as (batch·seq, d_model) rows.
 /// The module holds weights only and is used through `const`; a call's projections and the policy's scratch
 /// live in the caller's Workspace, and a decoding sequence's keys and values in its State.
@@ -59,9 +74,10 @@ class MultiHeadAttention {
     Matrix grad_q, grad_k, grad_v, grad_context;  ///< backward's scratch, shaped as the above
   };
 
-  /// The projections' gradients.
+  /// The projections' gradients, and the policy's when it has weights (ParametrizedAttention).
   struct Gradients {
     typename Lin::Gradients q{}, k{}, v{}, o{};
+    [[no_unique_address]] detail::PolicyGradients<Attn> attention{};
   };
 
   MultiHeadAttention() = default;
@@ -148,7 +164,9 @@ class MultiHeadAttention {
   }
 
   Gradients make_gradients() const requires TrainableLinear<Lin> {
-    return {q_proj_.make_gradients(), k_proj_.make_gradients(), v_proj_.make_gradients(), o_proj_.make_gradients()};
+    Gradients g{q_proj_.make_gradients(), k_proj_.make_gradients(), v_proj_.make_gradients(), o_proj_.make_gradients()};
+    if constexpr (ParametrizedAttention<Attn>) g.attention = attention_.make_gradients();
+    return g;
   }
 
   /// The projections' gradients, named as parameters() names their tensors (fused in_proj_* included).
@@ -196,6 +214,7 @@ class MultiHeadAttention {
       v_proj_.gradients(list, prefix + names.v, g.v);
     }
     o_proj_.gradients(list, prefix + names.o, g.o);
+    if constexpr (ParametrizedAttention<Attn>) attention_.gradients(list, prefix + names.policy, g.attention);
   }
 
   /// Self-attention for training: forward() that keeps in `saved` what backward() needs.
@@ -407,12 +426,16 @@ class MultiHeadAttention {
     for (Index b = 0; b < batch; ++b) {
       typename Attn::Saved& s = saved.attention[std::size_t(b)];
       s.keep = s.keep || saved.keep;
-      attention_.backward(shape_, block(cview(saved.q), b * n_q, 0, n_q, qd), block(cview(saved.k), b * n_k, 0, n_k, kvd),
-                          block(cview(saved.v), b * n_k, 0, n_k, kvd), mask.for_sequence(b),
-                          block(cview(saved.context), b * n_q, 0, n_q, qd),
-                          block(cview(saved.grad_context), b * n_q, 0, n_q, qd), s,
-                          block(view(saved.grad_q), b * n_q, 0, n_q, qd), block(view(saved.grad_k), b * n_k, 0, n_k, kvd),
-                          block(view(saved.grad_v), b * n_k, 0, n_k, kvd), saved.workspace, ctx);
+      const auto run = [&](auto&... policy_grads) {
+        attention_.backward(shape_, block(cview(saved.q), b * n_q, 0, n_q, qd),
+                            block(cview(saved.k), b * n_k, 0, n_k, kvd), block(cview(saved.v), b * n_k, 0, n_k, kvd),
+                            mask.for_sequence(b), block(cview(saved.context), b * n_q, 0, n_q, qd),
+                            block(cview(saved.grad_context), b * n_q, 0, n_q, qd), s,
+                            block(view(saved.grad_q), b * n_q, 0, n_q, qd), block(view(saved.grad_k), b * n_k, 0, n_k, kvd),
+                            block(view(saved.grad_v), b * n_k, 0, n_k, kvd), policy_grads..., saved.workspace, ctx);
+      };
+      if constexpr (ParametrizedAttention<Attn>) run(g.attention);
+      else run();
     }
     if constexpr (Rot::enabled) {
       if (self)

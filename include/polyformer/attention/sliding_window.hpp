@@ -23,6 +23,7 @@
 #include "polyformer/attention/window_cache.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -67,6 +68,8 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
     Matrix values;  // (n_k, d): the current head's values in the same order
     std::vector<char> is_global;  // by key position
     std::vector<Index> globals_in_keys;
+    std::vector<Index> head_tasks;                 // backward: where each head's tasks start
+    std::vector<detail::KeyGradients> key_grads;   // backward: one per thread
   };
 
   static constexpr bool supports_causal = true;
@@ -115,17 +118,9 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
   /// i + mask.causal_offset (0 outside cached decoding).
   void forward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                const AttentionMask& mask, MatrixView out, Workspace& ws, const Context& ctx) const {
-    if (opt_.dilation.size() != 1 && static_cast<Index>(opt_.dilation.size()) != s.n_heads)
-      throw config_error(detail::cat("SlidingWindow::forward: ", opt_.dilation.size(), " dilations for ", s.n_heads,
-                                     " heads, expected 1 or one per head"));
+    check_dilations("SlidingWindow::forward", s);
     const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
-    // Global flags by key position.
-    ws.is_global.assign(std::size_t(std::max(n_k, n_q + off)), 0);
-    ws.globals_in_keys.clear();
-    for (Index p : opt_.global_positions) {
-      if (p < static_cast<Index>(ws.is_global.size())) ws.is_global[std::size_t(p)] = 1;
-      if (p < n_k) ws.globals_in_keys.push_back(p);
-    }
+    mark_globals(n_q, n_k, off, ws);
     const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) *
                                        double(dh), n_q / std::max<Index>(opt_.query_block, 1) + 1);
     if (static_cast<int>(ws.work.size()) < t) ws.work.resize(std::size_t(t));
@@ -153,13 +148,8 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
           col += count;
         }
       }
-      // Tasks: (head, residue class, first query of the block within the class).
       ws.tasks.clear();
-      for (Index r = 0; r < D; ++r) {
-        const Index first = ((r - off) % D + D) % D;  // first query whose position is ≡ r
-        const Index count = first < n_q ? (n_q - 1 - first) / D + 1 : 0;
-        for (Index m0 = 0; m0 < count; m0 += opt_.query_block) ws.tasks.push_back({h, r, m0});
-      }
+      add_tasks(h, n_q, off, ws.tasks);
       parallel_for(static_cast<Index>(ws.tasks.size()), t, [&](Index task, int thread) {
         run_block(s, ws.tasks[std::size_t(task)], q, k, v, mask, out, ws, ws.work[std::size_t(thread)]);
       });
@@ -173,6 +163,60 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
       if (mask.additive) row_mask.additive = mask.additive + i * mask.additive_stride;
       dense_.forward(s, block(q, i, 0, 1, q.cols()), k, v, row_mask, block(out, i, 0, 1, out.cols()), ws.full, ctx);
     }
+  }
+
+  /// Nothing is kept: backward recomputes each block's softmax from the same q, k, v (a block holds its queries'
+  /// whole key sets) and each global query's row.
+  struct Saved : SavedForward {};
+
+  void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const {
+    forward(s, q, k, v, mask, out, ws, ctx);
+    saved.record();
+  }
+
+  /// The backward of forward_train: dq (n_q, heads·d), dk and dv (n_k, kv_heads·d) written from dout (n_q, heads·d),
+  /// given the same q, k, v, mask and the output `out`. A kv head's tasks (its query heads' blocks, then their global
+  /// query rows) add into per-thread key and value gradients. Uses `saved` once (saved.keep: again).
+  void backward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
+                MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const {
+    const char* func = "SlidingWindow::backward";
+    saved.require_held(func);
+    detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
+    check_dilations(func, s);
+    saved.take(func);
+    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
+    mark_globals(n_q, n_k, off, ws);
+    // Head by head, so kv head g's tasks are one run: the blocks, then one task per global query (residue −1).
+    ws.tasks.clear();
+    ws.head_tasks.assign(std::size_t(s.n_heads + 1), 0);
+    bool global_rows = false;
+    for (Index h = 0; h < s.n_heads; ++h) {
+      ws.head_tasks[std::size_t(h)] = Index(ws.tasks.size());
+      add_tasks(h, n_q, off, ws.tasks);
+      for (Index p : opt_.global_positions)
+        if (p - off >= 0 && p - off < n_q) ws.tasks.push_back({h, -1, p - off}), global_rows = true;
+    }
+    ws.head_tasks[std::size_t(s.n_heads)] = Index(ws.tasks.size());
+    const int t = threads_for(ctx, static_cast<double>(n_q) * double(s.n_heads) * double(2 * opt_.window + 1) * double(dh),
+                              Index(ws.tasks.size()));
+    if (static_cast<int>(ws.work.size()) < t) ws.work.resize(std::size_t(t));
+    const Index max_keys = std::min(n_k, opt_.query_block + 2 * opt_.window + 1) + Index(ws.globals_in_keys.size());
+    for (int i = 0; i < t; ++i) {
+      ws.work[std::size_t(i)].tile.reserve_backward(opt_.query_block, max_keys, dh);
+      if (global_rows) ws.work[std::size_t(i)].tile.reserve_backward(1, n_k, dh);
+    }
+    const Index group = s.n_heads / s.n_kv_heads;
+    const auto first_task = [&](Index g) { return ws.head_tasks[std::size_t(g * group)]; };
+    detail::backward_by_kv_head(
+        s, t, ws.key_grads, dk, dv, [&](Index g) { return first_task(g + 1) - first_task(g); },
+        [&](Index g, Index task_index, int thread, detail::KeyGradients& acc) {
+          const Task& task = ws.tasks[std::size_t(first_task(g) + task_index)];
+          Work& work = ws.work[std::size_t(thread)];
+          if (task.residue < 0) backward_global_row(s, task.head, task.m0, q, k, v, mask, out, dout, dq, acc, work.tile);
+          else backward_block(s, task, q, k, v, mask, out, dout, dq, acc, ws, work);
+        });
   }
 
   /// Decoding keeps the last w·max(D) positions only.
@@ -215,13 +259,103 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
     return static_cast<int>(std::min<Index>(effective_threads(ctx.threads), tasks));
   }
 
-  /// One block of queries of one residue class of one head; `ws` is read only (its prepared keys and values,
-  /// global flags), `work` is the thread's own.
-  void run_block(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
-                 const AttentionMask& mask, MatrixView out, const Workspace& ws, Work& work) const {
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-    const Index h = task.head, r = task.residue, g = s.kv_head(h), D = dilation(h), w = opt_.window;
-    const Index n_q = q.rows(), n_k = k.rows(), off = mask.causal_offset, dh = s.head_dim;
+  void check_dilations(const char* func, const AttentionShape& s) const {
+    if (opt_.dilation.size() != 1 && static_cast<Index>(opt_.dilation.size()) != s.n_heads)
+      throw config_error(detail::cat(func, ": ", opt_.dilation.size(), " dilations for ", s.n_heads,
+                                     " heads, expected 1 or one per head"));
+  }
+
+  /// The global flags by key position, and the global positions that are keys of this call.
+  void mark_globals(Index n_q, Index n_k, Index off, Workspace& ws) const {
+    ws.is_global.assign(std::size_t(std::max(n_k, n_q + off)), 0);
+    ws.globals_in_keys.clear();
+    for (Index p : opt_.global_positions) {
+      if (p < static_cast<Index>(ws.is_global.size())) ws.is_global[std::size_t(p)] = 1;
+      if (p < n_k) ws.globals_in_keys.push_back(p);
+    }
+  }
+
+  /// Head h's tasks: (head, residue class, first query of the block within the class).
+  void add_tasks(Index h, Index n_q, Index off, std::vector<Task>& tasks) const {
+    const Index D = dilation(h);
+    for (Index r = 0; r < D; ++r) {
+      const Index first = ((r - off) % D + D) % D;  // first query whose position is ≡ r
+      const Index count = first < n_q ? (n_q - 1 - first) / D + 1 : 0;
+      for (Index m0 = 0; m0 < count; m0 += opt_.query_block) tasks.push_back({h, r, m0});
+    }
+  }
+
+  /// The backward of one block: its rows' query gradients into dq (a global query's row is left to its own task,
+  /// which the forward recomputed densely), its keys' and values' into acc.
+  void backward_block(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                      const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, MatrixView dq,
+                      detail::KeyGradients& acc, const Workspace& ws, Work& work) const {
+    const Index dh = s.head_dim, n_k = k.rows(), off = mask.causal_offset;
+    const Block b = locate(s, task, q.rows(), n_k, mask, ws, work.extra);
+    detail::LocalTile& tile = work.tile;
+    const Index qs = q.outerStride();
+    tile.query_rows(b.nb) = ConstMatrixView(q.data() + b.i0 * qs + b.h * dh, b.nb, dh, Eigen::OuterStride<>(b.D * qs)) * s.scale;
+    gather_keys(b, dh, k, v, work.extra, tile);
+    MatrixView d_o = tile.dout_rows(b.nb);
+    for (Index t = 0; t < b.nb; ++t) {
+      const Index i = b.i0 + b.D * t;
+      if (ws.is_global[std::size_t(i + off)]) {  // its output came from its dense row
+        block(d_o, t, 0, 1, dh).setZero();
+        tile.deltas[std::size_t(t)] = 0.0f;
+        continue;
+      }
+      block(d_o, t, 0, 1, dh) = block(dout, i, b.h * dh, 1, dh);
+      tile.deltas[std::size_t(t)] = kernels::dot(dout.data() + i * dout.outerStride() + b.h * dh,
+                                                 out.data() + i * out.outerStride() + b.h * dh, std::size_t(dh));
+    }
+    const BandMask band_mask{b, mask, ws.is_global, work.extra, opt_.window, n_k, !ws.globals_in_keys.empty()};
+    tile.backward(b.nb, cview(tile.key_cols(b.n_cols)), cview(tile.value_rows(b.n_cols)), band_mask, tile.deltas.data());
+    for (Index t = 0; t < b.nb; ++t) {
+      const Index i = b.i0 + b.D * t;
+      if (ws.is_global[std::size_t(i + off)]) continue;
+      const float* g_q = tile.query_grad_row(t);
+      float* dst = dq.data() + i * dq.outerStride() + b.h * dh;
+      for (Index f = 0; f < dh; ++f) dst[f] = s.scale * g_q[f];
+    }
+    tile.add_key_grads(b.n_cols, [&](Index c) { return band_mask.key_of(c); }, acc.keys_t.data(), acc.values_t.data(), n_k);
+  }
+
+  /// The backward of global query i of head h, which sees every key its masks allow.
+  static void backward_global_row(const AttentionShape& s, Index h, Index i, ConstMatrixView q, ConstMatrixView k,
+                                  ConstMatrixView v, const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout,
+                                  MatrixView dq, detail::KeyGradients& acc, detail::LocalTile& tile) {
+    const Index dh = s.head_dim, n_k = k.rows(), g = s.kv_head(h);
+    tile.query_rows(1) = block(q, i, h * dh, 1, dh) * s.scale;
+    tile.key_cols(n_k) = block(k, 0, g * dh, n_k, dh).transpose();
+    tile.value_rows(n_k) = block(v, 0, g * dh, n_k, dh);
+    block(tile.dout_rows(1), 0, 0, 1, dh) = block(dout, i, h * dh, 1, dh);
+    tile.deltas[0] = kernels::dot(dout.data() + i * dout.outerStride() + h * dh, out.data() + i * out.outerStride() + h * dh,
+                                  std::size_t(dh));
+    tile.backward(1, cview(tile.key_cols(n_k)), cview(tile.value_rows(n_k)), [&](Index, float* row) {
+      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+      const Index end = mask.key_end(i, n_k);
+      std::fill(row + end, row + n_k, neg_inf);
+      for (Index j = 0; j < end; ++j) {
+        if (mask.key_padding && mask.key_padding[j] != 0.0f) row[j] = neg_inf;
+        else if (mask.additive) row[j] += mask.additive[i * mask.additive_stride + j];
+      }
+    }, tile.deltas.data());
+    const float* g_q = tile.query_grad_row(0);
+    float* dst = dq.data() + i * dq.outerStride() + h * dh;
+    for (Index f = 0; f < dh; ++f) dst[f] = s.scale * g_q[f];
+    tile.add_key_grads(n_k, [](Index c) { return c; }, acc.keys_t.data(), acc.values_t.data(), n_k);
+  }
+
+  /// Where one task's block lies: queries i0 + D·t (t < nb) of residue class r, whose key-class indices start at
+  /// mq0; the band of keys j0 + D·c (c < band), class indices lo..; then the global keys outside the band (the
+  /// thread's `extra`), tile columns band..n_cols.
+  struct Block {
+    Index h, g, D, r, i0, nb, mq0, lo, band, j0, n_cols;
+  };
+
+  Block locate(const AttentionShape& s, const Task& task, Index n_q, Index n_k, const AttentionMask& mask,
+               const Workspace& ws, std::vector<Index>& extra) const {
+    const Index off = mask.causal_offset, h = task.head, r = task.residue, D = dilation(h), w = opt_.window;
     const Index first = ((r - off) % D + D) % D;                  // query index of class member 0
     const Index count = (n_q - 1 - first) / D + 1;
     const Index nb = std::min(opt_.query_block, count - task.m0);
@@ -230,68 +364,91 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
     const Index mq0 = task.m0 + a;                                // key-class index of the block's first query
     const Index lo = std::clamp<Index>(mq0 - w, 0, keys_in_class);
     const Index hi = std::clamp<Index>(mask.causal ? mq0 + nb : mq0 + nb + w, lo, keys_in_class);
-    const Index band = hi - lo;
-    // Global keys outside the band become extra columns.
-    detail::LocalTile& tile = work.tile;
-    std::vector<Index>& extra = work.extra;
     extra.clear();
     for (Index j : ws.globals_in_keys)
       if (j % D != r || (j - r) / D < lo || (j - r) / D >= hi) extra.push_back(j);
-    const Index n_cols = band + static_cast<Index>(extra.size());
-    const Index qs = q.outerStride(), ks = k.outerStride(), vs = v.outerStride();
-    const Index i0 = first + D * task.m0;                          // the block's first query
-    tile.query_rows(nb) = ConstMatrixView(q.data() + i0 * qs + h * dh, nb, dh, Eigen::OuterStride<>(D * qs)) * s.scale;
-    MatrixView kt = tile.key_cols(gathered_cols(ws, n_cols));
-    MatrixView vr = tile.value_rows(gathered_cols(ws, n_cols));
-    const Index j0 = r + D * lo;
-    const bool gathered = !ws.globals_in_keys.empty();
-    if (gathered) {
-      block(kt, 0, 0, dh, band) = ConstMatrixView(k.data() + j0 * ks + g * dh, band, dh, Eigen::OuterStride<>(D * ks)).transpose();
-      block(vr, 0, 0, band, dh) = ConstMatrixView(v.data() + j0 * vs + g * dh, band, dh, Eigen::OuterStride<>(D * vs));
-      for (std::size_t e = 0; e < extra.size(); ++e) {
-        const Index j = extra[e], c = band + Index(e);
-        for (Index f = 0; f < dh; ++f) kt(f, c) = k(j, g * dh + f);
-        block(vr, c, 0, 1, dh) = block(v, j, g * dh, 1, dh);
-      }
+    return {h, s.kv_head(h), D, r, first + D * task.m0, nb, mq0, lo, hi - lo, r + D * lo,
+            hi - lo + static_cast<Index>(extra.size())};
+  }
+
+  /// Gathers a block's keys (transposed) and values, band then extra columns, into the tile.
+  static void gather_keys(const Block& b, Index dh, ConstMatrixView k, ConstMatrixView v, const std::vector<Index>& extra,
+                          detail::LocalTile& tile) {
+    MatrixView kt = tile.key_cols(b.n_cols), vr = tile.value_rows(b.n_cols);
+    const Index ks = k.outerStride(), vs = v.outerStride();
+    block(kt, 0, 0, dh, b.band) =
+        ConstMatrixView(k.data() + b.j0 * ks + b.g * dh, b.band, dh, Eigen::OuterStride<>(b.D * ks)).transpose();
+    block(vr, 0, 0, b.band, dh) = ConstMatrixView(v.data() + b.j0 * vs + b.g * dh, b.band, dh, Eigen::OuterStride<>(b.D * vs));
+    for (std::size_t e = 0; e < extra.size(); ++e) {
+      const Index j = extra[e], c = b.band + Index(e);
+      for (Index f = 0; f < dh; ++f) kt(f, c) = k(j, b.g * dh + f);
+      block(vr, c, 0, 1, dh) = block(v, j, b.g * dh, 1, dh);
     }
-    // Otherwise the prepared class-ordered copies: class r starts after the smaller classes.
-    Index start = 0;
-    for (Index r2 = 0; r2 < r; ++r2) start += r2 < n_k ? (n_k - 1 - r2) / D + 1 : 0;
-    const ConstMatrixView keys_in = gathered ? cview(kt)
-                                             : ConstMatrixView(ws.keys_t.data() + start + lo, dh, band,
-                                                               Eigen::OuterStride<>(ws.key_stride));
-    const ConstMatrixView values_in = gathered ? cview(vr) : block(cview(ws.values), start + lo, 0, band, dh);
-    const auto key_of = [&](Index c) { return c < band ? j0 + D * c : extra[std::size_t(c - band)]; };
-    const bool any_global = !ws.globals_in_keys.empty();
-    tile.attend(nb, keys_in, values_in, [&](Index row_index, float* row) {
-      const Index i = i0 + D * row_index, mq = mq0 + row_index;
+  }
+
+  /// The mask of a block's rows: the window, then (with global keys, padding or an additive mask) every column.
+  struct BandMask {
+    const Block& b;
+    const AttentionMask& mask;
+    const std::vector<char>& is_global;
+    const std::vector<Index>& extra;
+    Index w, n_k;
+    bool any_global;
+
+    std::pair<Index, Index> operator()(Index row_index, float* row) const {
+      constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+      const Index i = b.i0 + b.D * row_index, mq = b.mq0 + row_index;
       const Index key_end = mask.key_end(i, n_k);  // causal and n_valid_keys
       // Band columns: the window is columns [c_lo, c_hi); columns from c_end on are past key_end.
-      const Index c_end = key_end > j0 ? std::min(band, (key_end - j0 + D - 1) / D) : 0;
-      const Index c_lo = std::clamp<Index>(mq - w - lo, 0, c_end), c_hi = std::clamp<Index>(mq + w - lo + 1, c_lo, c_end);
+      const Index c_end = key_end > b.j0 ? std::min(b.band, (key_end - b.j0 + b.D - 1) / b.D) : 0;
+      const Index c_lo = std::clamp<Index>(mq - w - b.lo, 0, c_end), c_hi = std::clamp<Index>(mq + w - b.lo + 1, c_lo, c_end);
       if (!any_global && !mask.key_padding && !mask.additive)
-        return std::pair<Index, Index>(c_lo, c_hi);  // the window alone: the softmax runs over it only
+        return {c_lo, c_hi};  // the window alone: the softmax runs over it only
       if (!any_global) {
         std::fill(row, row + c_lo, neg_inf);
-        std::fill(row + c_hi, row + band, neg_inf);
+        std::fill(row + c_hi, row + b.band, neg_inf);
       } else {  // a global key is visible outside the window too
-        for (Index c = 0; c < band; ++c)
-          if ((c < c_lo || c >= c_hi) && (c >= c_end || !ws.is_global[std::size_t(j0 + D * c)])) row[c] = neg_inf;
+        for (Index c = 0; c < b.band; ++c)
+          if ((c < c_lo || c >= c_hi) && (c >= c_end || !is_global[std::size_t(b.j0 + b.D * c)])) row[c] = neg_inf;
       }
-      for (Index c = band; c < n_cols; ++c)
-        if (extra[std::size_t(c - band)] >= key_end) row[c] = neg_inf;
+      for (Index c = b.band; c < b.n_cols; ++c)
+        if (extra[std::size_t(c - b.band)] >= key_end) row[c] = neg_inf;
       if (mask.key_padding || mask.additive)
-        for (Index c = 0; c < n_cols; ++c) {
+        for (Index c = 0; c < b.n_cols; ++c) {
           if (row[c] == neg_inf) continue;
           const Index j = key_of(c);
           if (mask.key_padding && mask.key_padding[j] != 0.0f) row[c] = neg_inf;
           else if (mask.additive) row[c] += mask.additive[i * mask.additive_stride + j];
         }
-      return std::pair<Index, Index>(0, n_cols);
-    });
-    for (Index t = 0; t < nb; ++t) {
+      return {0, b.n_cols};
+    }
+    Index key_of(Index c) const { return c < b.band ? b.j0 + b.D * c : extra[std::size_t(c - b.band)]; }
+  };
+
+  /// One block of queries of one residue class of one head; `ws` is read only (its prepared keys and values,
+  /// global flags), `work` is the thread's own.
+  void run_block(const AttentionShape& s, const Task& task, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                 const AttentionMask& mask, MatrixView out, const Workspace& ws, Work& work) const {
+    const Index dh = s.head_dim;
+    const Block b = locate(s, task, q.rows(), k.rows(), mask, ws, work.extra);
+    detail::LocalTile& tile = work.tile;
+    const Index qs = q.outerStride();
+    tile.query_rows(b.nb) = ConstMatrixView(q.data() + b.i0 * qs + b.h * dh, b.nb, dh, Eigen::OuterStride<>(b.D * qs)) * s.scale;
+    const bool gathered = !ws.globals_in_keys.empty();
+    if (gathered) gather_keys(b, dh, k, v, work.extra, tile);
+    // Otherwise the prepared class-ordered copies: class r starts after the smaller classes.
+    const Index n_k = k.rows();
+    Index start = 0;
+    for (Index r2 = 0; r2 < b.r; ++r2) start += r2 < n_k ? (n_k - 1 - r2) / b.D + 1 : 0;
+    const ConstMatrixView keys_in = gathered ? cview(tile.key_cols(b.n_cols))
+                                             : ConstMatrixView(ws.keys_t.data() + start + b.lo, dh, b.band,
+                                                               Eigen::OuterStride<>(ws.key_stride));
+    const ConstMatrixView values_in =
+        gathered ? cview(tile.value_rows(b.n_cols)) : block(cview(ws.values), start + b.lo, 0, b.band, dh);
+    tile.attend(b.nb, keys_in, values_in, BandMask{b, mask, ws.is_global, work.extra, opt_.window, n_k, gathered});
+    for (Index t = 0; t < b.nb; ++t) {
       const float* src = tile.out_row(t);
-      std::copy(src, src + dh, out.data() + (i0 + D * t) * out.outerStride() + h * dh);
+      std::copy(src, src + dh, out.data() + (b.i0 + b.D * t) * out.outerStride() + b.h * dh);
     }
   }
 
@@ -304,6 +461,6 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
   FullAttention dense_;  // a global query's row
 };
 
-static_assert(SpelledAttention<SlidingWindow> && IncrementalAttention<SlidingWindow>);
+static_assert(SpelledAttention<SlidingWindow> && IncrementalAttention<SlidingWindow> && TrainableAttention<SlidingWindow>);
 
 }  // namespace polyformer

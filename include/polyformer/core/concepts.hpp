@@ -132,6 +132,18 @@ concept TrainableAttention = AttentionPolicy<P> && std::default_initializable<ty
   p.backward(shape, q, k, v, mask, q, q, saved, out, out, out, ws, ctx);
 };
 
+/// A trainable attention policy with weights of its own (Linformer's E and F): make_gradients() and
+/// gradients(list, prefix, g) as TrainableLinear's, and a backward that also adds their gradients into g.
+template <typename P>
+concept ParametrizedAttention = TrainableAttention<P> &&
+    requires(const P& p, const AttentionShape& shape, ConstMatrixView q, const AttentionMask& mask, MatrixView out,
+             typename P::Saved& saved, typename P::Gradients& g, GradientList& list, const std::string& prefix,
+             typename P::Workspace& ws, const Context& ctx) {
+  { p.make_gradients() } -> std::same_as<typename P::Gradients>;
+  p.gradients(list, prefix, g);
+  p.backward(shape, q, q, q, mask, q, q, saved, out, out, out, g, ws, ctx);
+};
+
 /// An attention policy that can decode incrementally: it makes the per-sequence state it keeps (`State`: a
 /// KV cache, a window of recent keys, or recurrent sums) with make_state(capacity, kv_heads, head_dim), and
 /// `forward_cached` appends new positions' keys and values (n_new, kv_heads·d) to it while its queries

@@ -21,12 +21,24 @@
 /// Load-balancing auxiliary loss (Switch Transformer eq. 4, generalized from 1 to k choices):
 ///     aux = E · Σ_i f_i · P_i,   f_i = #{(t, c) : e(t, c) = i} / (n · k),   P_i = (1/n) · Σ_t p(t, i),
 /// f_i counted over all n·k choices before capacity drops. Uniform routing (f_i = P_i = 1/E) gives 1; the
-/// training loop scales it (Switch uses 0.01) and adds it to the loss. After a forward, the caller's
-/// Workspace holds it as ws.aux_loss.
+/// training loop scales it by MoEOptions::load_balance_weight (Switch uses 0.01) and adds it to the loss. After a
+/// forward, the caller's Workspace holds it as ws.aux_loss; after a training forward, its Saved as saved.aux_loss.
 ///
-/// Backward-pass data, in the Workspace after a forward: its router probabilities, choices, gates, gathered
-/// rows, hidden activations and expert outputs (as FeedForward, the activated hidden state, not the
-/// pre-activation).
+/// After a forward the caller's Workspace holds its router probabilities, choices, gates, gathered rows, hidden
+/// activations and expert outputs (as FeedForward, the activated hidden state, not the pre-activation), for
+/// inspection.
+///
+/// Training: forward_train computes the same y and keeps in a Saved the routing and, for every busy expert, its
+/// FeedForward::Saved over its gathered rows. backward takes dy (n, d) to
+/// - the experts: expert e(t, c) gets w(t, c) · dy(t) on the row of every accepted pair (dropped pairs send it
+///   nothing), and its input gradients are summed back into dx(t);
+/// - the gates: ∂L/∂w(t, c) = dy(t) · FFN_e(t,c)(x(t)) for accepted pairs, 0 for dropped ones; with renormalize,
+///   through w = p / S (S = Σ_c p(t, e(t, c)), dropped choices included, as the forward does not renormalize
+///   after drops): ∂L/∂p(t, e(t, j)) = (∂L/∂w(t, j) − Σ_c ∂L/∂w(t, c) · w(t, c)) / S;
+/// - the auxiliary loss, scaled by MoEOptions::load_balance_weight λ: ∂(λ·aux)/∂p(t, i) = λ · E · f_i / n (the
+///   counts f_i are piecewise constant in the parameters and contribute nothing);
+/// - the router: through the softmax, ∂L/∂logit(t, i) = p(t, i) · (∂L/∂p(t, i) − Σ_j p(t, j) · ∂L/∂p(t, j)),
+///   then the router Dense's backward, whose dx adds to the experts'.
 ///
 /// Execution, grouped by expert: the rows routed to expert e are gathered into one contiguous block
 /// (count_e, d) of a shared buffer (experts' blocks back to back), each expert runs one product per
@@ -38,16 +50,20 @@
 /// a steady state allocates nothing.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/kernels/softmax.hpp"
@@ -63,6 +79,10 @@ struct MoEOptions {
   bool renormalize = true;
   /// Capacity per expert ceil(capacity_factor · n_tokens · k / n_experts); <= 0 (or +inf) means unlimited.
   double capacity_factor = 0.0;
+  /// The weight λ of the load-balancing loss in training (Switch uses 0.01): the backward adds
+  /// load_balance_weight · ∂aux/∂θ; the training loop adds load_balance_weight · aux (Saved::aux_loss) to its loss.
+  /// 0 leaves the router trained by the gates alone. Finite and >= 0.
+  double load_balance_weight = 0.0;
 };
 
 namespace detail {
@@ -93,8 +113,8 @@ class MixtureOfExperts {
   using activation_type = Act;
   static constexpr bool gated = Act::gated;
 
-  /// One caller's scratch. After a forward it holds that forward's routing and expert rows, for inspection and
-  /// a backward pass; its buffers only grow, so reused across calls it allocates nothing once grown.
+  /// One caller's scratch. After a forward it holds that forward's routing and expert rows, for inspection; its
+  /// buffers only grow, so reused across calls it allocates nothing once grown.
   struct Workspace {
     // ---- The last forward. ----
 
@@ -177,6 +197,31 @@ class MixtureOfExperts {
     Matrix expert_out_;               // (≥ rows, d) experts' outputs before the gates
   };
 
+  /// What a training forward keeps for its backward (one per call in flight), and the backward's scratch.
+  struct Saved : SavedForward {
+    /// The forward's routing: router_probs, expert_of, gate, dropped, expert_counts, expert_requests,
+    /// expert_tokens, expert_input and expert_output as after forward(). Its hidden-state accessors
+    /// (expert_hidden, expert_gate_projection) have no columns here: each expert's own Saved holds those.
+    Workspace routing;
+    /// The forward's load-balancing loss aux (as routing.aux_loss); the training loop adds
+    /// options.load_balance_weight · aux_loss to its loss.
+    double aux_loss = 0.0;
+    /// The options the forward ran with; backward follows them (renormalize, load_balance_weight).
+    MoEOptions options{};
+    /// Each expert's training forward over its gathered rows (n_experts; only busy experts' hold a forward).
+    std::vector<typename expert_type::Saved> experts;
+    Matrix grad_rows;                ///< (rows, d): backward's scratch, w(t, c) · dy(t) on every accepted row
+    Matrix grad_inputs;              ///< (rows, d): backward's scratch, the experts' input gradients
+    Matrix grad_logits;              ///< (n, n_experts): backward's scratch, ∂L/∂(router logits)
+    std::vector<float> grad_gates;   ///< (n, k): backward's scratch, ∂L/∂w(t, c) (0 for dropped pairs)
+  };
+
+  /// The router's and every expert's gradients.
+  struct Gradients {
+    Dense::Gradients router{};
+    std::vector<typename expert_type::Gradients> experts{};  // (n_experts)
+  };
+
   MixtureOfExperts() = default;
 
   /// router: Dense d → n_experts (weight (n_experts, d), bias optional); experts: all d → hidden → d;
@@ -214,14 +259,37 @@ class MixtureOfExperts {
     for (std::size_t e = 0; e < experts_.size(); ++e)
       experts_[e].parameters(list, detail::cat(prefix, "experts.", e, "."), names);
   }
+  Gradients make_gradients() const requires TrainableLinear<Lin> {
+    Gradients g;
+    g.router = router_.make_gradients();
+    g.experts.reserve(experts_.size());
+    for (const expert_type& expert : experts_) g.experts.push_back(expert.make_gradients());
+    return g;
+  }
+  /// The gradients, named as parameters() names the tensors ("router.*", "experts.<e>.<name>*").
+  void gradients(GradientList& list, const std::string& prefix, Gradients& g, const FFNNames& names = {}) const
+    requires TrainableLinear<Lin>
+  {
+    if (g.experts.size() != experts_.size())
+      throw shape_error(detail::cat("MixtureOfExperts::gradients: g holds gradients for ", g.experts.size(),
+                                    " experts, expected ", experts_.size()));
+    router_.gradients(list, prefix + "router.", g.router);
+    for (std::size_t e = 0; e < experts_.size(); ++e)
+      experts_[e].gradients(list, detail::cat(prefix, "experts.", e, "."), g.experts[e], names);
+  }
+
   Index hidden_dim() const noexcept { return experts_.empty() ? 0 : experts_[0].hidden_dim(); }
   Index n_experts() const noexcept { return static_cast<Index>(experts_.size()); }
   int top_k() const noexcept { return top_k_; }
   const MoEOptions& options() const noexcept { return options_; }
-  /// Replaces the options (for the next forward); throws config_error on a NaN capacity factor.
+  /// Replaces the options (for the next forward); throws config_error on a NaN capacity factor or a load-balance
+  /// weight that is negative or not finite.
   void set_options(MoEOptions options) {
     if (std::isnan(options.capacity_factor))
       throw config_error("MixtureOfExperts: options.capacity_factor is nan, expected a number (<= 0 for unlimited)");
+    if (!std::isfinite(options.load_balance_weight) || options.load_balance_weight < 0.0)
+      throw config_error(detail::cat("MixtureOfExperts: options.load_balance_weight is ", options.load_balance_weight,
+                                     ", expected a finite number >= 0"));
     options_ = options;
   }
 
@@ -253,7 +321,10 @@ class MixtureOfExperts {
     ws.top_k_ = top_k_;
     route(x, ws, ctx);
     assign(ws);
-    run_experts(x, ws, ctx);
+    const Index rows = ws.offsets_.back(), h = hidden_dim();
+    detail::grow_rows(ws.hidden_, rows, h);
+    if constexpr (gated) detail::grow_rows(ws.gate_hidden_, rows, h);
+    for_busy_experts(ws, ctx, [&](Index e, const Context& c) { run_expert(e, x, ws, c); });
     combine(y, ws, ctx);
   }
 
@@ -276,7 +347,151 @@ class MixtureOfExperts {
     return forward(x, ws, ctx);
   }
 
+  /// forward() for training: the same y (n, d) from x (n, d), keeping in `saved` what backward() needs — the
+  /// routing (saved.routing), the aux loss (saved.aux_loss), the options, and every busy expert's FeedForward::Saved
+  /// over its gathered rows. y must not alias x.
+  void forward_train(ConstMatrixView x, MatrixView y, Saved& saved, const Context& ctx) const
+    requires TrainableLinear<Lin>
+  {
+    const char* func = "MixtureOfExperts::forward_train";
+    if (experts_.empty())
+      throw config_error(detail::cat(func, ": no experts (default-constructed), expected at least 1"));
+    check_cols(x, dim(), func, "x");
+    check_shape(y, x.rows(), dim(), func, "y");
+    ctx.validate(func);
+    Workspace& ws = saved.routing;
+    ws.tokens = x.rows();
+    ws.top_k_ = top_k_;
+    route(x, ws, ctx);
+    assign(ws);
+    saved.experts.resize(experts_.size());
+    for_busy_experts(ws, ctx, [&](Index e, const Context& c) {
+      gather(e, x, ws);
+      const auto u = static_cast<std::size_t>(e);
+      experts_[u].forward_train(ws.expert_block(ws.gathered_, e), expert_rows(ws.expert_out_, ws, e),
+                                saved.experts[u], c);
+    });
+    combine(y, ws, ctx);
+    saved.aux_loss = ws.aux_loss;
+    saved.options = options_;
+    saved.record();
+  }
+
+  /// The backward of forward_train(x) for the loss L with ∂L/∂y = dy (n, d), plus the forward's
+  /// options.load_balance_weight · aux: adds the router's and the experts' gradients into g (frozen ones skipped;
+  /// an expert gets gradients only from its accepted rows) and writes (or, with accumulate_dx, adds) dx (n, d); a
+  /// dx of no columns skips it. dx must not alias x or dy. Uses `saved` once (saved.keep: again).
+  void backward(ConstMatrixView x, ConstMatrixView dy, MatrixView dx, Gradients& g, Saved& saved, const Context& ctx,
+                bool accumulate_dx = false) const
+    requires TrainableLinear<Lin>
+  {
+    const char* func = "MixtureOfExperts::backward";
+    saved.require_held(func);
+    Workspace& ws = saved.routing;
+    const Index n = ws.tokens, d = dim(), n_exp = n_experts();
+    const int k = top_k_;
+    check_shape(x, n, d, func, "x");
+    check_shape(dy, n, d, func, "dy");
+    if (dx.cols() != 0) check_shape(dx, n, d, func, "dx");
+    ctx.validate(func);
+    if (ws.top_k_ != k || static_cast<Index>(ws.counts_.size()) != n_exp ||
+        saved.experts.size() != experts_.size())
+      throw config_error(detail::cat(func, ": the saved forward routed over ", ws.counts_.size(), " experts with k = ",
+                                     ws.top_k_, ", expected ", n_exp, " experts with k = ", k,
+                                     " (a forward of another MixtureOfExperts?)"));
+    if (g.experts.size() != experts_.size())
+      throw shape_error(detail::cat(func, ": g holds gradients for ", g.experts.size(), " experts, expected ",
+                                    experts_.size()));
+    detail::check_gradient(func, "router.weight", g.router.weight, n_exp, d);
+    detail::check_gradient(func, "router.bias", g.router.bias, n_exp);
+    if (detail::live(g.router.bias) && !router_.has_bias())
+      throw shape_error(detail::cat(func, ": a router.bias gradient was given for a router without a bias"));
+    saved.take(func);
+
+    const Index rows = ws.offsets_.back();
+    ensure_shape(saved.grad_rows, rows, d);
+    ensure_shape(saved.grad_logits, n, n_exp);
+    saved.grad_gates.resize(static_cast<std::size_t>(n * k));
+    const bool renormalize = saved.options.renormalize;
+    // ∂(λ·aux)/∂p(t, i) = λ · E · f_i / n, the same for every token.
+    const double aux_scale = n > 0 ? saved.options.load_balance_weight * static_cast<double>(n_exp) /
+                                         (static_cast<double>(n) * static_cast<double>(n * k))
+                                   : 0.0;
+    // Per token: the experts' output gradients on its accepted rows, its gates' gradients, then through the
+    // renormalization and the softmax to its router logits. Every token writes its own rows only.
+    parallel_chunks(n, n * k * d >= (1 << 16) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
+      for (Index t = t0; t < t1; ++t) {
+        const auto dyt = dy.row(t);                        // (d)
+        const float* p = ws.probs_.data() + t * n_exp;     // (E)
+        float* dz = saved.grad_logits.data() + t * n_exp;  // (E): ∂L/∂p, then ∂L/∂logit
+        for (Index e = 0; e < n_exp; ++e)
+          dz[e] = static_cast<float>(aux_scale * static_cast<double>(ws.requests_[static_cast<std::size_t>(e)]));
+        const std::size_t first = static_cast<std::size_t>(t * k);
+        float* dw = saved.grad_gates.data() + first;  // (k): ∂L/∂w(t, c)
+        float dw_dot_w = 0.0f, sum = 0.0f;             // Σ_c ∂L/∂w(t, c) · w(t, c); S = Σ_c p(t, e(t, c))
+        for (int c = 0; c < k; ++c) {
+          const std::size_t i = first + static_cast<std::size_t>(c);
+          const Index row = ws.rows_[i];
+          dw[c] = 0.0f;
+          if (row >= 0) {
+            saved.grad_rows.row(row) = ws.gates_[i] * dyt;
+            dw[c] = dyt.dot(ws.expert_out_.row(row));
+          }
+          dw_dot_w += dw[c] * ws.gates_[i];
+          sum += p[ws.choice_[i]];
+        }
+        if (renormalize) {
+          const float inv_sum = 1.0f / sum;
+          for (int c = 0; c < k; ++c)
+            dz[ws.choice_[first + static_cast<std::size_t>(c)]] += (dw[c] - dw_dot_w) * inv_sum;
+        } else {
+          for (int c = 0; c < k; ++c) dz[ws.choice_[first + static_cast<std::size_t>(c)]] += dw[c];
+        }
+        float dot = 0.0f;  // Σ_j p_j · ∂L/∂p_j
+        for (Index e = 0; e < n_exp; ++e) dot += p[e] * dz[e];
+        for (Index e = 0; e < n_exp; ++e) dz[e] = p[e] * (dz[e] - dot);
+      }
+    });
+    const ConstMatrixView grad_logits = cview(saved.grad_logits);  // (n, E)
+    router_.backward(x, grad_logits, dx, g.router, ctx, accumulate_dx);
+
+    // The experts over their blocks: weight gradients from their accepted rows, input gradients into grad_inputs.
+    const bool want_dx = dx.cols() != 0;
+    if (want_dx) ensure_shape(saved.grad_inputs, rows, d);
+    for_busy_experts(ws, ctx, [&](Index e, const Context& c) {
+      const auto u = static_cast<std::size_t>(e);
+      saved.experts[u].keep = saved.keep;
+      const MatrixView grad_in = want_dx ? expert_rows(saved.grad_inputs, ws, e)
+                                         : MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1));  // (count_e, d)
+      experts_[u].backward(ws.expert_block(ws.gathered_, e), ws.expert_block(saved.grad_rows, e), grad_in,
+                           g.experts[u], saved.experts[u], c);
+    });
+    if (!want_dx) return;
+    // dx(t) += the input gradients of t's accepted rows.
+    parallel_chunks(n, n * k * d >= (1 << 16) ? ctx.threads : 1, [&](Index t0, Index t1, int) {
+      for (Index t = t0; t < t1; ++t)
+        for (int c = 0; c < k; ++c) {
+          const Index row = ws.rows_[static_cast<std::size_t>(t * k + c)];
+          if (row >= 0) dx.row(t) += saved.grad_inputs.row(row);
+        }
+    });
+  }
+
  private:
+  /// Expert e's block (count_e, cols) of a buffer of all experts' rows back to back.
+  static MatrixView expert_rows(Matrix& m, const Workspace& ws, Index e) {
+    const Index cols = m.cols();
+    return MatrixView(m.data() + ws.expert_offset(e) * cols, ws.count(e), cols, Eigen::OuterStride<>(cols));
+  }
+
+  /// Copies the rows of x routed to expert e into its block of the gathered buffer.
+  static void gather(Index e, ConstMatrixView x, Workspace& ws) {
+    const Index m = ws.count(e), r0 = ws.expert_offset(e), d = ws.gathered_.cols();
+    for (Index r = r0; r < r0 + m; ++r)
+      std::memcpy(ws.gathered_.data() + r * d, x.data() + ws.row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
+                  static_cast<std::size_t>(d) * sizeof(float));
+  }
+
   /// Router probabilities, top-k choices and gates of every token; the request counts and the aux loss.
   void route(ConstMatrixView x, Workspace& ws, const Context& ctx) const {
     const Index n = ws.tokens, n_exp = n_experts();
@@ -354,15 +569,16 @@ class MixtureOfExperts {
         row += ws.expert_offset(ws.choice_[ws.at(t, c)]);
         ws.row_token_[static_cast<std::size_t>(row)] = t;
       }
-    const Index d = dim(), h = hidden_dim();
+    const Index d = dim();
     detail::grow_rows(ws.gathered_, total, d);
-    detail::grow_rows(ws.hidden_, total, h);
-    if constexpr (gated) detail::grow_rows(ws.gate_hidden_, total, h);
     detail::grow_rows(ws.expert_out_, total, d);
   }
 
-  /// Every busy expert: in parallel one per thread (largest first), or one after another on all threads.
-  void run_experts(ConstMatrixView x, Workspace& ws, const Context& ctx) const {
+  /// f(e, ctx_e) for every busy expert e: in parallel one per thread (largest first, ctx_e of one thread), or one
+  /// after another on all threads (ctx_e = ctx). In parallel, the first exception f throws is rethrown here once
+  /// every expert has run (the pool's threads must not throw).
+  template <typename F>
+  void for_busy_experts(Workspace& ws, const Context& ctx, F&& f) const {
     const Index n_exp = n_experts();
     const int threads = ctx.threads;
     Index busy = 0;
@@ -373,11 +589,18 @@ class MixtureOfExperts {
     });
     if (threads > 1 && busy >= threads && balanced(busy, threads, ws)) {
       const Context one{1};
+      std::exception_ptr failure;
+      std::atomic<bool> failed{false};
       parallel_for(busy, threads, [&](Index i, int) {
-        run_expert(ws.order_[static_cast<std::size_t>(i)], x, ws, one);
+        try {
+          f(ws.order_[static_cast<std::size_t>(i)], one);
+        } catch (...) {
+          if (!failed.exchange(true)) failure = std::current_exception();
+        }
       });
+      if (failure) std::rethrow_exception(failure);
     } else {
-      for (Index i = 0; i < busy; ++i) run_expert(ws.order_[static_cast<std::size_t>(i)], x, ws, ctx);
+      for (Index i = 0; i < busy; ++i) f(ws.order_[static_cast<std::size_t>(i)], ctx);
     }
   }
 
@@ -396,13 +619,10 @@ class MixtureOfExperts {
 
   /// Expert e over its block: gather its rows of x, then FeedForward's formula, one product per projection.
   /// (Not expert.forward: a FeedForward::Workspace is sized to exactly the rows it gets, which change with every
-  /// routing, and would reallocate; the blocks here live in grow-only buffers, and stay for a backward pass.)
+  /// routing, and would reallocate; the blocks here live in grow-only buffers.)
   void run_expert(Index e, ConstMatrixView x, Workspace& ws, const Context& ctx) const {
     const Index m = ws.count(e), r0 = ws.expert_offset(e), d = dim(), h = hidden_dim();
-    const auto span_d = static_cast<std::size_t>(d);
-    for (Index r = r0; r < r0 + m; ++r)
-      std::memcpy(ws.gathered_.data() + r * d, x.data() + ws.row_token_[static_cast<std::size_t>(r)] * x.outerStride(),
-                  span_d * sizeof(float));
+    gather(e, x, ws);
     const ConstMatrixView in(ws.gathered_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));       // (m, d)
     const MatrixView hidden(ws.hidden_.data() + r0 * h, m, h, Eigen::OuterStride<>(h));          // (m, hidden)
     const MatrixView out(ws.expert_out_.data() + r0 * d, m, d, Eigen::OuterStride<>(d));         // (m, d)
@@ -440,5 +660,7 @@ class MixtureOfExperts {
 };
 
 static_assert(FeedForwardPolicy<MixtureOfExperts<Dense, ReLU>> && FeedForwardPolicy<MixtureOfExperts<Dense, SwiGLU>>);
+static_assert(TrainableFeedForward<MixtureOfExperts<Dense, ReLU>> &&
+              TrainableFeedForward<MixtureOfExperts<Dense, SwiGLU>>);
 
 }  // namespace polyformer

@@ -125,6 +125,48 @@ void BM_policy(benchmark::State& state) {
   state.SetLabel(policy.spelling());
 }
 
+// The same with a training step: forward_train + backward (a ParametrizedAttention's weights trainable too),
+// BM_policy_train/<name> at n = 4096, for the table's backward column.
+template <typename Policy>
+void BM_policy_train(benchmark::State& state) {
+  const pf::Index n = state.range(0), width = n_heads * head_dim;
+  const pf::Context ctx{static_cast<int>(state.range(1))};
+  pf::AttentionShape shape{n_heads, n_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
+  const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
+  const pf::Matrix dout = pf::Matrix::Random(n, width);
+  pf::Matrix out(n, width), dq(n, width), dk(n, width), dv(n, width);
+  pf::AttentionOptions options;
+  options.set("n_max", n);
+  const Policy policy = pf::parse_attention_as<Policy>(Policy::example_spelling, options);
+  const bench::PeakMemory memory;
+  typename Policy::Workspace ws;
+  typename Policy::Saved saved;
+  const pf::AttentionMask mask;
+  auto grads = [&] {
+    if constexpr (pf::ParametrizedAttention<Policy>) return policy.make_gradients();
+    else return 0;
+  }();
+  const auto step = [&] {
+    policy.forward_train(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), saved, ws, ctx);
+    if constexpr (pf::ParametrizedAttention<Policy>)
+      policy.backward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::cview(out), pf::cview(dout), saved,
+                      pf::view(dq), pf::view(dk), pf::view(dv), grads, ws, ctx);
+    else
+      policy.backward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::cview(out), pf::cview(dout), saved,
+                      pf::view(dq), pf::view(dk), pf::view(dv), ws, ctx);
+  };
+  step();  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(dq.data());
+    benchmark::ClobberMemory();
+  }
+  clock.report(state, 0.0);
+  memory.report(state);
+  state.SetLabel(policy.spelling());
+}
+
 void policy_sizes(benchmark::internal::Benchmark* b, pf::Index max_n) {
   b->ArgNames({"n", "threads"});
   for (pf::Index n = 1024; n <= max_n; n *= 2) b->Args({n, 1});
@@ -141,11 +183,14 @@ BENCHMARK(BM_attention_train)->Apply(small_sizes);
 BENCHMARK(BM_attention_train)->Apply(large_sizes);
 
 namespace {
-/// BM_policy/<name> for every policy of the registry; exact attention to n = 4096 only (larger n: BM_attention).
+/// BM_policy/<name> for every policy of the registry, exact attention to n = 4096 only (larger n: BM_attention);
+/// BM_policy_train/<name> at n = 4096.
 const bool policies_registered = [] {
   pf::for_each_attention_policy([]<typename P>(std::type_identity<P>) {
     benchmark::RegisterBenchmark((std::string("BM_policy/") + P::name).c_str(), BM_policy<P>)
         ->Apply(std::is_same_v<P, pf::FullAttention> ? full_sizes : efficient_sizes);
+    benchmark::RegisterBenchmark((std::string("BM_policy_train/") + P::name).c_str(), BM_policy_train<P>)
+        ->ArgNames({"n", "threads"})->Args({4096, 1})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(0.3);
   });
   return true;
 }();

@@ -153,6 +153,13 @@ class Linformer : public PerCallWorkspace<Linformer> {
     if (f_) list.add_matrix(prefix + "F", g.f, f_->rows(), f_->cols());
   }
 
+  /// Throws shape_error naming `func` unless g's live buffers are shaped as E and F.
+  void check_gradients(const char* func, const Gradients& g) const {
+    if (!e_) return;
+    detail::check_gradient(func, "E", g.e, e_->rows(), e_->cols());
+    detail::check_gradient(func, "F", g.f, f_->rows(), f_->cols());
+  }
+
   void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
                      const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const {
     const AttentionShape projected =
@@ -179,10 +186,7 @@ class Linformer : public PerCallWorkspace<Linformer> {
     const char* func = "Linformer::backward";
     saved.require_held(func);
     detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
-    if (e_) {
-      detail::check_gradient(func, "E", g.e, e_->rows(), e_->cols());
-      detail::check_gradient(func, "F", g.f, f_->rows(), f_->cols());
-    }
+    check_gradients(func, g);
     const AttentionShape projected = check_call(func, s, k, mask);
     const Index n_k = k.rows(), dh = s.head_dim, out_heads = projected.n_kv_heads;
     check_shape(saved.proj_k, k_, out_heads * dh, func, "the saved projected keys");
@@ -199,8 +203,8 @@ class Linformer : public PerCallWorkspace<Linformer> {
     dk.setZero();
     dv.setZero();
     if (static_cast<int>(ws.grad_inputs_t.size()) < 2) ws.grad_inputs_t.resize(2);
-    // One matrix for keys and values (key_value_shared): both parts are summed apart, then added to both buffers.
-    const bool one_matrix = e_ == f_ && detail::live(g.e) && detail::live(g.f);
+    // One matrix for keys and values (key_value_shared): both parts are summed apart, then added to each live buffer.
+    const bool one_matrix = e_ == f_ && (detail::live(g.e) || detail::live(g.f));
     if (one_matrix) {
       ws.shared_grads.resize(2);
       for (Matrix& m : ws.shared_grads) m.setZero(e_->rows(), e_->cols());
@@ -227,8 +231,8 @@ class Linformer : public PerCallWorkspace<Linformer> {
     });
     if (one_matrix) {
       ws.shared_grads[0] += ws.shared_grads[1];
-      g.e += ws.shared_grads[0];
-      g.f += ws.shared_grads[0];
+      if (detail::live(g.e)) g.e += ws.shared_grads[0];
+      if (detail::live(g.f)) g.f += ws.shared_grads[0];
     }
     // Padded keys were zero rows before the projection: no gradient reaches them.
     const Index valid = std::min(n_k, mask.n_valid_keys);

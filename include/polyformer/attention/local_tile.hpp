@@ -140,6 +140,8 @@ struct LocalTile {
     MatrixView dvt(value_grads_t.data(), dh, n_k, Eigen::OuterStride<>(value_grads_t.cols()));
     if (n_k == 0 || n_q == 0) {
       dq.setZero();
+      dkt.setZero();
+      dvt.setZero();
       return;
     }
     MatrixView p = exp_scores(n_q, keys_t_in, std::forward<MaskRow>(mask_row));

@@ -148,11 +148,16 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
     saved.require_held(func);
     detail::check_attention_grads(func, s, q, k, v, out, dout, dq, dk, dv);
     const Index n = q.rows(), dh = s.head_dim, H = opt_.n_hashes, C = opt_.chunk;
-    if (n != k.rows() || static_cast<Index>(saved.order.size()) != s.n_heads * H * n || saved.lse.rows() != s.n_heads ||
+    if (n != k.rows())
+      throw shape_error(detail::cat(func, ": ", n, " queries and ", k.rows(),
+                                    " keys, expected equal (shared query-key attention is self-attention)"));
+    if (static_cast<Index>(saved.order.size()) != s.n_heads * H * n || saved.lse.rows() != s.n_heads ||
         saved.lse.cols() != n)
       throw shape_error(detail::cat(func, ": the saved forward ran ", saved.lse.cols(), " positions of ", saved.lse.rows(),
                                     " heads, expected ", n, " of ", s.n_heads));
     saved.take(func);
+    ws.n_ = n;  // the workspace may be fresh, or have served another call since the forward
+    ws.n_hashes_ = H;
     dk.setZero();
     dv.setZero();
     if (n == 0) return;

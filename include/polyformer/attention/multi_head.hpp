@@ -417,6 +417,7 @@ class MultiHeadAttention {
     check_shape(saved.k, kv_in.rows(), kvd, func, "the saved keys");
     if (static_cast<Index>(saved.attention.size()) != batch)
       throw shape_error(detail::cat(func, ": the saved forward ran ", saved.attention.size(), " sequences, expected ", batch));
+    if constexpr (ParametrizedAttention<Attn>) attention_.check_gradients(func, g.attention);
     saved.take(func);
     ensure_shape(saved.grad_context, x.rows(), qd);
     ensure_shape(saved.grad_q, x.rows(), qd);

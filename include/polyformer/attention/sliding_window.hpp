@@ -1,7 +1,8 @@
 #pragma once
 /// \file Sliding-window attention with dilation and global tokens (Longformer; Beltagy et al. 2020, §3.1):
 /// query i sees keys j = i + D·t for |t| ≤ w (t ≤ 0 when causal), D the head's dilation; global positions
-/// see every key and are seen by every query. Banded: O(n·w·d) time and O(w·d) memory per thread.
+/// see every key and are seen by every query. Banded: O(n·w·d) time and O(w·d) memory per thread (the
+/// backward of a global query's row, which sees every key, takes O(n) per thread).
 ///
 /// How it is computed: the positions ≡ r (mod D) form a plain undilated sequence, and a query of that class
 /// sees only keys of the same class, so each head runs every residue class as a strided sub-sequence. A
@@ -452,10 +453,6 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
     }
   }
 
-  /// Columns a tile gathers itself (none when the prepared copies are read in place).
-  static Index gathered_cols(const Workspace& ws, Index n_cols) noexcept {
-    return ws.globals_in_keys.empty() ? 0 : n_cols;
-  }
 
   SlidingWindowOptions opt_{};
   FullAttention dense_;  // a global query's row

@@ -133,7 +133,8 @@ concept TrainableAttention = AttentionPolicy<P> && std::default_initializable<ty
 };
 
 /// A trainable attention policy with weights of its own (Linformer's E and F): make_gradients() and
-/// gradients(list, prefix, g) as TrainableLinear's, and a backward that also adds their gradients into g.
+/// gradients(list, prefix, g) as TrainableLinear's, check_gradients(func, g) (throws unless g fits the weights), and
+/// a backward that also adds their gradients into g.
 template <typename P>
 concept ParametrizedAttention = TrainableAttention<P> &&
     requires(const P& p, const AttentionShape& shape, ConstMatrixView q, const AttentionMask& mask, MatrixView out,
@@ -141,6 +142,7 @@ concept ParametrizedAttention = TrainableAttention<P> &&
              typename P::Workspace& ws, const Context& ctx) {
   { p.make_gradients() } -> std::same_as<typename P::Gradients>;
   p.gradients(list, prefix, g);
+  p.check_gradients(prefix.c_str(), std::as_const(g));
   p.backward(shape, q, q, q, mask, q, q, saved, out, out, out, g, ws, ctx);
 };
 

@@ -57,7 +57,9 @@ void BM_attention_train(benchmark::State& state) {
   const pf::AttentionShape shape{n_heads, n_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
   const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
   const pf::Matrix dout = pf::Matrix::Random(n, width);
-  pf::Matrix out(n, width), dq(n, width), dk(n, width), dv(n, width);
+  // Written before the memory counter starts, so peak_MB counts the attention's own buffers.
+  pf::Matrix out = pf::Matrix::Zero(n, width), dq = pf::Matrix::Zero(n, width), dk = pf::Matrix::Zero(n, width);
+  pf::Matrix dv = pf::Matrix::Zero(n, width);
   const pf::AttentionMask mask{};
   const pf::FullAttention attention;
   pf::FullAttention::Workspace ws;
@@ -134,7 +136,9 @@ void BM_policy_train(benchmark::State& state) {
   pf::AttentionShape shape{n_heads, n_heads, head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim))};
   const pf::Matrix q = pf::Matrix::Random(n, width), k = pf::Matrix::Random(n, width), v = pf::Matrix::Random(n, width);
   const pf::Matrix dout = pf::Matrix::Random(n, width);
-  pf::Matrix out(n, width), dq(n, width), dk(n, width), dv(n, width);
+  // Written before the memory counter starts, so peak_MB counts the policy's own buffers, not first-touched outputs.
+  pf::Matrix out = pf::Matrix::Zero(n, width), dq = pf::Matrix::Zero(n, width), dk = pf::Matrix::Zero(n, width);
+  pf::Matrix dv = pf::Matrix::Zero(n, width);
   pf::AttentionOptions options;
   options.set("n_max", n);
   const Policy policy = pf::parse_attention_as<Policy>(Policy::example_spelling, options);

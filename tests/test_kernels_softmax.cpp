@@ -115,3 +115,21 @@ TEST_CASE("kernels/softmax: rows sum to 1", "[kernels][softmax]") {
   // Each p_i has relative error ≤ (2·(20 + 8) + n)·u (softmax_tol), so Σ p_i = 1 within that.
   CHECK(std::fabs(s - 1.0) <= (56.0 + static_cast<double>(n)) * kt::u);
 }
+
+TEST_CASE("kernels/softmax_backward: every instruction set equals the scalar twin and double", "[kernels][softmax]") {
+  for (k::Isa isa : kt::runnable_isas("softmax_backward"))
+    for (std::size_t n : kt::lengths()) {
+      CAPTURE(n);
+      const auto p = kt::random_vec(n, 0.0f, 1.0f, static_cast<std::uint32_t>(300 + n));
+      const auto dp = kt::random_vec(n, -2.0f, 2.0f, static_cast<std::uint32_t>(400 + n));
+      const float delta = 0.375f;
+      kt::Guarded ds(n, dp), ds_scalar(n, dp), pg(n, p);
+      k::softmax_backward(pg.data(), ds.data(), delta, n, isa);
+      k::softmax_backward_scalar(pg.data(), ds_scalar.data(), delta, n);
+      for (std::size_t i = 0; i < n; ++i) {
+        const double want = static_cast<double>(p[i]) * (static_cast<double>(dp[i]) - delta);
+        CHECK(ds[i] == ds_scalar[i]);  // one subtraction and one product, each rounded once
+        CHECK(std::fabs(ds[i] - want) <= 2.0 * kt::u * (std::fabs(want) + std::fabs(p[i] * delta)) + 1e-30);
+      }
+    }
+}

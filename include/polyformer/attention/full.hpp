@@ -26,6 +26,7 @@
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/softmax.hpp"
 #include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer {
@@ -196,12 +197,9 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
           kernels::gemm(cview(do_t), cview(p), kernels::Transpose::no, dvt, 1.0f, 1.0f, 1);  // dVᵀ += dOᵀ·P
           MatrixView ds = block(view(w.score_grads), 0, 0, rows, nk);
           kernels::gemm(dob, cview(vt), kernels::Transpose::no, ds, 1.0f, 0.0f, 1);  // dP = dO·Vᵀ
-          for (Index i = 0; i < rows; ++i) {  // dS = P ⊙ (dP − delta)
-            const float d = ws.delta(h, q0 + i);
-            float* dsr = ds.data() + i * ds.outerStride();
-            const float* pr = p.data() + i * p.outerStride();
-            for (Index j = 0; j < nk; ++j) dsr[j] = pr[j] * (dsr[j] - d);
-          }
+          for (Index i = 0; i < rows; ++i)  // dS = P ⊙ (dP − delta)
+            kernels::softmax_backward(p.data() + i * p.outerStride(), ds.data() + i * ds.outerStride(), ws.delta(h, q0 + i),
+                                      std::size_t(nk));
           kernels::gemm(cview(qs_t), cview(ds), kernels::Transpose::no, dkt, 1.0f, 1.0f, 1);  // dKᵀ += (scale·Q)ᵀ·dS
           kernels::gemm(cview(ds), kb, kernels::Transpose::no, block(dq_thread, q0, h * dh, rows, dh), s.scale, 1.0f,
                         1);  // dQ += scale·dS·K

@@ -18,6 +18,7 @@
 #include "polyformer/kernels/exp.hpp"
 #include "polyformer/kernels/gemm.hpp"
 #include "polyformer/kernels/reduce.hpp"
+#include "polyformer/kernels/softmax.hpp"
 #include "polyformer/kernels/transpose.hpp"
 
 namespace polyformer::detail {
@@ -160,12 +161,8 @@ struct LocalTile {
     MatrixView ds(score_grads.data(), n_q, n_k, Eigen::OuterStride<>(score_grads.cols()));
     kernels::gemm(cview(dot_), cview(p), kernels::Transpose::no, dvt, 1.0f, 0.0f, 1);          // dVᵀ = dOᵀ·P
     kernels::gemm(cview(d_o), values_in, kernels::Transpose::yes, ds, 1.0f, 0.0f, 1);          // dP = dO·Vᵀ
-    for (Index r = 0; r < n_q; ++r) {                                                          // dS = P ⊙ (dP − delta)
-      float* dsr = ds.data() + r * ds.outerStride();
-      const float* pr = p.data() + r * p.outerStride();
-      const float d = delta[r];
-      for (Index c = 0; c < n_k; ++c) dsr[c] = pr[c] * (dsr[c] - d);
-    }
+    for (Index r = 0; r < n_q; ++r)  // dS = P ⊙ (dP − delta)
+      kernels::softmax_backward(p.data() + r * p.outerStride(), ds.data() + r * ds.outerStride(), delta[r], std::size_t(n_k));
     kernels::gemm(cview(qt), cview(ds), kernels::Transpose::no, dkt, 1.0f, 0.0f, 1);           // dKᵀ = Qsᵀ·dS
     kernels::gemm(cview(ds), keys_t_in, kernels::Transpose::yes, dq, 1.0f, 0.0f, 1);           // dQs = dS·K
   }

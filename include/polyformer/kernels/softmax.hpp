@@ -48,4 +48,15 @@ inline void softmax(float* x, std::size_t n, const float* additive_mask = nullpt
   scale(x, 1.0f / sum, n, isa);
 }
 
+/// ds[i] = p[i]·(ds[i] − delta) over n entries (scalar twin): the gradient of a softmax row's inputs from its
+/// output gradient's dP = dO·Vᵀ in ds, its weights p and delta = Σ p·dP (= dO·O).
+inline void softmax_backward_scalar(const float* p, float* ds, float delta, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) ds[i] = p[i] * (ds[i] - delta);  // p, ds: (n)
+}
+
+/// ds[i] = p[i]·(ds[i] − delta) over n entries.
+inline void softmax_backward(const float* p, float* ds, float delta, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::softmax_backward(p, ds, delta, n); });
+}
+
 }  // namespace polyformer::kernels

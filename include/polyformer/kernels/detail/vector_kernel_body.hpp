@@ -228,6 +228,15 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
     if (i < n) V::store_partial(x + i, V::mul(V::load_partial(x + i, n - i), sb), n - i);
   }
 
+  /// ds[i] = p[i]·(ds[i] − delta): softmax's backward of one row from dP in ds, P in p.
+  POLYFORMER_VECTOR_TARGET static void softmax_backward(const float* p, float* ds, float delta, std::size_t n) noexcept {
+    constexpr std::size_t L = V::lanes;
+    const Acc d = V::broadcast_a(delta);
+    std::size_t i = 0;
+    for (; i + L <= n; i += L) V::store(ds + i, V::mul(V::load(p + i), V::sub(V::load(ds + i), d)));
+    if (i < n) V::store_partial(ds + i, V::mul(V::load_partial(p + i, n - i), V::sub(V::load_partial(ds + i, n - i), d)), n - i);
+  }
+
   /// y[i] += x[i]; x may equal y.
   POLYFORMER_VECTOR_TARGET static void add(const float* x, float* y, std::size_t n) noexcept {
     constexpr std::size_t L = V::lanes;

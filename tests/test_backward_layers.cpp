@@ -45,6 +45,33 @@ TEST_CASE("backward: Dense, with and without bias, 1 and 2 threads", "[backward]
       }
 }
 
+TEST_CASE("backward: Dense's dx follows its weight through set_weight, parameter writes and copies", "[backward]") {
+  const Index n = 9, in = 20, out = 17;
+  const Matrix x = pft::random_matrix(n, in, 1), dy = pft::random_matrix(n, out, 2);
+  const Matrix w1 = pft::random_matrix(out, in, 3, 0.3f), w2 = pft::random_matrix(out, in, 4, 0.3f);
+  const Matrix w3 = pft::random_matrix(out, in, 5, 0.3f);
+  pf::Dense layer(w1);
+  auto g = layer.make_gradients();
+  Matrix dx(n, in);
+  const auto check_dx = [&](const pf::Dense& l, const Matrix& w) {
+    l.backward(pf::cview(x), pf::cview(dy), pf::view(dx), g, pf::Context{2});
+    BWT_CHECK_GRAD(dx, oracle::linear_backward(f64(x), f64(w), VecD(), f64(dy)).dx);
+  };
+  check_dx(layer, w1);  // packs W for the backward
+  const pf::Dense copy = layer;
+  layer.set_weight(w2);
+  check_dx(layer, w2);
+  check_dx(copy, w1);
+  pf::ParameterList params;
+  layer.parameters(params, "");
+  params.find("weight")->write(w3.data());
+  check_dx(layer, w3);
+  pf::Dense assigned(w2);
+  check_dx(assigned, w2);
+  assigned = layer;
+  check_dx(assigned, w3);
+}
+
 TEST_CASE("backward: Dense gradients are named as its parameters, freeze by name, skip dx", "[backward]") {
   pf::Dense layer(pft::random_matrix(4, 3, 1), random_vector(4, 2));
   auto g = layer.make_gradients();

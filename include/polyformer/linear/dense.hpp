@@ -1,6 +1,8 @@
 #pragma once
 /// \file Dense linear policy: y = x·Wᵀ + b with W stored (out, in) as in torch.nn.Linear.
 
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -21,6 +23,41 @@ struct DenseBackwardScratch {
   Matrix weight_t;  // (in, out)
   Matrix dy_t;      // (out, n)
 };
+
+/// A layer's weight W (out, in) packed as the right-hand operand of its backward's dx = dy·W: made by the first
+/// backward after each change of the weight, then shared, read-only, by every thread's backward. Inference never
+/// makes one; a copied or moved layer starts without one.
+class BackwardPacking {
+ public:
+  BackwardPacking() = default;
+  BackwardPacking(const BackwardPacking&) noexcept {}
+  BackwardPacking(BackwardPacking&&) noexcept {}
+  BackwardPacking& operator=(const BackwardPacking&) noexcept {
+    reset();
+    return *this;
+  }
+  BackwardPacking& operator=(BackwardPacking&&) noexcept {
+    reset();
+    return *this;
+  }
+
+  /// Forgets the packing (the weight changed).
+  void reset() noexcept {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    packed_.reset();
+  }
+  /// The packing, made by make() (returning a kernels::PackedMatrix) when there is none.
+  template <typename Make>
+  std::shared_ptr<const kernels::PackedMatrix> get(Make&& make) const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (!packed_) packed_ = std::make_shared<const kernels::PackedMatrix>(make());
+    return packed_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::shared_ptr<const kernels::PackedMatrix> packed_;
+};
 inline DenseBackwardScratch& dense_backward_scratch() {
   thread_local DenseBackwardScratch scratch;
   return scratch;
@@ -29,7 +66,8 @@ inline DenseBackwardScratch& dense_backward_scratch() {
 
 /// Fully connected layer; weight (out, in) as in torch.nn.Linear, optional bias (out). The weight is stored
 /// once, packed for the GEMM micro-kernels (kernels/packed_gemm.hpp): weight() unpacks a copy, set_weight
-/// repacks, so it is never written in place.
+/// repacks, so it is never written in place. Training adds a second packing, W for the backward's dx = dy·W, made
+/// on the first backward after each change of the weight (twice the weight's memory once a layer trains).
 class Dense {
  public:
   static constexpr const char* name = "fp32";  ///< its name in the linear registry (linear/registry.hpp)
@@ -113,12 +151,16 @@ class Dense {
     if (n == 0) return;
     detail::DenseBackwardScratch& scratch = detail::dense_backward_scratch();
     if (dx.cols() != 0) {
-      // dx = dy · W = dy · (Wᵀ)ᵀ: Wᵀ (in, out) copied out of its panels row by row, then packed as the GEMM's
-      // transposed operand.
-      ensure_shape(scratch.weight_t, in_features(), out_features());
-      packed_.unpack(scratch.weight_t.data(), static_cast<std::size_t>(out_features()));
-      kernels::gemm(dy, cview(scratch.weight_t), kernels::Transpose::yes, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f,
-                    ctx.threads);
+      // dx = dy · W, W packed once per weight: Wᵀ (in, out) copied out of its panels row by row, then packed
+      // transposed.
+      const auto w = backward_packing_.get([&] {
+        ensure_shape(scratch.weight_t, in_features(), out_features());
+        packed_.unpack(scratch.weight_t.data(), static_cast<std::size_t>(out_features()));
+        return kernels::PackedMatrix::pack_transposed(scratch.weight_t.data(), static_cast<std::size_t>(in_features()),
+                                                      static_cast<std::size_t>(out_features()),
+                                                      static_cast<std::size_t>(out_features()));
+      });
+      kernels::gemm(dy, *w, dx, nullptr, accumulate_dx, ctx.threads);
     }
     if (detail::live(g.weight)) {
       ensure_shape(scratch.dy_t, out_features(), n);
@@ -144,9 +186,11 @@ class Dense {
                                     detail::shape_str(out_features(), in_features())));
     const auto u = [](Index v) { return static_cast<std::size_t>(v); };
     packed_.repack_transposed(w, u(out), u(in), u(in));
+    backward_packing_.reset();
   }
 
   kernels::PackedMatrix packed_;  // Wᵀ (in, out) in micro-kernel panels
+  detail::BackwardPacking backward_packing_;  // W (out, in) packed for dx = dy·W, once training asks
   Vector bias_;                   // (out) or empty
   bool has_bias_ = false;
 };

@@ -51,8 +51,8 @@ TEST_CASE("readme: gradients", "[readme][backward]") {
   using Layer = pf::EncoderLayer<pf::FullAttention, pf::Dense, pf::LayerNorm, pf::GELU, pf::NormPlacement::pre>;
   const pf::Index d = 16, hidden = 32, batch = 1;
   auto linear = [](pf::Index in, pf::Index out) { return pf::Dense(pf::Matrix::Random(out, in) * 0.3f); };
-  const Layer layer(Layer::Attention(linear(d, d), linear(d, d), linear(d, d), linear(d, d), pf::HeadConfig{4}),
-                    Layer::FFN(linear(d, hidden), linear(hidden, d)), pf::LayerNorm(d), pf::LayerNorm(d));
+  Layer layer(Layer::Attention(linear(d, d), linear(d, d), linear(d, d), linear(d, d), pf::HeadConfig{4}),
+              Layer::FFN(linear(d, hidden), linear(hidden, d)), pf::LayerNorm(d), pf::LayerNorm(d));
   const pf::Matrix x = pf::Matrix::Random(7, d), dy = pf::Matrix::Random(7, d);
   pf::Matrix y(7, d), dx(7, d);
   const pf::MaskSpec mask = pf::MaskSpec::causal_mask();
@@ -67,6 +67,16 @@ TEST_CASE("readme: gradients", "[readme][backward]") {
   CHECK(grads.self_attn.q.weight.size() == 0);
   CHECK(grads.ffn.up.weight.norm() > 0.0f);
   CHECK(dx.allFinite());
+  const pf::Matrix up_before = layer.ffn().up().weight(), q_before = layer.self_attn().q_proj().weight();
+
+  pf::AdamW adamw(pf::AdamWOptions{0.9, 0.95, 1e-8, /*weight_decay=*/0.1});
+  auto params = pf::parameters_of(layer);
+  const float clip = pf::clip_coefficient(list, /*max_norm=*/1.0);   // the trainable gradients' global norm
+  adamw.step(params, list, /*lr=*/3e-4, clip);                        // then list.zero() before the next batch
+  CHECK(clip > 0.0f);
+  CHECK(clip <= 1.0f);
+  CHECK(layer.ffn().up().weight() != up_before);
+  CHECK(layer.self_attn().q_proj().weight() == q_before);  // frozen
 
   const auto model = pf::load_llama2c(pft::shared_path("models/stories260K.bin"));
   const std::vector<int> tokens{1, 403, 407, 261, 378}, targets{403, 407, 261, 378, 324};

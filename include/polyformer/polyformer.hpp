@@ -72,3 +72,6 @@
 
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
+
+#include "polyformer/train/optimizer.hpp"
+#include "polyformer/train/schedule.hpp"

@@ -2,10 +2,11 @@
 /// \file One tile of block-sparse softmax attention, shared by the policies whose queries each see a
 /// bounded set of keys (sliding window, blockwise, LSH chunks): a block of gathered queries against a
 /// block of gathered keys, every row's visibility set by the policy, softmax taken over the whole tile at
-/// once (the key set is bounded, so no online rescaling is needed). Each thread owns one LocalTile. Its backward
-/// recomputes the same tile's softmax (a tile holds each row's whole key set; LSH's rounds pass each row's saved
-/// log-sum-exp over all of them), and
-/// backward_by_kv_head schedules the policies' tiles so that keys' and values' gradients are summed without races.
+/// once (the key set is bounded, so no online rescaling is needed). Each thread owns one LocalTile.
+///
+/// Its backward recomputes the same tile's softmax (a tile holds each row's whole key set; LSH's rounds pass each
+/// row's saved log-sum-exp over all of them); backward_by_kv_head schedules the policies' tiles so that the keys'
+/// and values' gradients are summed without races.
 
 #include <algorithm>
 #include <cmath>

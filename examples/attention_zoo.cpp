@@ -1,7 +1,27 @@
 // attention_zoo: polyformer's attention policies side by side. With no arguments every policy runs on the same
-// seeded random q, k, v (Gaussian; n 4096, d 64, 12 heads, 1 thread) and a table shows, per policy, its time,
-// its peak memory and its relative error against exact attention, ‖out − out_full‖_F / ‖out_full‖_F, where
-// out_full is FullAttention on the same inputs and mask. With --inputs it runs one policy on your tensors.
+// seeded synthetic q, k, v with the structure of real attention (n 4096, d 64, 12 heads, 1 thread; described
+// below) and a table shows, per policy, its time, its peak memory and its error relative to the output's scale,
+// rel_error = ‖out − out_full‖_F / ‖out_full‖_F, where out_full is FullAttention (exact) on the same inputs and
+// mask: 0.01 is a close approximation, 1 is as far off as the output is large. With --inputs it runs one policy
+// on your tensors.
+//
+// The table's input: local-plus-global attention, seed 20240607. Per head h (of H) with ℓ_h = 8·4^(h/(H−1))
+// (8 to 32 positions; 8 when H = 1), the head's d columns hold
+//   - column 0, the global channel: √(γ·√d) in every query and in the keys of the global tokens (positions
+//     0, n/4, n/2, 3n/4), 0 in the other keys;
+//   - F = ⌊(d − 1)/2⌋ sinusoidal pairs (a·cos ω_f·i, a·sin ω_f·i), the same in q_i and k_i except that a global
+//     token's key has none, with ω_f geometric from 1/ℓ_h down to 1/(4·ℓ_h) and a² = β·√d/F;
+//   - the last column when d is even: noise only;
+// so the logit q_i·k_j/√d is β·mean_f cos ω_f·(i − j) for an ordinary key — β = 12 at j = i, falling with
+// |i − j| over ≈ ℓ_h positions, at most ≈ 3.4 beyond 4·ℓ_h (d = 64) — and γ = 11 for a global token's key,
+// wherever it is. Every entry of q and k then gets N(0, 0.2²) noise (logits ± ≈ 0.5). Values: in every column
+// a stationary AR(1) sequence over the positions, correlation e^(−|i−j|/32), mean 0, variance 1, so exact
+// attention's output keeps about the values' scale and an approximation that spreads its weight over the whole
+// sequence (whose values average to ≈ 0) shows an error near 1. The table's header gives exact attention's
+// weight shares on 64 sampled queries a head (within ±4·ℓ_h, on the global tokens, elsewhere) and its output's
+// RMS. Locality needs d ≳ 32: with few frequencies the positional logit recurs far away, as the shares then
+// show. The row sliding:128+global is sliding:128 given the input's global tokens (--global 0,1024,2048,3072
+// at n 4096); it is added when the table has every policy and --global is not given.
 //
 //   attention_zoo [--policy P] [--n N] [--d D] [--heads H] [--causal] [--json] [--threads T]
 //   attention_zoo --policy P --inputs F.safetensors --out O.safetensors [--causal] [--dilation D]
@@ -11,11 +31,14 @@
 // sliding:W, lsh:HASHES:CHUNK, …). Without --policy the table has every registered policy at its example
 // spelling (full, sliding:128, lsh:4:64, …).
 // --json prints one JSON object per line instead of the table: {"policy", "n", "ms", "peak_mb", "rel_error"}.
+// --n, --d, --heads and --causal shape the synthetic input; --dilation and --global (see below) also apply to the
+// table's policies that read them.
 // Time is the median of 5 runs after one warm-up. Peak memory is the resident memory the policy's runs
 // (warm-up included) added above the RSS just before them, in MB (2^20 bytes), read from VmHWM after
 // resetting it through /proc/self/clear_refs (where that file is not writable the table says so and shows
 // the resident memory still held after the runs instead); a policy's own parameters, such as Linformer's
-// projections, are made before and not counted. Linformer uses random projections of length n.
+// projections, are made before and not counted. Linformer uses random projections of length n (untrained, so
+// its error can exceed 1).
 //
 // --inputs reads q (heads, n_q, d), k and v (heads, n_k, d); linformer:K also needs e and f (K, n_k), the
 // projections shared by the heads (K' = E·K, V' = F·V), and performer:M needs features (M, d), the matrix W
@@ -48,6 +71,7 @@
 #include "polyformer/attention/linformer.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/registry.hpp"
+#include "polyformer/attention/sliding_window.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
@@ -89,7 +113,7 @@ constexpr PolicyFlag policy_flags[] = {{"--dilation", "dilation"}, {"--global", 
 
 constexpr int warmup_runs = 1, timed_runs = 5;
 constexpr std::uint64_t input_seed = 20240607;
-/// Largest n·heads·d of the random inputs: 2^28 floats, 1 GiB per matrix.
+/// Largest n·heads·d of the synthetic inputs: 2^28 floats, 1 GiB per matrix.
 constexpr double max_elements = 268435456.0;
 
 struct Options {
@@ -160,7 +184,7 @@ Options parse(int argc, char** argv) {
     if (o.policy.empty()) throw usage_error("--policy is required with --inputs");
     for (const char* flag : {"--n", "--d", "--heads", "--json"})
       if (o.was_given(flag))
-        throw usage_error(std::string(flag) + " applies to the random inputs, not to --inputs");
+        throw usage_error(std::string(flag) + " applies to the synthetic inputs, not to --inputs");
   }
   if (static_cast<double>(o.n) * static_cast<double>(o.heads) * static_cast<double>(o.d) > max_elements)
     throw usage_error("--n · --heads · --d is " + std::to_string(o.n) + "·" + std::to_string(o.heads) + "·" +
@@ -213,13 +237,26 @@ void check_causal(const CheckedPolicy& policy, bool causal) {
 
 using bench::ResidentPeak;  // bench/resident_memory.hpp
 
-// ---- the random-input table ----
+// ---- the table's synthetic input ----
 
-/// One sequence's attention inputs in polyformer's layout.
+// The parameters of the local-plus-global input (the header comment describes the construction).
+constexpr double locality_logit = 12.0;                  // β: the positional logit at j = i
+constexpr double global_logit = 11.0;                    // γ: every query's logit to a global token
+constexpr double width_first = 8.0, width_last = 32.0;   // ℓ_h of the first and the last head, geometric between
+constexpr double band = 4.0;                             // ω_f from 1/ℓ_h down to 1/(band·ℓ_h); locality ±band·ℓ_h
+constexpr double qk_noise = 0.2;                         // σ of the noise on every entry of q and k
+constexpr double value_correlation = 32.0;               // values: AR(1), correlation e^(−|i−j|/32)
+constexpr pf::Index global_tokens = 4;                   // at 0, n/4, n/2, 3n/4
+constexpr pf::Index sampled_queries = 64;                // a head's queries behind the header's weight shares
+
+/// One sequence's attention inputs in polyformer's layout, and what the header says about them.
 struct Problem {
   pf::AttentionShape shape;
   pf::Matrix q, k, v;  // (n, heads·d)
   pf::AttentionMask mask;
+  std::vector<pf::Index> globals;  // the global tokens' positions
+  std::vector<double> widths;      // ℓ_h by head
+  pf::Index frequencies = 0;       // F, the sinusoidal pairs of a head
 };
 
 struct Row {
@@ -237,17 +274,127 @@ pf::AttentionShape shape_for(pf::Index heads, pf::Index head_dim) {
   return s;
 }
 
-Problem random_problem(const Options& o) {
+/// The global tokens' positions of an input of n positions: 0, n/4, n/2, 3n/4 (fewer when n < 4).
+std::vector<pf::Index> input_globals(pf::Index n) {
+  std::vector<pf::Index> globals;
+  for (pf::Index g = 0; g < global_tokens; ++g) globals.push_back(g * n / global_tokens);
+  globals.erase(std::unique(globals.begin(), globals.end()), globals.end());
+  return globals;
+}
+
+/// The local-plus-global q, k, v of the header comment, seeded.
+Problem structured_problem(const Options& o) {
   Problem p;
   p.shape = shape_for(o.heads, o.d);
   p.mask.causal = o.causal;
+  const pf::Index n = o.n, d = o.d, heads = o.heads, pairs = (d - 1) / 2;
+  p.frequencies = pairs;
+  p.globals = input_globals(n);
+  std::vector<char> is_global(static_cast<std::size_t>(n), 0);
+  for (pf::Index g : p.globals) is_global[static_cast<std::size_t>(g)] = 1;
+
+  const double root_d = std::sqrt(static_cast<double>(d));
+  const double global_amplitude = std::sqrt(global_logit * root_d);  // its square over √d is γ
+  const double amplitude = pairs > 0 ? std::sqrt(locality_logit * root_d / static_cast<double>(pairs)) : 0.0;
+  const double rho = std::exp(-1.0 / value_correlation), innovation = std::sqrt(1.0 - rho * rho);
   std::mt19937_64 rng(input_seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (pf::Matrix* m : {&p.q, &p.k, &p.v}) {
-    m->resize(o.n, o.heads * o.d);
-    for (pf::Index i = 0; i < m->size(); ++i) m->data()[i] = normal(rng);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (pf::Matrix* m : {&p.q, &p.k, &p.v}) m->setZero(n, heads * d);
+  for (pf::Index h = 0; h < heads; ++h) {
+    const double width =
+        heads == 1 ? width_first
+                   : width_first * std::pow(width_last / width_first, static_cast<double>(h) / double(heads - 1));
+    p.widths.push_back(width);
+    std::vector<double> omega(static_cast<std::size_t>(pairs));
+    for (pf::Index f = 0; f < pairs; ++f)
+      omega[std::size_t(f)] = std::pow(band, -(pairs == 1 ? 0.0 : double(f) / double(pairs - 1))) / width;
+    const pf::Index c0 = h * d;
+    for (pf::Index i = 0; i < n; ++i) {
+      p.q(i, c0) = static_cast<float>(global_amplitude);
+      p.k(i, c0) = is_global[std::size_t(i)] ? static_cast<float>(global_amplitude) : 0.0f;
+      for (pf::Index f = 0; f < pairs; ++f) {  // a global token's key has no position
+        const double angle = omega[std::size_t(f)] * static_cast<double>(i);
+        const auto cosine = static_cast<float>(amplitude * std::cos(angle)),
+                   sine = static_cast<float>(amplitude * std::sin(angle));
+        p.q(i, c0 + 1 + 2 * f) = cosine;
+        p.q(i, c0 + 2 + 2 * f) = sine;
+        if (!is_global[std::size_t(i)]) {
+          p.k(i, c0 + 1 + 2 * f) = cosine;
+          p.k(i, c0 + 2 + 2 * f) = sine;
+        }
+      }
+      for (pf::Index c = c0; c < c0 + d; ++c) {
+        p.q(i, c) += static_cast<float>(qk_noise * normal(rng));
+        p.k(i, c) += static_cast<float>(qk_noise * normal(rng));
+      }
+    }
+    for (pf::Index c = c0; c < c0 + d; ++c) {
+      double x = normal(rng);  // stationary from the first position on
+      for (pf::Index i = 0; i < n; ++i) {
+        if (i > 0) x = rho * x + innovation * normal(rng);
+        p.v(i, c) = static_cast<float>(x);
+      }
+    }
   }
   return p;
+}
+
+/// Exact attention's average weight shares over sampled queries: within ±band·ℓ_h of the query, on the global
+/// tokens (wherever they are), elsewhere.
+struct Shares {
+  double local = 0.0, global = 0.0, elsewhere = 0.0;
+};
+
+Shares exact_shares(const Problem& p) {
+  const pf::Index n = p.q.rows(), d = p.shape.head_dim, samples = std::min(sampled_queries, n);
+  std::vector<char> is_global(static_cast<std::size_t>(n), 0);
+  for (pf::Index g : p.globals) is_global[static_cast<std::size_t>(g)] = 1;
+  Shares total;
+  std::vector<double> logits(static_cast<std::size_t>(n));
+  for (pf::Index h = 0; h < p.shape.n_heads; ++h)
+    for (pf::Index s = 0; s < samples; ++s) {
+      const pf::Index i = (2 * s + 1) * n / (2 * samples), visible = p.mask.causal ? i + 1 : n;
+      double top = -HUGE_VAL;
+      for (pf::Index j = 0; j < visible; ++j) {
+        double dot = 0.0;
+        for (pf::Index c = h * d; c < (h + 1) * d; ++c) dot += double(p.q(i, c)) * double(p.k(j, c));
+        logits[std::size_t(j)] = dot * double(p.shape.scale);
+        top = std::max(top, logits[std::size_t(j)]);
+      }
+      Shares one;
+      double sum = 0.0;
+      for (pf::Index j = 0; j < visible; ++j) {
+        const double w = std::exp(logits[std::size_t(j)] - top);
+        sum += w;
+        if (is_global[std::size_t(j)]) one.global += w;
+        else if (double(std::abs(i - j)) <= band * p.widths[std::size_t(h)]) one.local += w;
+        else one.elsewhere += w;
+      }
+      total.local += one.local / sum;
+      total.global += one.global / sum;
+      total.elsewhere += one.elsewhere / sum;
+    }
+  const double count = static_cast<double>(p.shape.n_heads * samples);
+  return {total.local / count, total.global / count, total.elsewhere / count};
+}
+
+/// Root mean square of a matrix's entries.
+double rms(const pf::Matrix& m) {
+  return m.size() > 0 ? std::sqrt(m.cast<double>().squaredNorm() / static_cast<double>(m.size())) : 0.0;
+}
+
+/// A number with up to 3 significant digits: "8", "11.3".
+std::string number_text(double x) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g", x);
+  return text;
+}
+
+/// "0,1024,2048,3072"
+std::string positions_text(const std::vector<pf::Index>& positions) {
+  std::string s;
+  for (pf::Index p : positions) s += (s.empty() ? "" : ",") + std::to_string(p);
+  return s;
 }
 
 /// ‖out − reference‖_F / ‖reference‖_F, in double (‖out − reference‖_F when the reference is zero).
@@ -259,7 +406,7 @@ double relative_error(const pf::Matrix& out, const pf::Matrix& reference) {
 
 /// Times `policy` on the problem and measures its memory and its error against `reference`.
 template <typename Policy>
-Row measure(Policy& policy, const std::string& spelling, const Problem& p, const pf::Matrix& reference, pf::Matrix& out,
+Row measure(Policy& policy, const std::string& label, const Problem& p, const pf::Matrix& reference, pf::Matrix& out,
             const pf::Context& ctx) {
   const auto forward = [&] {
     policy.forward(p.shape, pf::cview(p.q), pf::cview(p.k), pf::cview(p.v), p.mask, pf::view(out), ctx);
@@ -277,17 +424,37 @@ Row measure(Policy& policy, const std::string& spelling, const Problem& p, const
   row.peak_reset = peak.reset();
   std::sort(ms.begin(), ms.end());
   row.ms = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
-  row.policy = spelling;
+  row.policy = label;
   row.n = p.q.rows();
   row.rel_error = relative_error(out, reference);
   return row;
 }
 
-void print_table_header(const Options& o) {
+/// The table's header: the run, the input's construction and exact attention on it, what rel_error measures.
+void print_table_header(const Options& o, const Problem& p, double exact_rms, const std::string& global_row) {
   std::printf("attention_zoo: n %lld, d %lld, heads %lld, %s, %lld thread%s; "
               "time: median of %d runs after %d warm-up\n",
               o.n, o.d, o.heads, o.causal ? "causal" : "bidirectional", o.threads, o.threads == 1 ? "" : "s",
               timed_runs, warmup_runs);
+  const std::string widths = p.widths.size() == 1
+                                 ? "ℓ_0 = " + number_text(p.widths.front())
+                                 : "ℓ_h = " + number_text(p.widths.front()) + " (head 0) to " +
+                                       number_text(p.widths.back()) + " (head " + std::to_string(o.heads - 1) + ")";
+  std::printf("input (seed %llu): local plus global attention. Per head h, q_i·k_j/√d ≈ %g·mean_f cos ω_f·(i − j) "
+              "over\n  %lld sinusoidal frequencies ω_f from 1/ℓ_h to 1/(%g·ℓ_h), %s; = %g instead\n  when j is a "
+              "global token (%s); q, k entries + N(0, %g²); v: AR(1) in every column,\n  correlation "
+              "e^(−|i−j|/%g), mean 0, RMS %.2f\n",
+              static_cast<unsigned long long>(input_seed), locality_logit, static_cast<long long>(p.frequencies),
+              band, widths.c_str(), global_logit, positions_text(p.globals).c_str(), qk_noise, value_correlation,
+              rms(p.v));
+  const Shares shares = exact_shares(p);
+  std::printf("exact attention (%lld queries a head): %.1f%% of the weight within ±%g·ℓ_h of the query, %.1f%% on "
+              "the global tokens,\n  %.1f%% elsewhere; its output's RMS %.2f\n",
+              static_cast<long long>(std::min<pf::Index>(sampled_queries, o.n)), 100.0 * shares.local, band,
+              100.0 * shares.global, 100.0 * shares.elsewhere, exact_rms);
+  std::printf("rel_error = ‖out − exact‖_F / ‖exact‖_F, the error relative to the output's scale (0.01: close; "
+              "1: as far off as\n  the output is large)%s%s\n",
+              global_row.empty() ? "" : "; ", global_row.c_str());
   std::printf("%-18s %12s %12s %12s\n", "policy", "time_ms", "peak_MB", "rel_error");
 }
 
@@ -306,13 +473,22 @@ void print_row(const Row& row, bool json) {
   std::fflush(stdout);
 }
 
+/// A row of the table: a policy's spelling, the options it is made with, and its label in the table.
+struct TableEntry {
+  std::string label, spelling;
+  pf::AttentionOptions options;
+};
+
 void run_table(const Options& o) {
   const std::vector<std::string> spellings = o.policy.empty() ? table_policies() : std::vector<std::string>{o.policy};
   const bool one = !o.policy.empty();
   const pf::AttentionOptions options = make_options(o, static_cast<pf::Index>(o.n));
+  const std::vector<pf::Index> globals = input_globals(static_cast<pf::Index>(o.n));
   // Every spelling is checked before anything runs; with --causal the bidirectional-only policies are refused
-  // (--policy) or left out of the table.
-  std::vector<std::string> policies;
+  // (--policy) or left out of the table. The full table has the sliding window twice: as spelled, and given the
+  // input's global tokens (unless --global gives others).
+  std::vector<TableEntry> entries;
+  std::string global_row;  // the header's explanation of that second row
   for (const std::string& s : spellings) {
     const CheckedPolicy checked = check_policy(s, options, one);
     if (one) check_causal(checked, o.causal);
@@ -321,20 +497,27 @@ void run_table(const Options& o) {
                    s.c_str());
       continue;
     }
-    policies.push_back(checked.spelling);
+    entries.push_back({checked.spelling, checked.spelling, options});
+    if (!one && !o.was_given("--global") && checked.spelling == pf::SlidingWindow::example_spelling) {
+      TableEntry with_globals{checked.spelling + "+global", checked.spelling, options};
+      with_globals.options.set("global_positions", globals);
+      global_row = with_globals.label + " is " + checked.spelling + " --global " + positions_text(globals);
+      entries.push_back(std::move(with_globals));
+    }
   }
   const pf::Context ctx{static_cast<int>(o.threads)};
-  const Problem problem = random_problem(o);
+  const Problem problem = structured_problem(o);
   pf::Matrix reference(o.n, o.heads * o.d), out(o.n, o.heads * o.d);  // (n, heads·d)
   pf::FullAttention().forward(problem.shape, pf::cview(problem.q), pf::cview(problem.k), pf::cview(problem.v),
                               problem.mask, pf::view(reference), ctx);
   out.setZero();  // resident before any policy is measured
-  if (!o.json) print_table_header(o);
+  if (!o.json) print_table_header(o, problem, rms(reference), global_row);
   bool peak_reset = true, any_lsh = false;
-  for (const std::string& spelling : policies) {
-    const Row row = pf::with_attention(spelling, options, [&](auto policy) {  // a fresh policy: its workspaces count
+  for (const TableEntry& entry : entries) {
+    // A fresh policy for every row: its workspaces count.
+    const Row row = pf::with_attention(entry.spelling, entry.options, [&](auto policy) {
       any_lsh = any_lsh || std::is_same_v<decltype(policy), pf::LSHAttention>;
-      return measure(policy, spelling, problem, reference, out, ctx);
+      return measure(policy, entry.label, problem, reference, out, ctx);
     });
     print_row(row, o.json);
     peak_reset = peak_reset && row.peak_reset;

@@ -1,5 +1,8 @@
-// The attention_zoo CLI end to end: --json prints one well-formed line per policy; in file mode each policy's
-// output matches a dense float64 oracle written here (sliding window with dilation and global positions, causal
+// The attention_zoo CLI end to end: --json prints one well-formed line per policy; the table's synthetic
+// local-plus-global input has the structure its header claims (exact attention's weight near the query and on
+// the global tokens, which a window covering the locality and given the global tokens reproduces closely, and
+// which an approximation spreading its weight over the sequence misses); in file mode each policy's output
+// matches a dense float64 oracle written here (sliding window with dilation and global positions, causal
 // blockwise with the previous block, linear, Linformer with given projections, Performer with given features);
 // bad input exits with code 2 and a message.
 
@@ -8,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -179,7 +183,7 @@ TEST_CASE("examples/attention_zoo: --json prints one line with the five keys for
     const nlohmann::json j = check_json_line(lines[0], policy, 50);
     const double rel_error = j["rel_error"].get<double>();
     if (policy == "full") CHECK(rel_error < 1e-6);
-    else CHECK(rel_error > 1e-3);  // each approximation sees other keys than exact attention on 50 positions
+    else CHECK(rel_error > 1e-3);  // each approximation weighs other keys than exact attention on 50 positions
   }
 }
 
@@ -197,17 +201,77 @@ TEST_CASE("examples/attention_zoo: windows that cover the sequence have no error
 }
 
 TEST_CASE("examples/attention_zoo: without --policy every policy of the table runs", "[examples][attention]") {
-  const std::vector<std::string> table = {"full",          "sliding:128",   "blockwise:128", "lsh:4:64",
-                                          "linformer:256", "performer:256", "linear"};
+  // sliding:128+global: sliding:128 given the input's global tokens.
+  const std::vector<std::string> table = {"full",     "sliding:128",   "sliding:128+global", "blockwise:128",
+                                          "lsh:4:64", "linformer:256", "performer:256",      "linear"};
   std::string out;
   REQUIRE(run("--n 40 --d 8 --heads 2 --json", &out) == 0);
   const auto lines = lines_of(out);
   REQUIRE(lines.size() == table.size());
   for (std::size_t i = 0; i < table.size(); ++i) check_json_line(lines[i], table[i], 40);
 
-  // The table form: a header line, then a row per policy.
+  // The table form: the header (the run, the input, exact attention on it, what rel_error is), then a row per
+  // policy.
   REQUIRE(run("--n 40 --d 8 --heads 2", &out) == 0);
   for (const std::string& policy : table) CHECK(out.find("\n" + policy + " ") != std::string::npos);
+  for (const char* text : {"local plus global attention", "global token (0,10,20,30)", "exact attention (40 queries",
+                           "rel_error = ‖out − exact‖_F / ‖exact‖_F", "sliding:128 --global 0,10,20,30"})
+    CHECK(out.find(text) != std::string::npos);
+  // Given --global, the sliding window reads those positions and the table has no second sliding row.
+  REQUIRE(run("--n 40 --d 8 --heads 2 --global 3 --json", &out) == 0);
+  CHECK(lines_of(out).size() == table.size() - 1);
+  CHECK(out.find("sliding:128+global") == std::string::npos);
+}
+
+TEST_CASE("examples/attention_zoo: the table's input is local plus global, and rel_error shows it",
+          "[examples][attention]") {
+  // n 1024, d 64 (the locality needs d ≳ 32), 4 heads of widths ℓ_h 8 to 32: locality within ±4·ℓ_h ≤ 128;
+  // global tokens at 0, 256, 512, 768.
+  const std::string input = " --n 1024 --heads 4";
+  const std::string globals = " --global 0,256,512,768";
+  const auto rel_error = [&](const std::string& args) {
+    std::string out, err;
+    INFO(args);
+    REQUIRE(run(args + input + " --json", &out, &err) == 0);
+    INFO(err);
+    const auto lines = lines_of(out);
+    REQUIRE(lines.size() == 1);
+    const std::string policy = args.substr(9, args.find(' ', 9) - 9);
+    return check_json_line(lines[0], policy, 1024)["rel_error"].get<double>();
+  };
+
+  // The header's account of exact attention on the input: most weight near the query, some on the global
+  // tokens, hardly any elsewhere; an output of about the values' scale (RMS 1).
+  std::string out;
+  REQUIRE(run("--policy full" + input, &out) == 0);
+  INFO(out);
+  const std::size_t at = out.find("exact attention (64 queries a head): ");
+  REQUIRE(at != std::string::npos);
+  double local = -1.0, global = -1.0, elsewhere = -1.0, output_rms = -1.0;
+  REQUIRE(std::sscanf(out.c_str() + at,
+                      "exact attention (64 queries a head): %lf%% of the weight within ±4·ℓ_h of the query, %lf%% on "
+                      "the global tokens,\n  %lf%% elsewhere; its output's RMS %lf",
+                      &local, &global, &elsewhere, &output_rms) == 4);
+  CHECK(local > 80.0);
+  CHECK(global > 2.0);
+  CHECK(global < 20.0);
+  CHECK(elsewhere < 2.0);
+  CHECK(output_rms > 0.5);
+
+  CHECK(rel_error("--policy full") < 1e-6);
+  CHECK(rel_error("--policy full --causal") < 1e-6);
+  // A window covering the locality and given the global tokens is close to exact attention; without the global
+  // tokens it misses their weight, visibly but far from 1.
+  const double covered = rel_error("--policy sliding:128" + globals);
+  CHECK(covered < 0.01);
+  CHECK(rel_error("--policy sliding:128 --causal" + globals) < 0.01);
+  const double no_globals = rel_error("--policy sliding:128");
+  CHECK(no_globals > 0.02);
+  CHECK(no_globals < 0.3);
+  // A window narrower than the wide heads' locality misses part of it.
+  CHECK(rel_error("--policy sliding:16" + globals) > 10.0 * covered);
+  // Linear attention (elu + 1) spreads its weight over the sequence, whose values average to about 0.
+  CHECK(rel_error("--policy linear") > 0.5);
 }
 
 TEST_CASE("examples/attention_zoo: file mode matches dense float64 oracles", "[examples][attention]") {

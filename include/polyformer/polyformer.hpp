@@ -73,5 +73,9 @@
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
 
+#include "polyformer/train/checkpoint.hpp"
+#include "polyformer/train/data.hpp"
+#include "polyformer/train/losses.hpp"
 #include "polyformer/train/optimizer.hpp"
 #include "polyformer/train/schedule.hpp"
+#include "polyformer/train/trainer.hpp"

@@ -15,6 +15,7 @@
 #include "polyformer/attention/registry.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/error.hpp"
+#include "polyformer/core/gradients.hpp"
 
 namespace polyformer {
 
@@ -97,6 +98,42 @@ class DynamicAttention<List, PolicyList<Ps...>>
     });
   }
 
+  /// What the held policy's training forward keeps (when every policy of the list trains).
+  struct Saved : SavedForward {
+    std::variant<std::monostate, typename Ps::Saved...> of;
+  };
+
+  /// The held policy's forward_train (TrainableAttention).
+  void forward_train(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                     const AttentionMask& mask, MatrixView out, Saved& saved, Workspace& ws, const Context& ctx) const
+    requires(TrainableAttention<Ps> && ...)
+  {
+    dispatch([&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+      auto* held = std::get_if<I + 1>(&saved.of);
+      if (held == nullptr) held = &saved.of.template emplace<I + 1>();
+      std::get<I>(policy_).forward_train(s, q, k, v, mask, out, *held, std::get<I>(ws.of), ctx);
+    });
+    saved.record();
+  }
+
+  /// The held policy's backward of the forward in `saved`.
+  void backward(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k, ConstMatrixView v,
+                const AttentionMask& mask, ConstMatrixView out, ConstMatrixView dout, Saved& saved, MatrixView dq,
+                MatrixView dk, MatrixView dv, Workspace& ws, const Context& ctx) const
+    requires(TrainableAttention<Ps> && ...)
+  {
+    const char* func = "DynamicAttention::backward";
+    saved.require_held(func);
+    dispatch([&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+      auto* held = std::get_if<I + 1>(&saved.of);
+      if (held == nullptr)
+        throw config_error(detail::cat(func, ": the saved forward was made by another policy than '", held_name(), "'"));
+      held->keep = saved.keep;
+      std::get<I>(policy_).backward(s, q, k, v, mask, out, dout, *held, dq, dk, dv, std::get<I>(ws.of), ctx);
+    });
+    saved.take(func);
+  }
+
  private:
   /// f(std::integral_constant<std::size_t, I>{}) for the index I of the policy held (alternatives are told apart
   /// by index: two policies may share a state type).
@@ -113,6 +150,6 @@ class DynamicAttention<List, PolicyList<Ps...>>
 /// The incremental policies of the registry, chosen at run time (generate's --attention).
 using DynamicIncrementalAttention = DynamicAttention<AttentionPolicies>;
 
-static_assert(IncrementalAttention<DynamicIncrementalAttention>);
+static_assert(IncrementalAttention<DynamicIncrementalAttention> && TrainableAttention<DynamicIncrementalAttention>);
 
 }  // namespace polyformer

@@ -3,6 +3,7 @@
 /// memory map where the platform has one, otherwise the file read into memory. Every failure is a
 /// format_error that starts "<format>: <path>: ".
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <fstream>
@@ -160,6 +161,41 @@ inline ByteBuffer map_file(const std::string& path, std::string_view format) {
   return ByteBuffer(read_fd(f.fd, S_ISREG(st.st_mode) ? static_cast<std::size_t>(st.st_size) : 0, path, format));
 #else
   return ByteBuffer(read_file(path, format));
+#endif
+}
+
+/// Writes bytes to a temporary file beside `path`, then renames it over `path`, so readers that have the
+/// old file mapped keep a valid mapping and a failed write leaves any existing file untouched.
+inline void write_file_replace(const std::string& path, const std::vector<unsigned char>& bytes,
+                               std::string_view format) {
+#if POLYFORMER_IO_POSIX
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = cat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) throw format_error(cat(file_prefix(format, path), "cannot create '", tmp, "': ", errno_text(errno)));
+  const auto fail = [&](const char* what, int err) {
+    ::unlink(tmp.c_str());
+    throw format_error(cat(file_prefix(format, path), what, ": ", errno_text(err)));
+  };
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ::ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      fail("cannot write", err);
+    }
+    done += static_cast<std::size_t>(w);
+  }
+  if (::close(fd) != 0) fail("cannot write", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename the temporary file into place", errno);
+#else
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw format_error(cat(file_prefix(format, path), "cannot create"));
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) throw format_error(cat(file_prefix(format, path), "cannot write"));
 #endif
 }
 

@@ -6,7 +6,10 @@
 /// supported (trained biases, per-module ranks, fan-in-fan-out weights, fully saved modules) are refused by
 /// name rather than ignored.
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <system_error>
 #include <map>
 #include <string>
 #include <string_view>
@@ -168,6 +171,51 @@ inline PeftLoraAdapter read_peft_lora(const std::string& directory) {
     out.modules.push_back({module, file.matrix(p.a), file.matrix(p.b)});
   }
   return out;
+}
+
+/// Writes `adapter` as PEFT's save_pretrained does: `directory` (created if missing) gets adapter_config.json (r,
+/// lora_alpha, use_rslora, target_modules, and PEFT's defaults for the rest) and adapter_model.safetensors
+/// (`base_model.model.<path>.lora_A.weight` / `.lora_B.weight`). Each file is written to a temporary name and
+/// renamed into place. Throws format_error when a file cannot be written, config_error for an adapter without
+/// modules or with factors of another rank.
+inline void write_peft_lora(const std::string& directory, const PeftLoraAdapter& adapter) {
+  using polyformer::detail::cat;
+  const char* func = "write_peft_lora";
+  if (adapter.modules.empty()) throw config_error(cat(func, ": the adapter has no modules, expected at least one"));
+  for (const auto& m : adapter.modules)
+    if (m.a.rows() != adapter.rank || m.b.cols() != adapter.rank)
+      throw config_error(cat(func, ": module '", m.path, "' has A ", polyformer::detail::shape_str(m.a.rows(), m.a.cols()),
+                             " and B ", polyformer::detail::shape_str(m.b.rows(), m.b.cols()), ", expected rank ",
+                             adapter.rank));
+  std::error_code ec;
+  std::filesystem::create_directories(directory, ec);
+  if (ec) throw format_error(cat(func, ": cannot create directory '", directory, "': ", ec.message()));
+  std::vector<std::string> targets = adapter.target_modules;
+  if (targets.empty())
+    for (const auto& m : adapter.modules) {
+      const std::string leaf = m.path.substr(m.path.rfind('.') + 1);
+      if (std::find(targets.begin(), targets.end(), leaf) == targets.end()) targets.push_back(leaf);
+    }
+  const nlohmann::ordered_json config = {
+      {"peft_type", "LORA"},   {"r", adapter.rank},       {"lora_alpha", adapter.alpha},
+      {"use_rslora", adapter.use_rslora}, {"target_modules", targets}, {"lora_dropout", 0.0},
+      {"bias", "none"},        {"fan_in_fan_out", false}, {"modules_to_save", nullptr},
+      {"task_type", "CAUSAL_LM"}, {"inference_mode", true}};
+  const std::string text = config.dump(2) + "\n";
+  std::vector<std::pair<std::string, FloatTensor>> tensors;
+  const auto tensor = [](const Matrix& m) {
+    FloatTensor t;
+    t.shape = {m.rows(), m.cols()};
+    t.data.assign(m.data(), m.data() + m.size());
+    return t;
+  };
+  for (const auto& m : adapter.modules) {
+    tensors.emplace_back("base_model.model." + m.path + ".lora_A.weight", tensor(m.a));
+    tensors.emplace_back("base_model.model." + m.path + ".lora_B.weight", tensor(m.b));
+  }
+  write_safetensors(directory + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
+  detail::write_file_replace(directory + "/adapter_config.json", std::vector<unsigned char>(text.begin(), text.end()),
+                             "PEFT adapter");
 }
 
 }  // namespace polyformer::io

@@ -498,40 +498,6 @@ inline std::vector<unsigned char> serialize_safetensors(
   return out;
 }
 
-/// Writes bytes to a temporary file beside `path`, then renames it over `path`, so readers that have the
-/// old file mapped keep a valid mapping and a failed write leaves any existing file untouched.
-inline void write_file_replace(const std::string& path, const std::vector<unsigned char>& bytes) {
-#if POLYFORMER_IO_POSIX
-  static std::atomic<unsigned> counter{0};
-  const std::string tmp = cat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) throw format_error(cat(prefix(path), "cannot create '", tmp, "': ", errno_text(errno)));
-  const auto fail = [&](const char* what, int err) {
-    ::unlink(tmp.c_str());
-    throw format_error(cat(prefix(path), what, ": ", errno_text(err)));
-  };
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ::ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      fail("cannot write", err);
-    }
-    done += static_cast<std::size_t>(w);
-  }
-  if (::close(fd) != 0) fail("cannot write", errno);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename the temporary file into place", errno);
-#else
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw format_error(cat(prefix(path), "cannot create"));
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) throw format_error(cat(prefix(path), "cannot write"));
-#endif
-}
-
 }  // namespace detail
 
 /// A safetensors image of F32 tensors stored back to back in the given order, header padded with spaces
@@ -546,7 +512,7 @@ inline std::vector<unsigned char> serialize_safetensors(const std::vector<std::p
 /// Throws format_error on I/O failure and on the errors of serialize_safetensors().
 inline void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, FloatTensor>>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
-  detail::write_file_replace(path, detail::serialize_safetensors(tensors, metadata, path));
+  detail::write_file_replace(path, detail::serialize_safetensors(tensors, metadata, path), "safetensors");
 }
 
 }  // namespace polyformer::io

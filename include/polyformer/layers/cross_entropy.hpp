@@ -1,7 +1,8 @@
 #pragma once
 /// \file Cross-entropy over logits, the loss of next-token prediction: loss = mean over the counted rows of
 /// −log softmax(logits_i)[target_i], as torch.nn.functional.cross_entropy with reduction='mean' and ignore_index.
-/// Its gradient is (softmax(logits_i) − onehot(target_i)) / count per counted row, 0 for ignored rows.
+/// Its gradient is (softmax(logits_i) − onehot(target_i)) / count per counted row, 0 for ignored rows. With label
+/// smoothing ε (Szegedy et al. 2016, torch's label_smoothing) the target is (1 − ε)·onehot + ε/vocab instead.
 
 #include <algorithm>
 #include <cmath>
@@ -14,47 +15,94 @@
 
 namespace polyformer {
 
-/// The mean cross-entropy of logits (n, vocab) against targets (n); a target equal to ignore_index is not counted.
-/// With dlogits (n, vocab) non-empty, writes the loss's gradient there (it may alias logits). A batch with no counted
-/// row has loss 0 and a zero gradient (torch gives NaN). Throws for a target outside 0..vocab−1 (but ignore_index).
-inline double cross_entropy(ConstMatrixView logits, std::span<const int> targets, MatrixView dlogits,
-                            int ignore_index = -100) {
-  const char* func = "cross_entropy";
-  const Index n = logits.rows(), vocab = logits.cols();
-  if (static_cast<Index>(targets.size()) != n)
-    throw shape_error(detail::cat(func, ": ", targets.size(), " targets for ", n, " rows of logits, expected as many"));
-  const bool grad = dlogits.size() != 0;
-  if (grad) check_shape(dlogits, n, vocab, func, "dlogits");
+/// Settings of cross_entropy beyond the logits and targets.
+struct CrossEntropyOptions {
+  int ignore_index = -100;       ///< a target equal to this is not counted
+  double label_smoothing = 0.0;  ///< ε in [0, 1]: the target distribution is (1 − ε)·onehot + ε/vocab
+};
+
+namespace detail {
+
+/// log Σ_j exp(row_j · scale) over n entries, in double; scale > 0.
+inline double log_sum_exp(const float* row, Index n, double scale) {
+  const double m = static_cast<double>(kernels::reduce_max(row, static_cast<std::size_t>(n))) * scale;
+  double sum = 0.0;
+  for (Index j = 0; j < n; ++j) sum += std::exp(static_cast<double>(row[j]) * scale - m);
+  return m + std::log(sum);
+}
+
+/// The number of targets other than ignore_index; throws when their count differs from rows or one lies outside
+/// 0..vocab−1.
+inline Index count_targets(std::span<const int> targets, Index rows, Index vocab, int ignore_index, const char* func) {
+  if (static_cast<Index>(targets.size()) != rows)
+    throw shape_error(cat(func, ": ", targets.size(), " targets for ", rows, " rows of logits, expected as many"));
   Index counted = 0;
-  for (Index i = 0; i < n; ++i) {
+  for (Index i = 0; i < rows; ++i) {
     const int t = targets[std::size_t(i)];
     if (t == ignore_index) continue;
     if (t < 0 || t >= vocab)
-      throw config_error(detail::cat(func, ": target ", i, " is ", t, ", expected 0..", vocab - 1, " or ignore_index ",
-                                     ignore_index));
+      throw config_error(
+          cat(func, ": target ", i, " is ", t, ", expected 0..", vocab - 1, " or ignore_index ", ignore_index));
     ++counted;
   }
-  double loss = 0.0;
+  return counted;
+}
+
+/// Throws config_error unless 0 <= ε <= 1 (torch's bound).
+inline void check_label_smoothing(double epsilon, const char* func) {
+  if (!(epsilon >= 0.0 && epsilon <= 1.0))
+    throw config_error(cat(func, ": label_smoothing is ", epsilon, ", expected 0..1"));
+}
+
+}  // namespace detail
+
+/// The mean cross-entropy of logits (n, vocab) against targets (n), as torch.nn.functional.cross_entropy(logits,
+/// targets, ignore_index=, label_smoothing=ε, reduction='mean'): each counted row adds (1 − ε)·(−log p_t) +
+/// ε·mean_j(−log p_j), p = softmax(row), and the sum is divided by the number of counted rows m. With dlogits
+/// (n, vocab) non-empty, writes the gradient (p − (1 − ε)·onehot(t) − ε/vocab) / m there, 0 on ignored rows (it may
+/// alias logits). A batch with no counted row has loss 0 and a zero gradient (torch gives NaN). Throws for a target
+/// outside 0..vocab−1 (but ignore_index) or ε outside 0..1.
+inline double cross_entropy(ConstMatrixView logits, std::span<const int> targets, MatrixView dlogits,
+                            const CrossEntropyOptions& options) {
+  const char* func = "cross_entropy";
+  const Index n = logits.rows(), vocab = logits.cols();
+  detail::check_label_smoothing(options.label_smoothing, func);
+  const bool grad = dlogits.size() != 0;
+  if (grad) check_shape(dlogits, n, vocab, func, "dlogits");
+  const Index counted = detail::count_targets(targets, n, vocab, options.ignore_index, func);
+  const double eps = options.label_smoothing, keep = 1.0 - eps;
+  const double spread = vocab > 0 ? eps / static_cast<double>(vocab) : 0.0;
   const double inv = counted > 0 ? 1.0 / static_cast<double>(counted) : 0.0;
+  double loss = 0.0;
   for (Index i = 0; i < n; ++i) {
     const float* row = logits.data() + i * logits.outerStride();
     float* drow = grad ? dlogits.data() + i * dlogits.outerStride() : nullptr;
     const int t = targets[std::size_t(i)];
-    if (t == ignore_index) {
+    if (t == options.ignore_index) {
       if (grad) std::fill(drow, drow + vocab, 0.0f);
       continue;
     }
-    const float m = kernels::reduce_max(row, static_cast<std::size_t>(vocab));
-    double sum = 0.0;
-    for (Index j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j] - m));
-    const double log_z = static_cast<double>(m) + std::log(sum);
-    loss += log_z - static_cast<double>(row[t]);
+    const double log_z = detail::log_sum_exp(row, vocab, 1.0);
+    double row_loss = log_z - static_cast<double>(row[t]);
+    if (eps != 0.0) {  // mean_j(−log p_j) = log Z − mean_j logits_j
+      double sum = 0.0;
+      for (Index j = 0; j < vocab; ++j) sum += static_cast<double>(row[j]);
+      row_loss = keep * row_loss + eps * (log_z - sum / static_cast<double>(vocab));
+    }
+    loss += row_loss;
     if (grad) {  // each entry is read before it is written, so dlogits may alias logits
-      for (Index j = 0; j < vocab; ++j) drow[j] = static_cast<float>(std::exp(static_cast<double>(row[j]) - log_z) * inv);
-      drow[t] -= static_cast<float>(inv);
+      for (Index j = 0; j < vocab; ++j)
+        drow[j] = static_cast<float>((std::exp(static_cast<double>(row[j]) - log_z) - spread) * inv);
+      drow[t] -= static_cast<float>(keep * inv);
     }
   }
   return loss * inv;
+}
+
+/// The mean cross-entropy without label smoothing; a target equal to ignore_index is not counted (see above).
+inline double cross_entropy(ConstMatrixView logits, std::span<const int> targets, MatrixView dlogits,
+                            int ignore_index = -100) {
+  return cross_entropy(logits, targets, dlogits, CrossEntropyOptions{ignore_index, 0.0});
 }
 
 }  // namespace polyformer

@@ -4,6 +4,7 @@
 /// `layers.{i}.feed_forward.w1` (w2, w3), with w1 the SwiGLU gate, w3 its up-projection and w2 the
 /// down-projection.
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -103,6 +104,74 @@ void activate_lora_adapters(Llama<Attn, LoRA<Inner>>& model, const std::vector<s
 template <IncrementalAttention Attn, MergeableLinear Inner>
 void merge_lora_adapters(Llama<Attn, LoRA<Inner>>& model, bool merge = true) {
   for_each_lora(model, [&](LoRA<Inner>& lin) { merge ? lin.merge() : lin.unmerge(); });
+}
+
+/// The llama2.c module path of target `leaf` (wq, wk, wv, wo, w1, w2 or w3) in layer `layer`; config_error
+/// naming the target otherwise.
+inline std::string llama_module_path(Index layer, std::string_view leaf) {
+  for (const char* m : {"wq", "wk", "wv", "wo"})
+    if (leaf == m) return detail::cat("layers.", layer, ".attention.", leaf);
+  for (const char* m : {"w1", "w2", "w3"})
+    if (leaf == m) return detail::cat("layers.", layer, ".feed_forward.", leaf);
+  throw config_error(detail::cat("llama_module_path: unknown LoRA target '", leaf,
+                                 "', expected one of wq, wk, wv, wo, w1, w2, w3"));
+}
+
+/// Adds a fresh adapter `name` of rank r and scaling α/r (PEFT's initialization: A Kaiming-uniform, B zero, so the
+/// model is unchanged until it trains) to the modules `targets` (leaf names, e.g. {"wq", "wv"}) of every layer,
+/// and activates it. Each module's A is drawn from its own seed (seed + its index). Targets are checked before any
+/// module changes.
+template <IncrementalAttention Attn, LinearPolicy Inner>
+void add_lora_training(Llama<Attn, LoRA<Inner>>& model, const std::string& name, Index rank, float alpha,
+                       const std::vector<std::string>& targets, unsigned seed = 0) {
+  const char* func = "add_lora_training";
+  if (targets.empty()) throw config_error(detail::cat(func, ": no targets, expected module names such as wq,wv"));
+  if (rank < 1 || !(alpha > 0.0f) || !std::isfinite(alpha))
+    throw config_error(detail::cat(func, ": rank ", rank, ", alpha ", alpha, ", expected rank >= 1 and alpha > 0"));
+  std::vector<std::string> paths;
+  for (Index l = 0; l < model.config().n_layers; ++l)
+    for (const auto& t : targets) paths.push_back(llama_module_path(l, t));
+  for (std::size_t i = 0; i < paths.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (paths[i] == paths[j]) throw config_error(detail::cat(func, ": target '", paths[i], "' is listed twice"));
+  for (const auto& p : paths)
+    if (llama_module(model, p).find(name))
+      throw config_error(detail::cat(func, ": module '", p, "' has an adapter named '", name, "' already"));
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    LoRA<Inner>& lin = llama_module(model, paths[i]);
+    lin.add_adapter(name, rank, alpha, seed + static_cast<unsigned>(i));
+    lin.set_active(name);
+  }
+}
+
+/// Every module's adapter `name` as a PEFT adapter (module paths of model.py; rank and α from the adapters, which
+/// must all share one rank and one scaling, as a PEFT config states them once). config_error when no module has
+/// it or they disagree.
+template <IncrementalAttention Attn, LinearPolicy Inner>
+io::PeftLoraAdapter peft_adapter_of(Llama<Attn, LoRA<Inner>>& model, const std::string& name) {
+  const char* func = "peft_adapter_of";
+  io::PeftLoraAdapter out;
+  float scaling = 0.0f;
+  for (Index l = 0; l < model.config().n_layers; ++l)
+    for (const char* leaf : {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}) {
+      const std::string path = llama_module_path(l, leaf);
+      const LoRAAdapter* a = llama_module(model, path).find(name);
+      if (a == nullptr) continue;
+      if (out.modules.empty()) {
+        out.rank = a->rank();
+        scaling = a->scaling;
+      } else if (a->rank() != out.rank || a->scaling != scaling) {
+        throw config_error(detail::cat(func, ": module '", path, "' has rank ", a->rank(), " and scaling ", a->scaling,
+                                       ", expected rank ", out.rank, " and scaling ", scaling, " as the first module"));
+      }
+      out.modules.push_back({path, a->a, a->b});
+      const std::string target = leaf;
+      if (std::find(out.target_modules.begin(), out.target_modules.end(), target) == out.target_modules.end())
+        out.target_modules.push_back(target);
+    }
+  if (out.modules.empty()) throw config_error(detail::cat(func, ": no module has an adapter named '", name, "'"));
+  out.alpha = scaling * static_cast<float>(out.rank);
+  return out;
 }
 
 }  // namespace polyformer

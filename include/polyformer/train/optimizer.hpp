@@ -140,6 +140,15 @@ class AdamW {
     const auto it = state_.find(name);
     return it == state_.end() ? nullptr : &it->second;
   }
+  /// Every tensor's state by name (a checkpoint saves it).
+  const std::unordered_map<std::string, State>& states() const noexcept { return state_; }
+  /// Replaces the state of the tensor of this name (a checkpoint restores it); m and v must have one size.
+  void set_state(const std::string& name, State s) {
+    if (s.m.size() != s.v.size() || s.step < 0)
+      throw config_error(detail::cat("AdamW::set_state: '", name, "' has step ", s.step, ", ", s.m.size(),
+                                     " first and ", s.v.size(), " second moments, expected step >= 0 and equal sizes"));
+    state_[name] = std::move(s);
+  }
 
  private:
   AdamWOptions opt_;
@@ -205,6 +214,10 @@ class SGD {
     const auto it = momentum_.find(name);
     return it == momentum_.end() ? nullptr : &it->second;
   }
+  /// Every tensor's momentum buffer by name (a checkpoint saves them).
+  const std::unordered_map<std::string, std::vector<float>>& momentum_buffers() const noexcept { return momentum_; }
+  /// Replaces the momentum buffer of the tensor of this name (a checkpoint restores it).
+  void set_momentum_buffer(const std::string& name, std::vector<float> buffer) { momentum_[name] = std::move(buffer); }
 
  private:
   SGDOptions opt_;

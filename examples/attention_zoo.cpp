@@ -393,7 +393,10 @@ std::string number_text(double x) {
 /// "0,1024,2048,3072"
 std::string positions_text(const std::vector<pf::Index>& positions) {
   std::string s;
-  for (pf::Index p : positions) s += (s.empty() ? "" : ",") + std::to_string(p);
+  for (pf::Index p : positions) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(p);
+  }
   return s;
 }
 

@@ -23,6 +23,8 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -48,6 +50,10 @@
 #include "polyformer/train/data.hpp"
 #include "polyformer/train/trainer.hpp"
 
+#ifdef POLYFORMER_WITH_MPI
+#include "polyformer/train/data_parallel.hpp"
+#endif
+
 #include "../bench/resident_memory.hpp"
 #include "cli.hpp"
 
@@ -70,6 +76,13 @@ const std::string usage =
     "             [--eval-every K] [--sample N]\n";
 
 using Model = pf::Llama<pf::DynamicIncrementalAttention, pf::LoRA<pf::Dense>>;
+
+/// This process's place in a data-parallel run (mpirun -np R train …); one rank without MPI.
+struct Cluster {
+  int rank = 0, ranks = 1;
+  bool leader() const noexcept { return rank == 0; }
+};
+Cluster cluster;
 
 struct LoraOption {
   pf::Index rank = 0;
@@ -428,6 +441,11 @@ int run(const Options& o) {
   pf::TrainerOptions topt;
   topt.batch = o.batch;
   topt.accumulation = o.accum;
+  topt.rank = cluster.rank;
+  topt.ranks = cluster.ranks;
+  if (o.batch % cluster.ranks != 0)
+    throw usage_error("--batch " + std::to_string(o.batch) + " does not split over " + std::to_string(cluster.ranks) +
+                      " ranks, expected a multiple");
   topt.clip = o.clip;
   topt.schedule.lr = o.lr;
   topt.schedule.min_lr = o.min_lr;
@@ -441,6 +459,9 @@ int run(const Options& o) {
     return pf::SGD(pf::SGDOptions{o.momentum, 0.0, o.weight_decay, false});
   }();
   pf::CausalLMTrainer<Model> trainer(model, std::move(optimizer), topt);
+#ifdef POLYFORMER_WITH_MPI
+  if (cluster.ranks > 1) trainer.set_gradient_reduction(pf::MpiGradientAverage());
+#endif
   const pf::GradientList& grads = trainer.gradients();
   if (o.lora) {
     grads.freeze("");
@@ -470,6 +491,7 @@ int run(const Options& o) {
   }
 
   if (!o.grads_out.empty()) {  // step 0's loss and gradients, no update
+    if (cluster.ranks > 1) throw usage_error("--grads-out runs in one process, not under mpirun");
     double loss = 0.0;
     const float scale = 1.0f / static_cast<float>(o.accum);
     grads.zero();
@@ -491,7 +513,9 @@ int run(const Options& o) {
     return 0;
   }
 
-  std::fprintf(stderr,
+  const bool leader = cluster.leader();
+  if (leader)
+    std::fprintf(stderr,
                "train: %s model, dim %lld, %lld layers, %lld heads, vocab %lld; %lld of %lld values train%s; "
                "%lld windows of %lld tokens (%s)%s; attention %s; %lld threads\n",
                o.model.empty() ? "new" : o.model.c_str(), static_cast<long long>(config.dim),
@@ -504,7 +528,7 @@ int run(const Options& o) {
 
   std::optional<std::ofstream> csv;
   std::vector<std::array<double, 3>> curve;
-  if (!o.log.empty()) {
+  if (!o.log.empty() && leader) {
     csv.emplace(o.log);
     if (!*csv) throw std::runtime_error("--log: cannot write '" + o.log + "'");
     *csv << "step,loss,val_loss,lr,tokens_per_s\n";
@@ -539,7 +563,8 @@ int run(const Options& o) {
       curve.push_back({static_cast<double>(s), r.loss, this_val});
     }
     const double eta = elapsed / static_cast<double>(s - first_step) * static_cast<double>(o.steps - s);
-    if (tty) {
+    if (!leader) {
+    } else if (tty) {
       const int width = 24, filled = static_cast<int>(width * static_cast<double>(s) / static_cast<double>(o.steps));
       std::fprintf(stderr, "\r[%s%s] step %lld/%lld loss %.4f%s lr %.2e %.0f tok/s ETA %s   ",
                    std::string(static_cast<std::size_t>(filled), '#').c_str(),
@@ -553,7 +578,7 @@ int run(const Options& o) {
       if (std::isfinite(this_val)) std::fprintf(stderr, " val_loss %.4f (perplexity %.2f)", this_val, std::exp(this_val));
       std::fprintf(stderr, " lr %.3e %.0f tok/s ETA %s\n", r.lr, tps, format_duration(eta).c_str());
     }
-    if (!o.checkpoint.empty() && std::isfinite(this_val)) trainer.save(o.checkpoint, o.seed, settings);
+    if (!o.checkpoint.empty() && std::isfinite(this_val) && leader) trainer.save(o.checkpoint, o.seed, settings);
   }
   if (csv) {
     csv->close();
@@ -561,6 +586,21 @@ int run(const Options& o) {
     svg.replace_extension(".svg");
     write_loss_svg(svg.string(), curve);
   }
+#ifdef POLYFORMER_WITH_MPI
+  if (cluster.ranks > 1) {  // every rank must hold the same weights: compare a digest of their bits
+    std::uint64_t digest = 1469598103934665603ull, low = 0, high = 0;
+    for (const pf::Parameter& p : trainer.parameters().items()) {
+      std::vector<float> v(static_cast<std::size_t>(p.numel()));
+      p.read(v.data());
+      for (float x : v) digest = (digest ^ std::bit_cast<std::uint32_t>(x)) * 1099511628211ull;  // FNV-1a over words
+    }
+    MPI_Allreduce(&digest, &low, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+    MPI_Allreduce(&digest, &high, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    if (low != high) throw std::runtime_error("the ranks' weights differ after training (a reduction bug)");
+    if (leader) std::fprintf(stderr, "train: %d ranks hold identical weights\n", cluster.ranks);
+  }
+#endif
+  if (!leader) return 0;
   if (!o.checkpoint.empty()) trainer.save(o.checkpoint, o.seed, settings);
   if (!o.save.empty()) pf::save_llama2c(o.save, model);
   if (!o.save_adapter.empty()) {
@@ -589,15 +629,44 @@ int run(const Options& o) {
 
 }  // namespace
 
+/// Under mpirun (Open MPI sets OMPI_COMM_WORLD_SIZE, MPICH and others PMI_SIZE) the ranks join one run; a plain
+/// start does not touch MPI at all.
+void join_cluster(int& argc, char**& argv) {
+#ifdef POLYFORMER_WITH_MPI
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr && std::getenv("PMI_SIZE") == nullptr) return;
+  MPI_Init(&argc, &argv);
+  cluster.rank = pf::mpi_rank();
+  cluster.ranks = pf::mpi_ranks();
+#else
+  (void)argc;
+  (void)argv;
+#endif
+}
+
+/// Ends the run with `code`: with several ranks, a failure on one stops them all (MPI_Abort), as the others would
+/// wait for it forever.
+int leave_cluster(int code) {
+#ifdef POLYFORMER_WITH_MPI
+  int started = 0;
+  MPI_Initialized(&started);
+  if (started) {
+    if (code != 0 && cluster.ranks > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    MPI_Finalize();
+  }
+#endif
+  return code;
+}
+
 int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
   try {
-    return run(parse(argc, argv));
+    join_cluster(argc, argv);
+    return leave_cluster(run(parse(argc, argv)));
   } catch (const usage_error& e) {
     std::fprintf(stderr, "train: %s\n%s", e.what(), usage.c_str());
-    return 2;
+    return leave_cluster(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train: %s\n", e.what());
-    return 2;
+    return leave_cluster(2);
   }
 }

@@ -285,3 +285,43 @@ TEST_CASE("examples/train: --log writes the CSV and the loss curve; the embedded
   CHECK_THAT(out, Catch::Contains("--- sample 3"));
 }
 #endif
+
+#if defined(POLYFORMER_TRAIN) && defined(POLYFORMER_MPIEXEC)
+TEST_CASE("examples/train: two MPI ranks train as one process with the same global batch",
+          "[examples][train][mpi]") {
+  const std::string shard = write_shard("mpi.bin", random_ids(4000, 64, 12));
+  const std::string common = "--config dim=32,layers=2,heads=4,kv_heads=2,hidden=64,vocab=64,seq_len=32 --data " +
+                             shard + " --seq-len 32 --batch 4 --accum 2 --steps 10 --threads 1 --warmup 2 --lr 3e-3";
+  const std::string one = temp_path("mpi_one"), two = temp_path("mpi_two");
+  std::filesystem::remove_all(one);
+  std::filesystem::remove_all(two);
+  std::string out, err;
+  REQUIRE(run(common + " --checkpoint " + one, nullptr, &err) == 0);
+  // Loopback only, and root allowed (CI runs as root).
+  const std::string mpirun = std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
+                             POLYFORMER_MPIEXEC + " -np 2 --oversubscribe --mca btl self,tcp --mca btl_tcp_if_include lo "
+                             "--mca oob_tcp_if_include lo " + POLYFORMER_TRAIN;
+  REQUIRE(pft::run_program(mpirun, "train_mpi", common + " --checkpoint " + two, &out, &err) == 0);
+  CHECK_THAT(err, Catch::Contains("2 ranks hold identical weights"));
+  const auto a = pf::io::SafetensorsFile::open(one + "/training_state.safetensors");
+  const auto b = pf::io::SafetensorsFile::open(two + "/training_state.safetensors");
+  CHECK(b.metadata_value("step") == "10");
+  Index compared = 0;
+  for (const auto& name : a.names()) {
+    if (name.rfind("model.", 0) != 0) continue;
+    INFO(name);
+    const auto x = a.tensor(name).data, y = b.tensor(name).data;
+    REQUIRE(x.size() == y.size());
+    double diff = 0.0, norm = 0.0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      diff += (double(x[i]) - double(y[i])) * (double(x[i]) - double(y[i]));
+      norm += double(x[i]) * double(x[i]);
+    }
+    CHECK(std::sqrt(diff / norm) <= 1e-5);
+    ++compared;
+  }
+  CHECK(compared == 2 * 9 + 2);  // every layer's 9 tensors, the embedding and the final norm
+  std::filesystem::remove_all(one);
+  std::filesystem::remove_all(two);
+}
+#endif

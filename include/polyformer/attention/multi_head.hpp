@@ -206,6 +206,11 @@ class MultiHeadAttention {
                     p0.zero();
                     p1.zero();
                     p2.zero();
+                  },
+                  [p0, p1, p2, n0, n1](const float* in) {
+                    p0.write(in);
+                    p1.write(in + n0);
+                    p2.write(in + n0 + n1);
                   }});
       }
     } else {

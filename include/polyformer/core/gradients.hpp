@@ -31,6 +31,7 @@ struct Gradient {
   std::function<bool()> trainable;         ///< whether it has a buffer
   std::function<void(bool)> set_trainable;  ///< true: a zeroed buffer; false: none (frozen)
   std::function<void()> zero;              ///< zeroes the buffer (nothing while frozen)
+  std::function<void(const float*)> write;  ///< copies numel() floats in (nothing while frozen): a reduction's result
 
   Index numel() const noexcept {
     Index n = 1;
@@ -57,7 +58,7 @@ class GradientList {
            if (on) g.setZero(rows, cols);
            else g.resize(0, 0);
          },
-         [&g] { g.setZero(); }});
+         [&g] { g.setZero(); }, [&g](const float* in) { std::copy_n(in, g.size(), g.data()); }});
   }
   /// A vector buffer of (n).
   void add_vector(std::string name, Vector& g, Index n) {
@@ -67,7 +68,7 @@ class GradientList {
            if (on) g.setZero(n);
            else g.resize(0);
          },
-         [&g] { g.setZero(); }});
+         [&g] { g.setZero(); }, [&g](const float* in) { std::copy_n(in, g.size(), g.data()); }});
   }
 
   const std::vector<Gradient>& items() const noexcept { return items_; }

@@ -6,9 +6,12 @@
 /// optimizer steps at the schedule's learning rate. Any model with Llama's training interface fits: forward_train
 /// (tokens, batch, logits, saved, ctx), backward(dlogits, g, saved, ctx), make_gradients, gradients, parameters.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <span>
 #include <variant>
 #include <vector>
@@ -31,11 +34,17 @@ struct TrainerOptions {
   Index accumulation = 1;   ///< micro-batches per optimizer step
   double clip = 1.0;        ///< maximum global gradient norm; 0: no clipping
   LearningRateSchedule schedule{};
+  /// Data parallelism: this process is `rank` of `ranks`, and reads its share of each micro-batch (batch / ranks
+  /// windows; batch a multiple of ranks). The gradient reduction (set_gradient_reduction) averages the shares.
+  Index rank = 0, ranks = 1;
 
   void validate() const {
     const char* func = "TrainerOptions";
     if (batch < 1 || accumulation < 1)
       throw config_error(detail::cat(func, ": batch ", batch, ", accumulation ", accumulation, ", expected both >= 1"));
+    if (ranks < 1 || rank < 0 || rank >= ranks || batch % ranks != 0)
+      throw config_error(detail::cat(func, ": rank ", rank, " of ", ranks, " with batch ", batch,
+                                     ", expected 0 <= rank < ranks and batch a multiple of ranks"));
     if (!(clip >= 0.0) || !std::isfinite(clip))
       throw config_error(detail::cat(func, ": clip is ", clip, ", expected >= 0 (0: off)"));
     schedule.validate();
@@ -82,9 +91,11 @@ class CausalLMTrainer {
     position_ = position;
   }
 
-  /// Called with the gradients after every backward of a step and before clipping: a data-parallel run sums them
-  /// across processes there (and divides by the process count).
-  void set_gradient_reduction(std::function<void(const GradientList&)> reduce) { reduce_ = std::move(reduce); }
+  /// Called with the gradients and the step's loss after every backward of a step and before clipping: a
+  /// data-parallel run averages both across processes there (train/data_parallel.hpp).
+  void set_gradient_reduction(std::function<void(const GradientList&, double& loss)> reduce) {
+    reduce_ = std::move(reduce);
+  }
 
   /// The loss of the windows at data positions first … first + batch − 1 with every gradient added into the
   /// buffers, the loss's gradient scaled by `scale`.
@@ -99,17 +110,19 @@ class CausalLMTrainer {
     return loss;
   }
 
-  /// One optimizer step on the next options().accumulation × options().batch windows of `data`.
+  /// One optimizer step on the next options().accumulation × options().batch windows of `data` (of them, with
+  /// several ranks, this rank's share).
   StepReport train_step(TokenWindows& data, const Context& ctx) {
     StepReport report;
     list_.zero();
     const float scale = 1.0f / static_cast<float>(options_.accumulation);
+    const Index share = options_.batch / options_.ranks;
     for (Index k = 0; k < options_.accumulation; ++k) {
-      report.loss += accumulate(data, position_, options_.batch, scale, ctx);
+      report.loss += accumulate(data, position_ + options_.rank * share, share, scale, ctx);
       position_ += options_.batch;
     }
     report.loss /= static_cast<double>(options_.accumulation);
-    if (reduce_) reduce_(list_);
+    if (reduce_) reduce_(list_, report.loss);
     float coefficient = 1.0f;
     if (options_.clip > 0.0) coefficient = clip_coefficient(list_, options_.clip, &report.gradient_norm);
     report.lr = options_.schedule.at(step_);
@@ -157,7 +170,7 @@ class CausalLMTrainer {
   Matrix logits_;  // (batch·seq, vocab), then its gradient in place
   std::vector<int> inputs_, targets_;
   std::int64_t step_ = 0, position_ = 0;
-  std::function<void(const GradientList&)> reduce_;
+  std::function<void(const GradientList&, double&)> reduce_;
 };
 
 }  // namespace polyformer

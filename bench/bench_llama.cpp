@@ -11,6 +11,12 @@
 //   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token).
 //   BM_llama110m_decode_batch decodes B sequences per batched forward; BM_llama110m_decode_users runs one or two
 //   user threads on the shared model, one worker each.
+// - training, llama2.c's train.py shape (stories15M: dim 288, 6 layers, 6 heads, hidden 768, vocab 32000, tied
+//   classifier, seq 256, batch 8, random weights and tokens): BM_llama_train times full optimizer steps of
+//   CausalLMTrainer (forward, cross-entropy, backward, clip 1.0, AdamW β 0.9/0.95, weight decay 0.1), every
+//   tensor trainable; BM_llama_train_lora the same steps with a rank-8 LoRA adapter on wq and wv and only its
+//   factors trainable. Counter tok/s = batch·seq per step / wall time (also items_per_second). Peer:
+//   bench/peers/torch_train_llama2c.py (llama2.c's model.py on PyTorch).
 //
 //   bench_llama --benchmark_filter='threads:1/'
 
@@ -21,6 +27,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <span>
 #include <string>
 #include <thread>
@@ -30,6 +37,9 @@
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
+#include "polyformer/models/llama_lora.hpp"
+#include "polyformer/train/data.hpp"
+#include "polyformer/train/trainer.hpp"
 
 namespace pf = polyformer;
 
@@ -312,6 +322,93 @@ void BM_llama110m_decode_users(benchmark::State& state) {
   state.counters["tok/s"] = benchmark::Counter(double(users) * steps / (state.counters["ms"] * 1e-3));
 }
 
+// ---- training, llama2.c's train.py shape ----
+
+/// stories15M's shape (llama2.c's train.py defaults): hidden_dim is model.py's rule for dim 288, multiple_of 32:
+/// 4·288 = 1152, int(2·1152/3) = 768, rounded up to a multiple of 32 = 768.
+pf::io::LlamaConfig config_15m() {
+  pf::io::LlamaConfig c;
+  c.dim = 288;
+  c.hidden_dim = 768;
+  c.n_layers = 6;
+  c.n_heads = 6;
+  c.n_kv_heads = 6;
+  c.vocab_size = 32000;
+  c.seq_len = 256;
+  c.shared_classifier = true;
+  return c;
+}
+
+constexpr pf::Index train_batch = 8;
+
+using TrainModel = pf::Llama<pf::FullAttention, pf::LoRA<pf::Dense>>;
+
+/// model.py's initialization: matrices (and the embedding) N(0, 0.02), w3 and wo N(0, 0.02/√(2·n_layers)), norm
+/// gains one (as make_llama leaves them).
+void initialize_15m(TrainModel& model) {
+  std::mt19937 rng(1337);
+  const float residual = 0.02f / std::sqrt(2.0f * static_cast<float>(model.config().n_layers));
+  std::vector<float> values;
+  const pf::ParameterList params = pf::parameters_of(model);  // kept: items() refers into it
+  for (const pf::Parameter& p : params.items()) {
+    if (p.shape.size() < 2) continue;
+    const bool scaled = p.name.ends_with("w3.weight") || p.name.ends_with("wo.weight");
+    std::normal_distribution<float> normal(0.0f, scaled ? residual : 0.02f);
+    values.resize(static_cast<std::size_t>(p.numel()));
+    for (float& v : values) v = normal(rng);
+    p.write(values.data());
+  }
+}
+
+/// Full optimizer steps of CausalLMTrainer on random tokens: every tensor trainable, or (lora) a rank-8 adapter
+/// (α 16) on wq and wv alone. One untimed step first (it sizes the workspaces and the optimizer's moments).
+template <bool lora>
+void BM_llama_train(benchmark::State& state) {
+  const pf::Context ctx{static_cast<int>(state.range(0))};
+  const pf::io::LlamaConfig config = config_15m();
+  TrainModel model = pf::make_llama<pf::LoRA<pf::Dense>>(config);
+  initialize_15m(model);
+  if constexpr (lora) pf::add_lora_training(model, "default", 8, 16.0f, {"wq", "wv"});
+
+  std::vector<int> tokens(static_cast<std::size_t>(64 * config.seq_len + 1));  // 64 windows, read round-robin
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> id(0, static_cast<int>(config.vocab_size) - 1);
+  for (int& t : tokens) t = id(rng);
+  pf::TokenWindows data(std::move(tokens), config.seq_len);
+
+  pf::TrainerOptions options;
+  options.batch = train_batch;
+  options.accumulation = 1;
+  options.clip = 1.0;
+  options.schedule.lr = 5e-4;  // train.py's learning rate, constant (the schedule costs nothing)
+  pf::AdamWOptions adam;
+  adam.beta1 = 0.9;
+  adam.beta2 = 0.95;
+  adam.weight_decay = 0.1;
+  pf::CausalLMTrainer<TrainModel> trainer(model, pf::AdamW(adam), options);
+  const pf::GradientList& grads = trainer.gradients();
+  if constexpr (lora) {
+    grads.freeze("");
+    for (const pf::Gradient& g : grads.items())
+      if (g.name.find(".lora_") != std::string::npos) g.set_trainable(true);
+  } else {
+    grads.unfreeze("");
+  }
+
+  const bench::PeakMemory memory;
+  double loss = trainer.train_step(data, ctx).loss;  // warm-up
+  const bench::LoopClock clock;
+  for (auto _ : state) loss = trainer.train_step(data, ctx).loss;
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  const double tokens_per_step = static_cast<double>(train_batch * config.seq_len);
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * train_batch * config.seq_len);
+  state.counters["tok/s"] = benchmark::Counter(tokens_per_step / (state.counters["ms"] * 1e-3));
+  state.counters["loss"] = benchmark::Counter(loss);
+  state.counters["trainable"] = benchmark::Counter(static_cast<double>(grads.trainable_numel()));
+  memory.report(state);
+}
+
 }  // namespace
 
 BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -326,5 +423,10 @@ BENCHMARK(BM_llama110m_decode_batch)->ArgNames({"batch", "threads"})->Args({1, 1
     ->Args({8, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_decode_users)->ArgName("users")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)
     ->MinTime(2.0);
+// A step takes seconds: three timed steps after the untimed one.
+BENCHMARK(BM_llama_train<false>)->Name("BM_llama_train")->ArgName("threads")->Arg(1)->Arg(2)->Iterations(3)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_llama_train<true>)->Name("BM_llama_train_lora")->ArgName("threads")->Arg(1)->Arg(2)->Iterations(3)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
 
 POLYFORMER_BENCHMARK_MAIN()

@@ -7,13 +7,15 @@
 #
 # Environment: REPS (repetitions, default 3), SLOW_REPS (for the slow sizes: encoder n = 2048,
 # attention n >= 4096; default 1), THREADS (default "1 2"), AREAS (default "gemm encoder_layer attention llama
-# generate"), RUNC (path to llama2.c's run.c built by hand, e.g. `gcc -Ofast -march=native run.c -lm -o run`: the
+# generate train"), RUNC (path to llama2.c's run.c built by hand, e.g. `gcc -Ofast -march=native run.c -lm -o run`: the
 # peer of the "generate" area, skipped when unset), ORT_HARNESS (a scratch folder set up as shared/peers/ort/README.txt
 # says: its bench.js and bench2.js, node_modules with onnxruntime-node, models/ from export.py and make_mha.py; the
 # ONNX Runtime peer of the encoder layer and of attention, skipped when unset), LLAMA_CPP (a llama.cpp source tree
 # built by hand in a scratch folder, with build/bin/llama-bench and build/bin/llama-convert-llama2c-to-ggml: the peer
 # of the "llama" area on the same random 110M model, written by bench/make_llama2c_model.py and converted to F32 GGUF
-# once into BUILD_DIR/bench-models; skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
+# once into BUILD_DIR/bench-models; skipped when unset), LLAMA2C_DIR (a llama2.c checkout in a scratch folder: the
+# peer of the "train" area, bench/peers/torch_train_llama2c.py importing its model.py on /usr/bin/python3's PyTorch;
+# skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
 # Every peer is measured in this run, on this machine; a peer that is absent is skipped, never filled in from
 # another machine's figures.
 #
@@ -42,7 +44,7 @@ RESULTS=${2:-$BUILD/bench-results/$(date +%Y%m%d-%H%M%S)}
 REPS=${REPS:-3}
 SLOW_REPS=${SLOW_REPS:-1}
 THREADS=${THREADS:-"1 2"}
-AREAS=${AREAS:-"gemm encoder_layer attention llama generate"}
+AREAS=${AREAS:-"gemm encoder_layer attention llama generate train"}
 SHARED=${SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || PYTHON=python3
@@ -141,6 +143,20 @@ json.dump({"benchmarks": benchmarks}, open(sys.argv[2], "w"), indent=1)
 PY
 }
 
+# run_llama2c_train THREADS — llama2.c's model.py on PyTorch (bench/peers/torch_train_llama2c.py, a process per
+# thread count with the thread environment set inside), BM_llama_train's shape: Google Benchmark-style JSON in
+# $RESULTS/llama2c_train.t<THREADS>.json (BM_llama2c_train: mean ms of 3 timed steps after 1 warm-up, tok/s).
+run_llama2c_train() {
+  local t=$1
+  if [[ -z ${LLAMA2C_DIR:-} || ! -f ${LLAMA2C_DIR:-}/model.py ]]; then
+    echo "  (skipping llama2c_train: LLAMA2C_DIR is not set to a llama2.c checkout)" | tee -a "$LOG"
+    return 0
+  fi
+  echo "  LLAMA2C_DIR=$LLAMA2C_DIR $PYTHON torch_train_llama2c.py --threads $t" | tee -a "$LOG"
+  "$PYTHON" "$(dirname "$0")/peers/torch_train_llama2c.py" --threads "$t" --json "$RESULTS/llama2c_train.t$t.json" \
+    >>"$LOG" 2>&1 || echo "  (torch_train_llama2c.py exited with $?)" | tee -a "$LOG"
+}
+
 if [[ $TABLE_ONLY == 0 ]]; then
 : >"$LOG"
 { echo "# $(date -Is) $(uname -n)"; echo "# load before: $(cat /proc/loadavg)"; } >>"$LOG"
@@ -165,8 +181,11 @@ for t in $THREADS; do
         run libtorch_attention libtorch_attention_slow "$t" "$SLOW_REPS" "n:4096/threads:$t/"
         run_ort attn ort_attention_mha "$t" 5 1 1024 4096 ;;
       llama)
-        run bench_llama llama "$t" "$REPS" "threads:$t/"
+        run bench_llama llama "$t" "$REPS" "(stories260k|stream_triad|llama110m).*threads:$t/"
         run_llamacpp "$t" ;;
+      train)  # training steps at stories15M's shape (seconds each: 1 repetition of 3 steps) against llama2.c on PyTorch
+        run bench_llama llama_train "$t" 1 "BM_llama_train.*threads:$t/"
+        run_llama2c_train "$t" ;;
       generate)  # whole processes, stories260K, greedy, 512 positions: generate against run.c, interleaved
         if [[ $t != 1 ]]; then echo "  (generate: run.c is single-threaded; compared at 1 thread only)" | tee -a "$LOG"
         elif [[ -z ${RUNC:-} || ! -x ${RUNC:-} ]]; then echo "  (skipping generate: RUNC is not set)" | tee -a "$LOG"
@@ -214,7 +233,7 @@ for path in sorted(glob.glob(os.path.join(results, "*.json"))):
         family = parts[0][3:] if parts[0].startswith("BM_") else parts[0]
         args = "/".join(p for p in parts[1:] if ":" in p and not p.startswith(("iterations:", "repeats:", "min_time:")))
         c = {k: b.get(k) for k in ("ms", "GFLOP/s", "peak_MB", "extra_MB", "tok/s", "decode_tok/s", "weight_GB/s",
-                                   "triad_GB/s", "pct_of_triad", "gemm_GFLOP/s", "pct_of_gemm")}
+                                   "triad_GB/s", "pct_of_triad", "gemm_GFLOP/s", "pct_of_gemm", "loss")}
         if c["ms"] is None:
             continue
         runs.setdefault((family, args), []).append((kind, c))
@@ -334,6 +353,22 @@ if rows:
     print("|---|---|---|---|---|")
     for fam, t, ours, peer in rows:
         print(f"| {fam} | {t} | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} |")
+
+rows = []
+for t in (1, 2):
+    full, lora, peer = (pick(f, f"threads:{t}") for f in ("llama_train", "llama_train_lora", "llama2c_train"))
+    if full:
+        rows.append((t, full, lora, peer))
+if rows:
+    print()
+    print("| training step, stories15M shape, batch 8 × 256 | threads | polyformer tok/s | llama2.c model.py on PyTorch "
+          "tok/s | polyformer ÷ PyTorch (target ≥ 2) | LoRA r 8 (wq, wv) ms | full ms | LoRA ÷ full (target ≤ 0.6) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t, full, lora, peer in rows:
+        ratio = full["tok/s"] / peer["tok/s"] if peer and peer.get("tok/s") else None
+        share = lora["ms"] / full["ms"] if lora else None
+        print(f"| full fine-tuning | {t} | {fmt(full.get('tok/s'), '.0f')} | {fmt(peer and peer.get('tok/s'), '.0f')} | "
+              f"{fmt(ratio, '.2f')} | {fmt(lora and lora['ms'], '.0f')} | {full['ms']:.0f} | {fmt(share, '.2f')} |")
 
 gen = os.path.join(results, "generate.t1.hyperfine.json")
 if os.path.exists(gen):

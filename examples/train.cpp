@@ -48,6 +48,7 @@
 #include "polyformer/models/llama_lora.hpp"
 #include "polyformer/train/checkpoint.hpp"
 #include "polyformer/train/data.hpp"
+#include "polyformer/train/fine_tuning.hpp"
 #include "polyformer/train/trainer.hpp"
 
 #ifdef POLYFORMER_WITH_MPI
@@ -429,7 +430,6 @@ int run(const Options& o) {
   if (!val_tokens.empty()) val.emplace(std::move(val_tokens), seq_len, std::nullopt, o.val.empty() ? "held-out" : o.val);
 
   // What trains.
-  if (o.bitfit) throw usage_error("--bitfit trains biases, and a Llama has none (its linear layers are bias-free)");
   if (o.lora) {
     try {
       pf::add_lora_training(model, "default", o.lora->rank, o.lora->alpha, o.lora->targets,
@@ -464,9 +464,13 @@ int run(const Options& o) {
 #endif
   const pf::GradientList& grads = trainer.gradients();
   if (o.lora) {
-    grads.freeze("");
-    for (const pf::Gradient& g : grads.items())
-      if (g.name.find(".lora_") != std::string::npos) g.set_trainable(true);
+    pf::train_only_lora(grads);
+  } else if (o.bitfit) {
+    try {
+      pf::train_only_biases(grads);
+    } catch (const pf::config_error& e) {
+      throw usage_error(std::string("--bitfit: ") + e.what() + " (a Llama's linear layers have no biases)");
+    }
   } else {
     grads.unfreeze("");
     for (const auto& f : o.freeze) {

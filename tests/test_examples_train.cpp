@@ -238,7 +238,7 @@ TEST_CASE("examples/train: bad input exits with code 2 and one line; a failed ru
       {base + "--data " + text, "--tokenizer is required"},
       {"--config dim=32,layers=1,heads=4,hidden=64,vocab=600,seq_len=32 --tokenizer " + tok512 + " --data " + text,
        "tokenizer"},
-      {base + "--data " + good + " --bitfit", "a Llama has none"},
+      {base + "--data " + good + " --bitfit", "BitFit needs a model with biases"},
       {base + "--data " + good + " --freeze layers.9", "no tensor name starts with 'layers.9'"},
       {base + "--data " + good + " --attention blockwise:8", "--attention"},
       {base + "--data " + good + " --steps 3 --grads-out x.safetensors", "--grads-out needs --steps 0"},

@@ -75,6 +75,7 @@
 
 #include "polyformer/train/checkpoint.hpp"
 #include "polyformer/train/data.hpp"
+#include "polyformer/train/fine_tuning.hpp"
 #include "polyformer/train/losses.hpp"
 #include "polyformer/train/optimizer.hpp"
 #include "polyformer/train/schedule.hpp"

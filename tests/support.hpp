@@ -98,4 +98,14 @@ inline int run_program(const std::string& program, const std::string& tag, const
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/// Writes token ids as a llama2.c pretokenized shard (little-endian uint16) at `path`; returns the path.
+inline std::string write_token_shard(const std::string& path, const std::vector<int>& ids) {
+  std::ofstream out(path, std::ios::binary);
+  for (int id : ids) {
+    const char b[2] = {static_cast<char>(id & 0xFF), static_cast<char>((id >> 8) & 0xFF)};
+    out.write(b, 2);
+  }
+  return path;
+}
+
 }  // namespace pft

@@ -34,13 +34,7 @@ int run(const std::string& args, std::string* out = nullptr, std::string* err = 
 }
 
 std::string write_shard(const std::string& name, const std::vector<int>& ids) {
-  const std::string path = temp_path(name);
-  std::ofstream out(path, std::ios::binary);
-  for (int id : ids) {
-    const unsigned char b[2] = {static_cast<unsigned char>(id & 0xFF), static_cast<unsigned char>(id >> 8)};
-    out.write(reinterpret_cast<const char*>(b), 2);
-  }
-  return path;
+  return pft::write_token_shard(temp_path(name), ids);
 }
 
 std::vector<int> random_ids(std::size_t n, int vocab, std::uint64_t seed) {

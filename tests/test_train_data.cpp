@@ -22,13 +22,7 @@ std::string temp_path(const std::string& name) { return pft::process_temp_path("
 
 /// Writes ids as little-endian uint16, as llama2.c's pretokenizer does.
 std::string write_shard(const std::string& name, const std::vector<int>& ids) {
-  const std::string path = temp_path(name);
-  std::ofstream out(path, std::ios::binary);
-  for (int id : ids) {
-    const unsigned char b[2] = {static_cast<unsigned char>(id & 0xFF), static_cast<unsigned char>(id >> 8)};
-    out.write(reinterpret_cast<const char*>(b), 2);
-  }
-  return path;
+  return pft::write_token_shard(temp_path(name), ids);
 }
 
 }  // namespace

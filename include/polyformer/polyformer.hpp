@@ -33,6 +33,7 @@
 #include "polyformer/layers/norm.hpp"
 #include "polyformer/layers/position.hpp"
 #include "polyformer/layers/rotary.hpp"
+#include "polyformer/linear/adapter.hpp"
 #include "polyformer/linear/bf16.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/int8.hpp"

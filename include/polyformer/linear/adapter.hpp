@@ -8,6 +8,7 @@
 /// every linear layer and switch it on for some.
 
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <random>
 #include <string>

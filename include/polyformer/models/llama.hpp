@@ -366,7 +366,7 @@ template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
 Llama<Attn, Lin> make_llama(const io::LlamaConfig& c, const Attn& attention = Attn{}) {
   using Model = Llama<Attn, Lin>;
-  using Layer = Model::Layer;
+  using Layer = typename Model::Layer;
   c.validate("make_llama");
   const Index d = c.dim, h = c.hidden_dim, q = c.n_heads * c.head_dim(), kv = c.kv_dim();
   const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };

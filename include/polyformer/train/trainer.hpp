@@ -104,7 +104,7 @@ class CausalLMTrainer {
     const Index rows = static_cast<Index>(inputs_.size());
     ensure_shape(logits_, rows, model_.config().vocab_size);
     model_.forward_train(inputs_, batch, view(logits_), saved_, ctx);
-    const double loss = cross_entropy(cview(logits_), targets_, view(logits_));
+    const double loss = cross_entropy(cview(logits_), targets_, view(logits_), CrossEntropyOptions{}, ctx);
     if (scale != 1.0f) logits_ *= scale;
     model_.backward(cview(logits_), grads_, saved_, ctx);
     return loss;
@@ -141,7 +141,8 @@ class CausalLMTrainer {
       data.batch(done, b, inputs_, targets_);
       ensure_shape(logits_, static_cast<Index>(inputs_.size()), model_.config().vocab_size);
       model_.forward_train(inputs_, b, view(logits_), eval_saved_, ctx);
-      sum += cross_entropy(cview(logits_), targets_, MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1))) *
+      sum += cross_entropy(cview(logits_), targets_, MatrixView(nullptr, 0, 0, Eigen::OuterStride<>(1)),
+                           CrossEntropyOptions{}, ctx) *
              static_cast<double>(b);
       done += b;
     }

@@ -163,7 +163,7 @@ TEST_CASE("examples/train: --save exports a checkpoint run.c's golden text and t
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("examples/train: LoRA lowers a small text's loss by 30 % in 200 steps; its adapter works in generate",
+TEST_CASE("examples/train: LoRA lowers a small text's loss by 30 % in 200 steps, its adapter works in generate",
           "[examples][train][llama][lora]") {
   const std::string text =
       "Tim had a red kite. Every morning he ran to the hill behind his house and let the kite fly high. "
@@ -214,7 +214,7 @@ TEST_CASE("examples/train: LoRA lowers a small text's loss by 30 % in 200 steps;
   std::filesystem::remove_all(adapter);
 }
 
-TEST_CASE("examples/train: bad input exits with code 2 and one line; a failed run leaves the checkpoint alone",
+TEST_CASE("examples/train: bad input exits with code 2 and one line, a failed run leaves the checkpoint alone",
           "[examples][train]") {
   const std::string good = write_shard("good.bin", random_ids(300, 512, 1));
   const std::string odd = temp_path("odd.bin");
@@ -254,7 +254,7 @@ TEST_CASE("examples/train: bad input exits with code 2 and one line; a failed ru
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("examples/train: --log writes the CSV and the loss curve; the embedded default run samples",
+TEST_CASE("examples/train: --log writes the CSV and the loss curve, the embedded default run samples",
           "[examples][train]") {
   const std::string shard = write_shard("log.bin", random_ids(3000, 64, 8));
   const std::string csv = temp_path("log.csv");

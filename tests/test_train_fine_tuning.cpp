@@ -79,7 +79,7 @@ TEST_CASE("fine-tuning: BitFit trains the biases and leaves every other tensor b
   CHECK(changed == static_cast<Index>(biases));
 }
 
-TEST_CASE("fine-tuning: LoRA-only and adapter-only by name; a model without them is refused untouched",
+TEST_CASE("fine-tuning: LoRA-only and adapter-only by name, a model without them is refused untouched",
           "[train][fine_tuning]") {
   pf::io::LlamaConfig c;
   c.dim = 16, c.hidden_dim = 32, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 2, c.vocab_size = 20, c.seq_len = 8;

@@ -217,7 +217,8 @@ TEST_CASE("cross_entropy: label smoothing against the float64 oracle and finite 
     INFO("label_smoothing " << eps);
     const double loss = pf::cross_entropy(pf::cview(logits), targets, pf::view(d), {.label_smoothing = eps});
     const MatD x = f64(logits);
-    CHECK(loss == Approx(oracle_ce(x, targets, -100, eps)).epsilon(1e-9));
+    // float precision: the exponentials are float (vector kernels), the sums and log Z double
+    CHECK(loss == Approx(oracle_ce(x, targets, -100, eps)).epsilon(1e-6));
     const MatD g = oracle_ce_grad(x, targets, -100, eps);
     const MatD fd = finite_differences(x, [&](const MatD& y) { return oracle_ce(y, targets, -100, eps); });
     CHECK((g - fd).cwiseAbs().maxCoeff() < 1e-8);

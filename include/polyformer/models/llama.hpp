@@ -66,7 +66,7 @@ class Llama {
     Index batch = 1;
     Matrix x, y;              ///< (rows, dim): the layers' ping-pong pair; y ends as the last layer's output
     Matrix normed;            ///< (rows, dim): the final norm's output, the classifier's input
-    Matrix grad, grad_buffer, grad_normed, dlogits_t;  ///< backward's
+    Matrix grad, grad_buffer, grad_normed, normed_t, embedding_grad_t;  ///< backward's
   };
 
   /// The gradients of every tensor: the embedding (vocab, dim; from the input and, tied, from the classifier), the
@@ -196,11 +196,14 @@ class Llama {
       classifier_->backward(cview(saved.normed), dlogits, view(saved.grad_normed), g.classifier, ctx);
     } else {  // logits = normed · Eᵀ: d normed = dlogits · E, dE += dlogitsᵀ · normed
       kernels::gemm(dlogits, cview(embedding_), kernels::Transpose::no, view(saved.grad_normed), 1.0f, 0.0f, ctx.threads);
-      if (detail::live(g.embedding)) {
-        ensure_shape(saved.dlogits_t, config_.vocab_size, rows);
-        kernels::transpose(dlogits.data(), dlogits.outerStride(), rows, config_.vocab_size, saved.dlogits_t.data(), rows);
-        kernels::gemm(cview(saved.dlogits_t), cview(saved.normed), kernels::Transpose::no, view(g.embedding), 1.0f, 1.0f,
+      if (detail::live(g.embedding)) {  // as (normedᵀ · dlogits)ᵀ: the transposes are of (rows, dim) and (dim, vocab),
+        const Index vocab = config_.vocab_size;  // not of dlogits (rows, vocab)
+        ensure_shape(saved.normed_t, d, rows);
+        ensure_shape(saved.embedding_grad_t, d, vocab);
+        kernels::transpose(saved.normed.data(), d, rows, d, saved.normed_t.data(), rows);
+        kernels::gemm(cview(saved.normed_t), dlogits, kernels::Transpose::no, view(saved.embedding_grad_t), 1.0f, 0.0f,
                       ctx.threads);
+        g.embedding.noalias() += saved.embedding_grad_t.transpose();
       }
     }
     final_norm_.backward(cview(saved.y), cview(saved.grad_normed), view(saved.grad), g.norm);

@@ -92,18 +92,21 @@ void BM_stories260k_generate(benchmark::State& state) {
 
 // ---- synthetic ≈ 110M Llama ----
 
-pf::io::LlamaConfig config_110m() {
+/// A Llama's sizes, multi-head (as many kv heads as heads), classifier tied.
+pf::io::LlamaConfig llama_shape(pf::Index dim, pf::Index hidden, pf::Index layers, pf::Index heads, pf::Index vocab,
+                                pf::Index seq_len) {
   pf::io::LlamaConfig c;
-  c.dim = 768;
-  c.hidden_dim = 2048;
-  c.n_layers = 12;
-  c.n_heads = 12;
-  c.n_kv_heads = 12;
-  c.vocab_size = 32000;
-  c.seq_len = 1024;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = c.n_kv_heads = heads;
+  c.vocab_size = vocab;
+  c.seq_len = seq_len;
   c.shared_classifier = true;
   return c;
 }
+
+pf::io::LlamaConfig config_110m() { return llama_shape(768, 2048, 12, 12, 32000, 1024); }
 
 /// The weights, made once per process: random N(0, 0.02²)-like values, norms of one.
 const pf::io::LlamaWeights& weights_110m() {
@@ -326,18 +329,7 @@ void BM_llama110m_decode_users(benchmark::State& state) {
 
 /// stories15M's shape (llama2.c's train.py defaults): hidden_dim is model.py's rule for dim 288, multiple_of 32:
 /// 4·288 = 1152, int(2·1152/3) = 768, rounded up to a multiple of 32 = 768.
-pf::io::LlamaConfig config_15m() {
-  pf::io::LlamaConfig c;
-  c.dim = 288;
-  c.hidden_dim = 768;
-  c.n_layers = 6;
-  c.n_heads = 6;
-  c.n_kv_heads = 6;
-  c.vocab_size = 32000;
-  c.seq_len = 256;
-  c.shared_classifier = true;
-  return c;
-}
+pf::io::LlamaConfig config_15m() { return llama_shape(288, 768, 6, 6, 32000, 256); }
 
 constexpr pf::Index train_batch = 8;
 

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "polyformer/core/parameters.hpp"
 #include "polyformer/core/tensor.hpp"
 #include "polyformer/io/safetensors.hpp"
 
@@ -106,6 +107,20 @@ inline std::string write_token_shard(const std::string& path, const std::vector<
     out.write(b, 2);
   }
   return path;
+}
+
+/// Fills every parameter of `model` with seeded values: tensors of two dimensions random_matrix(…, scale), vectors
+/// (norm gains) 1 + random_matrix(…, 0.1); each tensor its own seed, counting up from `seed`. Returns the next seed.
+template <typename Model>
+unsigned randomize_parameters(Model& model, unsigned seed, float scale) {
+  polyformer::ParameterList params = polyformer::parameters_of(model);
+  for (const polyformer::Parameter& p : params.items()) {
+    const bool gain = p.shape.size() == 1;
+    Matrix m = random_matrix(p.shape[0], gain ? 1 : p.shape[1], seed++, gain ? 0.1f : scale);
+    if (gain) m.array() += 1.0f;
+    p.write(m.data());
+  }
+  return seed;
 }
 
 }  // namespace pft

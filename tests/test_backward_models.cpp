@@ -98,14 +98,7 @@ TEST_CASE("backward: a random Llama with an untied classifier and grouped-query 
   c.dim = 48, c.hidden_dim = 80, c.n_layers = 2, c.n_heads = 6, c.n_kv_heads = 2, c.vocab_size = 70, c.seq_len = 64;
   c.shared_classifier = false;
   auto model = pf::make_llama<pf::Dense>(c);
-  unsigned seed = 1;
-  pf::ParameterList params = pf::parameters_of(model);
-  for (const pf::Parameter& p : params.items()) {
-    const bool gain = p.shape.size() == 1;
-    Matrix m = pft::random_matrix(p.shape[0], gain ? 1 : p.shape[1], seed++, gain ? 0.1f : 0.15f);
-    if (gain) m.array() += 1.0f;
-    p.write(m.data());
-  }
+  pft::randomize_parameters(model, 1, 0.15f);
   REQUIRE(model.classifier() != nullptr);
   for (const int threads : {1, 2}) check_llama(model, 3, 37, threads);  // 37 positions: past the 16-row GEMM path
 

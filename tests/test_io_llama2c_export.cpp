@@ -87,16 +87,7 @@ TEST_CASE("llama2c export: a LoRA model exports the adapted weights (untied clas
   c.dim = 32, c.hidden_dim = 48, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 50, c.seq_len = 24;
   c.shared_classifier = false;
   auto model = pf::make_llama<pf::LoRA<pf::Dense>>(c);
-  unsigned seed = 1;
-  {
-    pf::ParameterList params = pf::parameters_of(model);
-    for (const pf::Parameter& p : params.items()) {
-      const bool gain = p.shape.size() == 1;
-      Matrix m = pft::random_matrix(p.shape[0], gain ? 1 : p.shape[1], seed++, gain ? 0.1f : 0.3f);
-      if (gain) m.array() += 1.0f;
-      p.write(m.data());
-    }
-  }
+  unsigned seed = pft::randomize_parameters(model, 1, 0.3f);
   pf::add_lora_training(model, "default", 4, 8.0f, {"wq", "wv", "w2"}, 5);
   {  // B is zero after add_lora_training: give it values so the adapters change the output
     pf::ParameterList params = pf::parameters_of(model);

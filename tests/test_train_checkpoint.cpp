@@ -32,13 +32,7 @@ pf::io::LlamaConfig small_config(Index dim = 32) {
 
 Model random_model(const pf::io::LlamaConfig& c, unsigned seed) {
   Model model = pf::make_llama<pf::Dense>(c);
-  pf::ParameterList params = pf::parameters_of(model);
-  for (const pf::Parameter& p : params.items()) {
-    const bool gain = p.shape.size() == 1;
-    Matrix m = pft::random_matrix(p.shape[0], gain ? 1 : p.shape[1], seed++, gain ? 0.1f : 0.2f);
-    if (gain) m.array() += 1.0f;
-    p.write(m.data());
-  }
+  pft::randomize_parameters(model, seed, 0.2f);
   return model;
 }
 

@@ -7,7 +7,8 @@ done by training, not only by timing.
                           [-- extra train flags, e.g. --data FILE --tokenizer T.bin]
 
 Without extra flags every run is train's default corpus (Debian's fortunes, byte-level) with a 4-layer model of
-seq_len 256. Only policies that decode incrementally train (a Llama decodes with a cache), so blockwise is absent.
+seq_len 256. Only policies that decode incrementally train (a Llama decodes with a cache): LSH and Linformer
+do not.
 """
 import argparse
 import re
@@ -30,7 +31,7 @@ def main():
     p.add_argument("--train", default="build/examples/train")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--policies", default="full,sliding:32,sliding:64,linear,performer:64")
+    p.add_argument("--policies", default="full,sliding:32,sliding:64,blockwise:32,blockwise:64,linear,performer:64")
     p.add_argument("extra", nargs="*", help="flags passed to every train run (after --)")
     a = p.parse_args()
     base = [a.train, "--steps", str(a.steps), "--threads", str(a.threads), "--seed", "7"]

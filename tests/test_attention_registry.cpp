@@ -232,12 +232,12 @@ TEST_CASE("IncrementalAttention decides which policies decode incrementally", "[
       CHECK(pf::with_attention<pf::AttentionPolicies, true>(P::example_spelling, options, type_name) == P::name);
     } else {
       CHECK_THROWS_WITH((pf::with_attention<pf::AttentionPolicies, true>(P::example_spelling, options, type_name)),
-                        Catch::Contains("decode incrementally, expected full, sliding:W, performer:M or linear"));
+                        Catch::Contains("decode incrementally, expected full, sliding:W, blockwise:B, performer:M or linear"));
     }
   });
   CHECK(pf::attention_usage() == "full|sliding:W|blockwise:B|lsh:HASHES:CHUNK|linformer:K|performer:M|linear");
-  CHECK(pf::attention_usage<pf::AttentionPolicies, true>() == "full|sliding:W|performer:M|linear");
-  CHECK(pf::attention_usage<pf::AttentionPolicies, true>(", ") == "full, sliding:W, performer:M, linear");
+  CHECK(pf::attention_usage<pf::AttentionPolicies, true>() == "full|sliding:W|blockwise:B|performer:M|linear");
+  CHECK(pf::attention_usage<pf::AttentionPolicies, true>(", ") == "full, sliding:W, blockwise:B, performer:M, linear");
 }
 
 TEST_CASE("A policy defined in a test joins the registry by appending it to the list", "[attention][registry]") {
@@ -268,8 +268,8 @@ TEST_CASE("A policy defined in a test joins the registry by appending it to the 
   // Incremental decoding follows the concept: Tempered has a State and forward_cached, FirstValue has not.
   CHECK(pf::with_attention<TestPolicies, true>("tempered:2", {}, type_name) == "tempered");
   CHECK_THROWS_WITH((pf::with_attention<TestPolicies, true>("first", {}, type_name)),
-                    Catch::Contains("'first' cannot decode incrementally, expected full, sliding:W, performer:M, "
-                                    "linear or tempered:T"));
+                    Catch::Contains("'first' cannot decode incrementally, expected full, sliding:W, blockwise:B, "
+                                    "performer:M, linear or tempered:T"));
 }
 
 TEST_CASE("An EncoderLayer over a policy of the test, chosen by its spelling", "[attention][registry][blocks]") {

@@ -192,6 +192,44 @@ TEST_CASE("SlidingWindow decodes over a window cache exactly as its causal forwa
                     Catch::Contains("SlidingWindow::forward_cached") && Catch::Contains("global"));
 }
 
+TEST_CASE("Blockwise decodes over a window cache exactly as its causal forward", "[attention][blockwise][decode]") {
+  const Index n = 300, heads = 4, kv_heads = 2, dh = 8;
+  const Inputs in = make_inputs(n, n, heads, kv_heads, dh, 12);
+  const pf::AttentionShape s{heads, kv_heads, dh, 1.0f / std::sqrt(float(dh))};
+  for (const bool previous : {false, true})
+    for (Index B : {1, 5, 16, 70}) {
+      pf::Blockwise policy(B, previous);
+      pf::AttentionMask causal;
+      causal.causal = true;
+      const Matrix expected = run(policy, in, heads, kv_heads, dh, causal, 1);
+      auto state = policy.make_state(100000, kv_heads, dh);
+      CHECK(state.history() == (previous ? 2 : 1) * B - 1);  // independent of the capacity asked for
+      // Chunks of 1, 7, 64 and more than the state's chunk (split inside), across block boundaries.
+      for (Index chunk : {1, 7, 64, 150}) {
+        state.clear();
+        Matrix out = Matrix::Constant(n, heads * dh, 7.0f);
+        for (Index p = 0; p < n; p += chunk) {
+          const Index m = std::min(chunk, n - p);
+          policy.forward_cached(s, pf::block(pf::cview(in.q), p, 0, m, heads * dh),
+                                pf::block(pf::cview(in.k), p, 0, m, kv_heads * dh),
+                                pf::block(pf::cview(in.v), p, 0, m, kv_heads * dh), state,
+                                pf::block(pf::view(out), p, 0, m, heads * dh), pf::Context{2});
+        }
+        INFO("B " << B << " previous " << previous << " chunk " << chunk);
+        CHECK(state.size() == n);
+        CHECK(pft::rel_max_error(out, expected) < 1e-5);
+      }
+    }
+  // A state made for a smaller block cannot serve this one.
+  auto small = pf::Blockwise(4).make_state(10, kv_heads, dh);
+  Matrix out(1, heads * dh);
+  CHECK_THROWS_WITH(pf::Blockwise(8).forward_cached(s, pf::block(pf::cview(in.q), 0, 0, 1, heads * dh),
+                                                    pf::block(pf::cview(in.k), 0, 0, 1, kv_heads * dh),
+                                                    pf::block(pf::cview(in.v), 0, 0, 1, kv_heads * dh), small,
+                                                    pf::view(out), pf::Context{1}),
+                    Catch::Contains("Blockwise::forward_cached") && Catch::Contains("expected 2 of 8 over at least 7"));
+}
+
 TEST_CASE("SlidingWindow and Blockwise reject bad options", "[attention][sliding][blockwise]") {
   CHECK_THROWS_WITH(pf::SlidingWindow(-1), Catch::Contains("window is -1"));
   CHECK_THROWS_WITH(pf::SlidingWindow(4, 0), Catch::Contains("dilation 0"));

@@ -1,5 +1,5 @@
 // The train program end to end: --grads-out on stories260K against the float64 oracle (with accumulation, and
-// through a sliding window wider than the sequence); a resumed run's checkpoint bit-identical to an uninterrupted
+// through a sliding window and a block as wide as the sequence); a resumed run's checkpoint bit-identical to an uninterrupted
 // one; exports that run.c's golden text and in-process loading confirm; LoRA fine-tuning that lowers a small
 // text's loss by 30 % within 200 steps, its PEFT adapter read back by generate --lora; bad input exiting with code 2
 // and leaving an existing checkpoint alone; the embedded default run.
@@ -77,7 +77,8 @@ TEST_CASE("examples/train: --grads-out on stories260K equals the float64 oracle"
   auto model = pf::load_llama2c(stories);
   const LlamaOracle want = llama_oracle(weights_of(model), model.config(), tokens, 2, targets);
 
-  for (const std::string variant : {"--batch 2", "--batch 1 --accum 2", "--batch 2 --attention sliding:32"}) {
+  for (const std::string variant : {"--batch 2", "--batch 1 --accum 2", "--batch 2 --attention sliding:32",
+                                    "--batch 2 --attention blockwise:16"}) {
     INFO(variant);
     const std::string out = temp_path("grads.safetensors");
     std::string err;
@@ -234,7 +235,7 @@ TEST_CASE("examples/train: bad input exits with code 2 and one line, a failed ru
        "tokenizer"},
       {base + "--data " + good + " --bitfit", "BitFit needs a model with biases"},
       {base + "--data " + good + " --freeze layers.9", "no tensor name starts with 'layers.9'"},
-      {base + "--data " + good + " --attention blockwise:8", "--attention"},
+      {base + "--data " + good + " --attention lsh:2:8", "--attention"},
       {base + "--data " + good + " --steps 3 --grads-out x.safetensors", "--grads-out needs --steps 0"},
       {"--model " + temp_path("nope.bin") + " --data " + good, "cannot open"},
   };

@@ -11,6 +11,7 @@
 #include "polyformer/attention/local_tile.hpp"
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/spelling.hpp"
+#include "polyformer/attention/window_cache.hpp"
 #include "polyformer/core/concepts.hpp"
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/gradients.hpp"
@@ -22,7 +23,8 @@ namespace polyformer {
 
 /// Query i (at position i + mask.causal_offset) sees key j when both lie in the same block of `block`
 /// positions, or, with `previous_block`, j lies in the block before i's. The object holds only its settings;
-/// the tasks and per-thread tiles live in a Workspace of the caller's.
+/// the tasks and per-thread tiles live in a Workspace of the caller's. Causal decoding keeps the keys of the
+/// current (and previous) block only, in a WindowKVCache.
 class Blockwise : public PerCallWorkspace<Blockwise> {
  private:
   struct Task {
@@ -48,6 +50,7 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
 
  public:
   using PerCallWorkspace<Blockwise>::forward;
+  using PerCallWorkspace<Blockwise>::forward_cached;
 
   /// Scratch of one caller: the call's tasks and one tile per thread.
   struct Workspace {
@@ -96,6 +99,39 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
         std::copy(src, src + dh, out.data() + (task.i0 + r) * out.outerStride() + task.head * s.head_dim);
       }
     });
+  }
+
+  /// Decoding keeps the positions a query can still see: its own block's earlier ones, and the previous block.
+  using State = WindowKVCache;
+
+  /// The decoding state of one sequence (the capacity is not needed: the state does not grow).
+  State make_state(Index /*capacity*/, Index n_kv_heads, Index head_dim) const {
+    const Index history = span() - 1;
+    return State(history, std::max<Index>(history, 64), n_kv_heads, head_dim);
+  }
+
+  /// Incremental causal attention: appends k_new, v_new (n_new, kv_heads·d) as positions state.size().., and
+  /// each query of q (n_new, heads·d) attends to the keys of its block (and the previous one) up to itself.
+  void forward_cached(const AttentionShape& s, ConstMatrixView q, ConstMatrixView k_new, ConstMatrixView v_new,
+                      State& state, MatrixView out, Workspace& ws, const Context& ctx) const {
+    const char* func = "Blockwise::forward_cached";
+    if (state.n_kv_heads() != s.n_kv_heads || state.head_dim() != s.head_dim || state.history() < span() - 1)
+      throw shape_error(detail::cat(func, ": the state holds ", state.n_kv_heads(), " kv heads of ", state.head_dim(),
+                                    " over ", state.history(), " past positions, expected ", s.n_kv_heads, " of ",
+                                    s.head_dim, " over at least ", span() - 1));
+    const Index n = q.rows(), kvd = s.n_kv_heads * s.head_dim;
+    for (Index c0 = 0; c0 < n; c0 += state.chunk()) {
+      const Index nc = std::min(state.chunk(), n - c0), first = state.size();
+      state.append(block(k_new, c0, 0, nc, kvd), block(v_new, c0, 0, nc, kvd));
+      // The keys handed on start at a block boundary, so the blocks of the forward are the sequence's blocks.
+      const Index key_start = std::max<Index>((first / block_ - (previous_ ? 1 : 0)) * block_, 0);
+      const Index rows = state.size() - key_start;  // ≤ held + nc: first − key_start ≤ span() − 1 ≤ history
+      AttentionMask mask;
+      mask.causal = true;
+      mask.causal_offset = first - key_start;
+      forward(s, block(q, c0, 0, nc, q.cols()), state.recent_keys(rows), state.recent_values(rows), mask,
+              block(out, c0, 0, nc, out.cols()), ws, ctx);
+    }
   }
 
   /// Nothing is kept: backward recomputes each block's softmax from the same q, k, v (a block is a query's whole key
@@ -191,6 +227,6 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
   bool previous_ = false;
 };
 
-static_assert(SpelledAttention<Blockwise> && TrainableAttention<Blockwise>);
+static_assert(SpelledAttention<Blockwise> && TrainableAttention<Blockwise> && IncrementalAttention<Blockwise>);
 
 }  // namespace polyformer

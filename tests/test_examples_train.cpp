@@ -1,8 +1,8 @@
-// The train program end to end: --grads-out on stories260K against the float64 oracle (with accumulation, and
-// through a sliding window and a block as wide as the sequence); a resumed run's checkpoint bit-identical to an uninterrupted
-// one; exports that run.c's golden text and in-process loading confirm; LoRA fine-tuning that lowers a small
-// text's loss by 30 % within 200 steps, its PEFT adapter read back by generate --lora; bad input exiting with code 2
-// and leaving an existing checkpoint alone; the embedded default run.
+// The train program end to end: --grads-out on stories260K against the float64 oracle (with accumulation, and through a
+// sliding window and a block as wide as the sequence); a resumed run's checkpoint bit-identical to an uninterrupted
+// one; exports that run.c's golden text and in-process loading confirm; LoRA fine-tuning that lowers a small text's
+// loss by 30 % within 200 steps, its PEFT adapter read back by generate --lora; bad input exiting with code 2 and
+// leaving an existing checkpoint alone; the embedded default run.
 
 #include <catch2/catch.hpp>
 

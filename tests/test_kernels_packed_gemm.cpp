@@ -2,11 +2,12 @@
 // family this CPU runs (the others are named as skipped), at every row remainder (1..2·MR+1), every column tail
 // (1..2·panel_width+1), several depths, with the CPU's cache blocking and with small blocks that split depth and
 // panels, strided operands, with and without bias and accumulate; and the gemm entry point's thread splits
-// against the serial result.
+// against the serial result; the unpacked entry point (micro-kernels, few rows, packed on the fly) against float64.
 
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -123,4 +124,29 @@ TEST_CASE("kernels/gemm: packed entry point splits over threads without changing
     const Eigen::MatrixXd expect = (a.cast<double>() * w.cast<double>().transpose()).rowwise() + bias.cast<double>().row(0);
     CHECK((one.cast<double>() - expect).cwiseAbs().maxCoeff() < 1e-4 * std::sqrt(double(kk) / 100.0) + 1e-4);
   }
+}
+
+TEST_CASE("kernels/gemm: the unpacked entry point on each of its paths equals float64", "[kernels][gemm]") {
+  using polyformer::Index;
+  using polyformer::Matrix;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // (m, n, k): micro-kernels (small, untransposed), few rows (level-1 kernels), packed on the fly; odd tails.
+  for (auto [m, n, kk] : {std::tuple<Index, Index, Index>{5, 33, 17}, {1, 300, 1100}, {7, 1000, 65}, {15, 40, 2000},
+                          {16, 37, 1030}, {70, 600, 90}, {33, 1500, 300}})
+    for (const bool transposed : {false, true})
+      for (auto [alpha, beta] : {std::pair<float, float>{1.0f, 0.0f}, {0.5f, 0.0f}, {1.0f, 1.0f}, {-2.0f, 0.25f}})
+        for (const int threads : {1, 2}) {
+          INFO("m " << m << " n " << n << " k " << kk << " transposed " << transposed << " alpha " << alpha << " beta "
+                    << beta << " threads " << threads);
+          const Matrix a = Matrix::Random(m, kk);
+          const Matrix b = transposed ? Matrix(Matrix::Random(n, kk)) : Matrix(Matrix::Random(kk, n));
+          Matrix c = Matrix::Random(m, n);
+          if (beta == 0.0f) c(0, 0) = float(nan);  // beta 0 ignores C, NaN included
+          const Eigen::MatrixXd bd = transposed ? Eigen::MatrixXd(b.cast<double>().transpose()) : b.cast<double>();
+          Eigen::MatrixXd expect = double(alpha) * (a.cast<double>() * bd);
+          if (beta != 0.0f) expect += double(beta) * c.cast<double>();
+          k::gemm(polyformer::cview(a), polyformer::cview(b), transposed ? k::Transpose::yes : k::Transpose::no,
+                  polyformer::view(c), alpha, beta, threads);
+          CHECK((c.cast<double>() - expect).cwiseAbs().maxCoeff() < 2e-5 * std::sqrt(double(kk)) * std::abs(alpha) + 1e-5);
+        }
 }

@@ -23,8 +23,6 @@
 #include <string_view>
 #include <vector>
 
-#include <Eigen/QR>
-
 #include "polyformer/attention/mask.hpp"
 #include "polyformer/attention/spelling.hpp"
 #include "polyformer/core/concepts.hpp"
@@ -246,6 +244,27 @@ class PositiveRandomFeatures {
  private:
   bool holds(Index head_dim) const noexcept { return own_.w.cols() == head_dim && own_.w.rows() == m_; }
 
+  /// Replaces the columns of the square g by orthonormal ones spanning the same leading subspaces: modified
+  /// Gram–Schmidt run twice per column ("twice is enough", Giraud et al. 2005), in double. A Gaussian g is
+  /// well conditioned with overwhelming probability, so the second pass leaves columns orthonormal to rounding.
+  static void orthonormalize_columns(Eigen::MatrixXd& g) {
+    const Index d = g.cols();
+    for (Index c = 0; c < d; ++c) {
+      double* col = g.data() + c * d;
+      for (int pass = 0; pass < 2; ++pass)
+        for (Index p = 0; p < c; ++p) {
+          const double* q = g.data() + p * d;
+          double dot = 0.0;
+          for (Index i = 0; i < d; ++i) dot += q[i] * col[i];
+          for (Index i = 0; i < d; ++i) col[i] -= dot * q[i];
+        }
+      double sq = 0.0;
+      for (Index i = 0; i < d; ++i) sq += col[i] * col[i];
+      const double inv = 1.0 / std::sqrt(sq);
+      for (Index i = 0; i < d; ++i) col[i] *= inv;
+    }
+  }
+
   /// W (M, d) drawn with the seed into `into`.
   void draw(Index d, Projection& into) const {
     Matrix& w = into.w;
@@ -256,11 +275,7 @@ class PositiveRandomFeatures {
       const Index rows = std::min(d, m_ - r0);
       Eigen::MatrixXd g(d, d);
       for (Index i = 0; i < g.size(); ++i) g.data()[i] = normal(rng);
-      Eigen::MatrixXd basis = g;
-      if (orthogonal_) {
-        Eigen::HouseholderQR<Eigen::MatrixXd> qr(g);
-        basis = qr.householderQ() * Eigen::MatrixXd::Identity(d, d);  // columns orthonormal
-      }
+      if (orthogonal_) orthonormalize_columns(g);
       for (Index r = 0; r < rows; ++r) {
         double norm = 1.0;
         if (orthogonal_) {  // the length of an independent Gaussian row, so rows match i.i.d. ones in norm
@@ -271,7 +286,7 @@ class PositiveRandomFeatures {
           }
           norm = std::sqrt(sq);
         }
-        for (Index c = 0; c < d; ++c) w(r0 + r, c) = static_cast<float>(basis(c, r) * norm);
+        for (Index c = 0; c < d; ++c) w(r0 + r, c) = static_cast<float>(g(c, r) * norm);
       }
     }
     into.wt = w.transpose();

@@ -6,13 +6,15 @@
 /// - small untransposed products (attention tiles) run on the unpacked micro-kernels (small_gemm.hpp),
 ///   where packing costs more than it saves;
 /// - the rest pack B on the fly into a per-thread buffer and run the same packed kernels (packing n·k floats
-///   against m·n·k multiply-adds), or, below 16 rows, where packing does not pay, go to Eigen.
+///   against m·n·k multiply-adds), or, below 16 rows, where packing does not pay, run as dot products or row
+///   updates over B (the level-1 kernels of dot.hpp).
 /// No BLAS library is needed; bench_gemm compares these paths with Eigen, OpenBLAS and oneDNN on the machine at hand.
 
 #include <algorithm>
 
 #include "polyformer/core/parallel.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/kernels/dot.hpp"
 #include "polyformer/kernels/packed_gemm.hpp"
 #include "polyformer/kernels/small_gemm.hpp"
 
@@ -21,7 +23,7 @@ namespace polyformer::kernels {
 /// Whether the right-hand operand is used as stored or transposed.
 enum class Transpose : bool { no = false, yes = true };
 
-/// Name of the code path for products with an unpacked B ("packed on the fly" and Eigen below 16 rows).
+/// Name of the code path for products with an unpacked B ("packed on the fly"; level-1 kernels below 16 rows).
 inline const char* gemm_backend() noexcept { return "packed on the fly"; }
 
 /// Makes Eigen run each product on one thread when it was built with OpenMP. polyformer splits its products over
@@ -53,6 +55,26 @@ inline PackedMatrix& packing_buffer() {
   return buffer;
 }
 
+/// C = alpha·A·op(B) + beta·C for few rows of A, where packing B does not pay: B is read once, each of its rows
+/// serving every row of C while in cache — dot products with B's rows (Bᵀ), or row updates along B's rows.
+inline void gemm_few_rows(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha, float beta) {
+  const Index m = c.rows(), n = c.cols(), k = a.cols();
+  const std::size_t uk = static_cast<std::size_t>(k), un = static_cast<std::size_t>(n);
+  if (beta == 0.0f) c.setZero();
+  else if (beta != 1.0f) c *= beta;
+  if (tb == Transpose::yes) {  // c(i, j) += alpha · a_i · b_j
+    for (Index j = 0; j < n; ++j) {
+      const float* bj = b.data() + j * b.outerStride();
+      for (Index i = 0; i < m; ++i) c(i, j) += alpha * dot(a.data() + i * a.outerStride(), bj, uk);
+    }
+  } else {  // c_i += (alpha · a(i, p)) · b_p
+    for (Index p = 0; p < k; ++p) {
+      const float* bp = b.data() + p * b.outerStride();
+      for (Index i = 0; i < m; ++i) axpy(alpha * a(i, p), bp, c.data() + i * c.outerStride(), un);
+    }
+  }
+}
+
 /// C = alpha·A·op(B) + beta·C on the calling thread.
 inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, MatrixView c, float alpha, float beta) {
   if (c.rows() == 0 || c.cols() == 0) return;
@@ -77,14 +99,7 @@ inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, Matr
     if (alpha != 1.0f) c *= alpha;
     return;
   }
-  if (beta == 0.0f) {
-    if (tb == Transpose::yes) c.noalias() = alpha * (a * b.transpose());
-    else c.noalias() = alpha * (a * b);
-  } else {
-    if (beta != 1.0f) c *= beta;
-    if (tb == Transpose::yes) c.noalias() += alpha * (a * b.transpose());
-    else c.noalias() += alpha * (a * b);
-  }
+  gemm_few_rows(a, b, tb, c, alpha, beta);
 }
 
 }  // namespace detail

@@ -62,12 +62,17 @@
 #include "polyformer/blocks/encoder_decoder.hpp"
 #include "polyformer/blocks/encoder_layer.hpp"
 
+#include "polyformer/io/file.hpp"
+#include "polyformer/io/hf_directory.hpp"
 #include "polyformer/io/llama2c.hpp"
+#include "polyformer/io/llama2c_export.hpp"
 #include "polyformer/io/peft.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/io/state_dict.hpp"
 #include "polyformer/io/tokenizer.hpp"
+#include "polyformer/models/hf_llama.hpp"
 #include "polyformer/models/llama.hpp"
+#include "polyformer/models/llama_export.hpp"
 #include "polyformer/models/llama_lora.hpp"
 #include "polyformer/models/torch_transformer.hpp"
 

@@ -15,37 +15,12 @@ import argparse
 import json
 import math
 import os
-import struct
 
-import numpy as np
 import torch
 
-DTYPES = {"F32": (torch.float32, np.float32), "F16": (torch.float16, np.float16), "BF16": (torch.bfloat16, None)}
+from safetensors_writer import save_safetensors
 
-
-def tensor_bytes(t, dtype):
-    torch_type, np_type = DTYPES[dtype]
-    t = t.to(torch_type).contiguous()
-    if np_type is None:  # numpy has no bfloat16: its bits as int16
-        return t.view(torch.int16).numpy().tobytes()
-    return t.numpy().astype(np_type).tobytes()
-
-
-def save_safetensors(path, tensors, dtype="F32"):
-    header, offset, blobs = {}, 0, []
-    for name, t in tensors.items():
-        data = tensor_bytes(t, dtype)
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    header["__metadata__"] = {"format": "pt"}
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
+TORCH_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def rms_norm(x, w, eps):
@@ -108,7 +83,7 @@ def make_case(out_dir, name, cfg, dtype, shards, extra, seed, batch, n):
     w["model.norm.weight"] = 1.0 + rnd(d, scale=0.1)
     if not cfg["tie_word_embeddings"]:
         w["lm_head.weight"] = rnd(vocab, d)
-    stored = {k: v.to(DTYPES[dtype][0]).to(torch.float64) for k, v in w.items()}  # what the files hold
+    stored = {k: v.to(TORCH_TYPES[dtype]).to(torch.float64) for k, v in w.items()}  # what the files hold
 
     directory = os.path.join(out_dir, name)
     os.makedirs(directory, exist_ok=True)
@@ -116,21 +91,20 @@ def make_case(out_dir, name, cfg, dtype, shards, extra, seed, batch, n):
         json.dump(dict(cfg, architectures=["LlamaForCausalLM"], model_type="llama"), f, indent=2)
     files = dict(w, **extra)
     if shards == 1:
-        save_safetensors(os.path.join(directory, "model.safetensors"), files, dtype)
+        save_safetensors(os.path.join(directory, "model.safetensors"), files, dtype, {"format": "pt"})
     else:
         names = list(files)
         weight_map, cut = {}, (len(names) + 1) // 2
         for i, part in enumerate((names[:cut], names[cut:])):
             shard = f"model-{i + 1:05d}-of-00002.safetensors"
-            save_safetensors(os.path.join(directory, shard), {k: files[k] for k in part}, dtype)
+            save_safetensors(os.path.join(directory, shard), {k: files[k] for k in part}, dtype, {"format": "pt"})
             weight_map.update({k: shard for k in part})
         with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=2)
 
     ids = torch.randint(0, vocab, (batch, n), generator=g)
     logits = torch.stack([forward(cfg, stored, ids[b]) for b in range(batch)])
-    save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"),
-                     {"ids": ids.to(torch.float32), "logits": logits.to(torch.float32)})
+    save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"), {"ids": ids, "logits": logits})
 
 
 def main():

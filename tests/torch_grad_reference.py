@@ -23,29 +23,12 @@ reads. The safetensors format is written by hand: u64 header length, JSON header
 """
 
 import argparse
-import json
 import os
-import struct
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-
-def save_safetensors(path, tensors, metadata):
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
+from safetensors_writer import save_safetensors
 
 
 def randomize(module, gen):
@@ -147,16 +130,16 @@ def main():
         for activation in ("relu", "gelu"):
             tensors, metadata, grad_output = encoder_case(norm_first, activation, args.seed)
             name = "grad_encoder_layer_{}_{}".format("prenorm" if norm_first else "postnorm", activation)
-            save_safetensors(os.path.join(args.out_dir, name + ".safetensors"), tensors, metadata)
-            save_safetensors(os.path.join(args.out_dir, name + ".grad_output.safetensors"), grad_output, {})
+            save_safetensors(os.path.join(args.out_dir, name + ".safetensors"), tensors, metadata=metadata)
+            save_safetensors(os.path.join(args.out_dir, name + ".grad_output.safetensors"), grad_output, metadata={})
     cases = [("grad_decoder_layer_postnorm_relu", decoder_case, False, "relu"),
              ("grad_decoder_layer_prenorm_gelu", decoder_case, True, "gelu"),
              ("grad_transformer_postnorm_relu", transformer_case, False, "relu"),
              ("grad_transformer_prenorm_gelu", transformer_case, True, "gelu")]
     for name, case, norm_first, activation in cases:
         tensors, metadata, grad_output = case(norm_first, activation, args.seed)
-        save_safetensors(os.path.join(args.out_dir, name + ".safetensors"), tensors, metadata)
-        save_safetensors(os.path.join(args.out_dir, name + ".grad_output.safetensors"), grad_output, {})
+        save_safetensors(os.path.join(args.out_dir, name + ".safetensors"), tensors, metadata=metadata)
+        save_safetensors(os.path.join(args.out_dir, name + ".grad_output.safetensors"), grad_output, metadata={})
 
 
 if __name__ == "__main__":

@@ -9,28 +9,12 @@ dimensions). Writes optim.safetensors: the initial values, the gradients "grad.<
 "<case>.v.<name>" and SGD's momentum buffers "<case>.buf.<name>".
 usage: torch_optim_reference.py --out-dir DIR"""
 import argparse
-import json
 import os
-import struct
 
 import numpy as np
 import torch
 
-
-def save_safetensors(path, tensors):
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
+from safetensors_writer import save_safetensors
 
 
 def main():

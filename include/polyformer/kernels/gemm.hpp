@@ -89,14 +89,14 @@ inline void gemm_serial(ConstMatrixView a, ConstMatrixView b, Transpose tb, Matr
     if (beta == 0.0f) c.setZero(); else c *= beta;
     return;
   }
-  // Packed on the fly: C = A·op(B) (then · alpha), or C += A·op(B) when alpha is 1.
-  if (c.rows() >= 16 && (beta == 0.0f || alpha == 1.0f)) {
+  // Packed on the fly, alpha folded into the packed copy of op(B): C = A·(alpha·op(B)) [+ beta·C].
+  if (c.rows() >= 16) {
     PackedMatrix& packed = packing_buffer();
     pack_operand(b, tb, packed);
+    if (alpha != 1.0f) packed.scale(alpha);
     if (beta != 0.0f && beta != 1.0f) c *= beta;
     packed_gemm(u(c.rows()), a.data(), u(a.outerStride()), packed, 0, packed.panels(), nullptr, beta != 0.0f, c.data(),
                 u(c.outerStride()));
-    if (alpha != 1.0f) c *= alpha;
     return;
   }
   gemm_few_rows(a, b, tb, c, alpha, beta);

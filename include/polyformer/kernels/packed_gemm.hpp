@@ -92,6 +92,11 @@ class PackedMatrix {
     }
   }
 
+  /// Multiplies every packed value by s (the zero padding stays zero): a product with s·B at no extra pass over C.
+  void scale(float s) noexcept {
+    for (float& v : data_) v *= s;
+  }
+
   std::size_t rows() const noexcept { return k_; }  ///< k
   std::size_t cols() const noexcept { return n_; }  ///< n
   Isa isa() const noexcept { return isa_; }         ///< the kernel family it is laid out for

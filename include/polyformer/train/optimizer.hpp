@@ -50,12 +50,19 @@ inline float clip_coefficient(const GradientList& grads, double max_norm, double
 }
 
 namespace detail {
+/// The buffers a step reads a tensor and its gradient into: an optimizer's own, kept between steps so that a step
+/// allocates nothing (a fresh multi-megabyte buffer per step costs its page faults every time).
+struct StepBuffers {
+  std::vector<float> values, gradient;
+};
+
 /// Calls update(parameter, values, gradient) for every trainable gradient of `grads`, with the parameter of the same
 /// name read into `values` and its gradient (times grad_scale) into `gradient`, then writes `values` back.
 template <typename Update>
 void for_each_trainable(const char* func, ParameterList& params, const GradientList& grads, float grad_scale,
-                        Update&& update) {
-  std::vector<float> values, gradient;
+                        StepBuffers& buffers, Update&& update) {
+  std::vector<float>& values = buffers.values;
+  std::vector<float>& gradient = buffers.gradient;
   for (const Gradient& g : grads.items()) {
     if (!g.trainable()) continue;
     const Parameter* p = params.find(g.name);
@@ -109,7 +116,7 @@ class AdamW {
   /// clip_coefficient's), updating the parameters of the same names in `params`.
   void step(ParameterList& params, const GradientList& grads, double lr, float grad_scale = 1.0f) {
     if (!(lr >= 0.0)) throw config_error(detail::cat("AdamW::step: lr is ", lr, ", expected >= 0"));
-    detail::for_each_trainable("AdamW::step", params, grads, grad_scale,
+    detail::for_each_trainable("AdamW::step", params, grads, grad_scale, buffers_,
                                [&](const Parameter& p, std::vector<float>& x, const std::vector<float>& g) {
       State& s = state_[p.name];
       if (s.m.size() != x.size()) {
@@ -154,6 +161,7 @@ class AdamW {
   AdamWOptions opt_;
   std::function<bool(const Parameter&)> decays_;
   std::unordered_map<std::string, State> state_;
+  detail::StepBuffers buffers_;  // scratch of step(), kept for the next
 };
 
 /// SGD's hyper-parameters (torch.optim.SGD's).
@@ -185,7 +193,7 @@ class SGD {
   /// One step at learning rate lr, as AdamW::step.
   void step(ParameterList& params, const GradientList& grads, double lr, float grad_scale = 1.0f) {
     if (!(lr >= 0.0)) throw config_error(detail::cat("SGD::step: lr is ", lr, ", expected >= 0"));
-    detail::for_each_trainable("SGD::step", params, grads, grad_scale,
+    detail::for_each_trainable("SGD::step", params, grads, grad_scale, buffers_,
                                [&](const Parameter& p, std::vector<float>& x, const std::vector<float>& g) {
       const float wd = static_cast<float>(decays_(p) ? opt_.weight_decay : 0.0);
       const float mu = static_cast<float>(opt_.momentum), keep = static_cast<float>(1.0 - opt_.dampening);
@@ -223,6 +231,7 @@ class SGD {
   SGDOptions opt_;
   std::function<bool(const Parameter&)> decays_;
   std::unordered_map<std::string, std::vector<float>> momentum_;
+  detail::StepBuffers buffers_;  // scratch of step(), kept for the next
 };
 
 }  // namespace polyformer

@@ -101,6 +101,20 @@ TEST_CASE("load_hf_llama equals transformers' LlamaForCausalLM forward", "[model
   check_case("f16_inv_freq", 1e-4);
 }
 
+TEST_CASE("load_hf_llama caps the positions a sequence may reach", "[models][hf][llama]") {
+  const auto model = pf::load_hf_llama(case_dir("tied_f32"), pf::FullAttention{}, 16);
+  CHECK(model.config().seq_len == 16);
+  pf::Llama<>::Sequence seq(model);
+  const std::vector<int> tokens(16, 3);
+  seq.forward(tokens, pf::Context{1});
+  CHECK_THROWS_WITH(seq.forward(std::vector<int>{3}, pf::Context{1}), Catch::Contains("seq_len"));
+  CHECK(pf::load_hf_llama(case_dir("tied_f32"), pf::FullAttention{}, 128).config().seq_len == 128);
+  CHECK_THROWS_WITH(pf::load_hf_llama(case_dir("tied_f32"), pf::FullAttention{}, 129),
+                    Catch::Contains("max_positions is 129, expected 0 (config.json's) or 1..128"));
+  CHECK_THROWS_WITH(pf::load_hf_llama(case_dir("tied_f32"), pf::FullAttention{}, -1),
+                    Catch::Contains("max_positions is -1"));
+}
+
 TEST_CASE("HfDirectory reads config.json and a sharded index", "[models][hf][io]") {
   const auto dir = pf::io::HfDirectory::open(case_dir("untied_bf16_sharded"));
   CHECK(dir.config_int("hidden_size") == 36);

@@ -68,12 +68,19 @@ inline void interleave_rotary_rows(const std::vector<float>& in, std::vector<flo
 /// `attention`, as load_llama2c does for a llama2.c file. Every tensor of the model must be present with the
 /// shape config.json implies (format_error naming the file, the tensor, expected and found shapes), and the
 /// directory may hold nothing else but rotary `inv_freq` buffers and a tied `lm_head.weight`.
+/// `max_positions` (0: config.json's max_position_embeddings) caps the positions a sequence may reach: a
+/// sequence's state holds that many keys and values per layer (Llama 3's 131072 would be gigabytes per
+/// sequence), so a program that generates a few thousand tokens says so here.
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attention = Attn{}) {
+Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attention = Attn{}, Index max_positions = 0) {
   using polyformer::detail::cat;
   const io::HfDirectory dir = io::HfDirectory::open(directory);
-  const io::LlamaConfig c = hf_llama_config(dir);
+  io::LlamaConfig c = hf_llama_config(dir);
+  if (max_positions < 0 || max_positions > c.seq_len)
+    throw config_error(cat("load_hf_llama: max_positions is ", max_positions, ", expected 0 (config.json's) or 1..",
+                           c.seq_len, " (max_position_embeddings)"));
+  if (max_positions > 0) c.seq_len = max_positions;
   const Index d = c.dim, hd = c.head_dim(), kv = c.kv_dim(), q = c.n_heads * hd;
 
   std::vector<std::vector<float>> held;  // the converted tensors TensorRefs point into

@@ -124,6 +124,11 @@ TEST_CASE("HfDirectory reads config.json and a sharded index", "[models][hf][io]
   CHECK(dir.config_int("absent_key", 7) == 7);
   CHECK(dir.size() == 3 * 9 + 3);
   CHECK(dir.info("model.norm.weight").dtype == pf::io::DType::BF16);
+  CHECK(dir.f32_in_place("model.norm.weight") == nullptr);  // BF16: converted, never read in place
+  const auto f32 = pf::io::HfDirectory::open(case_dir("tied_f32"));
+  const float* in_place = f32.f32_in_place("model.norm.weight");
+  REQUIRE(in_place != nullptr);  // the reference script's files keep every tensor float-aligned
+  CHECK(std::vector<float>(in_place, in_place + 32) == f32.tensor("model.norm.weight").data);
   CHECK(dir.contains("lm_head.weight"));
   CHECK_FALSE(dir.contains("model.layers.3.mlp.up_proj.weight"));
   CHECK_THROWS_WITH(dir.config_int("absent_key"), Catch::Contains("config.json: absent_key is missing"));

@@ -3,7 +3,9 @@
 /// `model.safetensors`, or split over shards named by `model.safetensors.index.json` (its "weight_map": tensor
 /// name → shard file). A pickled `pytorch_model.bin` is refused with a hint: polyformer does not unpickle.
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -83,6 +85,15 @@ class HfDirectory {
   const TensorInfo& info(const std::string& name) const { return file_of(name).info(name); }
   /// A tensor converted to float (F16 and BF16 exactly).
   FloatTensor tensor(const std::string& name) const { return file_of(name).tensor(name); }
+  /// The stored values themselves when they are F32 in this machine's byte order at a float-aligned address (no
+  /// copy; valid while this object lives), else nullptr: then tensor() converts.
+  const float* f32_in_place(const std::string& name) const {
+    const SafetensorsFile& file = file_of(name);
+    if (file.info(name).dtype != DType::F32 || std::endian::native != std::endian::little) return nullptr;
+    const unsigned char* p = file.raw_bytes(name).data();
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) != 0) return nullptr;
+    return reinterpret_cast<const float*>(p);
+  }
 
   // ---- config.json fields, each refused by name when it has the wrong type ----
 

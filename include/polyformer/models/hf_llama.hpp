@@ -83,22 +83,27 @@ Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attenti
   if (max_positions > 0) c.seq_len = max_positions;
   const Index d = c.dim, hd = c.head_dim(), kv = c.kv_dim(), q = c.n_heads * hd;
 
-  std::vector<std::vector<float>> held;  // the converted tensors TensorRefs point into
-  held.reserve(std::size_t(9 * c.n_layers + 3));
+  // TensorRefs point into the mapped files (F32 as stored) or into `held` (converted or reordered tensors).
+  std::vector<std::vector<float>> held;
   TensorRefs tensors;
   std::set<std::string> used;
   const auto take = [&](const std::string& hf, const std::string& ours, std::vector<std::int64_t> shape,
                         Index rotary_heads = 0) {
     if (!dir.contains(hf)) throw format_error(cat("load_hf_llama: ", directory, " has no tensor '", hf, "'"));
-    io::FloatTensor t = dir.tensor(hf);
-    if (t.shape != shape)
+    const std::vector<std::int64_t>& stored = dir.info(hf).shape;
+    if (stored != shape)
       throw format_error(cat("load_hf_llama: ", dir.file_of(hf).path(), ": '", hf, "' has shape ",
-                             io::detail::shape_string(t.shape), ", expected ", io::detail::shape_string(shape),
+                             io::detail::shape_string(stored), ", expected ", io::detail::shape_string(shape),
                              " from config.json"));
-    held.emplace_back();
-    if (rotary_heads > 0) detail::interleave_rotary_rows(t.data, held.back(), rotary_heads, hd, d);
-    else held.back() = std::move(t.data);
-    tensors[ours] = TensorRef{std::move(shape), held.back().data()};
+    const float* data = rotary_heads > 0 ? nullptr : dir.f32_in_place(hf);
+    if (data == nullptr) {
+      io::FloatTensor t = dir.tensor(hf);
+      held.emplace_back();
+      if (rotary_heads > 0) detail::interleave_rotary_rows(t.data, held.back(), rotary_heads, hd, d);
+      else held.back() = std::move(t.data);
+      data = held.back().data();  // stays put when `held` grows: a moved vector keeps its buffer
+    }
+    tensors[ours] = TensorRef{std::move(shape), data};
     used.insert(hf);
   };
   take("model.embed_tokens.weight", "tok_embeddings.weight", {c.vocab_size, d});

@@ -6,11 +6,11 @@
 /// 2i, row i + head_dim/2 to 2i + 1. Scores are unchanged: q and k are reordered alike.
 
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "polyformer/io/hf_directory.hpp"
+#include "polyformer/io/hf_tensor_map.hpp"
 #include "polyformer/io/llama2c.hpp"
 #include "polyformer/io/state_dict.hpp"
 #include "polyformer/models/llama.hpp"
@@ -83,55 +83,35 @@ Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attenti
   if (max_positions > 0) c.seq_len = max_positions;
   const Index d = c.dim, hd = c.head_dim(), kv = c.kv_dim(), q = c.n_heads * hd;
 
-  // TensorRefs point into the mapped files (F32 as stored) or into `held` (converted or reordered tensors).
-  std::vector<std::vector<float>> held;
-  TensorRefs tensors;
-  std::set<std::string> used;
-  const auto take = [&](const std::string& hf, const std::string& ours, std::vector<std::int64_t> shape,
-                        Index rotary_heads = 0) {
-    if (!dir.contains(hf)) throw format_error(cat("load_hf_llama: ", directory, " has no tensor '", hf, "'"));
-    const std::vector<std::int64_t>& stored = dir.info(hf).shape;
-    if (stored != shape)
-      throw format_error(cat("load_hf_llama: ", dir.file_of(hf).path(), ": '", hf, "' has shape ",
-                             io::detail::shape_string(stored), ", expected ", io::detail::shape_string(shape),
-                             " from config.json"));
-    const float* data = rotary_heads > 0 ? nullptr : dir.f32_in_place(hf);
-    if (data == nullptr) {
-      io::FloatTensor t = dir.tensor(hf);
-      held.emplace_back();
-      if (rotary_heads > 0) detail::interleave_rotary_rows(t.data, held.back(), rotary_heads, hd, d);
-      else held.back() = std::move(t.data);
-      data = held.back().data();  // stays put when `held` grows: a moved vector keeps its buffer
-    }
-    tensors[ours] = TensorRef{std::move(shape), data};
-    used.insert(hf);
+  io::HfTensorMap t(dir, "load_hf_llama");
+  const auto rotary = [&](Index heads) -> io::HfTensorMap::Rearrange {
+    return [heads, hd, d](const std::vector<float>& in, std::vector<float>& out) {
+      detail::interleave_rotary_rows(in, out, heads, hd, d);
+    };
   };
-  take("model.embed_tokens.weight", "tok_embeddings.weight", {c.vocab_size, d});
+  t.take("model.embed_tokens.weight", "tok_embeddings.weight", {c.vocab_size, d});
   for (Index l = 0; l < c.n_layers; ++l) {
     const std::string hf = cat("model.layers.", l, "."), ours = cat("layers.", l, ".");
-    take(hf + "self_attn.q_proj.weight", ours + "attention.wq.weight", {q, d}, c.n_heads);
-    take(hf + "self_attn.k_proj.weight", ours + "attention.wk.weight", {kv, d}, c.n_kv_heads);
-    take(hf + "self_attn.v_proj.weight", ours + "attention.wv.weight", {kv, d});
-    take(hf + "self_attn.o_proj.weight", ours + "attention.wo.weight", {d, q});
-    take(hf + "mlp.gate_proj.weight", ours + "feed_forward.w1.weight", {c.hidden_dim, d});
-    take(hf + "mlp.down_proj.weight", ours + "feed_forward.w2.weight", {d, c.hidden_dim});
-    take(hf + "mlp.up_proj.weight", ours + "feed_forward.w3.weight", {c.hidden_dim, d});
-    take(hf + "input_layernorm.weight", ours + "attention_norm.weight", {d});
-    take(hf + "post_attention_layernorm.weight", ours + "ffn_norm.weight", {d});
+    t.take(hf + "self_attn.q_proj.weight", ours + "attention.wq.weight", {q, d}, {q, d}, rotary(c.n_heads));
+    t.take(hf + "self_attn.k_proj.weight", ours + "attention.wk.weight", {kv, d}, {kv, d}, rotary(c.n_kv_heads));
+    t.take(hf + "self_attn.v_proj.weight", ours + "attention.wv.weight", {kv, d});
+    t.take(hf + "self_attn.o_proj.weight", ours + "attention.wo.weight", {d, q});
+    t.take(hf + "mlp.gate_proj.weight", ours + "feed_forward.w1.weight", {c.hidden_dim, d});
+    t.take(hf + "mlp.down_proj.weight", ours + "feed_forward.w2.weight", {d, c.hidden_dim});
+    t.take(hf + "mlp.up_proj.weight", ours + "feed_forward.w3.weight", {c.hidden_dim, d});
+    t.take(hf + "input_layernorm.weight", ours + "attention_norm.weight", {d});
+    t.take(hf + "post_attention_layernorm.weight", ours + "ffn_norm.weight", {d});
+    t.ignore(hf + "self_attn.rotary_emb.inv_freq");  // an old checkpoint's buffer, recomputed from rope_theta
   }
-  take("model.norm.weight", "norm.weight", {d});
-  if (!c.shared_classifier) take("lm_head.weight", "output.weight", {c.vocab_size, d});
-  for (const std::string& name : dir.names()) {
-    const bool ignorable = name.ends_with(".rotary_emb.inv_freq") || (c.shared_classifier && name == "lm_head.weight");
-    if (used.count(name) == 0 && !ignorable)
-      throw format_error(cat("load_hf_llama: ", dir.file_of(name).path(), " holds '", name,
-                             "', which LlamaForCausalLM with this config.json does not have"));
-  }
+  t.take("model.norm.weight", "norm.weight", {d});
+  if (c.shared_classifier) t.ignore("lm_head.weight");  // tied: the embedding is the classifier
+  else t.take("lm_head.weight", "output.weight", {c.vocab_size, d});
+  t.refuse_others("LlamaForCausalLM with this config.json");
 
   auto model = make_llama<Lin>(c, attention);
   if (c.shared_classifier && model.classifier() != nullptr)  // a tied classifier of its own (Int8)
-    tensors["output.weight"] = tensors.at("tok_embeddings.weight");
-  load_state_dict(parameters_of(model), tensors);
+    t.alias("output.weight", "tok_embeddings.weight");
+  load_state_dict(parameters_of(model), t.refs());
   return model;
 }
 

@@ -45,9 +45,9 @@ struct LlamaConfig {
   Index kv_dim() const noexcept { return n_kv_heads * head_dim(); }
 
   /// Throws config_error naming `who` unless every value is usable: all positive, dim divisible by
-  /// n_heads into an even head size, n_heads a multiple of n_kv_heads, and sizes small enough that no
-  /// byte count overflows.
-  void validate(const std::string& who) const {
+  /// n_heads into a head size that is even (with `rotary`: RoPE rotates pairs), n_heads a multiple of
+  /// n_kv_heads, and sizes small enough that no byte count overflows.
+  void validate(const std::string& who, bool rotary = true) const {
     const auto fail = [&](const std::string& what) {
       throw config_error(detail::cat(who, ": ", what, " (config: dim ", dim, ", hidden_dim ", hidden_dim, ", n_layers ",
                                      n_layers, ", n_heads ", n_heads, ", n_kv_heads ", n_kv_heads, ", vocab_size ",
@@ -60,7 +60,7 @@ struct LlamaConfig {
       if (v < 1 || v > limit) fail(detail::cat(name, " is ", v, ", expected 1..", limit));
     if (n_layers > 4096) fail(detail::cat("n_layers is ", n_layers, ", expected at most 4096"));
     if (dim % n_heads != 0) fail(detail::cat("dim ", dim, " is not divisible by n_heads ", n_heads));
-    if (head_dim() % 2 != 0) fail(detail::cat("head size ", head_dim(), " is odd, expected even (RoPE rotates pairs)"));
+    if (rotary && head_dim() % 2 != 0) fail(detail::cat("head size ", head_dim(), " is odd, expected even (RoPE rotates pairs)"));
     if (n_kv_heads > n_heads || n_heads % n_kv_heads != 0)
       fail(detail::cat("n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads));
   }

@@ -82,6 +82,11 @@
 #include "polyformer/models/llama_lora.hpp"
 #include "polyformer/models/torch_transformer.hpp"
 
+#include "polyformer/tokenizers/bpe.hpp"
+#include "polyformer/tokenizers/byte_level.hpp"
+#include "polyformer/tokenizers/tokenizer.hpp"
+#include "polyformer/tokenizers/unicode.hpp"
+
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
 

@@ -1,0 +1,342 @@
+#pragma once
+/// \file A Hugging Face tokenizer (the `tokenizers` library's pipeline): added tokens are cut out of the text
+/// first, each remaining segment is pre-tokenized and its pieces encoded by the model; decoding maps ids back to
+/// tokens (added tokens as their content) and runs the decoder. Read from `tokenizer.json`, or from GPT-2's older
+/// `vocab.json` + `merges.txt`.
+///
+/// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
+/// ByteLevel decoder), with added and special tokens. Anything else in a tokenizer.json (another normalizer,
+/// pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip spaces or
+/// match single words) is refused by name when the file is read, never run differently.
+
+#include <algorithm>
+#include <array>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "polyformer/core/error.hpp"
+#include "polyformer/io/file.hpp"
+#include "polyformer/tokenizers/bpe.hpp"
+#include "polyformer/tokenizers/byte_level.hpp"
+#include "polyformer/tokenizers/unicode.hpp"
+
+namespace polyformer::tokenizers {
+
+/// A token the tokenizer matches in the text itself, before the model (as `<|endoftext|>`).
+struct AddedToken {
+  int id = 0;
+  std::string content;
+  bool special = false;  ///< dropped by decode(…, skip_special_tokens = true)
+};
+
+/// A loaded tokenizer. Immutable once read, so one object serves any number of threads.
+class Tokenizer {
+ public:
+  /// Reads a tokenizer.json. Throws format_error naming the file and the field for anything malformed or not
+  /// supported (see the file comment).
+  static Tokenizer from_json_file(const std::string& path) {
+    return from_json(read_text(path, "tokenizer.json"), path);
+  }
+
+  /// The same from the file's text; `source` names it in messages.
+  static Tokenizer from_json(std::string_view text, const std::string& source) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      throw format_error(polyformer::detail::cat(source, ": not valid JSON (", e.what(), ")"));
+    }
+    if (!j.is_object()) throw format_error(polyformer::detail::cat(source, ": expected a JSON object"));
+    Tokenizer t;
+    t.source_ = source;
+    Reader r{source};
+    for (const char* key : {"truncation", "padding", "normalizer"})
+      if (j.contains(key) && !j[key].is_null()) r.unsupported(key, j[key], "null");
+    t.read_pre_tokenizer(r, j.value("pre_tokenizer", nlohmann::json()));
+    for (const char* key : {"post_processor", "decoder"}) {
+      const nlohmann::json& v = j.contains(key) ? j[key] : nlohmann::json();
+      if (!v.is_null() && !(v.is_object() && v.value("type", "") == "ByteLevel"))
+        r.unsupported(key, v, "null or a ByteLevel one");
+      if (std::string(key) == "decoder") t.byte_level_decoder_ = !v.is_null();
+    }
+    if (!j.contains("model")) r.fail("model", "missing");
+    t.model_ = read_bpe(r, j["model"]);
+    if (const auto it = j["model"].find("ignore_merges"); it != j["model"].end()) {
+      if (!it->is_boolean()) r.fail("model.ignore_merges", "not true or false");
+      t.ignore_merges_ = it->get<bool>();
+    }
+    if (j.contains("added_tokens")) t.read_added_tokens(r, j["added_tokens"]);
+    t.finish();
+    return t;
+  }
+
+  /// GPT-2's older pair of files: vocab.json (token → id) and merges.txt (a "#version" line, then one "a b" merge
+  /// per line), with GPT-2's pipeline (byte-level, no prefix space) and `<|endoftext|>` as a special token when
+  /// the vocabulary has it.
+  static Tokenizer from_vocab_merges(const std::string& vocab_path, const std::string& merges_path) {
+    using polyformer::detail::cat;
+    nlohmann::json vocab;
+    try {
+      vocab = nlohmann::json::parse(read_text(vocab_path, "vocab.json"));
+    } catch (const nlohmann::json::exception& e) {
+      throw format_error(cat(vocab_path, ": not valid JSON (", e.what(), ")"));
+    }
+    Reader r{vocab_path};
+    std::vector<std::pair<std::string, std::string>> merges;
+    const std::string text = read_text(merges_path, "merges.txt");
+    std::size_t line_number = 0;
+    for (std::size_t at = 0; at < text.size();) {
+      std::size_t end = text.find('\n', at);
+      if (end == std::string::npos) end = text.size();
+      std::string_view line(text.data() + at, end - at);
+      at = end + 1;
+      ++line_number;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty() || (line_number == 1 && line.starts_with("#version"))) continue;
+      const std::size_t space = line.find(' ');
+      if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
+          line.find(' ', space + 1) != std::string_view::npos)
+        throw format_error(cat(merges_path, ": line ", line_number, " is '", line, "', expected two tokens and one space"));
+      merges.emplace_back(std::string(line.substr(0, space)), std::string(line.substr(space + 1)));
+    }
+    Tokenizer t;
+    t.source_ = vocab_path;
+    t.model_ = BpeModel(read_vocab(r, vocab), merges, merges_path);
+    t.byte_level_decoder_ = true;
+    if (const int eot = t.model_.id_of("<|endoftext|>"); eot >= 0) t.added_.push_back({eot, "<|endoftext|>", true});
+    t.finish();
+    return t;
+  }
+
+  /// A tokenizer from a file or a model directory: tokenizer.json, or vocab.json with merges.txt beside it; a
+  /// directory is searched for them in that order. Throws format_error naming what was looked for.
+  static Tokenizer open(const std::string& file_or_directory) {
+    namespace fs = std::filesystem;
+    using polyformer::detail::cat;
+    const fs::path p(file_or_directory);
+    if (fs::is_directory(p)) {
+      if (fs::exists(p / "tokenizer.json")) return from_json_file((p / "tokenizer.json").string());
+      if (fs::exists(p / "vocab.json") && fs::exists(p / "merges.txt"))
+        return from_vocab_merges((p / "vocab.json").string(), (p / "merges.txt").string());
+      throw format_error(cat("Tokenizer::open: ", file_or_directory,
+                             " has neither tokenizer.json nor vocab.json with merges.txt"));
+    }
+    const std::string name = p.filename().string();
+    if (name == "vocab.json") {
+      const fs::path merges = p.parent_path() / "merges.txt";
+      if (!fs::exists(merges)) throw format_error(cat("Tokenizer::open: ", merges.string(), " (beside vocab.json) is missing"));
+      return from_vocab_merges(p.string(), merges.string());
+    }
+    if (name.ends_with(".json")) return from_json_file(p.string());
+    throw format_error(cat("Tokenizer::open: ", file_or_directory,
+                           " is not a tokenizer.json, a vocab.json or a directory holding one"));
+  }
+
+  /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise). The post-processors supported add no
+  /// special tokens, so `add_special_tokens` changes nothing yet.
+  std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const {
+    (void)add_special_tokens;
+    std::vector<int> ids, symbols;
+    std::string spelled;
+    const ByteAlphabet& alphabet = ByteAlphabet::instance();
+    const auto encode_segment = [&](std::string_view segment) {
+      if (segment.empty()) return;
+      std::string prefixed;
+      if (add_prefix_space_ && segment.front() != ' ') {
+        prefixed = " " + std::string(segment);
+        segment = prefixed;
+      }
+      for (const std::string_view piece : gpt2_split(segment, "Tokenizer::encode")) {
+        if (ignore_merges_) {
+          spelled.clear();
+          for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
+          if (const int id = model_.id_of(spelled); id >= 0) {
+            ids.push_back(id);
+            continue;
+          }
+        }
+        symbols.clear();
+        for (const char b : piece) {
+          // A byte the vocabulary lacks is dropped, as the library drops a character without an unk_token.
+          if (const int id = byte_ids_[static_cast<unsigned char>(b)]; id >= 0) symbols.push_back(id);
+        }
+        model_.merge(symbols);
+        ids.insert(ids.end(), symbols.begin(), symbols.end());
+      }
+    };
+    std::size_t at = 0;
+    while (at < text.size()) {  // the leftmost added token, the longest of those starting there
+      std::size_t best_at = std::string_view::npos, best_length = 0;
+      const AddedToken* best = nullptr;
+      for (const AddedToken& a : added_) {
+        const std::size_t found = a.content.empty() ? std::string_view::npos : text.find(a.content, at);
+        if (found < best_at || (found == best_at && found != std::string_view::npos && a.content.size() > best_length)) {
+          best_at = found;
+          best_length = a.content.size();
+          best = &a;
+        }
+      }
+      if (best == nullptr) break;
+      encode_segment(text.substr(at, best_at - at));
+      ids.push_back(best->id);
+      at = best_at + best_length;
+    }
+    encode_segment(text.substr(at));
+    return ids;
+  }
+
+  /// The text of `ids`; special added tokens are left out with `skip_special_tokens`. Throws config_error naming
+  /// the position of an id that is no token.
+  std::string decode(std::span<const int> ids, bool skip_special_tokens = false) const {
+    std::vector<std::string_view> tokens;
+    tokens.reserve(ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const int id = ids[i];
+      if (const AddedToken* a = added(id)) {
+        if (!(skip_special_tokens && a->special)) tokens.push_back(a->content);
+        continue;
+      }
+      if (id < 0 || std::size_t(id) >= model_.size() || model_.token(id).empty())
+        throw config_error(polyformer::detail::cat("Tokenizer::decode: id ", i, " is ", id, ", which is no token of ",
+                                                   source_));
+      tokens.push_back(model_.token(id));
+    }
+    if (byte_level_decoder_) return byte_level_decode(tokens);
+    std::string out;
+    for (std::size_t i = 0; i < tokens.size(); ++i) (out += i ? " " : "") += tokens[i];
+    return out;
+  }
+
+  /// The number of ids: one past the largest of the model's and the added tokens'.
+  std::size_t vocab_size() const noexcept {
+    std::size_t n = model_.size();
+    for (const AddedToken& a : added_) n = std::max(n, std::size_t(a.id) + 1);
+    return n;
+  }
+  /// The id of a token (an added one's content, or the model's spelling), or -1.
+  int token_to_id(const std::string& token) const {
+    for (const AddedToken& a : added_)
+      if (a.content == token) return a.id;
+    return model_.id_of(token);
+  }
+  const std::vector<AddedToken>& added_tokens() const noexcept { return added_; }
+  const BpeModel& model() const noexcept { return model_; }
+
+ private:
+  /// Where messages come from, and how they say what is wrong.
+  struct Reader {
+    const std::string& source;
+    [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+      throw format_error(polyformer::detail::cat(source, ": ", field, " is ", what));
+    }
+    [[noreturn]] void unsupported(const std::string& field, const nlohmann::json& found, const std::string& supported) const {
+      std::string shown = found.dump();
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+      throw format_error(polyformer::detail::cat(source, ": ", field, " is ", shown, ", expected ", supported,
+                                                 " (polyformer does not run it)"));
+    }
+  };
+
+  static std::vector<std::pair<std::string, int>> read_vocab(const Reader& r, const nlohmann::json& vocab) {
+    if (!vocab.is_object()) r.fail("the vocabulary", "not an object of token: id");
+    std::vector<std::pair<std::string, int>> out;
+    out.reserve(vocab.size());
+    for (const auto& [token, id] : vocab.items()) {
+      if (!id.is_number_integer()) r.fail("the id of '" + token + "'", id.dump() + ", expected an integer");
+      out.emplace_back(token, id.get<int>());
+    }
+    return out;
+  }
+
+  static BpeModel read_bpe(const Reader& r, const nlohmann::json& m) {
+    if (!m.is_object()) r.fail("model", "not an object");
+    if (m.value("type", "BPE") != "BPE") r.unsupported("model.type", m["type"], "\"BPE\"");
+    for (const char* key : {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"}) {
+      const nlohmann::json& v = m.contains(key) ? m[key] : nlohmann::json();
+      const bool off = v.is_null() || (v.is_string() && v.get<std::string>().empty()) ||
+                       (std::string(key) == "dropout" && v.is_number() && v.get<double>() == 0.0);
+      if (!off) r.unsupported(std::string("model.") + key, v, "null");
+    }
+    for (const char* key : {"fuse_unk", "byte_fallback"})
+      if (m.contains(key) && !(m[key].is_boolean() && !m[key].get<bool>())) r.unsupported(std::string("model.") + key, m[key], "false");
+    if (!m.contains("merges") || !m["merges"].is_array()) r.fail("model.merges", "missing or not a list");
+    std::vector<std::pair<std::string, std::string>> merges;
+    merges.reserve(m["merges"].size());
+    for (std::size_t i = 0; i < m["merges"].size(); ++i) {
+      const nlohmann::json& e = m["merges"][i];
+      if (e.is_string()) {  // "a b"
+        const std::string s = e.get<std::string>();
+        const std::size_t space = s.find(' ');
+        if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
+          r.fail(polyformer::detail::cat("model.merges[", i, "]"), "'" + s + "', expected two tokens and one space");
+        merges.emplace_back(s.substr(0, space), s.substr(space + 1));
+      } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {  // ["a", "b"]
+        merges.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
+      } else {
+        r.fail(polyformer::detail::cat("model.merges[", i, "]"), e.dump() + ", expected \"a b\" or [\"a\", \"b\"]");
+      }
+    }
+    if (!m.contains("vocab")) r.fail("model.vocab", "missing");
+    return BpeModel(read_vocab(r, m["vocab"]), merges, r.source);
+  }
+
+  void read_pre_tokenizer(const Reader& r, const nlohmann::json& p) {
+    if (!p.is_object() || p.value("type", "") != "ByteLevel") r.unsupported("pre_tokenizer", p, "a ByteLevel one");
+    if (p.contains("use_regex") && !(p["use_regex"].is_boolean() && p["use_regex"].get<bool>()))
+      r.unsupported("pre_tokenizer.use_regex", p["use_regex"], "true");
+    if (p.contains("add_prefix_space")) {
+      if (!p["add_prefix_space"].is_boolean()) r.fail("pre_tokenizer.add_prefix_space", "not true or false");
+      add_prefix_space_ = p["add_prefix_space"].get<bool>();
+    }
+  }
+
+  void read_added_tokens(const Reader& r, const nlohmann::json& list) {
+    using polyformer::detail::cat;
+    if (!list.is_array()) r.fail("added_tokens", "not a list");
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const nlohmann::json& a = list[i];
+      const std::string at = cat("added_tokens[", i, "]");
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
+          !a["content"].is_string())
+        r.fail(at, "not an object with an integer id and a string content");
+      for (const char* key : {"single_word", "lstrip", "rstrip"})
+        if (a.contains(key) && !(a[key].is_boolean() && !a[key].get<bool>())) r.unsupported(at + "." + key, a[key], "false");
+      AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), a.value("special", false)};
+      if (t.id < 0) r.fail(at + ".id", cat(t.id, ", expected >= 0"));
+      if (t.content.empty()) r.fail(at + ".content", "empty");
+      added_.push_back(std::move(t));
+    }
+  }
+
+  const AddedToken* added(int id) const {
+    for (const AddedToken& a : added_)
+      if (a.id == id) return &a;
+    return nullptr;
+  }
+
+  static std::string read_text(const std::string& path, std::string_view format) {
+    const std::vector<unsigned char> bytes = io::detail::read_file(path, format);
+    return std::string(bytes.begin(), bytes.end());
+  }
+
+  Tokenizer() = default;
+  /// Each byte's single-character token, looked up once.
+  void finish() {
+    const ByteAlphabet& alphabet = ByteAlphabet::instance();
+    for (int b = 0; b < 256; ++b) byte_ids_[std::size_t(b)] = model_.id_of(alphabet.spelling(static_cast<unsigned char>(b)));
+  }
+
+  std::string source_;
+  BpeModel model_;
+  std::vector<AddedToken> added_;
+  std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
+  bool add_prefix_space_ = false, ignore_merges_ = false, byte_level_decoder_ = false;
+};
+
+}  // namespace polyformer::tokenizers

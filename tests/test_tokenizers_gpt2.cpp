@@ -42,7 +42,10 @@ std::vector<std::string> lines_of(const std::string& path) {
 
 std::string joined(const std::vector<int>& ids) {
   std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) s += ' ';
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 
@@ -75,7 +78,10 @@ std::vector<std::string> fortunes() {
     std::size_t at = 0;
     const auto flush = [&] {
       std::string record;
-      for (std::size_t i = 0; i < lines.size(); ++i) record += (i ? "\n" : "") + lines[i];
+      for (std::size_t i = 0; i < lines.size(); ++i) {
+        if (i > 0) record += '\n';
+        record += lines[i];
+      }
       records.push_back(record);
       lines.clear();
     };

@@ -149,7 +149,8 @@ class Tokenizer {
       if (segment.empty()) return;
       std::string prefixed;
       if (add_prefix_space_ && segment.front() != ' ') {
-        prefixed = " " + std::string(segment);
+        prefixed.assign(1, ' ');
+        prefixed.append(segment);
         segment = prefixed;
       }
       for (const std::string_view piece : gpt2_split(segment, "Tokenizer::encode")) {
@@ -209,7 +210,10 @@ class Tokenizer {
     }
     if (byte_level_decoder_) return byte_level_decode(tokens);
     std::string out;
-    for (std::size_t i = 0; i < tokens.size(); ++i) (out += i ? " " : "") += tokens[i];
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (i > 0) out += ' ';
+      out += tokens[i];
+    }
     return out;
   }
 

@@ -21,7 +21,8 @@ using cli::usage_error;
 
 const char* const usage =
     "usage: tokenize --tokenizer FILE_OR_DIR [--no-special] [--decode [--skip-special]]\n"
-    "  FILE_OR_DIR  a tokenizer.json, a vocab.json (merges.txt beside it), or a directory holding one of them\n"
+    "  FILE_OR_DIR  a tokenizer.json, a vocab.txt (BERT), a vocab.json (GPT-2, merges.txt beside it), or a\n"
+    "               directory holding one of them (searched in that order)\n"
     "  encoding: one line of text in, one JSON array of ids out; --no-special leaves out the special tokens the\n"
     "            tokenizer's post-processor adds\n"
     "  --decode: one JSON array of ids in, one line of text out; --skip-special drops special tokens\n";

@@ -1,6 +1,6 @@
 // GPT-2's byte-level BPE tokenizer (tokenizers/tokenizer.hpp) over GPT-2's real vocabulary, against the Hugging Face
 // tokenizers library: tests/tokenizers/gpt2_fixtures.js wrote the oracle's ids (in full for the hand-written edge
-// cases, as a count and a hash for the rest) for 38 edge cases, 3,000 seeded random strings over every Unicode
+// cases, as a count and a hash for the rest) for 41 edge cases, 3,000 seeded random strings over every Unicode
 // plane, and the 15,221 records of Debian's fortunes; the archive is unpacked at configure time. Every text must
 // also decode back to itself. Then the files and calls it refuses.
 
@@ -143,7 +143,8 @@ TEST_CASE("GPT-2's tokenizer equals Hugging Face tokenizers on edge cases and ra
     FAIL("no GPT-2 tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/gpt2.tar.xz unpacks at configure time)");
   const auto legacy = pt::Tokenizer::from_vocab_merges(fixture_dir + "/vocab.json", fixture_dir + "/merges.txt");
   CHECK(legacy.vocab_size() == 50257);
-  CHECK(legacy.model().merge_count() == 50000);
+  REQUIRE(legacy.bpe() != nullptr);
+  CHECK(legacy.bpe()->merge_count() == 50000);
   const std::vector<std::string> texts = extra_texts();
   const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/edge.ids");
   for (std::size_t i = 0; i < edge_ids.size(); ++i) {
@@ -192,10 +193,13 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   std::ofstream(dir + "/tokenizer.json") << "{" + byte_level + ", " + model + "}";  // the control case: fine
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab ab") == std::vector<int>{2, 2});
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
-        R"(normalizer is {"type":"NFC"}, expected null (polyformer does not run it))");
+        R"(normalizer is {"type":"NFC"}, expected null or a BertNormalizer (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
-  fails("{" + byte_level + R"(, "decoder": {"type": "WordPiece"}, )" + model + "}", "decoder is");
-  fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {}}})", "model.type is \"WordPiece\"");
+  fails("{" + byte_level + R"(, "decoder": {"type": "Metaspace"}, )" + model + "}", "decoder is");
+  fails("{" + byte_level + R"(, "model": {"type": "Unigram", "vocab": []}})", "model.type is \"Unigram\"");
+  fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {"a": 0}}})",
+        "the unknown token '[UNK]' is not in the vocabulary");
+  fails(R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, )" + model + "}", "expected a ByteLevel one (the BPE model's)");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a b"]}})",
         "merge 0 ('a' 'b') names 'b', which is not in the vocabulary");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is given to both");
@@ -210,7 +214,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + "}", "model is missing");
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir + "/absent.json"), Catch::Contains("cannot open"));
   fs::remove(dir + "/tokenizer.json");
-  CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("has neither tokenizer.json nor vocab.json with merges.txt"));
+  CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
   std::ofstream(dir + "/vocab.json") << R"({"a": 0, "b": 1, "ab": 2})";
   std::ofstream(dir + "/merges.txt") << "#version: 0.2\na b\na  b\n";
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("merges.txt: line 3 is 'a  b', expected two tokens"));

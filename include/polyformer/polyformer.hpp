@@ -82,6 +82,7 @@
 #include "polyformer/models/llama_lora.hpp"
 #include "polyformer/models/torch_transformer.hpp"
 
+#include "polyformer/tokenizers/bert.hpp"
 #include "polyformer/tokenizers/bpe.hpp"
 #include "polyformer/tokenizers/byte_level.hpp"
 #include "polyformer/tokenizers/tokenizer.hpp"

@@ -5,13 +5,16 @@
 /// `vocab.json` + `merges.txt`.
 ///
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
-/// ByteLevel decoder), with added and special tokens. Anything else in a tokenizer.json (another normalizer,
-/// pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip spaces or
-/// match single words) is refused by name when the file is read, never run differently.
+/// ByteLevel decoder) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece, the WordPiece decoder),
+/// with added and special tokens and the special tokens a single sequence gets (TemplateProcessing, BertProcessing,
+/// RobertaProcessing). Anything else in a tokenizer.json (another normalizer, pre-tokenizer, model,
+/// post-processor or decoder; truncation or padding; added tokens that strip spaces or match single words) is
+/// refused by name when the file is read, never run differently.
 
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +25,7 @@
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/io/file.hpp"
+#include "polyformer/tokenizers/bert.hpp"
 #include "polyformer/tokenizers/bpe.hpp"
 #include "polyformer/tokenizers/byte_level.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
@@ -56,21 +60,28 @@ class Tokenizer {
     Tokenizer t;
     t.source_ = source;
     Reader r{source};
-    for (const char* key : {"truncation", "padding", "normalizer"})
-      if (j.contains(key) && !j[key].is_null()) r.unsupported(key, j[key], "null");
-    t.read_pre_tokenizer(r, j.value("pre_tokenizer", nlohmann::json()));
-    for (const char* key : {"post_processor", "decoder"}) {
-      const nlohmann::json& v = j.contains(key) ? j[key] : nlohmann::json();
-      if (!v.is_null() && !(v.is_object() && v.value("type", "") == "ByteLevel"))
-        r.unsupported(key, v, "null or a ByteLevel one");
-      if (std::string(key) == "decoder") t.byte_level_decoder_ = !v.is_null();
-    }
+    const auto field = [&](const char* key) { return j.contains(key) ? j[key] : nlohmann::json(); };
+    for (const char* key : {"truncation", "padding"})
+      if (!field(key).is_null()) r.unsupported(key, j[key], "null");
     if (!j.contains("model")) r.fail("model", "missing");
-    t.model_ = read_bpe(r, j["model"]);
-    if (const auto it = j["model"].find("ignore_merges"); it != j["model"].end()) {
-      if (!it->is_boolean()) r.fail("model.ignore_merges", "not true or false");
-      t.ignore_merges_ = it->get<bool>();
+    const nlohmann::json& m = j["model"];
+    if (!m.is_object()) r.fail("model", "not an object");
+    const std::string type = m.value("type", m.contains("merges") ? "BPE" : "");
+    if (type == "BPE") {
+      t.bpe_ = read_bpe(r, m);
+      if (const auto it = m.find("ignore_merges"); it != m.end()) {
+        if (!it->is_boolean()) r.fail("model.ignore_merges", "not true or false");
+        t.ignore_merges_ = it->get<bool>();
+      }
+    } else if (type == "WordPiece") {
+      t.wordpiece_ = read_wordpiece(r, m);
+    } else {
+      r.unsupported("model.type", m.contains("type") ? m["type"] : nlohmann::json(), "\"BPE\" or \"WordPiece\"");
     }
+    t.read_normalizer(r, field("normalizer"));
+    t.read_pre_tokenizer(r, field("pre_tokenizer"));
+    t.read_post_processor(r, field("post_processor"));
+    t.read_decoder(r, field("decoder"));
     if (j.contains("added_tokens")) t.read_added_tokens(r, j["added_tokens"]);
     t.finish();
     return t;
@@ -107,27 +118,62 @@ class Tokenizer {
     }
     Tokenizer t;
     t.source_ = vocab_path;
-    t.model_ = BpeModel(read_vocab(r, vocab), merges, merges_path);
-    t.byte_level_decoder_ = true;
-    if (const int eot = t.model_.id_of("<|endoftext|>"); eot >= 0) t.added_.push_back({eot, "<|endoftext|>", true});
+    t.bpe_ = BpeModel(read_vocab(r, vocab), merges, merges_path);
+    t.pre_tokenizer_ = PreTokenizer::byte_level;
+    t.decoder_ = Decoder::byte_level;
+    if (const int eot = t.bpe_->id_of("<|endoftext|>"); eot >= 0) t.added_.push_back({eot, "<|endoftext|>", true});
     t.finish();
     return t;
   }
 
-  /// A tokenizer from a file or a model directory: tokenizer.json, or vocab.json with merges.txt beside it; a
-  /// directory is searched for them in that order. Throws format_error naming what was looked for.
+  /// BERT's older vocab.txt (one token per line, its id the line's index) with transformers' BertTokenizer
+  /// pipeline: BertNormalizer (lowercasing and stripping accents with `lowercase`), BertPreTokenizer, WordPiece over
+  /// "[UNK]", [CLS] … [SEP] around a sequence, and [PAD] [UNK] [CLS] [SEP] [MASK] as special tokens.
+  static Tokenizer from_vocab_txt(const std::string& path, bool lowercase = true) {
+    using polyformer::detail::cat;
+    const std::string text = read_text(path, "vocab.txt");
+    std::vector<std::pair<std::string, int>> vocab;
+    int id = 0;
+    for (std::size_t at = 0; at < text.size(); ++id) {
+      std::size_t end = text.find('\n', at);
+      if (end == std::string::npos) end = text.size();
+      std::string token = text.substr(at, end - at);
+      while (!token.empty() && (token.back() == '\r' || token.back() == ' ' || token.back() == '\t')) token.pop_back();
+      vocab.emplace_back(std::move(token), id);
+      at = end + 1;
+    }
+    Tokenizer t;
+    t.source_ = path;
+    t.wordpiece_ = WordPieceModel(vocab, "[UNK]", "##", 100, path);
+    t.normalizer_ = BertNormalizer{true, true, lowercase, lowercase};
+    t.pre_tokenizer_ = PreTokenizer::bert;
+    t.decoder_ = Decoder::wordpiece;
+    for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
+      if (const int sid = t.wordpiece_->id_of(special); sid >= 0) t.added_.push_back({sid, special, true});
+    const int cls = t.wordpiece_->id_of("[CLS]"), sep = t.wordpiece_->id_of("[SEP]");
+    if (cls < 0 || sep < 0) throw format_error(cat(path, ": the vocabulary lacks [CLS] or [SEP]"));
+    t.prefix_ids_ = {cls};
+    t.suffix_ids_ = {sep};
+    t.finish();
+    return t;
+  }
+
+  /// A tokenizer from a file or a model directory: tokenizer.json, vocab.txt, or vocab.json with merges.txt beside
+  /// it; a directory is searched for them in that order. Throws format_error naming what was looked for.
   static Tokenizer open(const std::string& file_or_directory) {
     namespace fs = std::filesystem;
     using polyformer::detail::cat;
     const fs::path p(file_or_directory);
     if (fs::is_directory(p)) {
       if (fs::exists(p / "tokenizer.json")) return from_json_file((p / "tokenizer.json").string());
+      if (fs::exists(p / "vocab.txt")) return from_vocab_txt((p / "vocab.txt").string());
       if (fs::exists(p / "vocab.json") && fs::exists(p / "merges.txt"))
         return from_vocab_merges((p / "vocab.json").string(), (p / "merges.txt").string());
       throw format_error(cat("Tokenizer::open: ", file_or_directory,
-                             " has neither tokenizer.json nor vocab.json with merges.txt"));
+                             " has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
     }
     const std::string name = p.filename().string();
+    if (name.ends_with(".txt")) return from_vocab_txt(p.string());
     if (name == "vocab.json") {
       const fs::path merges = p.parent_path() / "merges.txt";
       if (!fs::exists(merges)) throw format_error(cat("Tokenizer::open: ", merges.string(), " (beside vocab.json) is missing"));
@@ -135,29 +181,38 @@ class Tokenizer {
     }
     if (name.ends_with(".json")) return from_json_file(p.string());
     throw format_error(cat("Tokenizer::open: ", file_or_directory,
-                           " is not a tokenizer.json, a vocab.json or a directory holding one"));
+                           " is not a tokenizer.json, a vocab.txt, a vocab.json or a directory holding one"));
   }
 
-  /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise). The post-processors supported add no
-  /// special tokens, so `add_special_tokens` changes nothing yet.
+  /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise), with the special tokens the
+  /// post-processor puts around a sequence unless `add_special_tokens` is false.
   std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const {
-    (void)add_special_tokens;
+    const char* func = "Tokenizer::encode";
     std::vector<int> ids, symbols;
-    std::string spelled;
+    if (add_special_tokens) ids = prefix_ids_;
+    std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     const auto encode_segment = [&](std::string_view segment) {
       if (segment.empty()) return;
+      if (normalizer_) {
+        normalized = normalizer_->normalize(segment, func);
+        segment = normalized;
+      }
+      if (pre_tokenizer_ == PreTokenizer::bert) {
+        for (const std::string_view word : bert_pre_tokenize(segment, func)) wordpiece_->encode_word(word, ids);
+        return;
+      }
       std::string prefixed;
-      if (add_prefix_space_ && segment.front() != ' ') {
+      if (add_prefix_space_ && !segment.empty() && segment.front() != ' ') {
         prefixed.assign(1, ' ');
         prefixed.append(segment);
         segment = prefixed;
       }
-      for (const std::string_view piece : gpt2_split(segment, "Tokenizer::encode")) {
+      for (const std::string_view piece : gpt2_split(segment, func)) {
         if (ignore_merges_) {
           spelled.clear();
           for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
-          if (const int id = model_.id_of(spelled); id >= 0) {
+          if (const int id = bpe_->id_of(spelled); id >= 0) {
             ids.push_back(id);
             continue;
           }
@@ -167,7 +222,7 @@ class Tokenizer {
           // A byte the vocabulary lacks is dropped, as the library drops a character without an unk_token.
           if (const int id = byte_ids_[static_cast<unsigned char>(b)]; id >= 0) symbols.push_back(id);
         }
-        model_.merge(symbols);
+        bpe_->merge(symbols);
         ids.insert(ids.end(), symbols.begin(), symbols.end());
       }
     };
@@ -189,6 +244,7 @@ class Tokenizer {
       at = best_at + best_length;
     }
     encode_segment(text.substr(at));
+    if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
     return ids;
   }
 
@@ -203,12 +259,14 @@ class Tokenizer {
         if (!(skip_special_tokens && a->special)) tokens.push_back(a->content);
         continue;
       }
-      if (id < 0 || std::size_t(id) >= model_.size() || model_.token(id).empty())
+      const std::string* token = model_token(id);
+      if (token == nullptr)
         throw config_error(polyformer::detail::cat("Tokenizer::decode: id ", i, " is ", id, ", which is no token of ",
                                                    source_));
-      tokens.push_back(model_.token(id));
+      tokens.push_back(*token);
     }
-    if (byte_level_decoder_) return byte_level_decode(tokens);
+    if (decoder_ == Decoder::byte_level) return byte_level_decode(tokens);
+    if (decoder_ == Decoder::wordpiece) return wordpiece_decode(tokens, decoder_prefix_, decoder_cleanup_);
     std::string out;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
       if (i > 0) out += ' ';
@@ -219,7 +277,7 @@ class Tokenizer {
 
   /// The number of ids: one past the largest of the model's and the added tokens'.
   std::size_t vocab_size() const noexcept {
-    std::size_t n = model_.size();
+    std::size_t n = bpe_ ? bpe_->size() : wordpiece_->size();
     for (const AddedToken& a : added_) n = std::max(n, std::size_t(a.id) + 1);
     return n;
   }
@@ -227,10 +285,13 @@ class Tokenizer {
   int token_to_id(const std::string& token) const {
     for (const AddedToken& a : added_)
       if (a.content == token) return a.id;
-    return model_.id_of(token);
+    return bpe_ ? bpe_->id_of(token) : wordpiece_->id_of(token);
   }
   const std::vector<AddedToken>& added_tokens() const noexcept { return added_; }
-  const BpeModel& model() const noexcept { return model_; }
+  /// The BPE model, or nullptr for another model.
+  const BpeModel* bpe() const noexcept { return bpe_ ? &*bpe_ : nullptr; }
+  /// The WordPiece model, or nullptr for another model.
+  const WordPieceModel* wordpiece() const noexcept { return wordpiece_ ? &*wordpiece_ : nullptr; }
 
  private:
   /// Where messages come from, and how they say what is wrong.
@@ -259,8 +320,6 @@ class Tokenizer {
   }
 
   static BpeModel read_bpe(const Reader& r, const nlohmann::json& m) {
-    if (!m.is_object()) r.fail("model", "not an object");
-    if (m.value("type", "BPE") != "BPE") r.unsupported("model.type", m["type"], "\"BPE\"");
     for (const char* key : {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"}) {
       const nlohmann::json& v = m.contains(key) ? m[key] : nlohmann::json();
       const bool off = v.is_null() || (v.is_string() && v.get<std::string>().empty()) ||
@@ -290,8 +349,106 @@ class Tokenizer {
     return BpeModel(read_vocab(r, m["vocab"]), merges, r.source);
   }
 
+  static WordPieceModel read_wordpiece(const Reader& r, const nlohmann::json& m) {
+    const auto text = [&](const char* key, const char* fallback) {
+      if (!m.contains(key) || m[key].is_null()) return std::string(fallback);
+      if (!m[key].is_string()) r.fail(std::string("model.") + key, m[key].dump() + ", expected a string");
+      return m[key].get<std::string>();
+    };
+    std::size_t max_chars = 100;
+    if (m.contains("max_input_chars_per_word")) {
+      if (!m["max_input_chars_per_word"].is_number_unsigned()) r.fail("model.max_input_chars_per_word", "not a count");
+      max_chars = m["max_input_chars_per_word"].get<std::size_t>();
+    }
+    if (!m.contains("vocab")) r.fail("model.vocab", "missing");
+    return WordPieceModel(read_vocab(r, m["vocab"]), text("unk_token", "[UNK]"), text("continuing_subword_prefix", "##"),
+                          max_chars, r.source);
+  }
+
+  void read_normalizer(const Reader& r, const nlohmann::json& n) {
+    if (n.is_null()) return;
+    if (!n.is_object() || n.value("type", "") != "BertNormalizer") r.unsupported("normalizer", n, "null or a BertNormalizer");
+    const auto flag = [&](const char* key, bool fallback) {
+      if (!n.contains(key) || n[key].is_null()) return fallback;
+      if (!n[key].is_boolean()) r.fail(std::string("normalizer.") + key, n[key].dump() + ", expected true or false");
+      return n[key].get<bool>();
+    };
+    BertNormalizer b;
+    b.clean_text = flag("clean_text", true);
+    b.handle_chinese_chars = flag("handle_chinese_chars", true);
+    b.lowercase = flag("lowercase", true);
+    b.strip_accents = flag("strip_accents", b.lowercase);  // null: as lowercase
+    normalizer_ = b;
+  }
+
+  void read_post_processor(const Reader& r, const nlohmann::json& p) {
+    using polyformer::detail::cat;
+    if (p.is_null()) return;
+    const std::string type = p.is_object() ? p.value("type", "") : "";
+    const auto pair_id = [&](const char* key) {  // ["[CLS]", 101]
+      if (!p.contains(key) || !p[key].is_array() || p[key].size() != 2 || !p[key][1].is_number_integer())
+        r.fail(cat("post_processor.", key), "not a [token, id] pair");
+      return p[key][1].get<int>();
+    };
+    if (type == "ByteLevel") return;  // it only moves offsets
+    if (type == "BertProcessing" || type == "RobertaProcessing") {
+      prefix_ids_ = {pair_id("cls")};
+      suffix_ids_ = {pair_id("sep")};
+      return;
+    }
+    if (type != "TemplateProcessing")
+      r.unsupported("post_processor", p, "null, a ByteLevel, BertProcessing, RobertaProcessing or TemplateProcessing one");
+    // single: special tokens, one {"Sequence": {"id": "A"}}, special tokens; each special token's ids from special_tokens
+    if (!p.contains("single") || !p["single"].is_array()) r.fail("post_processor.single", "missing or not a list");
+    bool seen_sequence = false;
+    for (std::size_t i = 0; i < p["single"].size(); ++i) {
+      const nlohmann::json& piece = p["single"][i];
+      const std::string at = cat("post_processor.single[", i, "]");
+      if (piece.contains("Sequence")) {
+        if (seen_sequence || piece["Sequence"].value("id", "") != "A") r.fail(at, "a second sequence, expected only A");
+        seen_sequence = true;
+      } else if (piece.contains("SpecialToken") && piece["SpecialToken"].contains("id") &&
+                 piece["SpecialToken"]["id"].is_string()) {
+        const std::string name = piece["SpecialToken"]["id"].get<std::string>();
+        const nlohmann::json* special = p.contains("special_tokens") && p["special_tokens"].contains(name)
+                                            ? &p["special_tokens"][name] : nullptr;
+        if (special == nullptr || !special->contains("ids") || !(*special)["ids"].is_array())
+          r.fail(at, "the special token '" + name + "', which post_processor.special_tokens does not list with its ids");
+        for (const nlohmann::json& id : (*special)["ids"]) {
+          if (!id.is_number_integer()) r.fail(at, "a special token with an id that is not an integer");
+          (seen_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int>());
+        }
+      } else {
+        r.fail(at, piece.dump() + ", expected {\"Sequence\": …} or {\"SpecialToken\": …}");
+      }
+    }
+    if (!seen_sequence) r.fail("post_processor.single", "without the sequence $A");
+  }
+
+  void read_decoder(const Reader& r, const nlohmann::json& d) {
+    if (d.is_null()) return;
+    const std::string type = d.is_object() ? d.value("type", "") : "";
+    if (type == "ByteLevel") {
+      decoder_ = Decoder::byte_level;
+    } else if (type == "WordPiece") {
+      decoder_ = Decoder::wordpiece;
+      if (d.contains("prefix") && d["prefix"].is_string()) decoder_prefix_ = d["prefix"].get<std::string>();
+      if (d.contains("cleanup") && d["cleanup"].is_boolean()) decoder_cleanup_ = d["cleanup"].get<bool>();
+    } else {
+      r.unsupported("decoder", d, "null, a ByteLevel or a WordPiece one");
+    }
+  }
+
   void read_pre_tokenizer(const Reader& r, const nlohmann::json& p) {
-    if (!p.is_object() || p.value("type", "") != "ByteLevel") r.unsupported("pre_tokenizer", p, "a ByteLevel one");
+    if (wordpiece_) {
+      if (!p.is_object() || p.value("type", "") != "BertPreTokenizer")
+        r.unsupported("pre_tokenizer", p, "a BertPreTokenizer (the WordPiece model's)");
+      pre_tokenizer_ = PreTokenizer::bert;
+      return;
+    }
+    if (!p.is_object() || p.value("type", "") != "ByteLevel")
+      r.unsupported("pre_tokenizer", p, "a ByteLevel one (the BPE model's)");
+    pre_tokenizer_ = PreTokenizer::byte_level;
     if (p.contains("use_regex") && !(p["use_regex"].is_boolean() && p["use_regex"].get<bool>()))
       r.unsupported("pre_tokenizer.use_regex", p["use_regex"], "true");
     if (p.contains("add_prefix_space")) {
@@ -311,6 +468,8 @@ class Tokenizer {
         r.fail(at, "not an object with an integer id and a string content");
       for (const char* key : {"single_word", "lstrip", "rstrip"})
         if (a.contains(key) && !(a[key].is_boolean() && !a[key].get<bool>())) r.unsupported(at + "." + key, a[key], "false");
+      if (normalizer_ && a.value("normalized", false))  // matched in the normalized text: not run here
+        r.unsupported(at + ".normalized", a["normalized"], "false with a normalizer");
       AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), a.value("special", false)};
       if (t.id < 0) r.fail(at + ".id", cat(t.id, ", expected >= 0"));
       if (t.content.empty()) r.fail(at + ".content", "empty");
@@ -330,17 +489,36 @@ class Tokenizer {
   }
 
   Tokenizer() = default;
-  /// Each byte's single-character token, looked up once.
-  void finish() {
-    const ByteAlphabet& alphabet = ByteAlphabet::instance();
-    for (int b = 0; b < 256; ++b) byte_ids_[std::size_t(b)] = model_.id_of(alphabet.spelling(static_cast<unsigned char>(b)));
+  /// The model's token of `id`, or nullptr.
+  const std::string* model_token(int id) const {
+    const std::size_t size = bpe_ ? bpe_->size() : wordpiece_->size();
+    if (id < 0 || std::size_t(id) >= size) return nullptr;
+    const std::string& token = bpe_ ? bpe_->token(id) : wordpiece_->token(id);
+    return token.empty() ? nullptr : &token;
   }
 
+  /// Each byte's single-character token, looked up once (byte-level BPE).
+  void finish() {
+    if (!bpe_) return;
+    const ByteAlphabet& alphabet = ByteAlphabet::instance();
+    for (int b = 0; b < 256; ++b) byte_ids_[std::size_t(b)] = bpe_->id_of(alphabet.spelling(static_cast<unsigned char>(b)));
+  }
+
+  enum class PreTokenizer { byte_level, bert };
+  enum class Decoder { none, byte_level, wordpiece };
+
   std::string source_;
-  BpeModel model_;
+  std::optional<BpeModel> bpe_;              // one of the two models
+  std::optional<WordPieceModel> wordpiece_;
+  std::optional<BertNormalizer> normalizer_;
+  PreTokenizer pre_tokenizer_ = PreTokenizer::byte_level;
+  Decoder decoder_ = Decoder::none;
+  std::string decoder_prefix_ = "##";
+  bool decoder_cleanup_ = true;
+  std::vector<int> prefix_ids_, suffix_ids_;  // the post-processor's special tokens around a single sequence
   std::vector<AddedToken> added_;
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
-  bool add_prefix_space_ = false, ignore_merges_ = false, byte_level_decoder_ = false;
+  bool add_prefix_space_ = false, ignore_merges_ = false;
 };
 
 }  // namespace polyformer::tokenizers

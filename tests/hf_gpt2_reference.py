@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from safetensors_writer import save_safetensors
+from safetensors_writer import save_hf_weights, save_safetensors
 
 TORCH_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -98,17 +98,7 @@ def make_case(out_dir, name, cfg, dtype, shards, prefix, store_lm_head, mask_buf
     architecture = "GPT2LMHeadModel" if prefix else "GPT2Model"
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(dict(cfg, architectures=[architecture], model_type="gpt2"), f, indent=2)
-    if shards == 1:
-        save_safetensors(os.path.join(directory, "model.safetensors"), files, dtype, {"format": "pt"})
-    else:
-        names = list(files)
-        weight_map, cut = {}, (len(names) + 1) // 2
-        for i, part in enumerate((names[:cut], names[cut:])):
-            shard = f"model-{i + 1:05d}-of-00002.safetensors"
-            save_safetensors(os.path.join(directory, shard), {k: files[k] for k in part}, dtype, {"format": "pt"})
-            weight_map.update({k: shard for k in part})
-        with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=2)
+    save_hf_weights(directory, files, dtype, shards)
 
     ids = torch.randint(0, vocab, (batch, n), generator=g)
     logits = torch.stack([forward(cfg, stored, ids[b]) for b in range(batch)])

@@ -35,3 +35,20 @@ def save_safetensors(path, tensors, dtype="F32", metadata=None):
         f.write(text)
         for blob in blobs:
             f.write(blob)
+
+
+def save_hf_weights(directory, tensors, dtype, shards=1):
+    """A Hugging Face directory's weights: model.safetensors, or with shards=2 the tensors split in two halves over
+    model-0000k-of-00002.safetensors with model.safetensors.index.json naming each tensor's shard."""
+    import os
+    if shards == 1:
+        save_safetensors(os.path.join(directory, "model.safetensors"), tensors, dtype, {"format": "pt"})
+        return
+    names = list(tensors)
+    weight_map, cut = {}, (len(names) + 1) // 2
+    for i, part in enumerate((names[:cut], names[cut:])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_safetensors(os.path.join(directory, shard), {k: tensors[k] for k in part}, dtype, {"format": "pt"})
+        weight_map.update({k: shard for k in part})
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=2)

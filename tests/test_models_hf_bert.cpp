@@ -15,7 +15,7 @@
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/linear/lora.hpp"
 #include "polyformer/models/hf_bert.hpp"
-#include "support.hpp"
+#include "hf_testing.hpp"
 
 namespace pf = polyformer;
 namespace fs = std::filesystem;
@@ -28,17 +28,7 @@ const std::string reference_dir = POLYFORMER_HF_BERT_REFERENCE_DIR;
 
 std::string case_dir(const std::string& name) { return reference_dir + "/" + name; }
 
-double relative_error(const Matrix& got, const Matrix& want) {
-  return pft::max_abs_diff(got, want) / want.cwiseAbs().maxCoeff();
-}
-
 std::vector<int> ints(const pf::io::FloatTensor& t) { return std::vector<int>(t.data.begin(), t.data.end()); }
-
-/// A reference tensor (…, cols) as a matrix of its rows.
-Matrix rows_of(const pf::io::FloatTensor& t) {
-  const Index cols = t.shape.back(), rows = Index(t.data.size()) / cols;
-  return Eigen::Map<const Matrix>(t.data.data(), rows, cols);
-}
 
 struct Case {
   pf::io::SafetensorsFile ref;
@@ -60,11 +50,11 @@ template <typename Model>
 void check_outputs(const Model& model, const Case& c, int threads) {
   INFO("threads " << threads);
   const auto out = model.forward(c.inputs(), pf::Context{threads});
-  CHECK(relative_error(out.last_hidden_state, rows_of(c.ref.tensor("last_hidden_state"))) < 1e-4);
+  CHECK(pft::relative_error(out.last_hidden_state, pft::as_rows(c.ref.tensor("last_hidden_state"))) < 1e-4);
   CHECK(model.has_pooler() == c.ref.contains("pooler_output"));
-  if (model.has_pooler()) CHECK(relative_error(out.pooler_output, rows_of(c.ref.tensor("pooler_output"))) < 1e-4);
+  if (model.has_pooler()) CHECK(pft::relative_error(out.pooler_output, pft::as_rows(c.ref.tensor("pooler_output"))) < 1e-4);
   CHECK(model.has_mlm_head() == c.ref.contains("logits"));
-  if (model.has_mlm_head()) CHECK(relative_error(out.logits, rows_of(c.ref.tensor("logits"))) < 1e-4);
+  if (model.has_mlm_head()) CHECK(pft::relative_error(out.logits, pft::as_rows(c.ref.tensor("logits"))) < 1e-4);
 }
 
 void check_case(const std::string& name) {
@@ -75,23 +65,7 @@ void check_case(const std::string& name) {
 }
 
 std::string copy_case(const std::string& name, const std::string& tag) {
-  const std::string to = pft::process_temp_path("hf_bert", tag);
-  fs::remove_all(to);
-  fs::copy(case_dir(name), to, fs::copy_options::recursive);
-  return to;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void edit_config(const std::string& dir, const std::string& from, const std::string& to) {
-  std::string text = read_text(dir + "/config.json");
-  const auto at = text.find(from);
-  REQUIRE(at != std::string::npos);
-  text.replace(at, from.size(), to);
-  std::ofstream(dir + "/config.json") << text;
+  return pft::copy_case(case_dir(name), "hf_bert", tag);
 }
 
 }  // namespace
@@ -166,7 +140,7 @@ TEST_CASE("load_hf_bert refuses a wrong directory, naming the file", "[models][h
   };
   for (std::size_t i = 0; i < std::size(edits); ++i) {
     const std::string d = copy_case("model_f32", "edit" + std::to_string(i));
-    edit_config(d, edits[i].first, edits[i].second);
+    pft::edit_config(d, edits[i].first, edits[i].second);
     fails(d, messages[i]);
   }
   // Tensors rewritten: one dropped, or one of another model added (refused, not silently dropped).

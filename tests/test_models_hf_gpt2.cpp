@@ -17,7 +17,7 @@
 #include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
 #include "polyformer/models/hf_gpt2.hpp"
-#include "support.hpp"
+#include "hf_testing.hpp"
 
 namespace pf = polyformer;
 namespace fs = std::filesystem;
@@ -29,10 +29,6 @@ namespace {
 const std::string reference_dir = POLYFORMER_HF_GPT2_REFERENCE_DIR;
 
 std::string case_dir(const std::string& name) { return reference_dir + "/" + name; }
-
-double relative_error(const Matrix& got, const Matrix& want) {
-  return pft::max_abs_diff(got, want) / want.cwiseAbs().maxCoeff();
-}
 
 std::vector<int> ints(const std::vector<float>& v, std::size_t from = 0, std::size_t count = std::string::npos) {
   const std::size_t end = count == std::string::npos ? v.size() : from + count;
@@ -78,7 +74,7 @@ void check_case(const std::string& name) {
     const Matrix want = Eigen::Map<const Matrix>(logits.data.data() + b * n * vocab, n, vocab);
     for (const Index chunk : {n, Index(1), Index(16)}) {
       INFO("sequence " << b << " chunk " << chunk);
-      CHECK(relative_error(run_model(model, tokens, chunk, 2), want) < 1e-4);
+      CHECK(pft::relative_error(run_model(model, tokens, chunk, 2), want) < 1e-4);
     }
   }
   const std::vector<int> want_greedy = ints(ref.tensor("greedy").data);
@@ -86,23 +82,7 @@ void check_case(const std::string& name) {
 }
 
 std::string copy_case(const std::string& name, const std::string& tag) {
-  const std::string to = pft::process_temp_path("hf_gpt2", tag);
-  fs::remove_all(to);
-  fs::copy(case_dir(name), to, fs::copy_options::recursive);
-  return to;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void edit_config(const std::string& dir, const std::string& from, const std::string& to) {
-  std::string text = read_text(dir + "/config.json");
-  const auto at = text.find(from);
-  REQUIRE(at != std::string::npos);
-  text.replace(at, from.size(), to);
-  std::ofstream(dir + "/config.json") << text;
+  return pft::copy_case(case_dir(name), "hf_gpt2", tag);
 }
 
 }  // namespace
@@ -138,7 +118,7 @@ TEST_CASE("GPT-2 decodes several sequences in one pass, and over LoRA<Dense> as 
   CHECK(run_model(lora, whole[0], 3, 1) == run_model(model, whole[0], 3, 1));
   const auto int8 = pf::load_hf_gpt2<pf::Int8>(case_dir("lm_head_f32"));
   REQUIRE(int8.classifier() != nullptr);  // a tied classifier of its own, quantized
-  CHECK(relative_error(run_model(int8, whole[0], 8, 1), run_model(model, whole[0], 8, 1)) < 0.05);
+  CHECK(pft::relative_error(run_model(int8, whole[0], 8, 1), run_model(model, whole[0], 8, 1)) < 0.05);
 }
 
 TEST_CASE("GPT-2's position table trains: its gradient against finite differences", "[models][hf][gpt2][backward]") {
@@ -158,7 +138,7 @@ TEST_CASE("GPT-2's position table trains: its gradient against finite difference
     Matrix logits(rows, vocab);
     typename Model::Saved saved;
     model.forward_train(tokens, 2, pf::view(logits), saved, pf::Context{1});
-    CHECK(relative_error(logits.topRows(5), run_model(model, {3, 14, 15, 92, 65}, 5, 1)) < 1e-5);
+    CHECK(pft::relative_error(logits.topRows(5), run_model(model, {3, 14, 15, 92, 65}, 5, 1)) < 1e-5);
     model.backward(pf::cview(weights), g, saved, pf::Context{1});
   }
   REQUIRE(g.positions.rows() == model.config().seq_len);
@@ -215,12 +195,12 @@ TEST_CASE("load_hf_gpt2 refuses a wrong directory, naming the file", "[models][h
   };
   for (std::size_t i = 0; i < std::size(edits); ++i) {
     const std::string d = copy_case("lm_head_f32", "edit" + std::to_string(i));
-    edit_config(d, edits[i].first, edits[i].second);
+    pft::edit_config(d, edits[i].first, edits[i].second);
     fails(d, messages[i]);
   }
   {  // untied without its lm_head
     const std::string d = copy_case("lm_head_f32", "untied");
-    edit_config(d, "\"model_type\": \"gpt2\"", "\"model_type\": \"gpt2\", \"tie_word_embeddings\": false");
+    pft::edit_config(d, "\"model_type\": \"gpt2\"", "\"model_type\": \"gpt2\", \"tie_word_embeddings\": false");
     CHECK_NOTHROW(pf::load_hf_gpt2(d));  // the stored lm_head.weight becomes the classifier
     std::vector<std::pair<std::string, pf::io::FloatTensor>> tensors;
     {

@@ -15,7 +15,7 @@
 #include "polyformer/io/hf_directory.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/models/hf_llama.hpp"
-#include "support.hpp"
+#include "hf_testing.hpp"
 
 namespace pf = polyformer;
 namespace fs = std::filesystem;
@@ -27,11 +27,6 @@ namespace {
 const std::string reference_dir = POLYFORMER_HF_LLAMA_REFERENCE_DIR;
 
 std::string case_dir(const std::string& name) { return reference_dir + "/" + name; }
-
-/// max |got − want| / max |want|.
-double relative_error(const Matrix& got, const Matrix& want) {
-  return pft::max_abs_diff(got, want) / want.cwiseAbs().maxCoeff();
-}
 
 /// The case's logits, every position, one sequence after another, for tokens fed `chunk` at a time.
 Matrix run_model(const pf::Llama<>& model, const std::vector<int>& ids, Index chunk, int threads) {
@@ -60,34 +55,16 @@ void check_case(const std::string& name, double bound) {
     for (const Index chunk : {n, Index(1), Index(16)}) {
       INFO("sequence " << b << " chunk " << chunk);
       const Matrix got = run_model(model, tokens, chunk, 2);
-      CHECK(relative_error(got, want) < bound);
+      CHECK(pft::relative_error(got, want) < bound);
     }
   }
 }
 
-/// A copy of a case's directory to change one thing in.
 std::string copy_case(const std::string& name, const std::string& tag) {
-  const std::string to = pft::process_temp_path("hf_llama", tag);
-  fs::remove_all(to);
-  fs::copy(case_dir(name), to, fs::copy_options::recursive);
-  return to;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  return pft::copy_case(case_dir(name), "hf_llama", tag);
 }
 
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
-
-/// config.json with `from` replaced by `to` (which must occur).
-void edit_config(const std::string& dir, const std::string& from, const std::string& to) {
-  std::string text = read_text(dir + "/config.json");
-  const auto at = text.find(from);
-  REQUIRE(at != std::string::npos);
-  text.replace(at, from.size(), to);
-  write_text(dir + "/config.json", text);
-}
 
 }  // namespace
 
@@ -168,7 +145,7 @@ TEST_CASE("load_hf_llama refuses a wrong directory, naming the file", "[models][
   }
   {
     const std::string d = copy_case("untied_bf16_sharded", "wrong_shard");
-    std::string index = read_text(d + "/model.safetensors.index.json");
+    std::string index = pft::read_text(d + "/model.safetensors.index.json");
     const std::string entry = "\"lm_head.weight\": \"model-00002-of-00002.safetensors\"";
     REQUIRE(index.find(entry) != std::string::npos);
     index.replace(index.find(entry), entry.size(), "\"lm_head.weight\": \"model-00001-of-00002.safetensors\"");
@@ -199,7 +176,7 @@ TEST_CASE("load_hf_llama refuses a wrong directory, naming the file", "[models][
   };
   for (std::size_t i = 0; i < std::size(edits); ++i) {
     const std::string d = copy_case("tied_f32", "edit" + std::to_string(i));
-    edit_config(d, edits[i].first, edits[i].second);
+    pft::edit_config(d, edits[i].first, edits[i].second);
     fails(d, messages[i]);
   }
 }

@@ -21,7 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "polyformer/tokenizers/tokenizer.hpp"
-#include "support.hpp"
+#include "tokenizer_testing.hpp"
 
 namespace pt = polyformer::tokenizers;
 namespace fs = std::filesystem;
@@ -29,80 +29,10 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string fixture_dir = POLYFORMER_BERT_TOKENIZER_DIR;
-const std::string fortunes_dir = "/usr/share/games/fortunes";
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::vector<std::string> lines_of(const std::string& path) {
-  std::vector<std::string> lines;
-  std::istringstream in(read_text(path));
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-std::string joined(const std::vector<int>& ids) {
-  std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (i > 0) s += ' ';
-    s += std::to_string(ids[i]);
-  }
-  return s;
-}
-
-/// The low 32 bits of FNV-1a 64 of `text`, hex, as the fixture script writes them.
-std::string hash_of(const std::string& text) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (const unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
-  char hex[9];
-  std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(h & 0xffffffffull));
-  return hex;
-}
-
-std::vector<std::string> extra_texts() {
-  std::vector<std::string> texts;
-  for (const std::string& line : lines_of(fixture_dir + "/extra.jsonl")) texts.push_back(nlohmann::json::parse(line));
-  return texts;
-}
-
-/// Every fortune record: the files in name order, records between "%" lines.
-std::vector<std::string> fortunes() {
-  std::vector<std::string> files, records;
-  for (const auto& e : fs::directory_iterator(fortunes_dir)) {
-    const std::string name = e.path().filename().string();
-    if (!name.ends_with(".dat") && !name.ends_with(".u8")) files.push_back(name);
-  }
-  std::sort(files.begin(), files.end());
-  for (const std::string& f : files) {
-    std::vector<std::string> lines;
-    const std::string text = read_text(fortunes_dir + "/" + f);
-    const auto flush = [&] {
-      std::string record;
-      for (std::size_t i = 0; i < lines.size(); ++i) {
-        if (i > 0) record += '\n';
-        record += lines[i];
-      }
-      records.push_back(record);
-      lines.clear();
-    };
-    for (std::size_t at = 0;;) {  // split on "\n" as JavaScript's split does: a final "" after a trailing newline
-      const std::size_t end = text.find('\n', at);
-      const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
-      if (line == "%") flush();
-      else lines.push_back(line);
-      if (end == std::string::npos) break;
-      at = end + 1;
-    }
-    if (lines.size() > 1 || (lines.size() == 1 && !lines[0].empty())) flush();
-  }
-  return records;
-}
 
 /// The tokenizer.json of one normalizer setting, written as the fixture script wrote the one the oracle read.
 std::string write_tokenizer_json(bool lowercase, const nlohmann::json& strip_accents, const std::string& tag) {
-  const std::vector<std::string> tokens = lines_of(fixture_dir + "/vocab.txt");
+  const std::vector<std::string> tokens = pft::lines_of(fixture_dir + "/vocab.txt");
   nlohmann::json vocab = nlohmann::json::object();
   for (std::size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
   nlohmann::json added = nlohmann::json::array();
@@ -140,10 +70,10 @@ void check_texts(const pt::Tokenizer& t, const std::vector<std::string>& texts, 
     std::istringstream row(rows[i]);
     std::vector<std::string> columns{std::istream_iterator<std::string>(row), {}};
     const std::vector<int> ids = t.encode(texts[i]);
-    const std::string got = std::to_string(ids.size()) + " " + hash_of(joined(ids));
+    const std::string got = std::to_string(ids.size()) + " " + pft::fnv_hash(pft::joined(ids));
     if (got != columns.at(2 * setting) + " " + columns.at(2 * setting + 1) && ++wrong <= 5)
-      UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << joined(ids));
-    if (decoded && hash_of(t.decode(ids)) != columns.back() && ++wrong_decoding <= 5)
+      UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << pft::joined(ids));
+    if (decoded && pft::fnv_hash(t.decode(ids)) != columns.back() && ++wrong_decoding <= 5)
       UNSCOPED_INFO("text " << i << " decodes as " << nlohmann::json(t.decode(ids)).dump());
   }
   CHECK(wrong == 0);
@@ -156,8 +86,8 @@ TEST_CASE("BERT's WordPiece tokenizer equals Hugging Face tokenizers under every
           "[tokenizers][bert]") {
   if (!fs::exists(fixture_dir + "/vocab.txt"))
     FAIL("no BERT tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/bert.tar.xz unpacks at configure time)");
-  const std::vector<std::string> texts = extra_texts();
-  const std::vector<std::string> rows = lines_of(fixture_dir + "/extra.hashes");
+  const std::vector<std::string> texts = pft::fixture_texts(fixture_dir);
+  const std::vector<std::string> rows = pft::lines_of(fixture_dir + "/extra.hashes");
   const std::pair<bool, nlohmann::json> settings[] = {{true, nullptr}, {false, false}, {true, false}, {false, true}};
   for (std::size_t s = 0; s < std::size(settings); ++s) {
     INFO("setting " << s << ": lowercase " << settings[s].first << ", strip_accents " << settings[s].second.dump());
@@ -165,10 +95,10 @@ TEST_CASE("BERT's WordPiece tokenizer equals Hugging Face tokenizers under every
     check_texts(t, texts, rows, s, s == 0);
   }
   const auto uncased = pt::Tokenizer::open(fixture_dir);  // vocab.txt, as BertTokenizer reads it
-  const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/edge.ids");
+  const std::vector<std::string> edge_ids = pft::lines_of(fixture_dir + "/edge.ids");
   for (std::size_t i = 0; i < edge_ids.size(); ++i) {
     INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());
-    CHECK(joined(uncased.encode(texts[i])) == edge_ids[i]);
+    CHECK(pft::joined(uncased.encode(texts[i])) == edge_ids[i]);
   }
   check_texts(uncased, texts, rows, 0, true);
   REQUIRE(uncased.wordpiece() != nullptr);
@@ -184,12 +114,12 @@ TEST_CASE("BERT's WordPiece tokenizer equals Hugging Face tokenizers under every
 }
 
 TEST_CASE("BERT's WordPiece tokenizer equals Hugging Face tokenizers on every fortune", "[tokenizers][bert]") {
-  if (!fs::is_directory(fortunes_dir))
-    FAIL(fortunes_dir << " is missing: install Debian's fortunes package (the README's apt-get line does)");
+  if (!fs::is_directory(pft::fortunes_dir))
+    FAIL(pft::fortunes_dir << " is missing: install Debian's fortunes package (the README's apt-get line does)");
   const auto t = pt::Tokenizer::open(write_tokenizer_json(true, nullptr, "fortunes"));
-  const std::vector<std::string> records = fortunes();
+  const std::vector<std::string> records = pft::fortunes();
   CHECK(records.size() == 15221);
-  check_texts(t, records, lines_of(fixture_dir + "/fortunes.hashes"), 0, true);
+  check_texts(t, records, pft::lines_of(fixture_dir + "/fortunes.hashes"), 0, true);
 }
 
 TEST_CASE("BERT's tokenizer parts refuse what they cannot run", "[tokenizers][bert][errors]") {

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "polyformer/tokenizers/tokenizer.hpp"
-#include "support.hpp"
+#include "tokenizer_testing.hpp"
 
 namespace pt = polyformer::tokenizers;
 namespace fs = std::filesystem;
@@ -26,77 +26,9 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string fixture_dir = POLYFORMER_GPT2_TOKENIZER_DIR;
-const std::string fortunes_dir = "/usr/share/games/fortunes";
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::vector<std::string> lines_of(const std::string& path) {
-  std::vector<std::string> lines;
-  std::istringstream in(read_text(path));
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-std::string joined(const std::vector<int>& ids) {
-  std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (i > 0) s += ' ';
-    s += std::to_string(ids[i]);
-  }
-  return s;
-}
-
-/// "<count> <low 32 bits of FNV-1a 64 of the ids' text, hex>", as the fixture script writes it.
-std::string count_and_hash(const std::vector<int>& ids) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (const unsigned char c : joined(ids)) h = (h ^ c) * 0x100000001b3ull;
-  char hex[9];
-  std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(h & 0xffffffffull));
-  return std::to_string(ids.size()) + " " + hex;
-}
-
-std::vector<std::string> extra_texts() {
-  std::vector<std::string> texts;
-  for (const std::string& line : lines_of(fixture_dir + "/extra.jsonl")) texts.push_back(nlohmann::json::parse(line));
-  return texts;
-}
-
-/// Every fortune record, as the fixture script reads them: the files in name order, records between "%" lines.
-std::vector<std::string> fortunes() {
-  std::vector<std::string> files, records;
-  for (const auto& e : fs::directory_iterator(fortunes_dir)) {
-    const std::string name = e.path().filename().string();
-    if (!name.ends_with(".dat") && !name.ends_with(".u8")) files.push_back(name);
-  }
-  std::sort(files.begin(), files.end());
-  for (const std::string& f : files) {
-    std::vector<std::string> lines;
-    const std::string text = read_text(fortunes_dir + "/" + f);
-    std::size_t at = 0;
-    const auto flush = [&] {
-      std::string record;
-      for (std::size_t i = 0; i < lines.size(); ++i) {
-        if (i > 0) record += '\n';
-        record += lines[i];
-      }
-      records.push_back(record);
-      lines.clear();
-    };
-    while (true) {  // split on "\n" as JavaScript's split does: a final "" after a trailing newline
-      const std::size_t end = text.find('\n', at);
-      const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
-      if (line == "%") flush();
-      else lines.push_back(line);
-      if (end == std::string::npos) break;
-      at = end + 1;
-    }
-    if (lines.size() > 1 || (lines.size() == 1 && !lines[0].empty())) flush();
-  }
-  return records;
-}
+/// "<count> <hash of the ids' text>", as the fixture script writes it.
+std::string count_and_hash(const std::vector<int>& ids) { return std::to_string(ids.size()) + " " + pft::fnv_hash(pft::joined(ids)); }
 
 /// Each text's ids against the oracle's count and hash, and its decoding against the text.
 void check_texts(const pt::Tokenizer& t, const std::vector<std::string>& texts, const std::vector<std::string>& want) {
@@ -105,7 +37,7 @@ void check_texts(const pt::Tokenizer& t, const std::vector<std::string>& texts, 
   for (std::size_t i = 0; i < texts.size(); ++i) {
     const std::vector<int> ids = t.encode(texts[i]);
     if (count_and_hash(ids) != want[i] && ++wrong <= 5)
-      UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << joined(ids));
+      UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << pft::joined(ids));
     if (t.decode(ids) != texts[i] && ++not_round_trip <= 5)
       UNSCOPED_INFO("text " << i << " decodes as " << nlohmann::json(t.decode(ids)).dump());
   }
@@ -121,7 +53,7 @@ std::string write_tokenizer_json() {
                                {"use_regex", true}};
   nlohmann::json post = byte_level;
   post["trim_offsets"] = false;
-  std::vector<std::string> merges = lines_of(fixture_dir + "/merges.txt");
+  std::vector<std::string> merges = pft::lines_of(fixture_dir + "/merges.txt");
   merges.erase(merges.begin());  // "#version: 0.2"
   merges.erase(std::remove(merges.begin(), merges.end(), std::string()), merges.end());
   const nlohmann::json j = {
@@ -131,7 +63,7 @@ std::string write_tokenizer_json() {
       {"normalizer", nullptr}, {"pre_tokenizer", byte_level}, {"post_processor", post}, {"decoder", byte_level},
       {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
                  {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-                 {"vocab", nlohmann::json::parse(read_text(fixture_dir + "/vocab.json"))}, {"merges", merges}}}};
+                 {"vocab", nlohmann::json::parse(pft::read_text(fixture_dir + "/vocab.json"))}, {"merges", merges}}}};
   std::ofstream(dir + "/tokenizer.json") << j.dump();
   return dir;
 }
@@ -145,17 +77,17 @@ TEST_CASE("GPT-2's tokenizer equals Hugging Face tokenizers on edge cases and ra
   CHECK(legacy.vocab_size() == 50257);
   REQUIRE(legacy.bpe() != nullptr);
   CHECK(legacy.bpe()->merge_count() == 50000);
-  const std::vector<std::string> texts = extra_texts();
-  const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/edge.ids");
+  const std::vector<std::string> texts = pft::fixture_texts(fixture_dir);
+  const std::vector<std::string> edge_ids = pft::lines_of(fixture_dir + "/edge.ids");
   for (std::size_t i = 0; i < edge_ids.size(); ++i) {
     INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());
-    CHECK(joined(legacy.encode(texts[i])) == edge_ids[i]);
+    CHECK(pft::joined(legacy.encode(texts[i])) == edge_ids[i]);
   }
-  check_texts(legacy, texts, lines_of(fixture_dir + "/extra.hashes"));
+  check_texts(legacy, texts, pft::lines_of(fixture_dir + "/extra.hashes"));
 
   const std::string dir = write_tokenizer_json();
   const auto json = pt::Tokenizer::open(dir);  // tokenizer.json first
-  check_texts(json, texts, lines_of(fixture_dir + "/extra.hashes"));
+  check_texts(json, texts, pft::lines_of(fixture_dir + "/extra.hashes"));
   CHECK(json.token_to_id("<|endoftext|>") == 50256);
   CHECK(json.token_to_id("Ġthe") == 262);
   const std::vector<int> with_eot = json.encode("Hi<|endoftext|>there");
@@ -166,12 +98,12 @@ TEST_CASE("GPT-2's tokenizer equals Hugging Face tokenizers on edge cases and ra
 }
 
 TEST_CASE("GPT-2's tokenizer equals Hugging Face tokenizers on every fortune", "[tokenizers][gpt2]") {
-  if (!fs::is_directory(fortunes_dir))
-    FAIL(fortunes_dir << " is missing: install Debian's fortunes package (the README's apt-get line does)");
+  if (!fs::is_directory(pft::fortunes_dir))
+    FAIL(pft::fortunes_dir << " is missing: install Debian's fortunes package (the README's apt-get line does)");
   const auto t = pt::Tokenizer::open(fixture_dir);  // vocab.json and merges.txt
-  const std::vector<std::string> records = fortunes();
+  const std::vector<std::string> records = pft::fortunes();
   CHECK(records.size() == 15221);
-  check_texts(t, records, lines_of(fixture_dir + "/fortunes.hashes"));
+  check_texts(t, records, pft::lines_of(fixture_dir + "/fortunes.hashes"));
 }
 
 TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the field", "[tokenizers][gpt2][errors]") {

@@ -1,0 +1,88 @@
+#pragma once
+// What the tokenizer tests share with tests/tokenizers/texts.js, which wrote their fixtures: the texts (the
+// fixtures' extra.jsonl, Debian's fortune records read the same way) and the hash the fixtures record ids by.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "support.hpp"
+
+namespace pft {
+
+inline const std::string fortunes_dir = "/usr/share/games/fortunes";
+
+/// The lines of a file, without their "\n".
+inline std::vector<std::string> lines_of(const std::string& path) {
+  std::vector<std::string> lines;
+  std::istringstream in(read_text(path));
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+/// ids as the fixtures write them: decimal, joined by single spaces.
+inline std::string joined(const std::vector<int>& ids) {
+  std::string s;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) s += ' ';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
+/// The low 32 bits of FNV-1a 64 of `text`, hex (texts.js's hash).
+inline std::string fnv_hash(const std::string& text) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08llx", static_cast<unsigned long long>(h & 0xffffffffull));
+  return hex;
+}
+
+/// The texts of a fixture's extra.jsonl: one JSON string per line.
+inline std::vector<std::string> fixture_texts(const std::string& fixture_dir) {
+  std::vector<std::string> texts;
+  for (const std::string& line : lines_of(fixture_dir + "/extra.jsonl")) texts.push_back(nlohmann::json::parse(line));
+  return texts;
+}
+
+/// Every fortune record, as texts.js reads them: the files in name order, the lines between "%" lines.
+inline std::vector<std::string> fortunes() {
+  std::vector<std::string> files, records;
+  for (const auto& e : std::filesystem::directory_iterator(fortunes_dir)) {
+    const std::string name = e.path().filename().string();
+    if (!name.ends_with(".dat") && !name.ends_with(".u8")) files.push_back(name);
+  }
+  std::sort(files.begin(), files.end());
+  for (const std::string& f : files) {
+    std::vector<std::string> lines;
+    const std::string text = read_text(fortunes_dir + "/" + f);
+    const auto flush = [&] {
+      std::string record;
+      for (std::size_t i = 0; i < lines.size(); ++i) {
+        if (i > 0) record += '\n';
+        record += lines[i];
+      }
+      records.push_back(record);
+      lines.clear();
+    };
+    for (std::size_t at = 0;;) {  // split on "\n" as JavaScript's split does: a final "" after a trailing newline
+      const std::size_t end = text.find('\n', at);
+      const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+      if (line == "%") flush();
+      else lines.push_back(line);
+      if (end == std::string::npos) break;
+      at = end + 1;
+    }
+    if (lines.size() > 1 || (lines.size() == 1 && !lines[0].empty())) flush();
+  }
+  return records;
+}
+
+}  // namespace pft

@@ -87,6 +87,7 @@
 #include "polyformer/tokenizers/byte_level.hpp"
 #include "polyformer/tokenizers/tokenizer.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
+#include "polyformer/tokenizers/vocabulary.hpp"
 
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"

@@ -11,12 +11,12 @@
 #include <iterator>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "polyformer/core/error.hpp"
 #include "polyformer/tokenizers/bert_tables.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
+#include "polyformer/tokenizers/vocabulary.hpp"
 
 namespace polyformer::tokenizers {
 
@@ -122,32 +122,19 @@ inline std::vector<std::string_view> bert_pre_tokenize(std::string_view text, co
 class WordPieceModel {
  public:
   WordPieceModel() = default;
-  /// `vocab`: token → id; `unk`: the unknown token, which must be in it. Throws format_error naming `source`.
+  /// `vocab`: token → id (Vocabulary); `unk`: the unknown token, which must be in it. Throws format_error naming
+  /// `source`.
   WordPieceModel(const std::vector<std::pair<std::string, int>>& vocab, const std::string& unk, std::string prefix,
                  std::size_t max_chars, const std::string& source)
-      : prefix_(std::move(prefix)), max_chars_(max_chars) {
-    using polyformer::detail::cat;
-    int max_id = -1;
-    for (const auto& [token, id] : vocab) {
-      if (id < 0) throw format_error(cat(source, ": token '", token, "' has id ", id, ", expected >= 0"));
-      max_id = std::max(max_id, id);
-    }
-    tokens_.assign(std::size_t(max_id + 1), std::string());
-    for (const auto& [token, id] : vocab) {
-      tokens_[std::size_t(id)] = token;
-      ids_[token] = id;  // a token listed twice keeps its last id
-    }
-    const auto it = ids_.find(unk);
-    if (it == ids_.end()) throw format_error(cat(source, ": the unknown token '", unk, "' is not in the vocabulary"));
-    unk_id_ = it->second;
+      : vocab_(vocab, source), prefix_(std::move(prefix)), max_chars_(max_chars) {
+    unk_id_ = vocab_.id_of(unk);
+    if (unk_id_ < 0)
+      throw format_error(polyformer::detail::cat(source, ": the unknown token '", unk, "' is not in the vocabulary"));
   }
 
-  int id_of(const std::string& token) const {
-    const auto it = ids_.find(token);
-    return it == ids_.end() ? -1 : it->second;
-  }
-  const std::string& token(int id) const { return tokens_[std::size_t(id)]; }
-  std::size_t size() const noexcept { return tokens_.size(); }
+  int id_of(const std::string& token) const { return vocab_.id_of(token); }
+  const std::string& token(int id) const { return vocab_.token(id); }
+  std::size_t size() const noexcept { return vocab_.size(); }
   const std::string& prefix() const noexcept { return prefix_; }
 
   /// Appends the ids of one word (valid UTF-8) to `ids`.
@@ -185,8 +172,7 @@ class WordPieceModel {
   }
 
  private:
-  std::vector<std::string> tokens_;
-  std::unordered_map<std::string, int> ids_;
+  Vocabulary vocab_;
   std::string prefix_ = "##";
   std::size_t max_chars_ = 100;
   int unk_id_ = 0;

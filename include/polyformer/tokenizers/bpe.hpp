@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "polyformer/core/error.hpp"
+#include "polyformer/tokenizers/vocabulary.hpp"
 
 namespace polyformer::tokenizers {
 
@@ -19,26 +20,12 @@ class BpeModel {
  public:
   BpeModel() = default;
 
-  /// `vocab`: token → id (ids unique, any order); `merges`: pairs in rank order (a later duplicate of a pair takes
-  /// its rank). Throws format_error naming `source` for a duplicate id, a negative one, or a merge whose parts or
-  /// whose result are not in the vocabulary.
+  /// `vocab`: token → id (Vocabulary); `merges`: pairs in rank order (a later duplicate of a pair takes its rank).
+  /// Throws format_error naming `source` for a bad vocabulary or a merge whose parts or whose result are not in it.
   BpeModel(const std::vector<std::pair<std::string, int>>& vocab,
-           const std::vector<std::pair<std::string, std::string>>& merges, const std::string& source) {
+           const std::vector<std::pair<std::string, std::string>>& merges, const std::string& source)
+      : vocab_(vocab, source) {
     using polyformer::detail::cat;
-    int max_id = -1;
-    for (const auto& [token, id] : vocab) {
-      if (id < 0) throw format_error(cat(source, ": token '", token, "' has id ", id, ", expected >= 0"));
-      max_id = std::max(max_id, id);
-    }
-    tokens_.assign(std::size_t(max_id + 1), std::string());
-    std::vector<bool> seen(tokens_.size(), false);
-    for (const auto& [token, id] : vocab) {
-      if (seen[std::size_t(id)])
-        throw format_error(cat(source, ": id ", id, " is given to both '", tokens_[std::size_t(id)], "' and '", token, "'"));
-      seen[std::size_t(id)] = true;
-      tokens_[std::size_t(id)] = token;
-      ids_.emplace(token, id);
-    }
     for (std::size_t rank = 0; rank < merges.size(); ++rank) {
       const auto& [a, b] = merges[rank];
       const int left = id_of(a), right = id_of(b), merged = id_of(a + b);
@@ -51,14 +38,11 @@ class BpeModel {
   }
 
   /// The id of `token`, or -1.
-  int id_of(const std::string& token) const {
-    const auto it = ids_.find(token);
-    return it == ids_.end() ? -1 : it->second;
-  }
+  int id_of(const std::string& token) const { return vocab_.id_of(token); }
   /// The token of `id` ("" for an id in a gap of the vocabulary); id must be in 0..size()-1.
-  const std::string& token(int id) const { return tokens_[std::size_t(id)]; }
+  const std::string& token(int id) const { return vocab_.token(id); }
   /// One past the largest id.
-  std::size_t size() const noexcept { return tokens_.size(); }
+  std::size_t size() const noexcept { return vocab_.size(); }
   std::size_t merge_count() const noexcept { return merges_.size(); }
 
   /// Merges the symbols (ids of one word, in order) in place until no listed pair is left.
@@ -90,8 +74,7 @@ class BpeModel {
     return (std::uint64_t(std::uint32_t(left)) << 32) | std::uint32_t(right);
   }
 
-  std::vector<std::string> tokens_;
-  std::unordered_map<std::string, int> ids_;
+  Vocabulary vocab_;
   std::unordered_map<std::uint64_t, Merge> merges_;
 };
 

@@ -39,9 +39,9 @@ struct CausalLMNames {
 /// A decoder-only language model of architecture `Arch` (LlamaArchitecture, Gpt2Architecture: its layer, whether a
 /// learned position table is added to the embeddings, its tensors' names) over attention policy `Attn` and linear
 /// policy `Lin`. The model holds weights only and is used through `const`: one loaded model serves any number of
-/// sequences from any number of threads. What a sequence carries (a KV cache per layer, sized for config.seq_len positions when made, so
-/// decoding allocates nothing per token) is its State; a call's scratch is a Workspace (one per thread).
-/// Sequence bundles the two for the common one-sequence case.
+/// sequences from any number of threads. What a sequence carries (a KV cache per layer, sized for config.seq_len
+/// positions when made, so decoding allocates nothing per token) is its State; a call's scratch is a Workspace (one
+/// per thread). Sequence bundles the two for the common one-sequence case.
 template <typename Arch, IncrementalAttention Attn, LinearPolicy Lin>
 class CausalLM {
  public:

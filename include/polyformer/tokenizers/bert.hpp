@@ -183,12 +183,15 @@ class WordPieceModel {
 inline std::string wordpiece_decode(const std::vector<std::string_view>& tokens, const std::string& prefix,
                                     bool cleanup) {
   std::string out;
+  std::string token;
   for (std::size_t i = 0; i < tokens.size(); ++i) {
-    std::string token(tokens[i]);
+    std::string_view piece = tokens[i];
+    token.clear();
     if (i > 0) {
-      if (!prefix.empty() && token.starts_with(prefix)) token.erase(0, prefix.size());
-      else token.insert(0, " ");
+      if (!prefix.empty() && piece.starts_with(prefix)) piece.remove_prefix(prefix.size());
+      else token += ' ';
     }
+    token.append(piece);
     if (cleanup) {
       for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{" .", "."}, {" ?", "?"},
                                      {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"},

@@ -145,6 +145,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + ", ", "not valid JSON");
   fails("{" + byte_level + "}", "model is missing");
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir + "/absent.json"), Catch::Contains("cannot open"));
+  CHECK_THROWS_WITH(pt::Tokenizer::open(fixture_dir + "/merges.txt"), Catch::Contains("is GPT-2's merges: give its vocab.json"));
   fs::remove(dir + "/tokenizer.json");
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
   std::ofstream(dir + "/vocab.json") << R"({"a": 0, "b": 1, "ab": 2})";

@@ -173,6 +173,8 @@ class Tokenizer {
                              " has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
     }
     const std::string name = p.filename().string();
+    if (name == "merges.txt")
+      throw format_error(cat("Tokenizer::open: ", file_or_directory, " is GPT-2's merges: give its vocab.json or directory"));
     if (name.ends_with(".txt")) return from_vocab_txt(p.string());
     if (name == "vocab.json") {
       const fs::path merges = p.parent_path() / "merges.txt";

@@ -5,15 +5,18 @@
 /// `vocab.json` + `merges.txt`.
 ///
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
-/// ByteLevel decoder) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece, the WordPiece decoder),
-/// with added and special tokens and the special tokens a single sequence gets (TemplateProcessing, BertProcessing,
-/// RobertaProcessing). Anything else in a tokenizer.json (another normalizer, pre-tokenizer, model,
-/// post-processor or decoder; truncation or padding; added tokens that strip spaces or match single words) is
-/// refused by name when the file is read, never run differently.
+/// ByteLevel decoder), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
+/// pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
+/// ByteFallback, Fuse and Strip or Metaspace) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
+/// the WordPiece decoder), with added and special tokens and the special tokens a single sequence gets
+/// (TemplateProcessing, BertProcessing, RobertaProcessing). Anything else in a tokenizer.json (another
+/// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
+/// spaces or match single words) is refused by name when the file is read, never run differently.
 
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -28,6 +31,9 @@
 #include "polyformer/tokenizers/bert.hpp"
 #include "polyformer/tokenizers/bpe.hpp"
 #include "polyformer/tokenizers/byte_level.hpp"
+#include "polyformer/tokenizers/decoder.hpp"
+#include "polyformer/tokenizers/normalizer.hpp"
+#include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 
 namespace polyformer::tokenizers {
@@ -120,7 +126,7 @@ class Tokenizer {
     t.source_ = vocab_path;
     t.bpe_ = BpeModel(read_vocab(r, vocab), merges, merges_path);
     t.pre_tokenizer_ = PreTokenizer::byte_level;
-    t.decoder_ = Decoder::byte_level;
+    t.decoder_ = Decoder({decoders::ByteLevel{}});
     if (const int eot = t.bpe_->id_of("<|endoftext|>"); eot >= 0) t.added_.push_back({eot, "<|endoftext|>", true});
     t.finish();
     return t;
@@ -145,9 +151,9 @@ class Tokenizer {
     Tokenizer t;
     t.source_ = path;
     t.wordpiece_ = WordPieceModel(vocab, "[UNK]", "##", 100, path);
-    t.normalizer_ = BertNormalizer{true, true, lowercase, lowercase};
+    t.normalizer_ = Normalizer({BertNormalizer{true, true, lowercase, lowercase}});
     t.pre_tokenizer_ = PreTokenizer::bert;
-    t.decoder_ = Decoder::wordpiece;
+    t.decoder_ = Decoder({decoders::WordPiece{}});
     for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
       if (const int sid = t.wordpiece_->id_of(special); sid >= 0) t.added_.push_back({sid, special, true});
     const int cls = t.wordpiece_->id_of("[CLS]"), sep = t.wordpiece_->id_of("[SEP]");
@@ -158,8 +164,33 @@ class Tokenizer {
     return t;
   }
 
-  /// A tokenizer from a file or a model directory: tokenizer.json, vocab.txt, or vocab.json with merges.txt beside
-  /// it; a directory is searched for them in that order. Throws format_error naming what was looked for.
+  /// A SentencePiece model file run by the SentencePiece library (tokenizers/sentencepiece.hpp), as transformers'
+  /// slow tokenizers run it: the model's <unk>, <s> and </s> are matched in the text as special tokens, and a
+  /// sequence gets <s> before it with `add_bos` and </s> after it with `add_eos`.
+  static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos) {
+    using polyformer::detail::cat;
+    Tokenizer t;
+    t.source_ = path;
+    t.sentencepiece_ = SentencePieceModel::open(path);
+    const SentencePieceModel& sp = *t.sentencepiece_;
+    for (const char* special : {"<unk>", "<s>", "</s>"})
+      if (const int id = sp.id_of(special); id >= 0) t.added_.push_back({id, special, true});
+    if (add_bos) {
+      if (sp.bos_id() < 0) throw format_error(cat(path, ": the model has no <s> to put before a sequence"));
+      t.prefix_ids_ = {sp.bos_id()};
+    }
+    if (add_eos) {
+      if (sp.eos_id() < 0) throw format_error(cat(path, ": the model has no </s> to put after a sequence"));
+      t.suffix_ids_ = {sp.eos_id()};
+    }
+    return t;
+  }
+
+  /// A tokenizer from a file or a model directory: tokenizer.json, vocab.txt, vocab.json with merges.txt beside
+  /// it, or a SentencePiece model (spiece.model or tokenizer.model); a directory is searched for them in that order.
+  /// A SentencePiece model's special tokens follow tokenizer_config.json beside it (add_bos_token, add_eos_token;
+  /// T5Tokenizer adds </s>), else config.json's model_type ("t5": </s> after; otherwise <s> before, as Llama).
+  /// Throws format_error naming what was looked for.
   static Tokenizer open(const std::string& file_or_directory) {
     namespace fs = std::filesystem;
     using polyformer::detail::cat;
@@ -169,9 +200,13 @@ class Tokenizer {
       if (fs::exists(p / "vocab.txt")) return from_vocab_txt((p / "vocab.txt").string());
       if (fs::exists(p / "vocab.json") && fs::exists(p / "merges.txt"))
         return from_vocab_merges((p / "vocab.json").string(), (p / "merges.txt").string());
+      for (const char* name : {"spiece.model", "tokenizer.model"})
+        if (fs::exists(p / name)) return open_sentencepiece(p / name);
       throw format_error(cat("Tokenizer::open: ", file_or_directory,
-                             " has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
+                             " has neither tokenizer.json, vocab.txt, vocab.json with merges.txt, spiece.model nor "
+                             "tokenizer.model"));
     }
+    if (p.extension() == ".model") return open_sentencepiece(p);
     const std::string name = p.filename().string();
     if (name == "merges.txt")
       throw format_error(cat("Tokenizer::open: ", file_or_directory, " is GPT-2's merges: give its vocab.json or directory"));
@@ -183,7 +218,8 @@ class Tokenizer {
     }
     if (name.ends_with(".json")) return from_json_file(p.string());
     throw format_error(cat("Tokenizer::open: ", file_or_directory,
-                           " is not a tokenizer.json, a vocab.txt, a vocab.json or a directory holding one"));
+                           " is not a tokenizer.json, a vocab.txt, a vocab.json, a SentencePiece .model or a directory "
+                           "holding one"));
   }
 
   /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise), with the special tokens the
@@ -194,14 +230,51 @@ class Tokenizer {
     if (add_special_tokens) ids = prefix_ids_;
     std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
-    const auto encode_segment = [&](std::string_view segment) {
+    if (sentencepiece_) validate_utf8(text, func);
+    // `first`: the segment starts the text (Metaspace's prepend_scheme "first").
+    const auto encode_segment = [&](std::string_view segment, bool first) {
       if (segment.empty()) return;
-      if (normalizer_) {
-        normalized = normalizer_->normalize(segment, func);
+      if (sentencepiece_) {
+        const std::vector<int> piece_ids = sentencepiece_->encode(segment);
+        ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+        return;
+      }
+      if (!normalizer_.empty()) {
+        normalized = normalizer_.normalize(segment, func);
         segment = normalized;
       }
       if (pre_tokenizer_ == PreTokenizer::bert) {
         for (const std::string_view word : bert_pre_tokenize(segment, func)) wordpiece_->encode_word(word, ids);
+        return;
+      }
+      if (pre_tokenizer_ == PreTokenizer::none) {  // the whole segment is one word
+        if (normalizer_.empty()) validate_utf8(segment, func);
+        bpe_->encode_word(segment, ids, symbols);
+        return;
+      }
+      if (pre_tokenizer_ == PreTokenizer::metaspace) {
+        if (normalizer_.empty()) validate_utf8(segment, func);
+        std::string spaced = replace_all(segment, " ", metaspace_.replacement);
+        const bool prepend = metaspace_.prepend == Metaspace::Prepend::always ||
+                             (metaspace_.prepend == Metaspace::Prepend::first && first);
+        if (prepend && !std::string_view(spaced).starts_with(metaspace_.replacement)) {
+          std::string prefixed(metaspace_.replacement);
+          prefixed.append(spaced);
+          spaced = std::move(prefixed);
+        }
+        const std::string_view words = spaced;
+        if (!metaspace_.split) {
+          bpe_->encode_word(words, ids, symbols);
+          return;
+        }
+        // Split before every replacement character (each piece starts with one, but perhaps the first).
+        std::size_t start = 0;
+        for (std::size_t at = words.find(metaspace_.replacement, 1); at != std::string_view::npos;
+             at = words.find(metaspace_.replacement, at + 1)) {
+          bpe_->encode_word(words.substr(start, at - start), ids, symbols);
+          start = at;
+        }
+        bpe_->encode_word(words.substr(start), ids, symbols);
         return;
       }
       std::string prefixed;
@@ -241,11 +314,11 @@ class Tokenizer {
         }
       }
       if (best == nullptr) break;
-      encode_segment(text.substr(at, best_at - at));
+      encode_segment(text.substr(at, best_at - at), at == 0);
       ids.push_back(best->id);
       at = best_at + best_length;
     }
-    encode_segment(text.substr(at));
+    encode_segment(text.substr(at), at == 0);
     if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
     return ids;
   }
@@ -253,6 +326,7 @@ class Tokenizer {
   /// The text of `ids`; special added tokens are left out with `skip_special_tokens`. Throws config_error naming
   /// the position of an id that is no token.
   std::string decode(std::span<const int> ids, bool skip_special_tokens = false) const {
+    if (sentencepiece_) return decode_sentencepiece(ids, skip_special_tokens);
     std::vector<std::string_view> tokens;
     tokens.reserve(ids.size());
     for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -267,19 +341,12 @@ class Tokenizer {
                                                    source_));
       tokens.push_back(*token);
     }
-    if (decoder_ == Decoder::byte_level) return byte_level_decode(tokens);
-    if (decoder_ == Decoder::wordpiece) return wordpiece_decode(tokens, decoder_prefix_, decoder_cleanup_);
-    std::string out;
-    for (std::size_t i = 0; i < tokens.size(); ++i) {
-      if (i > 0) out += ' ';
-      out += tokens[i];
-    }
-    return out;
+    return decoder_.decode(tokens);
   }
 
   /// The number of ids: one past the largest of the model's and the added tokens'.
   std::size_t vocab_size() const noexcept {
-    std::size_t n = bpe_ ? bpe_->size() : wordpiece_->size();
+    std::size_t n = bpe_ ? bpe_->size() : wordpiece_ ? wordpiece_->size() : std::size_t(sentencepiece_->size());
     for (const AddedToken& a : added_) n = std::max(n, std::size_t(a.id) + 1);
     return n;
   }
@@ -287,7 +354,7 @@ class Tokenizer {
   int token_to_id(const std::string& token) const {
     for (const AddedToken& a : added_)
       if (a.content == token) return a.id;
-    return bpe_ ? bpe_->id_of(token) : wordpiece_->id_of(token);
+    return bpe_ ? bpe_->id_of(token) : wordpiece_ ? wordpiece_->id_of(token) : sentencepiece_->id_of(token);
   }
   const std::vector<AddedToken>& added_tokens() const noexcept { return added_; }
   /// The BPE model, or nullptr for another model.
@@ -296,6 +363,63 @@ class Tokenizer {
   const WordPieceModel* wordpiece() const noexcept { return wordpiece_ ? &*wordpiece_ : nullptr; }
 
  private:
+  // none: each segment is one word
+  enum class PreTokenizer { byte_level, bert, metaspace, none };
+  /// The Metaspace pre-tokenizer: spaces become `replacement`, which may be put before the segment (always, or
+  /// only before one that starts the text) and may split it into words, each starting with it.
+  struct Metaspace {
+    enum class Prepend { always, first, never };
+    std::string replacement = "\xE2\x96\x81";  // U+2581
+    Prepend prepend = Prepend::always;
+    bool split = true;
+  };
+
+  /// A SentencePiece model's tokenizer, with the special tokens its directory's files ask for (see open()).
+  static Tokenizer open_sentencepiece(const std::filesystem::path& model) {
+    bool add_bos = true, add_eos = false;
+    const auto read_json = [](const std::filesystem::path& file) {
+      try {
+        const std::vector<unsigned char> bytes = io::detail::read_file(file.string(), "JSON");
+        return nlohmann::json::parse(bytes.begin(), bytes.end());
+      } catch (const nlohmann::json::exception& e) {
+        throw format_error(polyformer::detail::cat(file.string(), ": not valid JSON (", e.what(), ")"));
+      }
+    };
+    const std::filesystem::path dir = model.parent_path();
+    if (std::filesystem::exists(dir / "tokenizer_config.json")) {
+      const nlohmann::json c = read_json(dir / "tokenizer_config.json");
+      if (c.is_object() && c.value("tokenizer_class", "").starts_with("T5Tokenizer")) add_bos = false, add_eos = true;
+      if (c.is_object() && c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) add_bos = c["add_bos_token"].get<bool>();
+      if (c.is_object() && c.contains("add_eos_token") && c["add_eos_token"].is_boolean()) add_eos = c["add_eos_token"].get<bool>();
+    } else if (std::filesystem::exists(dir / "config.json")) {
+      const nlohmann::json c = read_json(dir / "config.json");
+      if (c.is_object() && c.value("model_type", "") == "t5") add_bos = false, add_eos = true;
+    }
+    return from_sentencepiece(model.string(), add_bos, add_eos);
+  }
+
+  /// Runs of ordinary ids decoded by the library; special ones as their pieces (or left out).
+  std::string decode_sentencepiece(std::span<const int> ids, bool skip_special_tokens) const {
+    std::string out;
+    std::vector<int> run;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const int id = ids[i];
+      if (id < 0 || id >= sentencepiece_->size())
+        throw config_error(polyformer::detail::cat("Tokenizer::decode: id ", i, " is ", id, ", which is no token of ",
+                                                   source_));
+      const AddedToken* a = added(id);
+      if (a == nullptr) {
+        run.push_back(id);
+        continue;
+      }
+      out += sentencepiece_->decode(run);
+      run.clear();
+      if (!(skip_special_tokens && a->special)) out += a->content;
+    }
+    out += sentencepiece_->decode(run);
+    return out;
+  }
+
   /// Where messages come from, and how they say what is wrong.
   struct Reader {
     const std::string& source;
@@ -322,14 +446,24 @@ class Tokenizer {
   }
 
   static BpeModel read_bpe(const Reader& r, const nlohmann::json& m) {
-    for (const char* key : {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"}) {
+    for (const char* key : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"}) {
       const nlohmann::json& v = m.contains(key) ? m[key] : nlohmann::json();
       const bool off = v.is_null() || (v.is_string() && v.get<std::string>().empty()) ||
                        (std::string(key) == "dropout" && v.is_number() && v.get<double>() == 0.0);
       if (!off) r.unsupported(std::string("model.") + key, v, "null");
     }
-    for (const char* key : {"fuse_unk", "byte_fallback"})
-      if (m.contains(key) && !(m[key].is_boolean() && !m[key].get<bool>())) r.unsupported(std::string("model.") + key, m[key], "false");
+    BpeFallback fallback;
+    if (m.contains("unk_token") && !m["unk_token"].is_null()) {
+      if (!m["unk_token"].is_string()) r.fail("model.unk_token", m["unk_token"].dump() + ", expected a string or null");
+      fallback.unk_token = m["unk_token"].get<std::string>();
+    }
+    const auto flag = [&](const char* key) {
+      if (!m.contains(key) || m[key].is_null()) return false;
+      if (!m[key].is_boolean()) r.fail(std::string("model.") + key, m[key].dump() + ", expected true or false");
+      return m[key].get<bool>();
+    };
+    fallback.fuse_unk = flag("fuse_unk");
+    fallback.byte_fallback = flag("byte_fallback");
     if (!m.contains("merges") || !m["merges"].is_array()) r.fail("model.merges", "missing or not a list");
     std::vector<std::pair<std::string, std::string>> merges;
     merges.reserve(m["merges"].size());
@@ -348,7 +482,7 @@ class Tokenizer {
       }
     }
     if (!m.contains("vocab")) r.fail("model.vocab", "missing");
-    return BpeModel(read_vocab(r, m["vocab"]), merges, r.source);
+    return BpeModel(read_vocab(r, m["vocab"]), merges, fallback, r.source);
   }
 
   static WordPieceModel read_wordpiece(const Reader& r, const nlohmann::json& m) {
@@ -367,20 +501,51 @@ class Tokenizer {
                           max_chars, r.source);
   }
 
+  /// A literal pattern: {"String": "..."} (a Regex one is refused).
+  static std::string read_pattern(const Reader& r, const std::string& at, const nlohmann::json& step) {
+    const nlohmann::json* p = step.contains("pattern") ? &step["pattern"] : nullptr;
+    if (p == nullptr || !p->is_object() || !p->contains("String") || !(*p)["String"].is_string())
+      r.unsupported(at + ".pattern", p ? *p : nlohmann::json(), "{\"String\": …}");
+    std::string pattern = (*p)["String"].get<std::string>();
+    if (pattern.empty()) r.fail(at + ".pattern", "empty");
+    return pattern;
+  }
+  static std::string read_string(const Reader& r, const std::string& at, const nlohmann::json& step, const char* key) {
+    if (!step.contains(key) || !step[key].is_string()) r.fail(at + "." + key, "missing or not a string");
+    return step[key].get<std::string>();
+  }
+
   void read_normalizer(const Reader& r, const nlohmann::json& n) {
+    using polyformer::detail::cat;
     if (n.is_null()) return;
-    if (!n.is_object() || n.value("type", "") != "BertNormalizer") r.unsupported("normalizer", n, "null or a BertNormalizer");
-    const auto flag = [&](const char* key, bool fallback) {
-      if (!n.contains(key) || n[key].is_null()) return fallback;
-      if (!n[key].is_boolean()) r.fail(std::string("normalizer.") + key, n[key].dump() + ", expected true or false");
-      return n[key].get<bool>();
-    };
-    BertNormalizer b;
-    b.clean_text = flag("clean_text", true);
-    b.handle_chinese_chars = flag("handle_chinese_chars", true);
-    b.lowercase = flag("lowercase", true);
-    b.strip_accents = flag("strip_accents", b.lowercase);  // null: as lowercase
-    normalizer_ = b;
+    const bool sequence = n.is_object() && n.value("type", "") == "Sequence";
+    if (sequence && (!n.contains("normalizers") || !n["normalizers"].is_array())) r.fail("normalizer.normalizers", "missing or not a list");
+    std::vector<Normalizer::Step> steps;
+    for (std::size_t i = 0; i < (sequence ? n["normalizers"].size() : 1); ++i) {
+      const nlohmann::json& step = sequence ? n["normalizers"][i] : n;
+      const std::string at = sequence ? cat("normalizer.normalizers[", i, "]") : std::string("normalizer");
+      const std::string type = step.is_object() ? step.value("type", "") : "";
+      if (type == "BertNormalizer") {
+        const auto flag = [&](const char* key, bool fallback) {
+          if (!step.contains(key) || step[key].is_null()) return fallback;
+          if (!step[key].is_boolean()) r.fail(at + "." + key, step[key].dump() + ", expected true or false");
+          return step[key].get<bool>();
+        };
+        BertNormalizer b;
+        b.clean_text = flag("clean_text", true);
+        b.handle_chinese_chars = flag("handle_chinese_chars", true);
+        b.lowercase = flag("lowercase", true);
+        b.strip_accents = flag("strip_accents", b.lowercase);  // null: as lowercase
+        steps.emplace_back(b);
+      } else if (type == "Prepend") {
+        steps.emplace_back(Prepend{read_string(r, at, step, "prepend")});
+      } else if (type == "Replace") {
+        steps.emplace_back(Replace{read_pattern(r, at, step), read_string(r, at, step, "content")});
+      } else {
+        r.unsupported(at, step, "null, a BertNormalizer, Prepend, Replace or a Sequence of them");
+      }
+    }
+    normalizer_ = Normalizer(std::move(steps));
   }
 
   void read_post_processor(const Reader& r, const nlohmann::json& p) {
@@ -428,17 +593,75 @@ class Tokenizer {
   }
 
   void read_decoder(const Reader& r, const nlohmann::json& d) {
+    using polyformer::detail::cat;
     if (d.is_null()) return;
-    const std::string type = d.is_object() ? d.value("type", "") : "";
-    if (type == "ByteLevel") {
-      decoder_ = Decoder::byte_level;
-    } else if (type == "WordPiece") {
-      decoder_ = Decoder::wordpiece;
-      if (d.contains("prefix") && d["prefix"].is_string()) decoder_prefix_ = d["prefix"].get<std::string>();
-      if (d.contains("cleanup") && d["cleanup"].is_boolean()) decoder_cleanup_ = d["cleanup"].get<bool>();
-    } else {
-      r.unsupported("decoder", d, "null, a ByteLevel or a WordPiece one");
+    const bool sequence = d.is_object() && d.value("type", "") == "Sequence";
+    if (sequence && (!d.contains("decoders") || !d["decoders"].is_array())) r.fail("decoder.decoders", "missing or not a list");
+    const std::size_t count = sequence ? d["decoders"].size() : 1;
+    std::vector<Decoder::Step> steps;
+    for (std::size_t i = 0; i < count; ++i) {
+      const nlohmann::json& step = sequence ? d["decoders"][i] : d;
+      const std::string at = sequence ? cat("decoder.decoders[", i, "]") : std::string("decoder");
+      const std::string type = step.is_object() ? step.value("type", "") : "";
+      if ((type == "ByteLevel" || type == "WordPiece") && i + 1 != count)
+        r.unsupported(at, step, "ByteLevel and WordPiece only as the last decoder");
+      if (type == "ByteLevel") {
+        steps.emplace_back(decoders::ByteLevel{});
+      } else if (type == "WordPiece") {
+        decoders::WordPiece w;
+        if (step.contains("prefix") && step["prefix"].is_string()) w.prefix = step["prefix"].get<std::string>();
+        if (step.contains("cleanup") && step["cleanup"].is_boolean()) w.cleanup = step["cleanup"].get<bool>();
+        steps.emplace_back(std::move(w));
+      } else if (type == "Replace") {
+        steps.emplace_back(decoders::Replace{read_pattern(r, at, step), read_string(r, at, step, "content")});
+      } else if (type == "ByteFallback") {
+        steps.emplace_back(decoders::ByteFallback{});
+      } else if (type == "Fuse") {
+        steps.emplace_back(decoders::Fuse{});
+      } else if (type == "Strip") {
+        decoders::Strip s;
+        s.content = read_string(r, at, step, "content");
+        if (s.content.empty()) r.fail(at + ".content", "empty");
+        for (const char* key : {"start", "stop"})
+          if (!step.contains(key) || !step[key].is_number_unsigned()) r.fail(at + "." + key, "missing or not a count");
+        s.start = step["start"].get<std::size_t>();
+        s.stop = step["stop"].get<std::size_t>();
+        steps.emplace_back(std::move(s));
+      } else if (type == "Metaspace") {
+        const Metaspace m = read_metaspace(r, at, step);
+        steps.emplace_back(decoders::Metaspace{m.replacement, m.prepend != Metaspace::Prepend::never});
+      } else {
+        r.unsupported(at, step,
+                      "null, a ByteLevel, WordPiece, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence of them");
+      }
     }
+    decoder_ = Decoder(std::move(steps));
+  }
+
+  /// The Metaspace pre-tokenizer's (or decoder's) settings: `replacement` (one character), `prepend_scheme`
+  /// ("always", "first", "never"; older files say add_prefix_space) and `split`.
+  static Metaspace read_metaspace(const Reader& r, const std::string& at, const nlohmann::json& step) {
+    Metaspace m;
+    m.replacement = read_string(r, at, step, "replacement");
+    std::size_t length = 0;
+    if (m.replacement.empty() || (validate_utf8(m.replacement, "Tokenizer"), decode_utf8(m.replacement, 0, length, "Tokenizer"),
+                                  length != m.replacement.size()))
+      r.fail(at + ".replacement", "'" + m.replacement + "', expected one character");
+    if (step.contains("prepend_scheme")) {
+      const std::string scheme = step["prepend_scheme"].is_string() ? step["prepend_scheme"].get<std::string>() : "";
+      if (scheme == "always") m.prepend = Metaspace::Prepend::always;
+      else if (scheme == "first") m.prepend = Metaspace::Prepend::first;
+      else if (scheme == "never") m.prepend = Metaspace::Prepend::never;
+      else r.fail(at + ".prepend_scheme", step["prepend_scheme"].dump() + ", expected \"always\", \"first\" or \"never\"");
+    } else if (step.contains("add_prefix_space")) {
+      if (!step["add_prefix_space"].is_boolean()) r.fail(at + ".add_prefix_space", "not true or false");
+      m.prepend = step["add_prefix_space"].get<bool>() ? Metaspace::Prepend::always : Metaspace::Prepend::never;
+    }
+    if (step.contains("split")) {
+      if (!step["split"].is_boolean()) r.fail(at + ".split", "not true or false");
+      m.split = step["split"].get<bool>();
+    }
+    return m;
   }
 
   void read_pre_tokenizer(const Reader& r, const nlohmann::json& p) {
@@ -448,8 +671,17 @@ class Tokenizer {
       pre_tokenizer_ = PreTokenizer::bert;
       return;
     }
+    if (p.is_null()) {  // each segment one word, split into characters (SentencePiece-style)
+      pre_tokenizer_ = PreTokenizer::none;
+      return;
+    }
+    if (p.is_object() && p.value("type", "") == "Metaspace") {
+      pre_tokenizer_ = PreTokenizer::metaspace;
+      metaspace_ = read_metaspace(r, "pre_tokenizer", p);
+      return;
+    }
     if (!p.is_object() || p.value("type", "") != "ByteLevel")
-      r.unsupported("pre_tokenizer", p, "a ByteLevel one (the BPE model's)");
+      r.unsupported("pre_tokenizer", p, "null, a ByteLevel or a Metaspace one (the BPE model's)");
     pre_tokenizer_ = PreTokenizer::byte_level;
     if (p.contains("use_regex") && !(p["use_regex"].is_boolean() && p["use_regex"].get<bool>()))
       r.unsupported("pre_tokenizer.use_regex", p["use_regex"], "true");
@@ -470,7 +702,7 @@ class Tokenizer {
         r.fail(at, "not an object with an integer id and a string content");
       for (const char* key : {"single_word", "lstrip", "rstrip"})
         if (a.contains(key) && !(a[key].is_boolean() && !a[key].get<bool>())) r.unsupported(at + "." + key, a[key], "false");
-      if (normalizer_ && a.value("normalized", false))  // matched in the normalized text: not run here
+      if (!normalizer_.empty() && a.value("normalized", false))  // matched in the normalized text: not run here
         r.unsupported(at + ".normalized", a["normalized"], "false with a normalizer");
       AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), a.value("special", false)};
       if (t.id < 0) r.fail(at + ".id", cat(t.id, ", expected >= 0"));
@@ -501,22 +733,19 @@ class Tokenizer {
 
   /// Each byte's single-character token, looked up once (byte-level BPE).
   void finish() {
-    if (!bpe_) return;
+    if (!bpe_ || pre_tokenizer_ != PreTokenizer::byte_level) return;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     for (int b = 0; b < 256; ++b) byte_ids_[std::size_t(b)] = bpe_->id_of(alphabet.spelling(static_cast<unsigned char>(b)));
   }
 
-  enum class PreTokenizer { byte_level, bert };
-  enum class Decoder { none, byte_level, wordpiece };
-
   std::string source_;
-  std::optional<BpeModel> bpe_;              // one of the two models
+  std::optional<BpeModel> bpe_;              // one of the three models
   std::optional<WordPieceModel> wordpiece_;
-  std::optional<BertNormalizer> normalizer_;
+  std::shared_ptr<const SentencePieceModel> sentencepiece_;  // or the SentencePiece library's model
+  Normalizer normalizer_;
   PreTokenizer pre_tokenizer_ = PreTokenizer::byte_level;
-  Decoder decoder_ = Decoder::none;
-  std::string decoder_prefix_ = "##";
-  bool decoder_cleanup_ = true;
+  Metaspace metaspace_;
+  Decoder decoder_;
   std::vector<int> prefix_ids_, suffix_ids_;  // the post-processor's special tokens around a single sequence
   std::vector<AddedToken> added_;
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1

@@ -105,6 +105,17 @@ inline char32_t decode_utf8(std::string_view s, std::size_t i, std::size_t& leng
   return detail::utf8_value(s, i, length);
 }
 
+/// Throws format_error naming `func` and the byte offset unless `text` is valid UTF-8.
+inline void validate_utf8(std::string_view text, const char* func) {
+  for (std::size_t i = 0, n = 0; i < text.size(); i += n) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      n = 1;
+      continue;
+    }
+    decode_utf8(text, i, n, func);
+  }
+}
+
 /// Bytes as text: valid UTF-8 as it is, each maximal invalid subsequence replaced by one U+FFFD.
 inline std::string utf8_lossy(std::string_view bytes) {
   std::string out;

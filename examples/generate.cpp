@@ -1,12 +1,19 @@
 // generate: text from a llama2.c checkpoint (legacy, version 1 or 2) and its tokenizer, as llama2.c's run.c
-// prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr.
+// prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr. Or from a Hugging
+// Face directory (GPT-2, Llama: config.json, safetensors weights, a tokenizer) as transformers' generate runs it.
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
 //            [--topk K] [--seed S] [--threads N] [--attention A]
 //            [--linear fp32|bf16|int8] [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
+//   generate --model DIR [--tokenizer FILE_OR_DIR] [--prompt TEXT] [--max-new-tokens N] [sampling, threads,
+//            attention, linear and (Llama) LoRA options as above]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
+// A directory's text is its prompt (encoded with the special tokens its tokenizer adds: Llama's <s>) and up to
+// --max-new-tokens (256) more tokens, ending early at the model's eos_token_id (generation_config.json, else
+// config.json), printed as the tokenizer decodes them and a final newline. Its tokenizer is the directory's
+// (tokenizer.json, vocab.json + merges.txt, tokenizer.model) unless --tokenizer names another.
 // --attention swaps every layer's attention policy for A, the spelling of any policy of polyformer's registry
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
@@ -28,6 +35,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -37,7 +45,10 @@
 
 #include "polyformer/polyformer.hpp"
 #include "polyformer/attention/dynamic_attention.hpp"
+#include "polyformer/generate/text_generation.hpp"
 #include "polyformer/linear/registry.hpp"
+#include "polyformer/models/hf_gpt2.hpp"
+#include "polyformer/models/hf_llama.hpp"
 #include "polyformer/models/llama_lora.hpp"
 
 #include "../bench/resident_memory.hpp"
@@ -52,6 +63,7 @@ using cli::usage_error;
 /// The usage text; the --attention spellings are those of the registry's policies that decode incrementally.
 const std::string usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
+    "       generate --model HF_DIR [--tokenizer FILE_OR_DIR] [--prompt TEXT] [--max-new-tokens N] [--temperature T]\n"
     "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
     "                [--attention " + pf::attention_usage<pf::AttentionPolicies, /*incremental_only=*/true>() + "]\n"
     "                [--linear " + pf::linear_usage() + "] [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n"
@@ -65,7 +77,8 @@ struct LoraOption {
 
 struct Options {
   std::string model, tokenizer, prompt, attention = "full", prompts;
-  long long steps = 256, batch = 8;
+  long long steps = 256, batch = 8, max_new_tokens = 256;
+  bool steps_given = false, max_new_tokens_given = false;
   float temperature = 1.0f, top_p = 0.9f;
   long long top_k = 0, threads = 1;
   unsigned long long seed = 0;
@@ -106,7 +119,13 @@ Options parse(int argc, char** argv) {
     if (a == "--model") o.model = value();
     else if (a == "--tokenizer") o.tokenizer = value();
     else if (a == "--prompt") o.prompt = value();
-    else if (a == "--steps") o.steps = parse_number<long long>(a, value());
+    else if (a == "--steps") {
+      o.steps = parse_number<long long>(a, value());
+      o.steps_given = true;
+    } else if (a == "--max-new-tokens") {
+      o.max_new_tokens = parse_number<long long>(a, value());
+      o.max_new_tokens_given = true;
+    }
     else if (a == "--temperature") o.temperature = parse_number<float>(a, value());
     else if (a == "--topp") o.top_p = parse_number<float>(a, value());
     else if (a == "--topk") o.top_k = parse_number<long long>(a, value());
@@ -129,7 +148,12 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.model.empty()) throw usage_error("--model is required");
-  if (o.tokenizer.empty()) throw usage_error("--tokenizer is required");
+  const bool hf = std::filesystem::is_directory(o.model);
+  if (!hf && o.tokenizer.empty()) throw usage_error("--tokenizer is required with a llama2.c --model file");
+  if (hf && o.steps_given) throw usage_error("--steps counts a llama2.c model's positions: with a directory, give --max-new-tokens");
+  if (!hf && o.max_new_tokens_given) throw usage_error("--max-new-tokens is for a Hugging Face directory: with a .bin model, give --steps");
+  if (hf && !o.prompts.empty()) throw usage_error("--prompts runs llama2.c models only (not a Hugging Face directory)");
+  if (o.max_new_tokens < 0) throw usage_error("--max-new-tokens is " + std::to_string(o.max_new_tokens) + ", expected >= 0");
   if (o.steps < 0) throw usage_error("--steps is " + std::to_string(o.steps) + ", expected >= 0");
   if (o.threads < 1 || o.threads > 1024) throw usage_error("--threads is " + std::to_string(o.threads) + ", expected 1..1024");
   if (o.top_k < 0 || o.top_k > (1 << 30)) throw usage_error("--topk is " + std::to_string(o.top_k) + ", expected >= 0");
@@ -235,6 +259,63 @@ void run(const Options& o, const Attention& attention) {
                static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
 }
 
+/// The text of a Hugging Face directory's model (GPT-2 or Llama) and tokenizer.
+template <typename Linear, typename Attention>
+void run_hf(const Options& o, const Attention& attention) {
+  const pf::io::HfDirectory dir = pf::io::HfDirectory::open(o.model);
+  const std::string type = dir.config_string("model_type");
+  const auto tokenizer = pf::tokenizers::Tokenizer::open(o.tokenizer.empty() ? o.model : o.tokenizer);
+  pf::TextGenerationOptions generation;
+  generation.max_new_tokens = static_cast<pf::Index>(o.max_new_tokens);
+  generation.eos_token_ids = dir.token_ids("eos_token_id");
+  if (const std::vector<int> bos = dir.token_ids("bos_token_id"); !bos.empty()) generation.bos_token_id = bos.front();
+  // A sequence's state holds keys and values for every position it may reach: only as many as this run needs.
+  const pf::Index positions = static_cast<pf::Index>(std::max<std::size_t>(tokenizer.encode(o.prompt).size(), 1)) +
+                              generation.max_new_tokens;
+  pf::SamplerOptions sampling;
+  sampling.temperature = o.temperature;
+  sampling.top_p = o.top_p;
+  sampling.top_k = static_cast<int>(o.top_k);
+  sampling.seed = o.seed_given ? o.seed
+                               : static_cast<unsigned long long>(
+                                     std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  const pf::Context ctx{static_cast<int>(o.threads)};
+  const auto generate = [&](auto& model) {
+    report_loaded(model);
+    auto sequence = model.new_sequence();
+    pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
+    const auto stats = pf::generate_text(
+        sequence, tokenizer, o.prompt, generation, sampler,
+        [](std::string_view piece) {
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        },
+        ctx);
+    std::fputc('\n', stdout);
+    std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
+                 static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
+                 static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+  };
+  const auto capped = [&](pf::Index config_positions) { return std::min(positions, config_positions); };
+  if (type == "gpt2") {
+    if (!o.loras.empty()) throw usage_error("--lora applies to Llama models only (" + o.model + " is GPT-2)");
+    auto model = pf::load_hf_gpt2<pf::LoRA<Linear>>(o.model, attention, capped(pf::hf_gpt2_config(dir).seq_len));
+    generate(model);
+  } else if (type == "llama") {
+    auto model = pf::load_hf_llama<pf::LoRA<Linear>>(o.model, attention, capped(pf::hf_llama_config(dir).seq_len));
+    for (std::size_t i = 0; i < o.loras.size(); ++i)
+      pf::add_lora_adapter(model, pf::io::read_peft_lora(o.loras[i].directory), "lora" + std::to_string(i),
+                           o.loras[i].strength);
+    if constexpr (pf::MergeableLinear<Linear>) {
+      if (o.merge_lora) pf::merge_lora_adapters(model);
+    }
+    generate(model);
+  } else {
+    throw std::runtime_error(o.model + "/config.json: model_type is \"" + type +
+                             "\", expected \"gpt2\" or \"llama\" (the decoder-only models generate runs)");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -250,7 +331,11 @@ int main(int argc, char** argv) {
         throw usage_error(std::string("--attention: ") + e.what());
       }
     }();
-    pf::with_linear(o.linear, [&]<typename Linear>(std::type_identity<Linear>) { run<Linear>(o, attention); });
+    const bool hf = std::filesystem::is_directory(o.model);
+    pf::with_linear(o.linear, [&]<typename Linear>(std::type_identity<Linear>) {
+      if (hf) run_hf<Linear>(o, attention);
+      else run<Linear>(o, attention);
+    });
     return 0;
   } catch (const usage_error& e) {
     std::fprintf(stderr, "generate: %s\n%s", e.what(), usage.c_str());

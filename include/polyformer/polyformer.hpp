@@ -85,12 +85,17 @@
 #include "polyformer/tokenizers/bert.hpp"
 #include "polyformer/tokenizers/bpe.hpp"
 #include "polyformer/tokenizers/byte_level.hpp"
+#include "polyformer/tokenizers/decode_stream.hpp"
+#include "polyformer/tokenizers/decoder.hpp"
+#include "polyformer/tokenizers/normalizer.hpp"
+#include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/tokenizer.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 #include "polyformer/tokenizers/vocabulary.hpp"
 
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
+#include "polyformer/generate/text_generation.hpp"
 
 #include "polyformer/train/checkpoint.hpp"
 #include "polyformer/train/data.hpp"

@@ -125,6 +125,28 @@ class HfDirectory {
     if (!v->is_string()) wrong(key, *v, "a string");
     return v->get<std::string>();
   }
+  /// Token ids named by `key` (eos_token_id, bos_token_id: one id or a list), from generation_config.json when
+  /// the directory has one and names them, else from config.json; empty when neither does.
+  std::vector<int> token_ids(const std::string& key) const {
+    nlohmann::json generation;
+    const std::string generation_path = path_ + "/generation_config.json";
+    if (std::filesystem::exists(generation_path)) generation = parse_json_file(generation_path);
+    const bool from_generation = generation.is_object() && generation.contains(key) && !generation[key].is_null();
+    const nlohmann::json* v = from_generation ? &generation[key] : field(key);
+    if (v == nullptr) return {};
+    const auto bad = [&] {
+      const std::string file = from_generation ? "generation_config.json" : "config.json";
+      throw format_error(polyformer::detail::cat(detail::file_prefix(file, path_ + "/" + file), key, " is ", v->dump(),
+                                                 ", expected a token id >= 0 or a list of them"));
+    };
+    std::vector<int> ids;
+    for (const nlohmann::json& id : v->is_array() ? *v : nlohmann::json::array({*v})) {
+      if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() > INT32_MAX) bad();
+      ids.push_back(id.get<int>());
+    }
+    return ids;
+  }
+
   /// The field, or nullptr when absent or null.
   const nlohmann::json* field(const std::string& key) const {
     const auto it = config_.find(key);

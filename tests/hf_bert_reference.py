@@ -13,7 +13,9 @@ weights as transformers writes them, and DIR/<case>.reference.safetensors with "
   masked_lm_bf16_sharded: BertForMaskedLM ("bert." prefix, no pooler), BF16 over two shards with an index, the
     decoder's tied copy of the embeddings stored too, n = 70;
   pretraining_f16_gamma: BertForPreTraining (pooler, MLM and next-sentence heads), F16, LayerNorm tensors named
-    gamma/beta, the bias stored as cls.predictions.decoder.bias, a position_ids buffer, n = 20.
+    gamma/beta, the bias stored as cls.predictions.decoder.bias, a position_ids buffer, n = 20; with `texts`, also a
+    vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then "w5", "w6", … named by their ids) and the outputs of TEXTS as
+    BertTokenizer would encode them ([CLS], each word's id, [SEP]; padded), prefixed "text_" (for examples/encode).
 usage: hf_bert_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -73,7 +75,7 @@ def forward(cfg, w, ids, mask, types):
 
 
 def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_norm_names, bias_on_decoder,
-              store_decoder_weight, position_ids, seed, lengths, n):
+              store_decoder_weight, position_ids, seed, lengths, n, texts=()):
     g = torch.Generator().manual_seed(seed)
     d, inner, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     rnd = lambda *shape, scale=0.2: torch.randn(*shape, generator=g) * scale
@@ -141,6 +143,21 @@ def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_nor
         ref["pooler_output"] = torch.stack([o[1] for o in outs])
     if mlm:
         ref["logits"] = torch.stack([o[2] for o in outs])
+    if texts:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tokens = specials + [f"w{i}" for i in range(len(specials), vocab)]
+        with open(os.path.join(directory, "vocab.txt"), "w") as f:
+            f.write("\n".join(tokens) + "\n")
+        encoded = [[2] + [tokens.index(word) for word in text.split()] + [3] for text in texts]
+        longest = max(len(e) for e in encoded)
+        text_ids = torch.tensor([e + [0] * (longest - len(e)) for e in encoded])
+        text_mask = torch.tensor([[1] * len(e) + [0] * (longest - len(e)) for e in encoded])
+        text_types = torch.zeros_like(text_ids)
+        outs = [forward(cfg, stored, text_ids[b], text_mask[b], text_types[b]) for b in range(len(texts))]
+        ref.update({"text_ids": text_ids, "text_attention_mask": text_mask,
+                    "text_last_hidden_state": torch.stack([o[0] for o in outs]),
+                    "text_pooler_output": torch.stack([o[1] for o in outs]),
+                    "text_logits": torch.stack([o[2] for o in outs])})
     save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"), ref)
 
 
@@ -163,7 +180,8 @@ def main():
     make_case(args.out_dir, "pretraining_f16_gamma",
               dict(base, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2),
               "F16", 1, "bert.", pooler=True, mlm=True, nsp=True, old_norm_names=True, bias_on_decoder=True,
-              store_decoder_weight=False, position_ids=True, seed=13, lengths=[20], n=20)
+              store_decoder_weight=False, position_ids=True, seed=13, lengths=[20], n=20,
+              texts=["w10 w11 [MASK] w12", "w20 [MASK] w21 w22 [MASK] w23 w24 w99 w100"])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cmath>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -40,21 +41,29 @@
 
 namespace polyformer::io {
 
-/// Element types this reader understands; all are converted to float on read.
-enum class DType { F32, F16, BF16 };
+/// Element types this reader understands: floating point ones, converted to float on read, and integer ones
+/// (token ids, masks), read exactly by SafetensorsFile::integers and refused where floats are read.
+enum class DType { F32, F16, BF16, I32, I64 };
 
-/// The safetensors spelling of a dtype: "F32", "F16", "BF16".
+/// The safetensors spelling of a dtype: "F32", "F16", "BF16", "I32", "I64".
 inline std::string_view dtype_name(DType t) noexcept {
   switch (t) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
   }
   return "?";
 }
 
 /// Bytes per element of a dtype.
-inline std::size_t dtype_size(DType t) noexcept { return t == DType::F32 ? 4 : 2; }
+inline std::size_t dtype_size(DType t) noexcept {
+  return t == DType::I64 ? 8 : t == DType::F32 || t == DType::I32 ? 4 : 2;
+}
+
+/// Whether a dtype holds integers.
+inline bool is_integer(DType t) noexcept { return t == DType::I32 || t == DType::I64; }
 
 /// One header entry, validated: [begin, end) holds exactly numel() elements of dtype.
 struct TensorInfo {
@@ -208,6 +217,30 @@ class SafetensorsFile {
     return {data_start() + t.begin, static_cast<std::size_t>(t.end - t.begin)};
   }
 
+  /// An integer tensor's values (I32, I64, or F32/F16/BF16 holding whole numbers: ids written as floats), in
+  /// row-major order; format_error naming the tensor for a fraction or a value outside int64.
+  std::vector<std::int64_t> integers(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    const auto n = static_cast<std::size_t>(t.numel());
+    std::vector<std::int64_t> out(n);
+    const unsigned char* src = data_start() + t.begin;
+    if (t.dtype == DType::I64) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int64_t>(detail::load_le64(src + 8 * i));
+    } else if (t.dtype == DType::I32) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int32_t>(detail::load_le32(src + 4 * i));
+    } else {
+      std::vector<float> values(n);
+      read_into(t, values.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        if (!(values[i] == std::floor(values[i]) && std::abs(values[i]) < 9.2e18f))
+          throw format_error(detail::cat(detail::prefix(path_), "tensor '", name, "' element ", i, " is ", values[i],
+                                         ", expected a whole number"));
+        out[i] = static_cast<std::int64_t>(values[i]);
+      }
+    }
+    return out;
+  }
+
   /// A tensor converted to float (F16 and BF16 exactly).
   FloatTensor tensor(const std::string& name) const {
     const TensorInfo& t = info(name);
@@ -263,8 +296,10 @@ class SafetensorsFile {
 
   const unsigned char* data_start() const noexcept { return bytes_.data() + header_end_; }
 
-  /// Converts numel() elements of a validated tensor into `out`.
+  /// Converts numel() elements of a validated floating-point tensor into `out`; format_error for an integer one.
   void read_into(const TensorInfo& t, float* out) const {
+    if (is_integer(t.dtype))
+      fail(detail::cat("tensor '", t.name, "' is ", dtype_name(t.dtype), ", expected a floating-point tensor (F32, F16, BF16)"));
     const auto n = static_cast<std::size_t>(t.numel());
     if (n == 0) return;  // out may be null for an empty Eigen object
     const unsigned char* src = data_start() + t.begin;
@@ -282,6 +317,9 @@ class SafetensorsFile {
       case DType::BF16:
         for (std::size_t i = 0; i < n; ++i) out[i] = detail::bfloat16_to_float(detail::load_le16(src + 2 * i));
         break;
+      case DType::I32:
+      case DType::I64:
+        break;  // refused above
     }
   }
 
@@ -391,8 +429,12 @@ class SafetensorsFile {
       t.dtype = DType::F16;
     } else if (dt == "BF16") {
       t.dtype = DType::BF16;
+    } else if (dt == "I32") {
+      t.dtype = DType::I32;
+    } else if (dt == "I64") {
+      t.dtype = DType::I64;
     } else {
-      fail(detail::cat(who, "unsupported dtype '", dt, "' (supported: F32, F16, BF16)"));
+      fail(detail::cat(who, "unsupported dtype '", dt, "' (supported: F32, F16, BF16, I32, I64)"));
     }
 
     const nlohmann::json& shape = field("shape");

@@ -1,0 +1,160 @@
+// The hf_forward program end to end, against the float64 outputs of the Hugging Face reference scripts
+// (tests/hf_bert_reference.py, hf_gpt2_reference.py, hf_llama_reference.py): inputs written here with ids as I64,
+// I32 or F32, outputs read back; right padding of a causal model; bad input exits with code 2.
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "polyformer/io/safetensors.hpp"
+#include "support.hpp"
+
+#ifdef POLYFORMER_HF_FORWARD
+namespace {
+
+namespace io = polyformer::io;
+
+int run(const std::string& args, std::string* err = nullptr) {
+  return pft::run_program(POLYFORMER_HF_FORWARD, "hf_forward", args, nullptr, err);
+}
+
+/// A safetensors file of integer or float tensors, written by hand (io's writer writes F32 only): name → (dtype,
+/// shape, values).
+struct InputTensor {
+  std::string dtype;
+  std::vector<std::int64_t> shape;
+  std::vector<double> values;
+};
+
+std::string write_inputs(const std::string& name, const std::vector<std::pair<std::string, InputTensor>>& tensors) {
+  nlohmann::json header = nlohmann::json::object();
+  std::string data;
+  for (const auto& [key, t] : tensors) {
+    const std::size_t begin = data.size();
+    for (const double v : t.values) {
+      char bytes[8];
+      std::size_t size = 4;
+      if (t.dtype == "I64") {
+        const auto x = static_cast<std::int64_t>(v);
+        std::memcpy(bytes, &x, size = 8);
+      } else if (t.dtype == "I32") {
+        const auto x = static_cast<std::int32_t>(v);
+        std::memcpy(bytes, &x, 4);
+      } else {
+        const auto x = static_cast<float>(v);
+        std::memcpy(bytes, &x, 4);
+      }
+      data.append(bytes, size);
+    }
+    header[key] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {begin, data.size()}}};
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const std::uint64_t length = text.size();
+  const std::string path = pft::process_temp_path("hf_forward", name + ".safetensors");
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(&length), 8);
+  f << text << data;
+  return path;
+}
+
+InputTensor as(const std::string& dtype, const io::FloatTensor& t) {
+  return {dtype, t.shape, std::vector<double>(t.data.begin(), t.data.end())};
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, std::abs(double(got[i]) - double(want[i])));
+    scale = std::max(scale, std::abs(double(want[i])));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+TEST_CASE("examples/hf_forward: BERT's outputs equal the reference's", "[examples][hf][bert]") {
+  const std::string dir = std::string(POLYFORMER_HF_BERT_REFERENCE_DIR);
+  const auto ref = io::SafetensorsFile::open(dir + "/model_f32.reference.safetensors");
+  const std::string inputs = write_inputs("bert", {{"input_ids", as("I64", ref.tensor("ids"))},
+                                                   {"attention_mask", as("I32", ref.tensor("attention_mask"))},
+                                                   {"token_type_ids", as("F32", ref.tensor("token_type_ids"))}});
+  const std::string out = pft::process_temp_path("hf_forward", "bert_out.safetensors");
+  std::string err;
+  REQUIRE(run("--model " + dir + "/model_f32 --inputs " + inputs + " --out " + out + " --threads 2", &err) == 0);
+  const auto got = io::SafetensorsFile::open(out);
+  CHECK(got.names() == std::vector<std::string>{"last_hidden_state", "pooler_output"});
+  for (const char* name : {"last_hidden_state", "pooler_output"}) {
+    INFO(name);
+    CHECK(got.info(name).shape == ref.info(name).shape);
+    CHECK(relative_error(got.tensor(name).data, ref.tensor(name).data) < 1e-4);
+  }
+}
+
+TEST_CASE("examples/hf_forward: GPT-2's and Llama's logits equal the reference's, with right padding",
+          "[examples][hf][gpt2][llama]") {
+  for (const auto& [dir, name] : {std::pair<std::string, std::string>{POLYFORMER_HF_GPT2_REFERENCE_DIR, "lm_head_f32"},
+                                  {POLYFORMER_HF_LLAMA_REFERENCE_DIR, "untied_bf16_sharded"}}) {
+    INFO(name);
+    const auto ref = io::SafetensorsFile::open(dir + "/" + name + ".reference.safetensors");
+    const io::FloatTensor ids = ref.tensor("ids"), logits = ref.tensor("logits");
+    const std::int64_t batch = ids.shape[0], n = ids.shape[1], vocab = logits.shape[2];
+    // Row 1 is padded after 20 tokens: its first 20 positions are as without padding (causal), the rest zero.
+    InputTensor mask{"I64", ids.shape, std::vector<double>(std::size_t(batch * n), 1.0)};
+    for (std::int64_t t = 20; t < n; ++t) mask.values[std::size_t(n + t)] = 0;
+    const std::string inputs = write_inputs(name, {{"input_ids", as("I32", ids)}, {"attention_mask", mask}});
+    const std::string out = pft::process_temp_path("hf_forward", name + "_out.safetensors");
+    std::string err;
+    REQUIRE(run("--model " + dir + "/" + name + " --inputs " + inputs + " --out " + out, &err) == 0);
+    const auto got = io::SafetensorsFile::open(out);
+    const io::FloatTensor got_logits = got.tensor("logits");
+    REQUIRE(got_logits.shape == logits.shape);
+    CHECK(got.info("last_hidden_state").shape[2] > 0);
+    std::vector<float> want = logits.data;
+    for (std::int64_t t = 20; t < n; ++t)
+      for (std::int64_t v = 0; v < vocab; ++v) want[std::size_t((n + t) * vocab + v)] = 0.0f;
+    CHECK(relative_error(got_logits.data, want) < 1e-4);
+  }
+}
+
+TEST_CASE("examples/hf_forward: bad input exits with code 2 and says why", "[examples][hf][errors]") {
+  const std::string bert = std::string(POLYFORMER_HF_BERT_REFERENCE_DIR) + "/model_f32";
+  const std::string gpt2 = std::string(POLYFORMER_HF_GPT2_REFERENCE_DIR) + "/lm_head_f32";
+  const std::string out = pft::process_temp_path("hf_forward", "bad_out.safetensors");
+  const auto fails = [&](const std::string& model, const std::string& inputs, const std::string& message) {
+    INFO(message);
+    std::string err;
+    CHECK(run("--model " + model + " --inputs " + inputs + " --out " + out, &err) == 2);
+    CHECK_THAT(err, Catch::Contains(message));
+  };
+  const InputTensor ids{"I64", {1, 4}, {5, 6, 7, 8}};
+  fails(gpt2, write_inputs("left", {{"input_ids", ids}, {"attention_mask", {"I64", {1, 4}, {0, 1, 1, 1}}}}),
+        "attention_mask row 0 has a token after padding: a causal model takes right padding only");
+  fails(bert, write_inputs("decoder", {{"input_ids", ids}, {"decoder_input_ids", ids}}),
+        "decoder_input_ids is not an input hf_forward reads");
+  fails(bert, write_inputs("shape", {{"input_ids", ids}, {"attention_mask", {"I64", {4}, {1, 1, 1, 1}}}}),
+        "attention_mask has shape (4), expected (1, 4) (as input_ids)");
+  fails(bert, write_inputs("fraction", {{"input_ids", {"F32", {1, 2}, {5, 6.5}}}}),
+        "tensor 'input_ids' element 1 is 6.5, expected a whole number");
+  fails(bert, write_inputs("range", {{"input_ids", {"I64", {1, 2}, {5, 1000}}}}), "input_ids[1] is 1000, expected 0..100");
+  fails(bert, write_inputs("none", {{"attention_mask", ids}}), "no input_ids");
+  const std::string t5 = pft::process_temp_path("hf_forward", "t5");
+  std::filesystem::create_directories(t5);
+  std::ofstream(t5 + "/config.json") << R"({"model_type": "t5"})";
+  std::filesystem::copy_file(write_inputs("empty", {}), t5 + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  fails(t5, write_inputs("t5", {{"input_ids", ids}}), "model_type is \"t5\", expected \"bert\", \"gpt2\" or \"llama\"");
+  std::string err;
+  CHECK(run("--model " + bert, &err) == 2);
+  CHECK_THAT(err, Catch::Contains("--model, --inputs and --out are required"));
+}
+#endif

@@ -69,7 +69,7 @@ TEST_CASE("examples/tokenize: bad input exits with code 2 and one line", "[examp
       {"< " + good, "--tokenizer is required"},
       {dir + " --frobnicate < " + good, "unknown option '--frobnicate'"},
       {dir + " --skip-special < " + good, "--skip-special needs --decode"},
-      {" --tokenizer /nonexistent/dir < " + good, "/nonexistent/dir is not a tokenizer.json, a vocab.txt, a vocab.json or a directory"},
+      {" --tokenizer /nonexistent/dir < " + good, "/nonexistent/dir is not a tokenizer.json, a vocab.txt, a vocab.json, a SentencePiece .model or a directory"},
       {" --tokenizer " + write_input("broken.json", "{\"model\": ") + " < " + good, "not valid JSON"},
       {dir + " < " + write_input("latin1.txt", "ok\ncaf\xE9\n"), "line 2: Tokenizer::encode: the text is not valid UTF-8 at byte 3"},
       {dir + " --decode < " + write_input("notjson.txt", "[1,2]\n[3,\n"), "line 2: not valid JSON"},

@@ -125,20 +125,20 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   std::ofstream(dir + "/tokenizer.json") << "{" + byte_level + ", " + model + "}";  // the control case: fine
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab ab") == std::vector<int>{2, 2});
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
-        R"(normalizer is {"type":"NFC"}, expected null or a BertNormalizer (polyformer does not run it))");
+        R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace or a Sequence of them (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
-  fails("{" + byte_level + R"(, "decoder": {"type": "Metaspace"}, )" + model + "}", "decoder is");
+  fails("{" + byte_level + R"(, "decoder": {"type": "CTC"}, )" + model + "}", "decoder is {\"type\":\"CTC\"}");
   fails("{" + byte_level + R"(, "model": {"type": "Unigram", "vocab": []}})", "model.type is \"Unigram\"");
   fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {"a": 0}}})",
         "the unknown token '[UNK]' is not in the vocabulary");
-  fails(R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, )" + model + "}", "expected a ByteLevel one (the BPE model's)");
+  fails(R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, )" + model + "}", "expected null, a ByteLevel or a Metaspace one (the BPE model's)");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a b"]}})",
         "merge 0 ('a' 'b') names 'b', which is not in the vocabulary");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is given to both");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a"]}})",
         "model.merges[0] is 'a', expected two tokens and one space");
-  fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": [], "byte_fallback": true}})",
-        "model.byte_fallback is true, expected false");
+  fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": [], "byte_fallback": 1}})",
+        "model.byte_fallback is 1, expected true or false");
   fails("{" + byte_level + R"(, "added_tokens": [{"id": 3, "content": "<x>", "lstrip": true}], )" + model + "}",
         "added_tokens[0].lstrip is true, expected false");
   fails("{" + byte_level + R"(, "truncation": {"max_length": 8}, )" + model + "}", "truncation is");
@@ -147,7 +147,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir + "/absent.json"), Catch::Contains("cannot open"));
   CHECK_THROWS_WITH(pt::Tokenizer::open(fixture_dir + "/merges.txt"), Catch::Contains("is GPT-2's merges: give its vocab.json"));
   fs::remove(dir + "/tokenizer.json");
-  CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("has neither tokenizer.json, vocab.txt nor vocab.json with merges.txt"));
+  CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("has neither tokenizer.json, vocab.txt, vocab.json with merges.txt, spiece.model nor tokenizer.model"));
   std::ofstream(dir + "/vocab.json") << R"({"a": 0, "b": 1, "ab": 2})";
   std::ofstream(dir + "/merges.txt") << "#version: 0.2\na b\na  b\n";
   CHECK_THROWS_WITH(pt::Tokenizer::open(dir), Catch::Contains("merges.txt: line 3 is 'a  b', expected two tokens"));

@@ -35,8 +35,8 @@ struct TextGenerationOptions {
 /// Generates from `prompt` over `sequence` (which starts anew) and passes the text to `emit(std::string_view)`
 /// piece by piece. Sequence: one decoding sequence of a causal LM (CausalLM::Sequence) with reset(),
 /// config().seq_len / vocab_size and forward(tokens, ctx) → the last token's logits. Throws config_error for a
-/// prompt that encodes to no token and has no start token, a prompt longer than the model's positions, or a
-/// tokenizer with more ids than the model has logits.
+/// prompt that encodes to no token and has no start token, a prompt longer than the model's positions, a
+/// tokenizer with more ids than the model has logits, or a chosen token the tokenizer does not have.
 template <typename Sequence, typename Emit>
   requires requires(Sequence& s) { s.reset(); }
 GenerationStats generate_text(Sequence& sequence, const tokenizers::Tokenizer& tokenizer, std::string_view prompt,
@@ -88,6 +88,9 @@ GenerationStats generate_text(Sequence& sequence, const tokenizers::Tokenizer& t
       ++stats.decoded_tokens;
     }
     if (std::find(options.eos_token_ids.begin(), options.eos_token_ids.end(), next) != options.eos_token_ids.end()) break;
+    if (static_cast<std::size_t>(next) >= tokenizer.vocab_size())  // a model's padded vocabulary
+      throw config_error(detail::cat(func, ": the model chose token ", next, ", which the tokenizer (", tokenizer.vocab_size(),
+                                     " tokens) does not have"));
     stats.tokens.push_back(next);
     print(next);
   }

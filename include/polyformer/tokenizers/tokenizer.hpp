@@ -293,9 +293,17 @@ class Tokenizer {
           }
         }
         symbols.clear();
+        bool every_byte = true;
         for (const char b : piece) {
-          // A byte the vocabulary lacks is dropped, as the library drops a character without an unk_token.
-          if (const int id = byte_ids_[static_cast<unsigned char>(b)]; id >= 0) symbols.push_back(id);
+          const int id = byte_ids_[static_cast<unsigned char>(b)];
+          every_byte = every_byte && id >= 0;
+          symbols.push_back(id);
+        }
+        if (!every_byte) {  // a byte's character the vocabulary lacks: the model's fallback (or nothing) for it
+          spelled.clear();
+          for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
+          bpe_->encode_word(spelled, ids, symbols);
+          continue;
         }
         bpe_->merge(symbols);
         ids.insert(ids.end(), symbols.begin(), symbols.end());

@@ -6,14 +6,17 @@
 //            [--topk K] [--seed S] [--threads N] [--attention A]
 //            [--linear fp32|bf16|int8] [--int8] [--lora DIR[:SCALE]]... [--merge-lora] [--prompts FILE [--batch N]]
 //   generate --model DIR [--tokenizer FILE_OR_DIR] [--prompt TEXT] [--max-new-tokens N] [sampling, threads,
-//            attention, linear and (Llama) LoRA options as above]
+//            attention, linear and (Llama) LoRA options as above] [--beams K [--length-penalty P] [--early-stopping]]
 //
 // --steps counts positions, prompt included (0: the model's seq_len), as run.c's -n. --temperature 0 is
 // greedy. Defaults as run.c: steps 256, temperature 1, topp 0.9, seed from the clock. Exit code 2 on bad input.
 // A directory's text is its prompt (encoded with the special tokens its tokenizer adds: Llama's <s>) and up to
 // --max-new-tokens (256) more tokens, ending early at the model's eos_token_id (generation_config.json, else
 // config.json), printed as the tokenizer decodes them and a final newline. Its tokenizer is the directory's
-// (tokenizer.json, vocab.json + merges.txt, tokenizer.model) unless --tokenizer names another.
+// (tokenizer.json, vocab.json + merges.txt, tokenizer.model) unless --tokenizer names another. --beams K searches
+// with K beams as transformers' generate(num_beams=K) does (no sampling; --length-penalty, 1 by default, divides a
+// hypothesis's log-probability by its length to that power; --early-stopping ends the search as soon as K
+// hypotheses are finished) and prints the best text once found.
 // --attention swaps every layer's attention policy for A, the spelling of any policy of polyformer's registry
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
@@ -29,6 +32,7 @@
 // advanced together by every forward and refilled as they end; stdout is, in the file's order, exactly what
 // one run per line with --prompt would print.
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -64,6 +68,7 @@ using cli::usage_error;
 const std::string usage =
     "usage: generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T]\n"
     "       generate --model HF_DIR [--tokenizer FILE_OR_DIR] [--prompt TEXT] [--max-new-tokens N] [--temperature T]\n"
+    "                [--beams K [--length-penalty P] [--early-stopping]]\n"
     "                [--topp P] [--topk K] [--seed S] [--threads N]\n"
     "                [--attention " + pf::attention_usage<pf::AttentionPolicies, /*incremental_only=*/true>() + "]\n"
     "                [--linear " + pf::linear_usage() + "] [--int8] [--lora DIR[:SCALE]]... [--merge-lora]\n"
@@ -77,7 +82,9 @@ struct LoraOption {
 
 struct Options {
   std::string model, tokenizer, prompt, attention = "full", prompts;
-  long long steps = 256, batch = 8, max_new_tokens = 256;
+  long long steps = 256, batch = 8, max_new_tokens = 256, beams = 1;
+  double length_penalty = 1.0;
+  bool early_stopping = false, beam_options_given = false;
   bool steps_given = false, max_new_tokens_given = false;
   float temperature = 1.0f, top_p = 0.9f;
   long long top_k = 0, threads = 1;
@@ -122,6 +129,13 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") {
       o.steps = parse_number<long long>(a, value());
       o.steps_given = true;
+    } else if (a == "--beams") {
+      o.beams = parse_number<long long>(a, value());
+    } else if (a == "--length-penalty") {
+      o.length_penalty = parse_number<double>(a, value());
+      o.beam_options_given = true;
+    } else if (a == "--early-stopping") {
+      o.early_stopping = o.beam_options_given = true;
     } else if (a == "--max-new-tokens") {
       o.max_new_tokens = parse_number<long long>(a, value());
       o.max_new_tokens_given = true;
@@ -154,6 +168,10 @@ Options parse(int argc, char** argv) {
   if (!hf && o.max_new_tokens_given) throw usage_error("--max-new-tokens is for a Hugging Face directory: with a .bin model, give --steps");
   if (hf && !o.prompts.empty()) throw usage_error("--prompts runs llama2.c models only (not a Hugging Face directory)");
   if (o.max_new_tokens < 0) throw usage_error("--max-new-tokens is " + std::to_string(o.max_new_tokens) + ", expected >= 0");
+  if (o.beams < 1 || o.beams > 256) throw usage_error("--beams is " + std::to_string(o.beams) + ", expected 1..256");
+  if (o.beams > 1 && !hf) throw usage_error("--beams is for a Hugging Face directory (not a llama2.c model)");
+  if (o.beam_options_given && o.beams == 1) throw usage_error("--length-penalty and --early-stopping need --beams K > 1");
+  if (!std::isfinite(o.length_penalty)) throw usage_error("--length-penalty is not finite");
   if (o.steps < 0) throw usage_error("--steps is " + std::to_string(o.steps) + ", expected >= 0");
   if (o.threads < 1 || o.threads > 1024) throw usage_error("--threads is " + std::to_string(o.threads) + ", expected 1..1024");
   if (o.top_k < 0 || o.top_k > (1 << 30)) throw usage_error("--topk is " + std::to_string(o.top_k) + ", expected >= 0");
@@ -282,6 +300,32 @@ void run_hf(const Options& o, const Attention& attention) {
   const pf::Context ctx{static_cast<int>(o.threads)};
   const auto generate = [&](auto& model) {
     report_loaded(model);
+    if (o.beams > 1) {
+      std::vector<int> ids = tokenizer.encode(o.prompt);
+      if (ids.empty() && generation.bos_token_id >= 0) ids.push_back(generation.bos_token_id);
+      if (ids.empty()) throw std::runtime_error("the prompt encodes to no token and the model names no bos_token_id");
+      pf::BeamSearchOptions beam;
+      beam.num_beams = static_cast<int>(o.beams);
+      beam.max_new_tokens = std::min<pf::Index>(generation.max_new_tokens,
+                                                model.config().seq_len - static_cast<pf::Index>(ids.size()) + 1);
+      beam.length_penalty = o.length_penalty;
+      beam.early_stopping = o.early_stopping ? pf::BeamSearchOptions::EarlyStopping::yes
+                                             : pf::BeamSearchOptions::EarlyStopping::heuristic;
+      beam.eos_token_ids = generation.eos_token_ids;
+      const auto start = std::chrono::steady_clock::now();
+      pf::BeamSearchResult best = pf::beam_search_causal(model, ids, beam, ctx);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const std::size_t found = best.tokens.size();
+      if (!best.tokens.empty() && std::find(beam.eos_token_ids.begin(), beam.eos_token_ids.end(), best.tokens.back()) !=
+                                      beam.eos_token_ids.end())
+        best.tokens.pop_back();  // the end token ends the text, as in greedy decoding; it is not printed
+      ids.insert(ids.end(), best.tokens.begin(), best.tokens.end());
+      const std::string text = tokenizer.decode(ids, /*skip_special_tokens=*/true) + "\n";
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fprintf(stderr, "beam search: %lld beams, %zu new tokens, score %.4f, %.3f s\n", o.beams, found, best.score,
+                   seconds);
+      return;
+    }
     auto sequence = model.new_sequence();
     pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
     const auto stats = pf::generate_text(

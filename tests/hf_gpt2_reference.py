@@ -8,7 +8,9 @@ c_proj, residual; ln_f; logits from wte, or from an untied lm_head), in float64 
 weights rounded first). Conv1D weights are [in, out]: y = x·W + b. Each case is a directory DIR/<case>/ with
 config.json and the weights as transformers writes them, and DIR/<case>.reference.safetensors with "ids" (batch, n)
 and "logits" (batch, n, vocab), and "prompt" (p) with "greedy" (steps): the ids greedy decoding appends to it, each
-step recomputed over the whole sequence.
+step recomputed over the whole sequence; and "beam_<i>" with "beam_<i>_settings" (num_beams, max_new_tokens,
+length_penalty, early_stopping as 1 True / 0 False / -1 "never", eos): beam search from the prompt as transformers
+runs it (beam_search_reference.py), its EOS one of the greedy tokens so that hypotheses finish early.
   lm_head_f32: GPT2LMHeadModel ("transformer." prefix), 4 heads of 8, the tied lm_head.weight stored too;
   model_bf16_sharded: GPT2Model names (no prefix, as the original "gpt2" upload) with the old attn.bias /
     attn.masked_bias buffers, BF16 over two shards, 3 heads of 12;
@@ -21,7 +23,11 @@ import os
 
 import torch
 
+from beam_search_reference import beam_search
 from safetensors_writer import save_hf_weights, save_safetensors
+
+# (num_beams, max_new_tokens, length_penalty, early_stopping, index of the greedy token that is EOS)
+BEAM_SETTINGS = [(3, 12, 1.0, False, 2), (4, 10, 0.6, True, 1), (2, 8, 1.5, "never", 3), (5, 9, -0.5, False, 0)]
 
 TORCH_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -106,8 +112,15 @@ def make_case(out_dir, name, cfg, dtype, shards, prefix, store_lm_head, mask_buf
     seq = prompt.clone()
     for _ in range(steps):  # greedy, the whole sequence recomputed each step
         seq = torch.cat((seq, forward(cfg, stored, seq)[-1].argmax().view(1)))
-    save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"),
-                     {"ids": ids, "logits": logits, "prompt": prompt, "greedy": seq[len(prompt):]})
+    ref = {"ids": ids, "logits": logits, "prompt": prompt, "greedy": seq[len(prompt):]}
+    for i, (beams, max_new, penalty, early, eos_at) in enumerate(BEAM_SETTINGS):
+        eos = int(seq[len(prompt) + eos_at])
+        tokens, _ = beam_search(lambda s: forward(cfg, stored, torch.tensor(s))[-1], prompt.tolist(), beams, max_new,
+                                penalty, early, [eos])
+        ref[f"beam_{i}"] = torch.tensor(tokens, dtype=torch.float64)
+        stop = {True: 1, False: 0, "never": -1}[early]
+        ref[f"beam_{i}_settings"] = torch.tensor([beams, max_new, penalty, stop, eos], dtype=torch.float64)
+    save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"), ref)
 
 
 def main():

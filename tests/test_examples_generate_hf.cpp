@@ -107,6 +107,30 @@ TEST_CASE("examples/generate: a Hugging Face GPT-2 directory prints the referenc
   CHECK(out == text_of(prompt) + "\n");
 }
 
+TEST_CASE("examples/generate: --beams prints the reference's beam search text", "[examples][hf][gpt2][beams]") {
+  const std::string name = "untied_f16";
+  const auto ref = polyformer::io::SafetensorsFile::open(gpt2_reference_dir + "/" + name + ".reference.safetensors");
+  const std::vector<int> prompt = ints(ref.tensor("prompt").data);
+  const std::string dir = pft::copy_case(gpt2_reference_dir + "/" + name, "generate_hf", "beams");
+  write_byte_tokenizer(dir);
+  for (const int i : {0, 1}) {  // settings 0: 3 beams, 12 tokens, no early stop; 1: 4 beams, penalty 0.6, early stop
+    const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
+    std::vector<int> want = ints(ref.tensor("beam_" + std::to_string(i)).data);
+    const int eos = int(s[4]);
+    INFO("setting " << i << ", eos " << eos);
+    if (!want.empty() && want.back() == eos) want.pop_back();  // the end token is not printed
+    const std::string d = pft::copy_case(dir, "generate_hf", "beams_" + std::to_string(i));
+    pft::edit_config(d, "\"model_type\"", "\"eos_token_id\": " + std::to_string(eos) + ", \"model_type\"");
+    std::string out, err;
+    REQUIRE(run("--model " + d + " --prompt " + quoted(text_of(prompt)) + " --beams " + std::to_string(int(s[0])) +
+                    " --max-new-tokens " + std::to_string(int(s[1])) + " --length-penalty " + std::to_string(s[2]) +
+                    (s[3] > 0 ? " --early-stopping" : ""),
+                &out, &err) == 0);
+    CHECK(out == text_of(prompt) + text_of(want) + "\n");
+    CHECK(err.find("beam search: ") != std::string::npos);
+  }
+}
+
 TEST_CASE("examples/generate: bad Hugging Face directories and options exit with code 2", "[examples][hf][errors]") {
   const std::string dir = pft::copy_case(gpt2_reference_dir + "/lm_head_f32", "generate_hf", "bad");
   const auto fails = [](const std::string& args, const std::string& message) {
@@ -121,6 +145,11 @@ TEST_CASE("examples/generate: bad Hugging Face directories and options exit with
   fails("--model " + dir + " --prompts x.txt", "--prompts runs llama2.c models only");
   fails("--model " + dir + " --lora x", "--lora applies to Llama models only");
   fails("--model " + dir + " --max-new-tokens -1", "--max-new-tokens is -1, expected >= 0");
+  fails("--model " + dir + " --beams 0", "--beams is 0, expected 1..256");
+  fails("--model " + dir + " --early-stopping", "--length-penalty and --early-stopping need --beams K > 1");
+  fails("--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
+            pft::shared_path("models/tok512.bin") + " --beams 2",
+        "--beams is for a Hugging Face directory");
   fails("--model " + dir + " --prompt ''", "the prompt encodes to no token");
   fails("--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
             pft::shared_path("models/tok512.bin") + " --max-new-tokens 5",

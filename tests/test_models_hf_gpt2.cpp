@@ -2,7 +2,9 @@
 // float64 forward of tests/hf_gpt2_reference.py (written from transformers' modeling_gpt2.py, run at configure
 // time): GPT2LMHeadModel in F32 with its tied lm_head stored, GPT2Model names in BF16 over two shards with the old
 // mask buffers, an untied F16 model with an odd head size. Logits prefilled whole, token by token and in chunks;
-// greedy decoding over the KV cache against the reference's full recomputation; a batch of sequences in one pass;
+// greedy decoding over the KV cache against the reference's full recomputation; beam search (K beams advanced in one
+// batched pass over copied states) against the reference's transformers-style search in float64, under four
+// settings of beams, length penalty, early stopping and EOS; a batch of sequences in one pass;
 // the position table's gradient against finite differences. Then the wrong directories, each refused by name.
 
 #include <catch2/catch.hpp>
@@ -13,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "polyformer/generate/text_generation.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/linear/int8.hpp"
 #include "polyformer/linear/lora.hpp"
@@ -79,6 +82,21 @@ void check_case(const std::string& name) {
   }
   const std::vector<int> want_greedy = ints(ref.tensor("greedy").data);
   CHECK(greedy(model, ints(ref.tensor("prompt").data), want_greedy.size()) == want_greedy);
+  for (int i = 0; ref.contains("beam_" + std::to_string(i)); ++i) {
+    const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
+    pf::BeamSearchOptions o;
+    o.num_beams = int(s.at(0));
+    o.max_new_tokens = Index(s.at(1));
+    o.length_penalty = s.at(2);
+    o.early_stopping = s.at(3) > 0   ? pf::BeamSearchOptions::EarlyStopping::yes
+                       : s.at(3) < 0 ? pf::BeamSearchOptions::EarlyStopping::never
+                                     : pf::BeamSearchOptions::EarlyStopping::heuristic;
+    o.eos_token_ids = {int(s.at(4))};
+    INFO("beam setting " << i << ": " << o.num_beams << " beams, " << o.max_new_tokens << " new tokens, penalty "
+                         << o.length_penalty << ", early stopping " << s.at(3) << ", eos " << o.eos_token_ids[0]);
+    const std::vector<int> prompt = ints(ref.tensor("prompt").data);
+    CHECK(pf::beam_search_causal(model, prompt, o, pf::Context{2}).tokens == ints(ref.tensor("beam_" + std::to_string(i)).data));
+  }
 }
 
 std::string copy_case(const std::string& name, const std::string& tag) {

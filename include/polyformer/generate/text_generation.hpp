@@ -17,6 +17,7 @@
 #include "polyformer/core/context.hpp"
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
+#include "polyformer/generate/beam_search.hpp"
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
 #include "polyformer/tokenizers/decode_stream.hpp"
@@ -97,6 +98,43 @@ GenerationStats generate_text(Sequence& sequence, const tokenizers::Tokenizer& t
   if (stats.prefill_tokens > 0) stats.decode_seconds = std::chrono::duration<double>(clock::now() - decode_start).count();
   if (const std::string rest = stream.finish(); !rest.empty()) emit(std::string_view(rest));
   return stats;
+}
+
+/// Beam search (generate/beam_search.hpp) over a causal LM from a prompt's ids: the prompt runs once, its state is
+/// copied to the beams, and every step advances all beams in one batched forward, each beam's state taken from the
+/// beam it continues. Returns the best hypothesis. Model: CausalLM-like, with make_state(), a Workspace and
+/// forward(state, tokens, ws, ctx) / forward(states, token lists, ws, ctx). Throws config_error when the prompt
+/// and max_new_tokens pass the model's positions.
+template <typename Model>
+BeamSearchResult beam_search_causal(const Model& model, std::span<const int> prompt, const BeamSearchOptions& options,
+                                    const Context& ctx = {}) {
+  using State = typename Model::State;
+  const char* func = "beam_search_causal";
+  if (prompt.empty()) throw config_error(detail::cat(func, ": the prompt is empty, expected at least one token"));
+  if (static_cast<Index>(prompt.size()) + options.max_new_tokens - 1 > model.config().seq_len)
+    throw config_error(detail::cat(func, ": ", prompt.size(), " prompt tokens and ", options.max_new_tokens,
+                                   " new ones pass the model's ", model.config().seq_len, " positions"));
+  typename Model::Workspace ws;
+  std::vector<State> states, moved;
+  std::vector<State*> pointers;
+  std::vector<std::span<const int>> lists;
+  const auto first = [&]() -> std::span<const float> {
+    states.assign(1, model.make_state());
+    return model.forward(states[0], prompt, ws, ctx);
+  };
+  const auto next = [&](std::span<const int> sources, std::span<const int> tokens) -> const Matrix& {
+    moved.clear();
+    for (const int s : sources) moved.push_back(states[std::size_t(s)]);  // a beam's state: its source's, copied
+    states.swap(moved);
+    pointers.clear();
+    lists.clear();
+    for (std::size_t b = 0; b < states.size(); ++b) {
+      pointers.push_back(&states[b]);
+      lists.emplace_back(&tokens[b], 1);
+    }
+    return model.forward(std::span<State* const>(pointers), std::span<const std::span<const int>>(lists), ws, ctx);
+  };
+  return beam_search(model.config().vocab_size, options, first, next);
 }
 
 }  // namespace polyformer

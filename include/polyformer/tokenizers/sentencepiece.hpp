@@ -52,6 +52,8 @@ class SentencePieceModel {
   bool is_control(int id) const;
   int bos_id() const;
   int eos_id() const;
+  /// The unknown piece's id.
+  int unk_id() const;
 
  private:
   SentencePieceModel() = default;
@@ -74,6 +76,7 @@ inline int SentencePieceModel::id_of(const std::string& piece) const {
 inline bool SentencePieceModel::is_control(int id) const { return processor_.IsControl(id); }
 inline int SentencePieceModel::bos_id() const { return processor_.bos_id(); }
 inline int SentencePieceModel::eos_id() const { return processor_.eos_id(); }
+inline int SentencePieceModel::unk_id() const { return processor_.unk_id(); }
 #else  // never reached: open() throws
 inline int SentencePieceModel::size() const { return 0; }
 inline std::vector<int> SentencePieceModel::encode(std::string_view) const { return {}; }
@@ -83,6 +86,7 @@ inline int SentencePieceModel::id_of(const std::string&) const { return -1; }
 inline bool SentencePieceModel::is_control(int) const { return false; }
 inline int SentencePieceModel::bos_id() const { return -1; }
 inline int SentencePieceModel::eos_id() const { return -1; }
+inline int SentencePieceModel::unk_id() const { return -1; }
 #endif
 
 }  // namespace polyformer::tokenizers

@@ -7,7 +7,8 @@
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
 /// ByteLevel decoder), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
 /// pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
-/// ByteFallback, Fuse and Strip or Metaspace) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
+/// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
+/// pieces' scores, with Metaspace) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
 /// the WordPiece decoder), with added and special tokens and the special tokens a single sequence gets
 /// (TemplateProcessing, BertProcessing, RobertaProcessing). Anything else in a tokenizer.json (another
 /// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
@@ -35,6 +36,7 @@
 #include "polyformer/tokenizers/normalizer.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
+#include "polyformer/tokenizers/unigram.hpp"
 
 namespace polyformer::tokenizers {
 
@@ -81,8 +83,11 @@ class Tokenizer {
       }
     } else if (type == "WordPiece") {
       t.wordpiece_ = read_wordpiece(r, m);
+    } else if (type == "Unigram") {
+      t.unigram_ = read_unigram(r, m);
     } else {
-      r.unsupported("model.type", m.contains("type") ? m["type"] : nlohmann::json(), "\"BPE\" or \"WordPiece\"");
+      r.unsupported("model.type", m.contains("type") ? m["type"] : nlohmann::json(),
+                    "\"BPE\", \"WordPiece\" or \"Unigram\"");
     }
     t.read_normalizer(r, field("normalizer"));
     t.read_pre_tokenizer(r, field("pre_tokenizer"));
@@ -165,7 +170,7 @@ class Tokenizer {
   }
 
   /// A SentencePiece model file run by the SentencePiece library (tokenizers/sentencepiece.hpp), as transformers'
-  /// slow tokenizers run it: the model's <unk>, <s> and </s> are matched in the text as special tokens, and a
+  /// slow tokenizers run it: the model's control pieces and <unk> are matched in the text as special tokens, and a
   /// sequence gets <s> before it with `add_bos` and </s> after it with `add_eos`.
   static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos) {
     using polyformer::detail::cat;
@@ -173,8 +178,8 @@ class Tokenizer {
     t.source_ = path;
     t.sentencepiece_ = SentencePieceModel::open(path);
     const SentencePieceModel& sp = *t.sentencepiece_;
-    for (const char* special : {"<unk>", "<s>", "</s>"})
-      if (const int id = sp.id_of(special); id >= 0) t.added_.push_back({id, special, true});
+    for (int id = 0; id < sp.size(); ++id)  // the control pieces (<s>, </s>, <pad>) and the unknown one
+      if (sp.is_control(id) || id == sp.unk_id()) t.added_.push_back({id, sp.piece(id), true});
     if (add_bos) {
       if (sp.bos_id() < 0) throw format_error(cat(path, ": the model has no <s> to put before a sequence"));
       t.prefix_ids_ = {sp.bos_id()};
@@ -231,6 +236,11 @@ class Tokenizer {
     std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     if (sentencepiece_) validate_utf8(text, func);
+    // A word of a character-level model (SentencePiece-style BPE, Unigram).
+    const auto encode_word = [&](std::string_view word) {
+      if (unigram_) unigram_->encode_word(word, ids, func);
+      else bpe_->encode_word(word, ids, symbols);
+    };
     // `first`: the segment starts the text (Metaspace's prepend_scheme "first").
     const auto encode_segment = [&](std::string_view segment, bool first) {
       if (segment.empty()) return;
@@ -249,7 +259,7 @@ class Tokenizer {
       }
       if (pre_tokenizer_ == PreTokenizer::none) {  // the whole segment is one word
         if (normalizer_.empty()) validate_utf8(segment, func);
-        bpe_->encode_word(segment, ids, symbols);
+        encode_word(segment);
         return;
       }
       if (pre_tokenizer_ == PreTokenizer::metaspace) {
@@ -264,17 +274,17 @@ class Tokenizer {
         }
         const std::string_view words = spaced;
         if (!metaspace_.split) {
-          bpe_->encode_word(words, ids, symbols);
+          encode_word(words);
           return;
         }
         // Split before every replacement character (each piece starts with one, but perhaps the first).
         std::size_t start = 0;
         for (std::size_t at = words.find(metaspace_.replacement, 1); at != std::string_view::npos;
              at = words.find(metaspace_.replacement, at + 1)) {
-          bpe_->encode_word(words.substr(start, at - start), ids, symbols);
+          encode_word(words.substr(start, at - start));
           start = at;
         }
-        bpe_->encode_word(words.substr(start), ids, symbols);
+        encode_word(words.substr(start));
         return;
       }
       std::string prefixed;
@@ -354,7 +364,10 @@ class Tokenizer {
 
   /// The number of ids: one past the largest of the model's and the added tokens'.
   std::size_t vocab_size() const noexcept {
-    std::size_t n = bpe_ ? bpe_->size() : wordpiece_ ? wordpiece_->size() : std::size_t(sentencepiece_->size());
+    std::size_t n = bpe_         ? bpe_->size()
+                    : wordpiece_ ? wordpiece_->size()
+                    : unigram_   ? unigram_->size()
+                                 : std::size_t(sentencepiece_->size());
     for (const AddedToken& a : added_) n = std::max(n, std::size_t(a.id) + 1);
     return n;
   }
@@ -362,13 +375,18 @@ class Tokenizer {
   int token_to_id(const std::string& token) const {
     for (const AddedToken& a : added_)
       if (a.content == token) return a.id;
-    return bpe_ ? bpe_->id_of(token) : wordpiece_ ? wordpiece_->id_of(token) : sentencepiece_->id_of(token);
+    return bpe_         ? bpe_->id_of(token)
+           : wordpiece_ ? wordpiece_->id_of(token)
+           : unigram_   ? unigram_->id_of(token)
+                        : sentencepiece_->id_of(token);
   }
   const std::vector<AddedToken>& added_tokens() const noexcept { return added_; }
   /// The BPE model, or nullptr for another model.
   const BpeModel* bpe() const noexcept { return bpe_ ? &*bpe_ : nullptr; }
   /// The WordPiece model, or nullptr for another model.
   const WordPieceModel* wordpiece() const noexcept { return wordpiece_ ? &*wordpiece_ : nullptr; }
+  /// The Unigram model, or nullptr for another model.
+  const UnigramModel* unigram() const noexcept { return unigram_ ? &*unigram_ : nullptr; }
 
  private:
   // none: each segment is one word
@@ -491,6 +509,30 @@ class Tokenizer {
     }
     if (!m.contains("vocab")) r.fail("model.vocab", "missing");
     return BpeModel(read_vocab(r, m["vocab"]), merges, fallback, r.source);
+  }
+
+  static UnigramModel read_unigram(const Reader& r, const nlohmann::json& m) {
+    using polyformer::detail::cat;
+    if (!m.contains("vocab") || !m["vocab"].is_array()) r.fail("model.vocab", "missing or not a list of [piece, score]");
+    std::vector<std::pair<std::string, double>> pieces;
+    pieces.reserve(m["vocab"].size());
+    for (std::size_t i = 0; i < m["vocab"].size(); ++i) {
+      const nlohmann::json& e = m["vocab"][i];
+      if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number())
+        r.fail(cat("model.vocab[", i, "]"), e.dump() + ", expected [piece, score]");
+      pieces.emplace_back(e[0].get<std::string>(), e[1].get<double>());
+    }
+    int unk_id = -1;
+    if (m.contains("unk_id") && !m["unk_id"].is_null()) {
+      if (!m["unk_id"].is_number_unsigned()) r.fail("model.unk_id", m["unk_id"].dump() + ", expected an id or null");
+      unk_id = m["unk_id"].get<int>();
+    }
+    bool byte_fallback = false;
+    if (m.contains("byte_fallback") && !m["byte_fallback"].is_null()) {
+      if (!m["byte_fallback"].is_boolean()) r.fail("model.byte_fallback", m["byte_fallback"].dump() + ", expected true or false");
+      byte_fallback = m["byte_fallback"].get<bool>();
+    }
+    return UnigramModel(std::move(pieces), unk_id, byte_fallback, r.source);
   }
 
   static WordPieceModel read_wordpiece(const Reader& r, const nlohmann::json& m) {
@@ -688,6 +730,7 @@ class Tokenizer {
       metaspace_ = read_metaspace(r, "pre_tokenizer", p);
       return;
     }
+    if (unigram_) r.unsupported("pre_tokenizer", p, "null or a Metaspace one (the Unigram model's)");
     if (!p.is_object() || p.value("type", "") != "ByteLevel")
       r.unsupported("pre_tokenizer", p, "null, a ByteLevel or a Metaspace one (the BPE model's)");
     pre_tokenizer_ = PreTokenizer::byte_level;
@@ -733,9 +776,9 @@ class Tokenizer {
   Tokenizer() = default;
   /// The model's token of `id`, or nullptr.
   const std::string* model_token(int id) const {
-    const std::size_t size = bpe_ ? bpe_->size() : wordpiece_->size();
+    const std::size_t size = bpe_ ? bpe_->size() : wordpiece_ ? wordpiece_->size() : unigram_->size();
     if (id < 0 || std::size_t(id) >= size) return nullptr;
-    const std::string& token = bpe_ ? bpe_->token(id) : wordpiece_->token(id);
+    const std::string& token = bpe_ ? bpe_->token(id) : wordpiece_ ? wordpiece_->token(id) : unigram_->piece(id);
     return token.empty() ? nullptr : &token;
   }
 
@@ -747,8 +790,9 @@ class Tokenizer {
   }
 
   std::string source_;
-  std::optional<BpeModel> bpe_;              // one of the three models
+  std::optional<BpeModel> bpe_;              // one of the four models
   std::optional<WordPieceModel> wordpiece_;
+  std::optional<UnigramModel> unigram_;
   std::shared_ptr<const SentencePieceModel> sentencepiece_;  // or the SentencePiece library's model
   Normalizer normalizer_;
   PreTokenizer pre_tokenizer_ = PreTokenizer::byte_level;

@@ -1,8 +1,10 @@
-// Tokenizer throughput: GPT-2's byte-level BPE (tokenizers/tokenizer.hpp, GPT-2's real vocabulary from
-// tests/tokenizers/gpt2.tar.xz, unpacked by the test build) over every record of Debian's fortunes, one thread,
-// as MB of UTF-8 per second. The peer, the Hugging Face tokenizers library on the same corpus and vocabulary:
+// Tokenizer throughput (tokenizers/tokenizer.hpp) over the text of Debian's fortunes, one thread, as MB of UTF-8 per
+// second, for each kind of tokenizer the test fixtures hold (unpacked by the test build into
+// build/tests/tokenizers-<name>): gpt2 (byte-level BPE, GPT-2's real vocabulary from vocab.json + merges.txt),
+// bert (WordPiece, uncased, from vocab.txt), llama (SentencePiece-style BPE with byte fallback, tokenizer.json),
+// t5 (Unigram, tokenizer.json). The peer, the Hugging Face tokenizers library on the same corpus and files:
 // bench/peers/hf_tokenizers.js (bench/README.md).
-//   ./build/bench/bench_tokenizer [--benchmark_filter=…]   (POLYFORMER_GPT2_TOKENIZER_DIR overrides the vocabulary)
+//   ./build/bench/bench_tokenizer [--benchmark_filter=…]   (POLYFORMER_TOKENIZER_FIXTURES overrides build/tests)
 
 #include <algorithm>
 #include <cstdlib>
@@ -19,10 +21,15 @@ namespace {
 
 namespace pt = polyformer::tokenizers;
 
-std::string vocabulary_dir() {
-  const char* dir = std::getenv("POLYFORMER_GPT2_TOKENIZER_DIR");
-  return dir != nullptr ? dir : POLYFORMER_GPT2_TOKENIZER_DIR;
+/// The fixture of tokenizer `name`: a directory for gpt2 and bert (vocab.json + merges.txt, vocab.txt), a
+/// tokenizer.json for llama and t5.
+std::string fixture(const std::string& name) {
+  const char* dir = std::getenv("POLYFORMER_TOKENIZER_FIXTURES");
+  const std::string root = std::string(dir != nullptr ? dir : POLYFORMER_TOKENIZER_FIXTURES) + "/tokenizers-" + name;
+  return name == "llama" || name == "t5" ? root + "/tokenizer.json" : root;
 }
+
+const char* const names[] = {"gpt2", "bert", "llama", "t5"};
 
 /// The fortune files' text without their "%" separator lines, in name order, cut into pieces of 20 lines (the
 /// size of a short document): what bench/peers/hf_tokenizers.js reads.
@@ -53,10 +60,10 @@ const std::vector<std::string>& corpus() {
   return pieces;
 }
 
-/// False (the benchmark skipped, saying why) without the vocabulary or the corpus.
-bool inputs_present(benchmark::State& state) {
-  if (!std::filesystem::exists(vocabulary_dir() + "/vocab.json")) {
-    state.SkipWithError("no GPT-2 vocabulary: build the tests (they unpack it) or set POLYFORMER_GPT2_TOKENIZER_DIR");
+/// False (the benchmark skipped, saying why) without the fixture or the corpus.
+bool inputs_present(benchmark::State& state, const std::string& name) {
+  if (!std::filesystem::exists(fixture(name))) {
+    state.SkipWithError("no tokenizer fixture: build the tests (they unpack it) or set POLYFORMER_TOKENIZER_FIXTURES");
     return false;
   }
   if (corpus().empty()) {
@@ -66,9 +73,11 @@ bool inputs_present(benchmark::State& state) {
   return true;
 }
 
-void BM_gpt2_encode(benchmark::State& state) {
-  if (!inputs_present(state)) return;
-  const pt::Tokenizer tokenizer = pt::Tokenizer::open(vocabulary_dir());
+void BM_encode(benchmark::State& state) {
+  const std::string name = names[state.range(0)];
+  state.SetLabel(name);
+  if (!inputs_present(state, name)) return;
+  const pt::Tokenizer tokenizer = pt::Tokenizer::open(fixture(name));
   const std::vector<std::string>& pieces = corpus();
   std::int64_t bytes = 0, ids = 0;
   for (auto _ : state)
@@ -81,11 +90,13 @@ void BM_gpt2_encode(benchmark::State& state) {
   state.SetBytesProcessed(bytes);
   state.counters["ids"] = benchmark::Counter(double(ids), benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_gpt2_encode)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_encode)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
-void BM_gpt2_decode(benchmark::State& state) {
-  if (!inputs_present(state)) return;
-  const pt::Tokenizer tokenizer = pt::Tokenizer::open(vocabulary_dir());
+void BM_decode(benchmark::State& state) {
+  const std::string name = names[state.range(0)];
+  state.SetLabel(name);
+  if (!inputs_present(state, name)) return;
+  const pt::Tokenizer tokenizer = pt::Tokenizer::open(fixture(name));
   std::vector<std::vector<int>> encoded;
   for (const std::string& piece : corpus()) encoded.push_back(tokenizer.encode(piece));
   std::int64_t bytes = 0;
@@ -97,7 +108,7 @@ void BM_gpt2_decode(benchmark::State& state) {
     }
   state.SetBytesProcessed(bytes);
 }
-BENCHMARK(BM_gpt2_decode)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_decode)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
 }  // namespace
 

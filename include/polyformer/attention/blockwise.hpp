@@ -179,7 +179,7 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
         float* dst = dq.data() + (task.i0 + r) * dq.outerStride() + h * dh;
         for (Index f = 0; f < dh; ++f) dst[f] = s.scale * g_q[f];
       }
-      tile.add_key_grads(j1 - j0, [j0](Index c) { return j0 + c; }, acc.keys_t.data(), acc.values_t.data(), n_k);
+      tile.add_key_grads(j1 - j0, [first = j0](Index c) { return first + c; }, acc.keys_t.data(), acc.values_t.data(), n_k);
     });
   }
 

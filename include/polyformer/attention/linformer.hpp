@@ -110,7 +110,9 @@ class Linformer : public PerCallWorkspace<Linformer> {
   /// The learned projections "E" and "F" (heads'·k, n_max). Writing one gives this layer its own copy (projections
   /// shared between layers stop being shared).
   void parameters(ParameterList& list, const std::string& prefix) {
-    for (auto [name, m] : {std::pair{"E", &e_}, std::pair{"F", &f_}}) {
+    for (const auto& entry : {std::pair{"E", &e_}, std::pair{"F", &f_}}) {
+      const std::string name = entry.first;
+      auto* const m = entry.second;  // named, not bound: the lambdas below capture it
       if (!*m) continue;
       const Index rows = (*m)->rows(), cols = (*m)->cols();
       list.add({prefix + name, {rows, cols}, [m](float* out) { std::copy_n((*m)->data(), (*m)->size(), out); },
@@ -197,7 +199,8 @@ class Linformer : public PerCallWorkspace<Linformer> {
     attention_.backward(projected, q, cview(saved.proj_k), cview(saved.proj_v), AttentionMask{}, out, dout,
                         saved.attention, dq, view(ws.grad_proj_k), view(ws.grad_proj_v), ws.full, ctx);
     saved.take(func);
-    const auto [kk, vv] = padded_inputs(s, k, v, mask, ws);
+    const auto padded = padded_inputs(s, k, v, mask, ws);  // named, not bound: lambdas below capture them
+    const ConstMatrixView kk = padded.first, vv = padded.second;
     const Index proj_heads = e_->rows() / k_;
     // dK = Eᵀ·dK′ and dE += dK′·Kᵀ per projected head (keys with E, values with F); the two run side by side.
     dk.setZero();
@@ -283,7 +286,8 @@ class Linformer : public PerCallWorkspace<Linformer> {
                          const Context& ctx) const {
     const AttentionShape projected = check_call(func, s, k, mask);
     const Index n_k = k.rows(), dh = s.head_dim, out_heads = projected.n_kv_heads, proj_heads = e_->rows() / k_;
-    const auto [kk, vv] = padded_inputs(s, k, v, mask, ws);
+    const auto padded = padded_inputs(s, k, v, mask, ws);  // named, not bound: lambdas below capture them
+    const ConstMatrixView kk = padded.first, vv = padded.second;
     ensure_shape(proj_k, k_, out_heads * dh);
     ensure_shape(proj_v, k_, out_heads * dh);
     const int t = effective_threads(ctx.threads);

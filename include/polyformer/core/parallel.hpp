@@ -142,7 +142,7 @@ class ThreadPool {
       if (idle_.empty()) {
         workers_.push_back(std::make_unique<Worker>());
         Worker* w = workers_.back().get();
-        w->thread = std::thread([this, w] { work(*w); });
+        w->thread = std::thread([w] { work(*w); });
         idle_.push_back(w);
       }
       out[i] = idle_.back();

@@ -1,8 +1,10 @@
 #pragma once
-// What the example programs share on their command lines: the usage error (exit code 2 with the usage text)
-// and strict number parsing (the whole argument must be the number).
+// What the example programs share on their command lines: the usage error (exit code 2 with the usage text),
+// strict number parsing (the whole argument must be the number), flag values and the guarded main.
 
 #include <charconv>
+#include <cstdio>
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -23,6 +25,27 @@ T parse_number(const std::string& flag, const std::string& value) {
     throw usage_error(flag + " expects " + (std::is_floating_point_v<T> ? "a number" : "an integer") + ", got '" +
                       value + "'");
   return v;
+}
+
+/// The value after flag argv[i] (i moves onto it); usage_error when the command line ends first.
+inline std::string value_after(int argc, char** argv, int& i) {
+  if (i + 1 >= argc) throw usage_error(std::string(argv[i]) + " needs a value");
+  return argv[++i];
+}
+
+/// A program's main around `body` (returning its exit code): a usage error prints the message and the usage, any
+/// other exception its message, each on stderr after the program's name, and both exit with code 2.
+template <typename Body>
+int guarded_main(const char* program, const char* usage, Body&& body) {
+  try {
+    return body();
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "%s: %s\n%s", program, e.what(), usage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 2;
+  }
 }
 
 }  // namespace cli

@@ -46,10 +46,7 @@ Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    const auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw usage_error(a + " needs a value");
-      return argv[++i];
-    };
+    const auto value = [&] { return cli::value_after(argc, argv, i); };
     if (a == "--model") o.model = value();
     else if (a == "--tokenizer") o.tokenizer = value();
     else if (a == "--text") o.texts.push_back(value());
@@ -181,14 +178,8 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cli::guarded_main("encode", usage, [&] {
     run(parse(argc, argv));
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "encode: %s\n%s", e.what(), usage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "encode: %s\n", e.what());
-    return 2;
-  }
+  });
 }

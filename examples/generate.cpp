@@ -188,6 +188,18 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+/// The sampling options of the command line (the seed from the clock unless given).
+pf::SamplerOptions sampler_options(const Options& o) {
+  pf::SamplerOptions sampling;
+  sampling.temperature = o.temperature;
+  sampling.top_p = o.top_p;
+  sampling.top_k = static_cast<int>(o.top_k);
+  sampling.seed = o.seed_given ? o.seed
+                               : static_cast<unsigned long long>(
+                                     std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  return sampling;
+}
+
 /// stderr: the resident memory once the model is loaded, beside its parameters' bytes as fp32. (Loading's large
 /// temporaries were separate mappings, returned when freed; no malloc_trim, whose returned pages decoding would
 /// fault back in: ≈ 1,800 faults, 4 ms, on stories260K.)
@@ -252,13 +264,7 @@ void run(const Options& o, const Attention& attention) {
   }
   report_loaded(model);
   const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
-  pf::SamplerOptions sampling;
-  sampling.temperature = o.temperature;
-  sampling.top_p = o.top_p;
-  sampling.top_k = static_cast<int>(o.top_k);
-  sampling.seed = o.seed_given ? o.seed
-                               : static_cast<unsigned long long>(
-                                     std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  const pf::SamplerOptions sampling = sampler_options(o);
   const pf::Context ctx{static_cast<int>(o.threads)};
   if (!o.prompts.empty()) {
     run_batch(model, tokenizer, o, sampling, ctx);
@@ -290,13 +296,7 @@ void run_hf(const Options& o, const Attention& attention) {
   // A sequence's state holds keys and values for every position it may reach: only as many as this run needs.
   const pf::Index positions = static_cast<pf::Index>(std::max<std::size_t>(tokenizer.encode(o.prompt).size(), 1)) +
                               generation.max_new_tokens;
-  pf::SamplerOptions sampling;
-  sampling.temperature = o.temperature;
-  sampling.top_p = o.top_p;
-  sampling.top_k = static_cast<int>(o.top_k);
-  sampling.seed = o.seed_given ? o.seed
-                               : static_cast<unsigned long long>(
-                                     std::chrono::system_clock::now().time_since_epoch().count()) | 1u;
+  const pf::SamplerOptions sampling = sampler_options(o);
   const pf::Context ctx{static_cast<int>(o.threads)};
   const auto generate = [&](auto& model) {
     report_loaded(model);

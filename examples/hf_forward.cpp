@@ -49,10 +49,7 @@ Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    const auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw usage_error(a + " needs a value");
-      return argv[++i];
-    };
+    const auto value = [&] { return cli::value_after(argc, argv, i); };
     if (a == "--model") o.model = value();
     else if (a == "--inputs") o.inputs = value();
     else if (a == "--out") o.out = value();
@@ -136,6 +133,9 @@ template <typename Model>
 void run_causal(const Model& model, const Options& o, const Inputs& in,
                 std::vector<std::pair<std::string, pf::io::FloatTensor>>& out) {
   const Index d = model.config().dim, vocab = model.config().vocab_size;
+  if (in.n > model.config().seq_len)
+    throw std::runtime_error(o.inputs + ": " + std::to_string(in.n) + " positions, more than the model's " +
+                             std::to_string(model.config().seq_len));
   std::vector<float> hidden(static_cast<std::size_t>(in.batch * in.n * d), 0.0f);
   std::vector<float> logits(static_cast<std::size_t>(in.batch * in.n * vocab), 0.0f);
   typename Model::Workspace ws;
@@ -166,17 +166,9 @@ void run(const Options& o) {
   if (type == "bert") {
     run_bert(o, in, out);
   } else if (type == "gpt2") {
-    const auto model = pf::load_hf_gpt2(o.model);
-    if (in.n > model.config().seq_len)
-      throw std::runtime_error(o.inputs + ": " + std::to_string(in.n) + " positions, more than the model's " +
-                               std::to_string(model.config().seq_len));
-    run_causal(model, o, in, out);
+    run_causal(pf::load_hf_gpt2(o.model), o, in, out);
   } else if (type == "llama") {
-    const auto model = pf::load_hf_llama(o.model);
-    if (in.n > model.config().seq_len)
-      throw std::runtime_error(o.inputs + ": " + std::to_string(in.n) + " positions, more than the model's " +
-                               std::to_string(model.config().seq_len));
-    run_causal(model, o, in, out);
+    run_causal(pf::load_hf_llama(o.model), o, in, out);
   } else {
     throw std::runtime_error(o.model + "/config.json: model_type is \"" + type +
                              "\", expected \"bert\", \"gpt2\" or \"llama\" (the models hf_forward runs)");
@@ -187,14 +179,8 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cli::guarded_main("hf_forward", usage, [&] {
     run(parse(argc, argv));
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "hf_forward: %s\n%s", e.what(), usage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hf_forward: %s\n", e.what());
-    return 2;
-  }
+  });
 }

@@ -27,16 +27,13 @@ namespace {
 
 const std::string fixture_dir = POLYFORMER_GPT2_TOKENIZER_DIR;
 
-/// "<count> <hash of the ids' text>", as the fixture script writes it.
-std::string count_and_hash(const std::vector<int>& ids) { return std::to_string(ids.size()) + " " + pft::fnv_hash(pft::joined(ids)); }
-
 /// Each text's ids against the oracle's count and hash, and its decoding against the text.
 void check_texts(const pt::Tokenizer& t, const std::vector<std::string>& texts, const std::vector<std::string>& want) {
   REQUIRE(texts.size() == want.size());
   std::size_t wrong = 0, not_round_trip = 0;
   for (std::size_t i = 0; i < texts.size(); ++i) {
     const std::vector<int> ids = t.encode(texts[i]);
-    if (count_and_hash(ids) != want[i] && ++wrong <= 5)
+    if (pft::count_and_hash(ids) != want[i] && ++wrong <= 5)
       UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << pft::joined(ids));
     if (t.decode(ids) != texts[i] && ++not_round_trip <= 5)
       UNSCOPED_INFO("text " << i << " decodes as " << nlohmann::json(t.decode(ids)).dump());

@@ -59,8 +59,6 @@ std::vector<Expected> read_hashes(const std::string& path) {
   return rows;
 }
 
-std::string count_and_hash(const std::vector<int>& ids) { return std::to_string(ids.size()) + " " + pft::fnv_hash(pft::joined(ids)); }
-
 enum class Pipeline { legacy, metaspace, sentencepiece };
 
 /// Each text's ids and (but for SentencePiece) decoding against the oracle's.
@@ -73,7 +71,7 @@ void check_texts(const pt::Tokenizer& t, Pipeline which, const std::vector<std::
     const std::string& expected_ids = which == Pipeline::legacy      ? want[i].legacy_ids
                                       : which == Pipeline::metaspace ? want[i].metaspace_ids
                                                                      : want[i].sentencepiece_ids;
-    if (count_and_hash(ids) != expected_ids && ++wrong <= 5)
+    if (pft::count_and_hash(ids) != expected_ids && ++wrong <= 5)
       UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << pft::joined(ids));
     if (which == Pipeline::sentencepiece) continue;
     const std::string decoded = t.decode(ids);

@@ -44,15 +44,13 @@ std::vector<Expected> read_hashes(const std::string& path) {
   return rows;
 }
 
-std::string count_and_hash(const std::vector<int>& ids) { return std::to_string(ids.size()) + " " + pft::fnv_hash(pft::joined(ids)); }
-
 void check_texts(const pt::Tokenizer& t, bool sentencepiece, const std::vector<std::string>& texts,
                  const std::vector<Expected>& want) {
   REQUIRE(texts.size() == want.size());
   std::size_t wrong = 0, wrong_decoded = 0;
   for (std::size_t i = 0; i < texts.size(); ++i) {
     const std::vector<int> ids = t.encode(texts[i]);
-    if (count_and_hash(ids) != (sentencepiece ? want[i].sentencepiece_ids : want[i].ids) && ++wrong <= 5)
+    if (pft::count_and_hash(ids) != (sentencepiece ? want[i].sentencepiece_ids : want[i].ids) && ++wrong <= 5)
       UNSCOPED_INFO("text " << i << " " << nlohmann::json(texts[i]).dump() << ": ids " << pft::joined(ids));
     if (sentencepiece) continue;
     const std::string decoded = t.decode(ids);

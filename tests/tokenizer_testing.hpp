@@ -45,6 +45,9 @@ inline std::string fnv_hash(const std::string& text) {
   return hex;
 }
 
+/// "<count> <hash of the ids' text>", as the fixture scripts write ids.
+inline std::string count_and_hash(const std::vector<int>& ids) { return std::to_string(ids.size()) + " " + fnv_hash(joined(ids)); }
+
 /// The texts of a fixture's extra.jsonl: one JSON string per line.
 inline std::vector<std::string> fixture_texts(const std::string& fixture_dir) {
   std::vector<std::string> texts;

@@ -21,9 +21,8 @@
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const { execFileSync } = require('child_process');
 const { Tokenizer } = require('tokenizers');
-const { edge, extra, fortunes, hash } = require('./texts');
+const { edge, extra, fortunes, hash, sentencepieceIds } = require('./texts');
 
 const out = process.argv[2];
 const legacyJson = JSON.parse(fs.readFileSync(path.join(out, 'tokenizer.json'), 'utf8'));
@@ -38,33 +37,9 @@ const llamaEdge = ['<s>hello', 'Hi</s>there', 'a <unk> b', ' </s> x', '</s></s>'
 const texts = llamaEdge.concat(extra), edgeCount = llamaEdge.length + edge.length;
 const settings = [legacyJson, metaspaceJson].map((j) => Tokenizer.fromString(JSON.stringify(j)));
 
-// SentencePiece's ids of every text, <s> first, with <unk>, <s> and </s> in the text matched as special tokens (the
-// leftmost, then the longest) and the text between them encoded by the library: one JSON list per line from
-// python3-sentencepiece.
-function sentencepieceIds(texts) {
-  const script = `import json, re, sys
-import sentencepiece as spm
-sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
-special = re.compile('</s>|<unk>|<s>')
-for line in sys.stdin:
-    text, ids, at = json.loads(line), [1], 0
-    for m in special.finditer(text):
-        if m.start() > at:
-            ids += sp.encode(text[at:m.start()])
-        ids.append(sp.piece_to_id(m.group()))
-        at = m.end()
-    if at < len(text):
-        ids += sp.encode(text[at:])
-    print(json.dumps(ids))
-`;
-  const lines = execFileSync('/usr/bin/python3', ['-c', script, path.join(out, 'spiece.model')],
-                             { input: texts.map((t) => JSON.stringify(t)).join('\n') + '\n', maxBuffer: 1 << 30 });
-  return lines.toString('utf8').trim().split('\n').map((l) => JSON.parse(l));
-}
-
 async function write(name, texts) {
   const rows = [], edgeIds = [];
-  const sp = sentencepieceIds(texts);
+  const sp = sentencepieceIds(path.join(out, 'spiece.model'), texts, ['<unk>', '<s>', '</s>'], 1, null);
   let differs = 0;
   for (let i = 0; i < texts.length; ++i) {
     const columns = [];

@@ -16,39 +16,17 @@
 'use strict';
 const fs = require('fs');
 const path = require('path');
-const { execFileSync } = require('child_process');
 const { Tokenizer } = require('tokenizers');
-const { edge, extra, fortunes, hash } = require('./texts');
+const { edge, extra, fortunes, hash, sentencepieceIds } = require('./texts');
 
 const out = process.argv[2];
 const tokenizer = Tokenizer.fromString(fs.readFileSync(path.join(out, 'tokenizer.json'), 'utf8'));
 const t5Edge = ['translate English to German: That is good.', 'a</s>b', '<pad> <unk>x', '  two  spaces  ', '☃ ❄ 雪'];
 const texts = t5Edge.concat(extra), edgeCount = t5Edge.length + edge.length;
 
-function sentencepieceIds(texts) {
-  const script = `import json, re, sys
-import sentencepiece as spm
-sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
-special = re.compile('</s>|<unk>|<pad>')
-for line in sys.stdin:
-    text, ids, at = json.loads(line), [], 0
-    for m in special.finditer(text):
-        if m.start() > at:
-            ids += sp.encode(text[at:m.start()])
-        ids.append(sp.piece_to_id(m.group()))
-        at = m.end()
-    if at < len(text):
-        ids += sp.encode(text[at:])
-    print(json.dumps(ids + [1]))
-`;
-  const lines = execFileSync('/usr/bin/python3', ['-c', script, path.join(out, 'spiece.model')],
-                             { input: texts.map((t) => JSON.stringify(t)).join('\n') + '\n', maxBuffer: 1 << 30 });
-  return lines.toString('utf8').trim().split('\n').map((l) => JSON.parse(l));
-}
-
 async function write(name, texts) {
   const rows = [], edgeIds = [];
-  const sp = sentencepieceIds(texts);
+  const sp = sentencepieceIds(path.join(out, 'spiece.model'), texts, ['<pad>', '</s>', '<unk>'], null, 1);
   let differs = 0;
   for (let i = 0; i < texts.length; ++i) {
     const ids = (await tokenizer.encode(texts[i], null, { addSpecialTokens: true })).getIds();

@@ -72,4 +72,30 @@ function hash(text) {
   return (h & 0xffffffffn).toString(16).padStart(8, '0');
 }
 
-module.exports = { edge, extra: edge.concat(randomTexts(3000)), fortunes, hash };
+// SentencePiece's own ids of each text (python3-sentencepiece over `model`), with the special pieces `specials` in
+// the text matched as such (the leftmost, then the longest) and the text between them encoded by the library; `bos`
+// before and `eos` after every text when not null.
+function sentencepieceIds(model, texts, specials, bos, eos) {
+  const script = `import json, re, sys
+import sentencepiece as spm
+sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
+special = re.compile('|'.join(re.escape(s) for s in sorted(json.loads(sys.argv[2]), key=len, reverse=True)))
+bos, eos = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+for line in sys.stdin:
+    text, ids, at = json.loads(line), [] if bos is None else [bos], 0
+    for m in special.finditer(text):
+        if m.start() > at:
+            ids += sp.encode(text[at:m.start()])
+        ids.append(sp.piece_to_id(m.group()))
+        at = m.end()
+    if at < len(text):
+        ids += sp.encode(text[at:])
+    print(json.dumps(ids + ([] if eos is None else [eos])))
+`;
+  const lines = require('child_process').execFileSync(
+      '/usr/bin/python3', ['-c', script, model, JSON.stringify(specials), JSON.stringify(bos), JSON.stringify(eos)],
+      { input: texts.map((t) => JSON.stringify(t)).join('\n') + '\n', maxBuffer: 1 << 30 });
+  return lines.toString('utf8').trim().split('\n').map((l) => JSON.parse(l));
+}
+
+module.exports = { edge, extra: edge.concat(randomTexts(3000)), fortunes, hash, sentencepieceIds };

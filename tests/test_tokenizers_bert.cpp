@@ -95,11 +95,7 @@ TEST_CASE("BERT's WordPiece tokenizer equals Hugging Face tokenizers under every
     check_texts(t, texts, rows, s, s == 0);
   }
   const auto uncased = pt::Tokenizer::open(fixture_dir);  // vocab.txt, as BertTokenizer reads it
-  const std::vector<std::string> edge_ids = pft::lines_of(fixture_dir + "/edge.ids");
-  for (std::size_t i = 0; i < edge_ids.size(); ++i) {
-    INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());
-    CHECK(pft::joined(uncased.encode(texts[i])) == edge_ids[i]);
-  }
+  pft::check_edge_cases(uncased, texts, fixture_dir);
   check_texts(uncased, texts, rows, 0, true);
   REQUIRE(uncased.wordpiece() != nullptr);
   CHECK(uncased.vocab_size() == 30005);

@@ -75,11 +75,7 @@ TEST_CASE("A Unigram tokenizer.json equals Hugging Face tokenizers on edge cases
   CHECK(t.vocab_size() == 4000);
   REQUIRE(t.unigram() != nullptr);
   const std::vector<std::string> texts = pft::fixture_texts(fixture_dir);
-  const std::vector<std::string> edge_ids = pft::lines_of(fixture_dir + "/edge.ids");
-  for (std::size_t i = 0; i < edge_ids.size(); ++i) {
-    INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());
-    CHECK(pft::joined(t.encode(texts[i])) == edge_ids[i]);
-  }
+  pft::check_edge_cases(t, texts, fixture_dir);
   check_texts(t, false, texts, read_hashes(fixture_dir + "/extra.hashes"));
   if (!fs::is_directory(pft::fortunes_dir))
     FAIL(pft::fortunes_dir << " is missing: install Debian's fortunes package (the README's apt-get line does)");

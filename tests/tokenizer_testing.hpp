@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "support.hpp"
@@ -53,6 +54,17 @@ inline std::vector<std::string> fixture_texts(const std::string& fixture_dir) {
   std::vector<std::string> texts;
   for (const std::string& line : lines_of(fixture_dir + "/extra.jsonl")) texts.push_back(nlohmann::json::parse(line));
   return texts;
+}
+
+/// The tokenizer's ids of the fixture's hand-written cases (the first texts) against the oracle's in edge.ids.
+template <typename Tokenizer>
+void check_edge_cases(const Tokenizer& tokenizer, const std::vector<std::string>& texts, const std::string& fixture_dir) {
+  const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/edge.ids");
+  REQUIRE(edge_ids.size() <= texts.size());
+  for (std::size_t i = 0; i < edge_ids.size(); ++i) {
+    INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());
+    CHECK(joined(tokenizer.encode(texts[i])) == edge_ids[i]);
+  }
 }
 
 /// Every fortune record, as texts.js reads them: the files in name order, the lines between "%" lines.

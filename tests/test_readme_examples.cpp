@@ -91,3 +91,25 @@ TEST_CASE("readme: gradients", "[readme][backward]") {
   CHECK(loss < 10.0);
   CHECK(llama_grads.embedding.norm() > 0.0f);
 }
+
+#ifdef POLYFORMER_HF_STORIES_DIR
+TEST_CASE("readme: text generation and beam search with a Hugging Face model and tokenizer", "[readme][hf]") {
+  const std::string dir = std::string(POLYFORMER_HF_STORIES_DIR) + "/stories260K";  // a Llama directory
+  const auto gpt2 = pf::load_hf_llama(dir);
+  const auto tokenizer = pf::tokenizers::Tokenizer::open(dir);
+  std::string text;
+  // As the README writes it, but for the output stream.
+  pf::TextGenerationOptions options;
+  options.max_new_tokens = 64;
+  options.eos_token_ids = {50256};                                      // config.json's eos_token_id
+  auto sequence = gpt2.new_sequence();
+  pf::Sampler sampler(static_cast<int>(gpt2.config().vocab_size), {.temperature = 0.0f});  // greedy
+  pf::generate_text(sequence, tokenizer, "Hello", options, sampler, [&](std::string_view piece) { text += piece; });
+  pf::BeamSearchOptions beams;
+  beams.num_beams = 4;
+  beams.eos_token_ids = {50256};
+  pf::BeamSearchResult best = pf::beam_search_causal(gpt2, tokenizer.encode("Hello"), beams);  // best.tokens: new ids
+  CHECK(text.starts_with("Hello"));
+  CHECK(best.tokens.size() == 20);
+}
+#endif

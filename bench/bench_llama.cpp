@@ -11,6 +11,9 @@
 //   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token).
 //   BM_llama110m_decode_batch decodes B sequences per batched forward; BM_llama110m_decode_users runs one or two
 //   user threads on the shared model, one worker each.
+// - GPT-2 small (124M: dim 768, 12 layers, 12 heads, inner 3072, vocab 50257, 1024 positions, tied lm_head; random
+//   weights; models/gpt2.hpp): BM_gpt2_small_decode as BM_llama110m_decode — weight bytes streamed per second
+//   against the STREAM triad of the same run (the target: >= 90 %).
 // - training, llama2.c's train.py shape (stories15M: dim 288, 6 layers, 6 heads, hidden 768, vocab 32000, tied
 //   classifier, seq 256, batch 8, random weights and tokens): BM_llama_train times full optimizer steps of
 //   CausalLMTrainer (forward, cross-entropy, backward, clip 1.0, AdamW β 0.9/0.95, weight decay 0.1), every
@@ -37,6 +40,7 @@
 #include "counters.hpp"
 #include "memory.hpp"
 #include "polyformer/polyformer.hpp"
+#include "polyformer/models/gpt2.hpp"
 #include "polyformer/models/llama_lora.hpp"
 #include "polyformer/train/data.hpp"
 #include "polyformer/train/trainer.hpp"
@@ -215,6 +219,55 @@ void BM_llama110m_decode(benchmark::State& state) {
   state.counters["triad_GB/s"] = benchmark::Counter(triad);
   state.counters["pct_of_triad"] = benchmark::Counter(100.0 * gbps / triad);
   memory.report(state);
+}
+
+/// GPT-2 small with random weights (N(0, 0.02)-like, norm gains 1), built once per process.
+pf::Gpt2<>& gpt2_small() {
+  static pf::Gpt2<> model = [] {
+    pf::io::LlamaConfig c = llama_shape(768, 3072, 12, 12, 50257, 1024);
+    c.norm_eps = 1e-5f;
+    pf::Gpt2<> m = pf::make_gpt2(c);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    const pf::ParameterList params = pf::parameters_of(m);  // named: the loop below refers into it
+    for (const pf::Parameter& p : params.items()) {
+      std::vector<float> values(static_cast<std::size_t>(p.numel()));
+      const bool gain = p.name.find("ln_") != std::string::npos && p.name.ends_with(".weight");
+      for (float& v : values) v = gain ? 1.0f : normal(rng);
+      p.write(values.data());
+    }
+    return m;
+  }();
+  return model;
+}
+
+void BM_gpt2_small_decode(benchmark::State& state) {
+  const pf::Context ctx{static_cast<int>(state.range(0))};
+  auto& model = gpt2_small();
+  auto sequence = model.new_sequence();
+  constexpr int tokens = 32;
+  const auto run = [&] {
+    sequence.reset();
+    int token = 50256;
+    for (int i = 0; i < tokens; ++i) token = pf::Sampler::argmax(sequence.forward(std::span<const int>(&token, 1), ctx));
+    return token;
+  };
+  run();  // warm-up
+  const double triad = triad_gbps(ctx.threads);
+  const bench::LoopClock clock;
+  for (auto _ : state) benchmark::DoNotOptimize(run());
+  clock.report(state, 0.0);
+  state.counters.erase("GFLOP/s");
+  // Every parameter is read once per token but the position table, of which one row is.
+  const auto& c = model.config();
+  const double bytes = 4.0 * (static_cast<double>(pf::parameters_of(model).numel()) -
+                              static_cast<double>((c.seq_len - 1) * c.dim));
+  const double seconds_per_token = state.counters["ms"] * 1e-3 / tokens;
+  const double gbps = bytes / seconds_per_token * 1e-9;
+  state.counters["tok/s"] = benchmark::Counter(1.0 / seconds_per_token);
+  state.counters["weight_GB/s"] = benchmark::Counter(gbps);
+  state.counters["triad_GB/s"] = benchmark::Counter(triad);
+  state.counters["pct_of_triad"] = benchmark::Counter(100.0 * gbps / triad);
 }
 
 /// GFLOP/s of the packed GEMM (512×768 · 768→2048, the FFN's gate) on `threads` threads, best of 5.
@@ -405,6 +458,7 @@ void BM_llama_train(benchmark::State& state) {
 
 BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_stream_triad)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_gpt2_small_decode)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_llama110m_decode<pf::Dense>)->Name("BM_llama110m_decode")->ArgName("threads")->Arg(1)->Arg(2)
     ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_decode<pf::Int8>)->Name("BM_llama110m_decode_int8")->ArgName("threads")->Arg(1)->Arg(2)

@@ -556,6 +556,30 @@ TEST_CASE("io/safetensors: rejects an unknown dtype, naming it and the tensor") 
                     Contains("dtype 'f32'"));  // case matters
 }
 
+TEST_CASE("io/safetensors: I32 and I64 tensors read as integers, refused where floats are read") {
+  std::vector<unsigned char> data;
+  const auto put = [&](std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) data.push_back(static_cast<unsigned char>(v >> (8 * i)));
+  };
+  put(7, 4);
+  put(static_cast<std::uint32_t>(-3), 4);                 // I32: 7, -3
+  put(static_cast<std::uint64_t>(1) << 40, 8);            // I64: 2^40, -1
+  put(static_cast<std::uint64_t>(-1), 8);
+  const auto f32 = le32({5.0f, 2.5f});
+  data.insert(data.end(), f32.begin(), f32.end());
+  const auto file = load(make_file(R"({"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]},)"
+                                   R"("b":{"dtype":"I64","shape":[2],"data_offsets":[8,24]},)"
+                                   R"("c":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})",
+                                   data));
+  CHECK(file.integers("a") == std::vector<std::int64_t>{7, -3});
+  CHECK(file.integers("b") == std::vector<std::int64_t>{std::int64_t{1} << 40, -1});
+  CHECK_THROWS_WITH(file.integers("c"), Contains("tensor 'c' element 1 is 2.5, expected a whole number"));
+  CHECK_THROWS_WITH(file.tensor("a"), Contains("tensor 'a' is I32, expected a floating-point tensor"));
+  CHECK_THROWS_WITH(file.matrix("b"), Contains("tensor 'b' is I64, expected a floating-point tensor"));
+  CHECK_THROWS_WITH(load(one_entry(R"({"dtype":"I64","shape":[2],"data_offsets":[0,8]})")),
+                    Contains("tensor 'w'"));  // 2 × 8 bytes do not fit 8
+}
+
 TEST_CASE("io/safetensors: rejects negative shape entries") {
   CHECK_THROWS_AS(load(one_entry(R"({"dtype":"F32","shape":[2,-1],"data_offsets":[0,8]})")), format_error);
   CHECK_THROWS_WITH(load(one_entry(R"({"dtype":"F32","shape":[2,-1],"data_offsets":[0,8]})")),

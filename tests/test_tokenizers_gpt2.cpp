@@ -121,7 +121,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
         R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace or a Sequence of them (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
   fails("{" + byte_level + R"(, "decoder": {"type": "CTC"}, )" + model + "}", "decoder is {\"type\":\"CTC\"}");
-  fails("{" + byte_level + R"(, "model": {"type": "Unigram", "vocab": []}})", "model.type is \"Unigram\"");
+  fails("{" + byte_level + R"(, "model": {"type": "WordLevel", "vocab": {}}})", "model.type is \"WordLevel\"");
   fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {"a": 0}}})",
         "the unknown token '[UNK]' is not in the vocabulary");
   fails(R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, )" + model + "}", "expected null, a ByteLevel or a Metaspace one (the BPE model's)");

@@ -113,3 +113,17 @@ TEST_CASE("readme: text generation and beam search with a Hugging Face model and
   CHECK(best.tokens.size() == 20);
 }
 #endif
+
+#ifdef POLYFORMER_HF_T5_REFERENCE_DIR
+TEST_CASE("readme: T5 encodes once and decodes over its state", "[readme][hf][t5]") {
+  const std::vector<int> input_ids{5, 6, 7, 8};
+  // As the README writes it, on the reference script's small T5.
+  auto t5 = pf::load_hf_t5(std::string(POLYFORMER_HF_T5_REFERENCE_DIR) + "/relu_f32");
+  pf::Matrix memory = t5.encode(input_ids, /*mask=*/{}, pf::Context{2});        // (n, d_model)
+  auto state = t5.start(memory, /*mask=*/{}, /*capacity=*/64, pf::Context{2});
+  int token = t5.config().decoder_start_token_id;
+  auto logits = t5.decode(state, std::span<const int>(&token, 1), pf::Context{2});  // (vocab), then one token at a time
+  CHECK(memory.rows() == 4);
+  CHECK(logits.size() == std::size_t(t5.config().vocab_size));
+}
+#endif

@@ -40,6 +40,7 @@
 #include "polyformer/linear/lora.hpp"
 #include "polyformer/linear/registry.hpp"
 
+#include "polyformer/attention/relative_position.hpp"
 #include "polyformer/attention/blockwise.hpp"
 #include "polyformer/attention/dynamic_attention.hpp"
 #include "polyformer/attention/full.hpp"
@@ -77,6 +78,7 @@
 #include "polyformer/models/hf_bert.hpp"
 #include "polyformer/models/hf_gpt2.hpp"
 #include "polyformer/models/hf_llama.hpp"
+#include "polyformer/models/hf_t5.hpp"
 #include "polyformer/models/llama.hpp"
 #include "polyformer/models/llama_export.hpp"
 #include "polyformer/models/llama_lora.hpp"

@@ -2,6 +2,7 @@
 /// \file FFN activation policies. Plain ones map x → y; gated ones (SwiGLU, Shazeer 2020) combine a
 /// gate and an up projection.
 
+#include <cmath>
 #include <cstddef>
 
 #include "polyformer/core/concepts.hpp"
@@ -57,7 +58,35 @@ struct SwiGLU {
   }
 };
 
+/// GeGLU with tanh GELU: y = gelu_tanh(gate) ⊙ up (Shazeer 2020), T5 v1.1's and FLAN-T5's "gated-gelu" FFN.
+struct GeGLUTanh {
+  static constexpr bool gated = true;
+  static constexpr const char* name = "geglu_tanh";
+  /// y may equal gate or up.
+  static void apply(const float* gate, const float* up, float* y, std::size_t n) noexcept {
+    constexpr std::size_t chunk = 256;
+    float activated[chunk];
+    for (std::size_t i = 0; i < n; i += chunk) {
+      const std::size_t m = n - i < chunk ? n - i : chunk;
+      kernels::gelu_tanh(gate + i, activated, m);
+      for (std::size_t j = 0; j < m; ++j) y[i + j] = activated[j] * up[i + j];
+    }
+  }
+  /// dgate = dy·up·gelu_tanh′(gate), dup = dy·gelu_tanh(gate); any output may equal any input.
+  static void backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup,
+                       std::size_t n) noexcept {
+    constexpr float k = 0.7978845608028654f, c = 0.044715f;  // √(2/π), the cubic's coefficient
+    for (std::size_t i = 0; i < n; ++i) {
+      const float x = gate[i], u = up[i], d = dy[i];
+      const float t = std::tanh(k * (x + c * x * x * x));
+      const float value = 0.5f * x * (1.0f + t), slope = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+      dgate[i] = d * u * slope;
+      dup[i] = d * value;
+    }
+  }
+};
+
 static_assert(ActivationPolicy<ReLU> && ActivationPolicy<GELU> && ActivationPolicy<GELUTanh> &&
-              ActivationPolicy<SwiGLU>);
+              ActivationPolicy<SwiGLU> && ActivationPolicy<GeGLUTanh>);
 
 }  // namespace polyformer

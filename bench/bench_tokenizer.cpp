@@ -2,7 +2,8 @@
 // second, for each kind of tokenizer the test fixtures hold (unpacked by the test build into
 // build/tests/tokenizers-<name>): gpt2 (byte-level BPE, GPT-2's real vocabulary from vocab.json + merges.txt),
 // bert (WordPiece, uncased, from vocab.txt), llama (SentencePiece-style BPE with byte fallback, tokenizer.json),
-// t5 (Unigram, tokenizer.json). The peer, the Hugging Face tokenizers library on the same corpus and files:
+// t5 (Unigram, tokenizer.json), t5_nfkc (Unigram after T5's Precompiled NFKC map, WhitespaceSplit and Metaspace: the
+// Hub's T5 layout, tokenizers-t5/tokenizer_nfkc_hub.json). The peer, the Hugging Face tokenizers library on the same corpus and files:
 // bench/peers/hf_tokenizers.js (bench/README.md).
 //   ./build/bench/bench_tokenizer [--benchmark_filter=…]   (POLYFORMER_TOKENIZER_FIXTURES overrides build/tests)
 
@@ -22,14 +23,15 @@ namespace {
 namespace pt = polyformer::tokenizers;
 
 /// The fixture of tokenizer `name`: a directory for gpt2 and bert (vocab.json + merges.txt, vocab.txt), a
-/// tokenizer.json for llama and t5.
+/// tokenizer.json for llama, t5 and t5_nfkc.
 std::string fixture(const std::string& name) {
   const char* dir = std::getenv("POLYFORMER_TOKENIZER_FIXTURES");
-  const std::string root = std::string(dir != nullptr ? dir : POLYFORMER_TOKENIZER_FIXTURES) + "/tokenizers-" + name;
-  return name == "llama" || name == "t5" ? root + "/tokenizer.json" : root;
+  const std::string root = std::string(dir != nullptr ? dir : POLYFORMER_TOKENIZER_FIXTURES) + "/tokenizers-";
+  if (name == "t5_nfkc") return root + "t5/tokenizer_nfkc_hub.json";
+  return name == "llama" || name == "t5" ? root + name + "/tokenizer.json" : root + name;
 }
 
-const char* const names[] = {"gpt2", "bert", "llama", "t5"};
+const char* const names[] = {"gpt2", "bert", "llama", "t5", "t5_nfkc"};
 
 /// The fortune files' text without their "%" separator lines, in name order, cut into pieces of 20 lines (the
 /// size of a short document): what bench/peers/hf_tokenizers.js reads.
@@ -90,7 +92,7 @@ void BM_encode(benchmark::State& state) {
   state.SetBytesProcessed(bytes);
   state.counters["ids"] = benchmark::Counter(double(ids), benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_encode)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_encode)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
 void BM_decode(benchmark::State& state) {
   const std::string name = names[state.range(0)];
@@ -108,7 +110,7 @@ void BM_decode(benchmark::State& state) {
     }
   state.SetBytesProcessed(bytes);
 }
-BENCHMARK(BM_decode)->DenseRange(0, 3)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_decode)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
 }  // namespace
 

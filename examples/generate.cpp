@@ -1,6 +1,6 @@
 // generate: text from a llama2.c checkpoint (legacy, version 1 or 2) and its tokenizer, as llama2.c's run.c
 // prints it: the prompt, the continuation and a final newline on stdout; statistics on stderr. Or from a Hugging
-// Face directory (GPT-2, Llama: config.json, safetensors weights, a tokenizer) as transformers' generate runs it.
+// Face directory (GPT-2, Llama, T5: config.json, safetensors weights, a tokenizer) as transformers' generate runs it.
 //
 //   generate --model M.bin --tokenizer T.bin [--prompt TEXT] [--steps N] [--temperature T] [--topp P]
 //            [--topk K] [--seed S] [--threads N] [--attention A]
@@ -17,6 +17,9 @@
 // with K beams as transformers' generate(num_beams=K) does (no sampling; --length-penalty, 1 by default, divides a
 // hypothesis's log-probability by its length to that power; --early-stopping ends the search as soon as K
 // hypotheses are finished) and prints the best text once found.
+// A T5 directory's prompt (with the </s> its tokenizer adds) runs through the encoder once; the decoder starts from
+// decoder_start_token_id with the cross-attention keys and values projected once, and only its text is printed
+// (as transformers' decode of generate's output); --attention and --lora do not apply.
 // --attention swaps every layer's attention policy for A, the spelling of any policy of polyformer's registry
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
@@ -49,10 +52,12 @@
 
 #include "polyformer/polyformer.hpp"
 #include "polyformer/attention/dynamic_attention.hpp"
+#include "polyformer/generate/seq2seq_generation.hpp"
 #include "polyformer/generate/text_generation.hpp"
 #include "polyformer/linear/registry.hpp"
 #include "polyformer/models/hf_gpt2.hpp"
 #include "polyformer/models/hf_llama.hpp"
+#include "polyformer/models/hf_t5.hpp"
 #include "polyformer/models/llama_lora.hpp"
 
 #include "../bench/resident_memory.hpp"
@@ -210,6 +215,19 @@ void report_loaded(Model& model) {
                bench::proc_status_mib("VmRSS") * 1.048576, parameters, parameters * 4e-6);
 }
 
+/// Writes a piece of the text to stdout as soon as it is made.
+void print_piece(std::string_view piece) {
+  std::fwrite(piece.data(), 1, piece.size(), stdout);
+  std::fflush(stdout);
+}
+
+/// stderr: the tokens and speed of a generation's two phases (prefill and decode; T5's encoder and decoder).
+void report_speed(const pf::GenerationStats& stats, const char* first, const char* second) {
+  std::fprintf(stderr, "%s: %lld tokens, %.1f tok/s; %s: %lld tokens, %.1f tok/s\n", first,
+               static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(), second,
+               static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+}
+
 /// The lines of a prompts file (a final newline ends the last line; "\r\n" endings are accepted).
 std::vector<std::string> read_prompts(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
@@ -271,19 +289,63 @@ void run(const Options& o, const Attention& attention) {
     return;
   }
   pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
-  const auto stats = pf::generate(
-      model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler,
-      [](std::string_view piece) {
-        std::fwrite(piece.data(), 1, piece.size(), stdout);
-        std::fflush(stdout);
-      },
-      ctx);
-  std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
-               static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
-               static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+  const auto stats =
+      pf::generate(model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler, print_piece, ctx);
+  report_speed(stats, "prefill", "decode");
 }
 
-/// The text of a Hugging Face directory's model (GPT-2 or Llama) and tokenizer.
+/// Prints the text of `ids` (the decoder's new tokens, or the prompt's and the new ones) from a beam search's best
+/// hypothesis, its end token left out, and the search's figures on stderr.
+void print_beam_result(const pf::tokenizers::Tokenizer& tokenizer, std::vector<int> ids, pf::BeamSearchResult best,
+                       const pf::BeamSearchOptions& beam, double seconds) {
+  const std::size_t found = best.tokens.size();
+  if (!best.tokens.empty() &&
+      std::find(beam.eos_token_ids.begin(), beam.eos_token_ids.end(), best.tokens.back()) != beam.eos_token_ids.end())
+    best.tokens.pop_back();  // the end token ends the text, as in greedy decoding; it is not printed
+  ids.insert(ids.end(), best.tokens.begin(), best.tokens.end());
+  const std::string text = tokenizer.decode(ids, /*skip_special_tokens=*/true) + "\n";
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fprintf(stderr, "beam search: %d beams, %zu new tokens, score %.4f, %.3f s\n", beam.num_beams, found,
+               best.score, seconds);
+}
+
+/// The beam search options of the command line.
+pf::BeamSearchOptions beam_options(const Options& o, pf::Index max_new_tokens, std::vector<int> eos_token_ids) {
+  pf::BeamSearchOptions beam;
+  beam.num_beams = static_cast<int>(o.beams);
+  beam.max_new_tokens = max_new_tokens;
+  beam.length_penalty = o.length_penalty;
+  beam.early_stopping =
+      o.early_stopping ? pf::BeamSearchOptions::EarlyStopping::yes : pf::BeamSearchOptions::EarlyStopping::heuristic;
+  beam.eos_token_ids = std::move(eos_token_ids);
+  return beam;
+}
+
+/// A T5 directory's text: the prompt through the encoder once, then the decoder's tokens (greedy, sampled or by
+/// beam search), only those printed.
+template <typename Linear, typename Act>
+void run_t5(const Options& o, const pf::tokenizers::Tokenizer& tokenizer, const pf::TextGenerationOptions& generation,
+            const pf::SamplerOptions& sampling, const pf::Context& ctx) {
+  auto model = pf::load_hf_t5<Act, Linear>(o.model);
+  report_loaded(model);
+  if (o.beams > 1) {
+    const std::vector<int> ids = tokenizer.encode(o.prompt);
+    if (ids.empty()) throw std::runtime_error("the prompt encodes to no token: give a prompt");
+    const pf::BeamSearchOptions beam = beam_options(o, generation.max_new_tokens, generation.eos_token_ids);
+    const auto start = std::chrono::steady_clock::now();
+    const pf::Matrix memory = model.encode(ids, {}, ctx);
+    const pf::BeamSearchResult best = pf::beam_search_seq2seq(model, memory, {}, beam, ctx);
+    print_beam_result(tokenizer, {}, best, beam,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return;
+  }
+  pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
+  const auto stats = pf::generate_text_seq2seq(model, tokenizer, o.prompt, generation, sampler, print_piece, ctx);
+  std::fputc('\n', stdout);
+  report_speed(stats, "encoder", "decoder");
+}
+
+/// The text of a Hugging Face directory's model (GPT-2, Llama or T5) and tokenizer.
 template <typename Linear, typename Attention>
 void run_hf(const Options& o, const Attention& attention) {
   const pf::io::HfDirectory dir = pf::io::HfDirectory::open(o.model);
@@ -304,41 +366,20 @@ void run_hf(const Options& o, const Attention& attention) {
       std::vector<int> ids = tokenizer.encode(o.prompt);
       if (ids.empty() && generation.bos_token_id >= 0) ids.push_back(generation.bos_token_id);
       if (ids.empty()) throw std::runtime_error("the prompt encodes to no token and the model names no bos_token_id");
-      pf::BeamSearchOptions beam;
-      beam.num_beams = static_cast<int>(o.beams);
-      beam.max_new_tokens = std::min<pf::Index>(generation.max_new_tokens,
-                                                model.config().seq_len - static_cast<pf::Index>(ids.size()) + 1);
-      beam.length_penalty = o.length_penalty;
-      beam.early_stopping = o.early_stopping ? pf::BeamSearchOptions::EarlyStopping::yes
-                                             : pf::BeamSearchOptions::EarlyStopping::heuristic;
-      beam.eos_token_ids = generation.eos_token_ids;
+      const pf::BeamSearchOptions beam = beam_options(
+          o, std::min<pf::Index>(generation.max_new_tokens, model.config().seq_len - static_cast<pf::Index>(ids.size()) + 1),
+          generation.eos_token_ids);
       const auto start = std::chrono::steady_clock::now();
-      pf::BeamSearchResult best = pf::beam_search_causal(model, ids, beam, ctx);
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      const std::size_t found = best.tokens.size();
-      if (!best.tokens.empty() && std::find(beam.eos_token_ids.begin(), beam.eos_token_ids.end(), best.tokens.back()) !=
-                                      beam.eos_token_ids.end())
-        best.tokens.pop_back();  // the end token ends the text, as in greedy decoding; it is not printed
-      ids.insert(ids.end(), best.tokens.begin(), best.tokens.end());
-      const std::string text = tokenizer.decode(ids, /*skip_special_tokens=*/true) + "\n";
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fprintf(stderr, "beam search: %lld beams, %zu new tokens, score %.4f, %.3f s\n", o.beams, found, best.score,
-                   seconds);
+      const pf::BeamSearchResult best = pf::beam_search_causal(model, ids, beam, ctx);
+      print_beam_result(tokenizer, std::move(ids), best, beam,
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       return;
     }
     auto sequence = model.new_sequence();
     pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
-    const auto stats = pf::generate_text(
-        sequence, tokenizer, o.prompt, generation, sampler,
-        [](std::string_view piece) {
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-          std::fflush(stdout);
-        },
-        ctx);
+    const auto stats = pf::generate_text(sequence, tokenizer, o.prompt, generation, sampler, print_piece, ctx);
     std::fputc('\n', stdout);
-    std::fprintf(stderr, "prefill: %lld tokens, %.1f tok/s; decode: %lld tokens, %.1f tok/s\n",
-                 static_cast<long long>(stats.prefill_tokens), stats.prefill_tokens_per_second(),
-                 static_cast<long long>(stats.decoded_tokens), stats.decode_tokens_per_second());
+    report_speed(stats, "prefill", "decode");
   };
   const auto capped = [&](pf::Index config_positions) { return std::min(positions, config_positions); };
   if (type == "gpt2") {
@@ -354,9 +395,17 @@ void run_hf(const Options& o, const Attention& attention) {
       if (o.merge_lora) pf::merge_lora_adapters(model);
     }
     generate(model);
+  } else if (type == "t5") {
+    if (!o.loras.empty()) throw usage_error("--lora applies to Llama models only (" + o.model + " is T5)");
+    if (o.attention != "full")
+      throw usage_error("--attention " + o.attention + ": T5 attends with its relative position bias (full only)");
+    bool gated = false;
+    pf::hf_t5_config(dir, gated);
+    if (gated) run_t5<Linear, pf::GeGLUTanh>(o, tokenizer, generation, sampling, ctx);
+    else run_t5<Linear, pf::ReLU>(o, tokenizer, generation, sampling, ctx);
   } else {
     throw std::runtime_error(o.model + "/config.json: model_type is \"" + type +
-                             "\", expected \"gpt2\" or \"llama\" (the decoder-only models generate runs)");
+                             "\", expected \"gpt2\", \"llama\" or \"t5\" (the models generate runs)");
   }
 }
 

@@ -12,7 +12,8 @@ shared embedding scaled by d_model^-0.5 when tie_word_embeddings, else from lm_h
 transformers computes them (in float32); everything else in float64 over the weights as stored.
 Each case is DIR/<case>/ (config.json, model.safetensors) and DIR/<case>.reference.safetensors with "input_ids",
 "attention_mask" (batch, n), "decoder_input_ids" (batch, m), "encoder_last_hidden_state" (batch, n, d),
-"logits" (batch, m, vocab), and "greedy" (steps): greedy decoding from the decoder start token (0) for the first
+"last_hidden_state" (batch, m, d: the decoder's, after its final norm), "logits" (batch, m, vocab), and "greedy"
+(steps): greedy decoding from the decoder start token (0) for the first
 sequence, recomputed in full each step; "beam_<i>" with "beam_<i>_settings" as in hf_gpt2_reference.py.
   relu_f32: the original T5 (ReLU, tied, 4 heads of 8, d_model 32), two padded sequences;
   gated_bf16: v1.1 / FLAN-T5 (gated-gelu, untied lm_head, 3 heads of 12 so inner 36 ≠ d_model 30), BF16.
@@ -87,8 +88,9 @@ def encode(cfg, w, ids, mask):
     return norm(x, w["encoder.final_layer_norm.weight"], eps)
 
 
-def decode(cfg, w, memory, mask, ids):
-    """Logits (m, vocab) of decoder ids (m,) over the encoder's output."""
+def decode(cfg, w, memory, mask, ids, hidden=False):
+    """Logits (m, vocab) of decoder ids (m,) over the encoder's output; with `hidden`, the final norm's output
+    (m, d_model) instead."""
     eps, m, n = cfg["layer_norm_epsilon"], ids.shape[0], memory.shape[0]
     causal = torch.full((m, m), -math.inf, dtype=torch.float64).triu(1)
     self_bias = position_bias(cfg, w["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"], m, m,
@@ -102,6 +104,8 @@ def decode(cfg, w, memory, mask, ids):
         y = y + attention(cfg, w, p + "1.EncDecAttention.", norm(y, w[p + "1.layer_norm.weight"], eps), memory, cross_bias)
         y = y + feed_forward(cfg, w, p + "2.DenseReluDense.", norm(y, w[p + "2.layer_norm.weight"], eps))
     y = norm(y, w["decoder.final_layer_norm.weight"], eps)
+    if hidden:
+        return y
     if cfg["tie_word_embeddings"]:
         return (y * cfg["d_model"] ** -0.5) @ w["shared.weight"].T
     return y @ w["lm_head.weight"].T
@@ -160,11 +164,13 @@ def make_case(out_dir, name, cfg, dtype, seed, lengths, n, m, steps):
     dec[:, 0] = 0  # the decoder start token
     memories = [encode(cfg, stored, ids[b], mask[b]) for b in range(batch)]
     logits = torch.stack([decode(cfg, stored, memories[b], mask[b], dec[b]) for b in range(batch)])
+    hidden = torch.stack([decode(cfg, stored, memories[b], mask[b], dec[b], hidden=True) for b in range(batch)])
     seq = [0]
     for _ in range(steps):  # greedy from the start token over the first sequence, recomputed each step
         seq.append(int(decode(cfg, stored, memories[0], mask[0], torch.tensor(seq))[-1].argmax()))
     ref = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec,
            "encoder_last_hidden_state": torch.stack(memories), "logits": logits,
+           "last_hidden_state": hidden,
            "greedy": torch.tensor(seq[1:], dtype=torch.float64)}
     for i, (beams, max_new, penalty, early, eos_at) in enumerate(BEAM_SETTINGS):
         eos = seq[1 + eos_at]

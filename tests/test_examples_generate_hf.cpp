@@ -1,7 +1,8 @@
 // generate --model DIR, Hugging Face directories end to end: stories260K rewritten as a Llama directory with a
 // tokenizer.json (tests/hf_stories_directory.py, at configure time) prints byte for byte what llama2.c's run.c
 // prints (shared/models/golden); a GPT-2 directory of tests/hf_gpt2_reference.py, given a tokenizer of one byte
-// per id, prints the reference's greedy ids; eos_token_id ends the text; bad directories and options exit 2.
+// per id, prints the reference's greedy ids, and a T5 directory of tests/hf_t5_reference.py its greedy and beam
+// search decoder ids; eos_token_id ends the text; bad directories and options exit 2.
 
 #include <catch2/catch.hpp>
 
@@ -42,14 +43,15 @@ std::string quoted(const std::string& text) {
   return q + "'";
 }
 
-/// The byte that the test's GPT-2 tokenizer gives id `id` (0..102): '!'..'~', then space, then 0x01..0x08.
+/// The byte that the test's tokenizers give id `id` (0..106): '!'..'~', then space, then 0x01..0x0c.
 char byte_of(int id) { return static_cast<char>(id < 94 ? 0x21 + id : id == 94 ? 0x20 : id - 94); }
 
-/// A byte-level tokenizer.json of 103 ids, one byte each (no merges), for the reference's 103-token GPT-2.
-void write_byte_tokenizer(const std::string& dir) {
+/// A byte-level tokenizer.json of `size` ids, one byte each (no merges): 103 for the reference's GPT-2, 107 for its
+/// T5.
+void write_byte_tokenizer(const std::string& dir, int size = 103) {
   const auto& alphabet = polyformer::tokenizers::ByteAlphabet::instance();
   nlohmann::json vocab = nlohmann::json::object();
-  for (int id = 0; id < 103; ++id) vocab[alphabet.spelling(static_cast<unsigned char>(byte_of(id)))] = id;
+  for (int id = 0; id < size; ++id) vocab[alphabet.spelling(static_cast<unsigned char>(byte_of(id)))] = id;
   const nlohmann::json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
                                      {"use_regex", true}};
   const nlohmann::json j = {{"version", "1.0"}, {"pre_tokenizer", byte_level}, {"decoder", byte_level},
@@ -131,6 +133,51 @@ TEST_CASE("examples/generate: --beams prints the reference's beam search text", 
   }
 }
 
+TEST_CASE("examples/generate: a T5 directory prints the reference's greedy and beam search decoder text",
+          "[examples][hf][t5]") {
+  const std::string reference_dir = POLYFORMER_HF_T5_REFERENCE_DIR;
+  for (const std::string name : {"relu_f32", "gated_bf16"}) {
+    INFO(name);
+    const auto ref = polyformer::io::SafetensorsFile::open(reference_dir + "/" + name + ".reference.safetensors");
+    // The first sequence is unpadded (its mask all ones): its ids are the prompt, one byte each.
+    const polyformer::io::FloatTensor ids = ref.tensor("input_ids");
+    const std::vector<int> prompt(ids.data.begin(), ids.data.begin() + std::ptrdiff_t(ids.shape[1]));
+    const std::vector<int> greedy = ints(ref.tensor("greedy").data);
+    const std::string dir = pft::copy_case(reference_dir + "/" + name, "generate_hf", "t5_" + name);
+    write_byte_tokenizer(dir, 107);
+    // config.json's eos_token_id (1) ends the text where the model first chooses it.
+    const std::size_t stop = std::size_t(std::find(greedy.begin(), greedy.end(), 1) - greedy.begin());
+    std::string out, err;
+    const std::string args = "--model " + dir + " --prompt " + quoted(text_of(prompt));
+    REQUIRE(run(args + " --temperature 0 --max-new-tokens " + std::to_string(greedy.size()), &out, &err) == 0);
+    CHECK(out == text_of(std::vector<int>(greedy.begin(), greedy.begin() + std::ptrdiff_t(stop))) + "\n");
+    CHECK(err.find("encoder: " + std::to_string(prompt.size()) + " tokens") != std::string::npos);
+    for (const int i : {0, 1}) {
+      const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
+      std::vector<int> want = ints(ref.tensor("beam_" + std::to_string(i)).data);
+      const int eos = int(s[4]);
+      INFO("beam setting " << i << ", eos " << eos);
+      if (!want.empty() && want.back() == eos) want.pop_back();  // the end token is not printed
+      const std::string d = pft::copy_case(dir, "generate_hf", "t5_" + name + "_beams_" + std::to_string(i));
+      pft::edit_config(d, "\"eos_token_id\": 1", "\"eos_token_id\": " + std::to_string(eos));
+      REQUIRE(run("--model " + d + " --prompt " + quoted(text_of(prompt)) + " --beams " + std::to_string(int(s[0])) +
+                      " --max-new-tokens " + std::to_string(int(s[1])) + " --length-penalty " + std::to_string(s[2]) +
+                      (s[3] > 0 ? " --early-stopping" : ""),
+                  &out, &err) == 0);
+      CHECK(out == text_of(want) + "\n");
+    }
+  }
+  const std::string dir = pft::copy_case(reference_dir + "/relu_f32", "generate_hf", "t5_bad");
+  write_byte_tokenizer(dir, 107);
+  std::string out, err;
+  CHECK(run("--model " + dir + " --prompt hi --attention sliding:4", &out, &err) == 2);
+  CHECK_THAT(err, Catch::Contains("T5 attends with its relative position bias"));
+  CHECK(run("--model " + dir + " --prompt hi --lora x", &out, &err) == 2);
+  CHECK_THAT(err, Catch::Contains("--lora applies to Llama models only"));
+  CHECK(run("--model " + dir + " --prompt ''", &out, &err) == 2);
+  CHECK_THAT(err, Catch::Contains("the prompt encodes to no token"));
+}
+
 TEST_CASE("examples/generate: bad Hugging Face directories and options exit with code 2", "[examples][hf][errors]") {
   const std::string dir = pft::copy_case(gpt2_reference_dir + "/lm_head_f32", "generate_hf", "bad");
   const auto fails = [](const std::string& args, const std::string& message) {
@@ -154,9 +201,9 @@ TEST_CASE("examples/generate: bad Hugging Face directories and options exit with
   fails("--model " + pft::shared_path("models/stories260K.bin") + " --tokenizer " +
             pft::shared_path("models/tok512.bin") + " --max-new-tokens 5",
         "--max-new-tokens is for a Hugging Face directory");
-  pft::edit_config(dir, "\"model_type\": \"gpt2\"", "\"model_type\": \"t5\"");
-  fails("--model " + dir + " --prompt hi", "model_type is \"t5\", expected \"gpt2\" or \"llama\"");
-  pft::edit_config(dir, "\"model_type\": \"t5\"", "\"model_type\": \"gpt2\"");
+  pft::edit_config(dir, "\"model_type\": \"gpt2\"", "\"model_type\": \"bert\"");
+  fails("--model " + dir + " --prompt hi", "model_type is \"bert\", expected \"gpt2\", \"llama\" or \"t5\"");
+  pft::edit_config(dir, "\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
   fs::copy_file(stories_dir + "/tokenizer.json", dir + "/tokenizer.json", fs::copy_options::overwrite_existing);
   fails("--model " + dir + " --prompt hi", "the tokenizer has 512 tokens, the model's logits 103");
   // The other way round loads (a model's vocabulary may be padded), and a token beyond the tokenizer is an error.

@@ -1,6 +1,7 @@
 // The hf_forward program end to end, against the float64 outputs of the Hugging Face reference scripts
-// (tests/hf_bert_reference.py, hf_gpt2_reference.py, hf_llama_reference.py): inputs written here with ids as I64,
-// I32 or F32, outputs read back; right padding of a causal model; bad input exits with code 2.
+// (tests/hf_bert_reference.py, hf_gpt2_reference.py, hf_llama_reference.py, hf_t5_reference.py): inputs written
+// here with ids as I64, I32 or F32, outputs read back; right padding of a causal model and of T5's decoder; bad
+// input exits with code 2.
 
 #include <catch2/catch.hpp>
 
@@ -126,6 +127,41 @@ TEST_CASE("examples/hf_forward: GPT-2's and Llama's logits equal the reference's
   }
 }
 
+TEST_CASE("examples/hf_forward: T5's encoder output, decoder output and logits equal the reference's",
+          "[examples][hf][t5]") {
+  for (const std::string name : {"relu_f32", "gated_bf16"}) {
+    INFO(name);
+    const std::string dir = POLYFORMER_HF_T5_REFERENCE_DIR;
+    const auto ref = io::SafetensorsFile::open(dir + "/" + name + ".reference.safetensors");
+    const io::FloatTensor dec = ref.tensor("decoder_input_ids");
+    const std::int64_t batch = dec.shape[0], m = dec.shape[1];
+    // The last row's decoder is padded after 9 tokens: those are as without padding (causal), the rest zero.
+    InputTensor decoder_mask{"I32", dec.shape, std::vector<double>(std::size_t(batch * m), 1.0)};
+    for (std::int64_t t = 9; t < m; ++t) decoder_mask.values[std::size_t((batch - 1) * m + t)] = 0;
+    const std::string inputs =
+        write_inputs(name, {{"input_ids", as("I64", ref.tensor("input_ids"))},
+                            {"attention_mask", as("F32", ref.tensor("attention_mask"))},
+                            {"decoder_input_ids", as("I32", dec)}, {"decoder_attention_mask", decoder_mask}});
+    const std::string out = pft::process_temp_path("hf_forward", name + "_out.safetensors");
+    std::string err;
+    REQUIRE(run("--model " + dir + "/" + name + " --inputs " + inputs + " --out " + out + " --threads 2", &err) == 0);
+    const auto got = io::SafetensorsFile::open(out);
+    CHECK(got.names() == std::vector<std::string>{"encoder_last_hidden_state", "last_hidden_state", "logits"});
+    for (const char* output : {"encoder_last_hidden_state", "last_hidden_state", "logits"}) {
+      INFO(output);
+      const io::FloatTensor want = ref.tensor(output), have = got.tensor(output);
+      REQUIRE(have.shape == want.shape);
+      std::vector<float> expected = want.data;
+      if (std::string(output) != "encoder_last_hidden_state") {
+        const std::int64_t width = want.shape[2];
+        for (std::int64_t t = 9; t < m; ++t)
+          std::fill_n(expected.begin() + std::ptrdiff_t(((batch - 1) * m + t) * width), width, 0.0f);
+      }
+      CHECK(relative_error(have.data, expected) < 1e-4);
+    }
+  }
+}
+
 TEST_CASE("examples/hf_forward: bad input exits with code 2 and says why", "[examples][hf][errors]") {
   const std::string bert = std::string(POLYFORMER_HF_BERT_REFERENCE_DIR) + "/model_f32";
   const std::string gpt2 = std::string(POLYFORMER_HF_GPT2_REFERENCE_DIR) + "/lm_head_f32";
@@ -140,19 +176,28 @@ TEST_CASE("examples/hf_forward: bad input exits with code 2 and says why", "[exa
   fails(gpt2, write_inputs("left", {{"input_ids", ids}, {"attention_mask", {"I64", {1, 4}, {0, 1, 1, 1}}}}),
         "attention_mask row 0 has a token after padding: a causal model takes right padding only");
   fails(bert, write_inputs("decoder", {{"input_ids", ids}, {"decoder_input_ids", ids}}),
-        "decoder_input_ids is not an input hf_forward reads");
+        "decoder_input_ids given to a bert model (only T5 has a decoder)");
+  fails(bert, write_inputs("unknown", {{"input_ids", ids}, {"labels", ids}}), "labels is not an input hf_forward reads");
+  const std::string t5 = std::string(POLYFORMER_HF_T5_REFERENCE_DIR) + "/relu_f32";
+  fails(t5, write_inputs("t5_encoder_only", {{"input_ids", ids}}), "no decoder_input_ids (T5 needs the decoder's ids");
+  fails(t5, write_inputs("t5_batch", {{"input_ids", ids}, {"decoder_input_ids", {"I64", {2, 1}, {0, 0}}}}),
+        "decoder_input_ids has shape (2, 1), expected (1, n)");
+  fails(t5, write_inputs("t5_left", {{"input_ids", ids}, {"decoder_input_ids", ids},
+                                     {"decoder_attention_mask", {"I64", {1, 4}, {0, 1, 1, 1}}}}),
+        "decoder_attention_mask row 0 has a token after padding");
   fails(bert, write_inputs("shape", {{"input_ids", ids}, {"attention_mask", {"I64", {4}, {1, 1, 1, 1}}}}),
         "attention_mask has shape (4), expected (1, 4) (as input_ids)");
   fails(bert, write_inputs("fraction", {{"input_ids", {"F32", {1, 2}, {5, 6.5}}}}),
         "tensor 'input_ids' element 1 is 6.5, expected a whole number");
   fails(bert, write_inputs("range", {{"input_ids", {"I64", {1, 2}, {5, 1000}}}}), "input_ids[1] is 1000, expected 0..100");
   fails(bert, write_inputs("none", {{"attention_mask", ids}}), "no input_ids");
-  const std::string t5 = pft::process_temp_path("hf_forward", "t5");
-  std::filesystem::create_directories(t5);
-  std::ofstream(t5 + "/config.json") << R"({"model_type": "t5"})";
-  std::filesystem::copy_file(write_inputs("empty", {}), t5 + "/model.safetensors",
+  const std::string other = pft::process_temp_path("hf_forward", "mt5");
+  std::filesystem::create_directories(other);
+  std::ofstream(other + "/config.json") << R"({"model_type": "mt5"})";
+  std::filesystem::copy_file(write_inputs("empty", {}), other + "/model.safetensors",
                              std::filesystem::copy_options::overwrite_existing);
-  fails(t5, write_inputs("t5", {{"input_ids", ids}}), "model_type is \"t5\", expected \"bert\", \"gpt2\" or \"llama\"");
+  fails(other, write_inputs("mt5", {{"input_ids", ids}}),
+        "model_type is \"mt5\", expected \"bert\", \"gpt2\", \"llama\" or \"t5\"");
   std::string err;
   CHECK(run("--model " + bert, &err) == 2);
   CHECK_THAT(err, Catch::Contains("--model, --inputs and --out are required"));

@@ -442,3 +442,16 @@ TEST_CASE("io/tokenizer: reading a missing file names the path", "[io][tokenizer
   REQUIRE_THROWS_AS(Tokenizer::read(path, 512), format_error);
   REQUIRE_THROWS_WITH(Tokenizer::read(path, 512), Contains("tokenizer: " + path + ": cannot open"));
 }
+
+TEST_CASE("io/tokenizer: a vocabulary without byte tokens refuses a character it lacks (found by fuzz_tokenizer_bin)",
+          "[io][tokenizer][errors]") {
+  // Nine tokens: ids 3..258 would be the byte tokens, so the byte fallback of "\n" (id 13) is past the vocabulary.
+  const Vocab v = {{"<unk>", 0.0f}, {"<s>", 0.0f}, {"</s>", 0.0f}, {" ", -1.0f}, {"a", -2.0f},
+                   {"b", -3.0f},    {" a", -4.0f}, {"ab", -5.0f},   {"<0x0A>", -6.0f}};
+  const Tokenizer t = Tokenizer::parse(write_vocab(3, v), 9, "nine");
+  // " a" (−4) merges before "ab" (−5): " ", a, " ", a, b, " ", b → " a", " a", b, " ", b.
+  CHECK(t.encode("a ab b", false) == Ids{6, 6, 5, 3, 5});
+  CHECK_THROWS_WITH(t.encode("a\nb"), Catch::Contains("Tokenizer::encode: the text needs the byte token <0x0A> (id 13), "
+                                                      "but the vocabulary has 9 tokens"));
+  CHECK_THROWS_AS(t.encode("\xFF"), polyformer::config_error);
+}

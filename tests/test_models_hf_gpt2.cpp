@@ -84,14 +84,7 @@ void check_case(const std::string& name) {
   CHECK(greedy(model, ints(ref.tensor("prompt").data), want_greedy.size()) == want_greedy);
   for (int i = 0; ref.contains("beam_" + std::to_string(i)); ++i) {
     const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
-    pf::BeamSearchOptions o;
-    o.num_beams = int(s.at(0));
-    o.max_new_tokens = Index(s.at(1));
-    o.length_penalty = s.at(2);
-    o.early_stopping = s.at(3) > 0   ? pf::BeamSearchOptions::EarlyStopping::yes
-                       : s.at(3) < 0 ? pf::BeamSearchOptions::EarlyStopping::never
-                                     : pf::BeamSearchOptions::EarlyStopping::heuristic;
-    o.eos_token_ids = {int(s.at(4))};
+    const pf::BeamSearchOptions o = pft::beam_options(s);
     INFO("beam setting " << i << ": " << o.num_beams << " beams, " << o.max_new_tokens << " new tokens, penalty "
                          << o.length_penalty << ", early stopping " << s.at(3) << ", eos " << o.eos_token_ids[0]);
     const std::vector<int> prompt = ints(ref.tensor("prompt").data);

@@ -2,8 +2,8 @@
 // float64 forward of tests/hf_t5_reference.py (written from transformers' modeling_t5.py, run at configure time):
 // the original T5 (ReLU, tied lm_head scaled by d_model^-½) in F32 over two padded sequences, and v1.1/FLAN-T5's
 // gated-gelu with an untied lm_head and heads·d_kv ≠ d_model in BF16. The encoder's output, the teacher-forced
-// logits, greedy decoding over the decoder's cache (cross-attention keys and values projected once) against the
-// reference's full recomputation, and beam search against its transformers-style search.
+// logits and decoder output, greedy decoding over the decoder's cache (cross-attention keys and values projected
+// once) against the reference's full recomputation, and beam search against its transformers-style search.
 
 #include <catch2/catch.hpp>
 
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "hf_testing.hpp"
-#include "polyformer/generate/beam_search.hpp"
+#include "polyformer/generate/seq2seq_generation.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "polyformer/models/hf_t5.hpp"
 
@@ -37,7 +37,7 @@ void check_case(const std::string& name) {
   const auto model = pf::load_hf_t5<typename Model::activation_type>(reference_dir + "/" + name);
   const pf::io::FloatTensor ids = ref.tensor("input_ids"), mask = ref.tensor("attention_mask"),
                             dec = ref.tensor("decoder_input_ids"), memory = ref.tensor("encoder_last_hidden_state"),
-                            logits = ref.tensor("logits");
+                            logits = ref.tensor("logits"), decoder_hidden = ref.tensor("last_hidden_state");
   const Index batch = ids.shape[0], n = ids.shape[1], m = dec.shape[1], d = memory.shape[2], vocab = logits.shape[2];
   const pf::Context ctx{2};
   std::vector<Matrix> memories;
@@ -48,9 +48,13 @@ void check_case(const std::string& name) {
     memories.push_back(model.encode(tokens, padding, ctx));
     const Matrix want_memory = Eigen::Map<const Matrix>(memory.data.data() + b * n * d, n, d);
     CHECK(pft::relative_error(memories.back(), want_memory) < 1e-4);
-    const Matrix got = model.forward(memories.back(), padding, ints(dec.data, std::size_t(b * m), std::size_t(m)), ctx);
+    Matrix hidden;
+    const Matrix got =
+        model.forward(memories.back(), padding, ints(dec.data, std::size_t(b * m), std::size_t(m)), ctx, &hidden);
     const Matrix want = Eigen::Map<const Matrix>(logits.data.data() + b * m * vocab, m, vocab);
     CHECK(pft::relative_error(got, want) < 1e-4);
+    const Matrix want_hidden = Eigen::Map<const Matrix>(decoder_hidden.data.data() + b * m * d, m, d);
+    CHECK(pft::relative_error(hidden, want_hidden) < 1e-4);
   }
   // Greedy from the start token over the cache, for the first sequence.
   const std::vector<int> padding0 = ints(mask.data, 0, std::size_t(n));
@@ -64,35 +68,12 @@ void check_case(const std::string& name) {
     greedy.push_back(token);
   }
   CHECK(greedy == want_greedy);
-  // Beam search: each beam a decoder state, copied from the beam it continues.
+  // Beam search: each beam a decoder state, taken from the beam it continues.
   for (int i = 0; ref.contains("beam_" + std::to_string(i)); ++i) {
     const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
-    pf::BeamSearchOptions o;
-    o.num_beams = int(s.at(0));
-    o.max_new_tokens = Index(s.at(1));
-    o.length_penalty = s.at(2);
-    o.early_stopping = s.at(3) > 0 ? pf::BeamSearchOptions::EarlyStopping::yes : pf::BeamSearchOptions::EarlyStopping::heuristic;
-    o.eos_token_ids = {int(s.at(4))};
-    std::vector<typename Model::DecoderState> beams, moved;
-    Matrix rows;
-    const auto first = [&]() -> std::span<const float> {
-      beams.assign(1, model.start(memories[0], padding0, o.max_new_tokens + 1, ctx));
-      const int start = model.config().decoder_start_token_id;
-      return model.decode(beams[0], std::span<const int>(&start, 1), ctx);
-    };
-    const auto next = [&](std::span<const int> sources, std::span<const int> tokens) -> const Matrix& {
-      moved.clear();
-      for (const int src : sources) moved.push_back(beams[std::size_t(src)]);
-      beams.swap(moved);
-      rows.resize(Index(beams.size()), model.config().vocab_size);
-      for (std::size_t b = 0; b < beams.size(); ++b) {
-        const auto l = model.decode(beams[b], tokens.subspan(b, 1), ctx);
-        std::copy(l.begin(), l.end(), rows.data() + Index(b) * rows.cols());
-      }
-      return rows;
-    };
+    const pf::BeamSearchOptions o = pft::beam_options(s);
     INFO("beam setting " << i);
-    CHECK(pf::beam_search(model.config().vocab_size, o, first, next).tokens == ints(ref.tensor("beam_" + std::to_string(i)).data));
+    CHECK(pf::beam_search_seq2seq(model, memories[0], padding0, o, ctx).tokens == ints(ref.tensor("beam_" + std::to_string(i)).data));
   }
 }
 

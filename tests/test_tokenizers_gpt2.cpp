@@ -118,7 +118,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   std::ofstream(dir + "/tokenizer.json") << "{" + byte_level + ", " + model + "}";  // the control case: fine
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab ab") == std::vector<int>{2, 2});
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
-        R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace or a Sequence of them (polyformer does not run it))");
+        R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
   fails("{" + byte_level + R"(, "decoder": {"type": "CTC"}, )" + model + "}", "decoder is {\"type\":\"CTC\"}");
   fails("{" + byte_level + R"(, "model": {"type": "WordLevel", "vocab": {}}})", "model.type is \"WordLevel\"");

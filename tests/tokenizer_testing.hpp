@@ -56,10 +56,12 @@ inline std::vector<std::string> fixture_texts(const std::string& fixture_dir) {
   return texts;
 }
 
-/// The tokenizer's ids of the fixture's hand-written cases (the first texts) against the oracle's in edge.ids.
+/// The tokenizer's ids of the fixture's hand-written cases (the first texts) against the oracle's in edge.ids (or
+/// the file named `edge_file`).
 template <typename Tokenizer>
-void check_edge_cases(const Tokenizer& tokenizer, const std::vector<std::string>& texts, const std::string& fixture_dir) {
-  const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/edge.ids");
+void check_edge_cases(const Tokenizer& tokenizer, const std::vector<std::string>& texts, const std::string& fixture_dir,
+                      const std::string& edge_file = "edge.ids") {
+  const std::vector<std::string> edge_ids = lines_of(fixture_dir + "/" + edge_file);
   REQUIRE(edge_ids.size() <= texts.size());
   for (std::size_t i = 0; i < edge_ids.size(); ++i) {
     INFO("edge case " << i << " " << nlohmann::json(texts[i]).dump());

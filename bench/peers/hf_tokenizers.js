@@ -3,7 +3,7 @@
 // 20 lines, encoded in one batch on one thread (RAYON_NUM_THREADS=1), the best of 5 runs as MB of UTF-8 per second.
 // NAME is gpt2 (its tokenizer.json built from vocab.json + merges.txt as tests/tokenizers/gpt2_fixtures.js builds
 // it), bert (uncased, from vocab.txt as tests/tokenizers/bert_fixtures.js builds it), llama or t5 (their
-// tokenizer.json).
+// tokenizer.json), or t5_nfkc (tokenizers-t5/tokenizer_nfkc_hub.json: T5's Precompiled NFKC layout).
 //   RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false NODE_PATH=/path/to/node_modules \
 //     node bench/peers/hf_tokenizers.js build/tests NAME
 'use strict';
@@ -12,7 +12,7 @@ const path = require('path');
 const { Tokenizer } = require('tokenizers');
 
 const name = process.argv[3] || 'gpt2';
-const dir = path.join(process.argv[2], 'tokenizers-' + name);
+const dir = path.join(process.argv[2], 'tokenizers-' + (name === 't5_nfkc' ? 't5' : name));
 
 function gpt2Json() {
   const vocab = JSON.parse(fs.readFileSync(path.join(dir, 'vocab.json'), 'utf8'));
@@ -48,7 +48,7 @@ function bertJson() {
 }
 
 const json = name === 'gpt2' ? JSON.stringify(gpt2Json()) : name === 'bert' ? JSON.stringify(bertJson())
-                             : fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8');
+                             : fs.readFileSync(path.join(dir, name === 't5_nfkc' ? 'tokenizer_nfkc_hub.json' : 'tokenizer.json'), 'utf8');
 const tokenizer = Tokenizer.fromString(json);
 
 const fortunes = '/usr/share/games/fortunes';

@@ -89,7 +89,10 @@
 #include "polyformer/tokenizers/byte_level.hpp"
 #include "polyformer/tokenizers/decode_stream.hpp"
 #include "polyformer/tokenizers/decoder.hpp"
+#include "polyformer/tokenizers/graphemes.hpp"
+#include "polyformer/tokenizers/json_number.hpp"
 #include "polyformer/tokenizers/normalizer.hpp"
+#include "polyformer/tokenizers/precompiled.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/tokenizer.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
@@ -97,6 +100,7 @@
 
 #include "polyformer/generate/generator.hpp"
 #include "polyformer/generate/sampler.hpp"
+#include "polyformer/generate/seq2seq_generation.hpp"
 #include "polyformer/generate/text_generation.hpp"
 
 #include "polyformer/train/checkpoint.hpp"

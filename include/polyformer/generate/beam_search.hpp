@@ -41,6 +41,26 @@ struct BeamSearchOptions {
   }
 };
 
+/// Makes `states` the next step's beams: beam i becomes a copy of the old beam sources[i]. A source's last use
+/// takes it by move, so a state is copied only when several beams continue it; `scratch` is left holding the old
+/// states' husks, so its storage serves the next step. Throws config_error for a source outside `states`.
+template <typename State>
+void reorder_beam_states(std::vector<State>& states, std::span<const int> sources, std::vector<State>& scratch) {
+  std::vector<std::size_t> uses(states.size(), 0);
+  for (const int s : sources) {
+    if (s < 0 || static_cast<std::size_t>(s) >= states.size())
+      throw config_error(detail::cat("reorder_beam_states: source ", s, ", expected 0..", states.size() - 1));
+    ++uses[std::size_t(s)];
+  }
+  scratch.clear();
+  for (const int s : sources) {
+    State& from = states[std::size_t(s)];
+    if (--uses[std::size_t(s)] == 0) scratch.push_back(std::move(from));
+    else scratch.push_back(from);
+  }
+  states.swap(scratch);
+}
+
 /// The best hypothesis: its new tokens (with the end token it finished with, if any) and its score.
 struct BeamSearchResult {
   std::vector<int> tokens;

@@ -102,7 +102,7 @@ GenerationStats generate_text(Sequence& sequence, const tokenizers::Tokenizer& t
 
 /// Beam search (generate/beam_search.hpp) over a causal LM from a prompt's ids: the prompt runs once, its state is
 /// copied to the beams, and every step advances all beams in one batched forward, each beam's state taken from the
-/// beam it continues. Returns the best hypothesis. Model: CausalLM-like, with make_state(), a Workspace and
+/// beam it continues (reorder_beam_states). Returns the best hypothesis. Model: CausalLM-like, with make_state(), a Workspace and
 /// forward(state, tokens, ws, ctx) / forward(states, token lists, ws, ctx). Throws config_error when the prompt
 /// and max_new_tokens pass the model's positions.
 template <typename Model>
@@ -123,9 +123,7 @@ BeamSearchResult beam_search_causal(const Model& model, std::span<const int> pro
     return model.forward(states[0], prompt, ws, ctx);
   };
   const auto next = [&](std::span<const int> sources, std::span<const int> tokens) -> const Matrix& {
-    moved.clear();
-    for (const int s : sources) moved.push_back(states[std::size_t(s)]);  // a beam's state: its source's, copied
-    states.swap(moved);
+    reorder_beam_states(states, sources, moved);
     pointers.clear();
     lists.clear();
     for (std::size_t b = 0; b < states.size(); ++b) {

@@ -97,7 +97,8 @@ class Tokenizer {
     return it == ids_.end() ? -1 : it->second;
   }
 
-  /// Token ids of `text` (up to its first NUL byte, as a C string), with BOS and EOS when asked.
+  /// Token ids of `text` (up to its first NUL byte, as a C string), with BOS and EOS when asked. Throws config_error
+  /// for a character the vocabulary has neither as a piece nor as byte tokens.
   std::vector<int> encode(std::string_view text, bool bos = true, bool eos = false) const {
     if (const auto nul = text.find('\0'); nul != std::string_view::npos) text = text.substr(0, nul);
     std::vector<int> tokens;
@@ -161,13 +162,23 @@ class Tokenizer {
   }
 
  private:
-  /// Appends the id of `piece`, or its bytes as byte tokens (<0xXX> is id byte + 3) when it is not a piece.
+  /// Appends the id of `piece`, or its bytes as byte tokens (<0xXX> is id byte + 3) when it is not a piece. Throws
+  /// config_error when the vocabulary is too small to hold that byte's token.
   void push_piece(std::vector<int>& tokens, std::string_view piece) const {
     if (const int id = find(piece); id != -1) {
       tokens.push_back(id);
       return;
     }
-    for (const char ch : piece) tokens.push_back(static_cast<int>(static_cast<unsigned char>(ch)) + 3);
+    for (const char ch : piece) {
+      const int byte = static_cast<unsigned char>(ch), id = byte + 3;
+      if (static_cast<std::size_t>(id) >= pieces_.size()) {
+        const char* hex = "0123456789ABCDEF";
+        throw config_error(detail::cat("Tokenizer::encode: the text needs the byte token <0x", hex[byte >> 4],
+                                       hex[byte & 15], "> (id ", id, "), but the vocabulary has ", pieces_.size(),
+                                       " tokens"));
+      }
+      tokens.push_back(id);
+    }
   }
 
   /// The byte of a piece spelled "<0x" followed by one or two hex digits (run.c's sscanf "<0x%02hhX>"), else -1.

@@ -161,9 +161,9 @@ class T5 {
   }
 
   /// Teacher-forced logits (m, vocab) of decoder ids over `memory` and its mask, as T5ForConditionalGeneration's
-  /// forward gives them.
-  Matrix forward(const Matrix& memory, std::span<const int> mask, std::span<const int> decoder_ids,
-                 const Context& ctx) const {
+  /// forward gives them; the decoder's output (m, d_model), after its final norm, into `last_hidden_state` if given.
+  Matrix forward(const Matrix& memory, std::span<const int> mask, std::span<const int> decoder_ids, const Context& ctx,
+                 Matrix* last_hidden_state = nullptr) const {
     const Index m = static_cast<Index>(decoder_ids.size());
     DecoderState state = start(memory, mask, m, ctx);
     state.x = embed(decoder_ids, "T5::forward");
@@ -171,6 +171,7 @@ class T5 {
     decoder_.forward_cached(cview(state.x), state.stack, view(state.y), state.ws, ctx);
     Matrix out(m, config_.vocab_size);
     logits(cview(state.y), view(out), ctx);
+    if (last_hidden_state) *last_hidden_state = std::move(state.y);
     return out;
   }
 

@@ -1,7 +1,9 @@
 #pragma once
 /// \file A tokenizer's normalizer: the steps of tokenizer.json's `normalizer` (one, or a Sequence of them), each
-/// rewriting the text of a segment before it is split into words. BertNormalizer (tokenizers/bert.hpp), Prepend
-/// and Replace with a literal pattern (SentencePiece's spaces as U+2581, the legacy Llama pipeline).
+/// rewriting the text of a segment before it is split into words. BertNormalizer (tokenizers/bert.hpp), Prepend,
+/// Replace with a literal pattern (SentencePiece's spaces as U+2581, the legacy Llama pipeline) or a run of one
+/// character (transformers' SentencePiece conversions: " {2,}"), Strip of whitespace, and SentencePiece's
+/// Precompiled character map (tokenizers/precompiled.hpp: T5's, ALBERT's).
 
 #include <string>
 #include <string_view>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "polyformer/tokenizers/bert.hpp"
+#include "polyformer/tokenizers/precompiled.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 
 namespace polyformer::tokenizers {
@@ -23,6 +26,25 @@ struct Prepend {
 struct Replace {
   std::string pattern, content;
 };
+
+/// Replaces every run of at least `min_count` of `character` (one UTF-8 character) with `content`: the regular
+/// expression "c{n,}".
+struct ReplaceRun {
+  std::string character;
+  std::size_t min_count = 1;
+  std::string content;
+};
+
+/// Removes whitespace (Unicode White_Space) from the start (`left`) and the end (`right`).
+struct Strip {
+  bool left = false, right = true;
+};
+
+/// Whether `c` has Unicode's White_Space property (Rust's char::is_whitespace, which the tokenizers library uses).
+inline bool is_white_space(char32_t c) noexcept {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
 
 /// Replaces every occurrence of `pattern` in `text` with `content`, left to right without overlaps.
 inline std::string replace_all(std::string_view text, std::string_view pattern, std::string_view content) {
@@ -39,7 +61,7 @@ inline std::string replace_all(std::string_view text, std::string_view pattern, 
 
 class Normalizer {
  public:
-  using Step = std::variant<BertNormalizer, Prepend, Replace>;
+  using Step = std::variant<BertNormalizer, Prepend, Replace, ReplaceRun, Strip, Precompiled>;
 
   Normalizer() = default;
   explicit Normalizer(std::vector<Step> steps) : steps_(std::move(steps)) {}
@@ -59,15 +81,57 @@ class Normalizer {
           prefixed.append(p->text).append(out);
           out = std::move(prefixed);
         }
+      } else if (const auto* r = std::get_if<Replace>(&step)) {
+        out = replace_all(out, r->pattern, r->content);
+      } else if (const auto* run = std::get_if<ReplaceRun>(&step)) {
+        out = replace_runs(out, *run);
+      } else if (const auto* strip = std::get_if<Strip>(&step)) {
+        out = strip_white_space(out, *strip);
       } else {
-        const auto& r = std::get<Replace>(step);
-        out = replace_all(out, r.pattern, r.content);
+        out = std::get<Precompiled>(step).normalize(out, func);
       }
     }
     return out;
   }
 
  private:
+  static std::string replace_runs(std::string_view text, const ReplaceRun& r) {
+    std::string out;
+    out.reserve(text.size());
+    const std::string_view c = r.character;
+    for (std::size_t at = 0; at < text.size();) {
+      std::size_t count = 0, end = at;
+      while (text.substr(end, c.size()) == c) {
+        end += c.size();
+        ++count;
+      }
+      if (count >= r.min_count) {
+        out.append(r.content);
+        at = end;
+      } else if (count > 0) {
+        out.append(text.substr(at, end - at));
+        at = end;
+      } else {
+        out += text[at++];
+      }
+    }
+    return out;
+  }
+
+  static std::string strip_white_space(std::string_view text, const Strip& s) {
+    std::size_t begin = 0, end = text.size(), n = 0;
+    if (s.left)
+      while (begin < end && is_white_space(decode_utf8(text, begin, n, "Strip"))) begin += n;
+    if (s.right)
+      while (end > begin) {
+        std::size_t start = end - 1;
+        while (start > begin && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+        if (!is_white_space(decode_utf8(text, start, n, "Strip"))) break;
+        end = start;
+      }
+    return std::string(text.substr(begin, end - begin));
+  }
+
   std::vector<Step> steps_;
 };
 

@@ -8,7 +8,8 @@
 /// ByteLevel decoder), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
 /// pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
 /// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
-/// pieces' scores, with Metaspace) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
+/// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
+/// Metaspace, WhitespaceSplit or both) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
 /// the WordPiece decoder), with added and special tokens and the special tokens a single sequence gets
 /// (TemplateProcessing, BertProcessing, RobertaProcessing). Anything else in a tokenizer.json (another
 /// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
@@ -33,6 +34,7 @@
 #include "polyformer/tokenizers/bpe.hpp"
 #include "polyformer/tokenizers/byte_level.hpp"
 #include "polyformer/tokenizers/decoder.hpp"
+#include "polyformer/tokenizers/json_number.hpp"
 #include "polyformer/tokenizers/normalizer.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
@@ -84,7 +86,7 @@ class Tokenizer {
     } else if (type == "WordPiece") {
       t.wordpiece_ = read_wordpiece(r, m);
     } else if (type == "Unigram") {
-      t.unigram_ = read_unigram(r, m);
+      t.unigram_ = read_unigram(r, m, detail::unigram_score_texts(text));
     } else {
       r.unsupported("model.type", m.contains("type") ? m["type"] : nlohmann::json(),
                     "\"BPE\", \"WordPiece\" or \"Unigram\"");
@@ -172,7 +174,9 @@ class Tokenizer {
   /// A SentencePiece model file run by the SentencePiece library (tokenizers/sentencepiece.hpp), as transformers'
   /// slow tokenizers run it: the model's control pieces and <unk> are matched in the text as special tokens, and a
   /// sequence gets <s> before it with `add_bos` and </s> after it with `add_eos`.
-  static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos) {
+  /// `extra_ids`: T5Tokenizer's sentinels <extra_id_0> … <extra_id_{n-1}>, special tokens after the model's pieces
+  /// in reverse order (<extra_id_0> is the last id), as transformers numbers them.
+  static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos, int extra_ids = 0) {
     using polyformer::detail::cat;
     Tokenizer t;
     t.source_ = path;
@@ -180,6 +184,14 @@ class Tokenizer {
     const SentencePieceModel& sp = *t.sentencepiece_;
     for (int id = 0; id < sp.size(); ++id)  // the control pieces (<s>, </s>, <pad>) and the unknown one
       if (sp.is_control(id) || id == sp.unk_id()) t.added_.push_back({id, sp.piece(id), true});
+    if (extra_ids < 0 || extra_ids > 100000)
+      throw config_error(cat("Tokenizer::from_sentencepiece: extra_ids is ", extra_ids, ", expected 0..100000"));
+    for (int i = 0; i < extra_ids; ++i) {
+      const std::string content = cat("<extra_id_", i, ">");
+      if (sp.id_of(content) >= 0)
+        throw format_error(cat(path, ": the model already has the piece ", content, " (extra_ids would add it again)"));
+      t.added_.push_back({sp.size() + extra_ids - 1 - i, content, true});
+    }
     if (add_bos) {
       if (sp.bos_id() < 0) throw format_error(cat(path, ": the model has no <s> to put before a sequence"));
       t.prefix_ids_ = {sp.bos_id()};
@@ -194,7 +206,8 @@ class Tokenizer {
   /// A tokenizer from a file or a model directory: tokenizer.json, vocab.txt, vocab.json with merges.txt beside
   /// it, or a SentencePiece model (spiece.model or tokenizer.model); a directory is searched for them in that order.
   /// A SentencePiece model's special tokens follow tokenizer_config.json beside it (add_bos_token, add_eos_token;
-  /// T5Tokenizer adds </s>), else config.json's model_type ("t5": </s> after; otherwise <s> before, as Llama).
+  /// T5Tokenizer adds </s> and extra_ids sentinels, 100 unless it says), else config.json's model_type ("t5": </s>
+  /// after and 100 sentinels; otherwise <s> before, as Llama).
   /// Throws format_error naming what was looked for.
   static Tokenizer open(const std::string& file_or_directory) {
     namespace fs = std::filesystem;
@@ -241,6 +254,30 @@ class Tokenizer {
       if (unigram_) unigram_->encode_word(word, ids, func);
       else bpe_->encode_word(word, ids, symbols);
     };
+    // The words of Metaspace over `segment` (`first`: it starts the text, for prepend_scheme "first").
+    const auto encode_metaspace = [&](std::string_view segment, bool first) {
+      std::string spaced = replace_all(segment, " ", metaspace_.replacement);
+      const bool prepend = metaspace_.prepend == Metaspace::Prepend::always ||
+                           (metaspace_.prepend == Metaspace::Prepend::first && first);
+      if (prepend && !std::string_view(spaced).starts_with(metaspace_.replacement)) {
+        std::string prefixed(metaspace_.replacement);
+        prefixed.append(spaced);
+        spaced = std::move(prefixed);
+      }
+      const std::string_view words = spaced;
+      if (!metaspace_.split) {
+        encode_word(words);
+        return;
+      }
+      // Split before every replacement character (each piece starts with one, but perhaps the first).
+      std::size_t start = 0;
+      for (std::size_t at = words.find(metaspace_.replacement, 1); at != std::string_view::npos;
+           at = words.find(metaspace_.replacement, at + 1)) {
+        encode_word(words.substr(start, at - start));
+        start = at;
+      }
+      encode_word(words.substr(start));
+    };
     // `first`: the segment starts the text (Metaspace's prepend_scheme "first").
     const auto encode_segment = [&](std::string_view segment, bool first) {
       if (segment.empty()) return;
@@ -252,39 +289,35 @@ class Tokenizer {
       if (!normalizer_.empty()) {
         normalized = normalizer_.normalize(segment, func);
         segment = normalized;
+        if (segment.empty()) return;  // nothing left to pre-tokenize (e.g. only spaces, stripped)
       }
       if (pre_tokenizer_ == PreTokenizer::bert) {
         for (const std::string_view word : bert_pre_tokenize(segment, func)) wordpiece_->encode_word(word, ids);
         return;
       }
-      if (pre_tokenizer_ == PreTokenizer::none) {  // the whole segment is one word
+      // A piece of the segment: one word (no pre-tokenizer), or the words Metaspace makes of it.
+      const auto encode_piece = [&](std::string_view piece, bool first_piece) {
+        if (pre_tokenizer_ == PreTokenizer::none) encode_word(piece);
+        else encode_metaspace(piece, first_piece);
+      };
+      if (pre_tokenizer_ == PreTokenizer::none || pre_tokenizer_ == PreTokenizer::metaspace) {
         if (normalizer_.empty()) validate_utf8(segment, func);
-        encode_word(segment);
-        return;
-      }
-      if (pre_tokenizer_ == PreTokenizer::metaspace) {
-        if (normalizer_.empty()) validate_utf8(segment, func);
-        std::string spaced = replace_all(segment, " ", metaspace_.replacement);
-        const bool prepend = metaspace_.prepend == Metaspace::Prepend::always ||
-                             (metaspace_.prepend == Metaspace::Prepend::first && first);
-        if (prepend && !std::string_view(spaced).starts_with(metaspace_.replacement)) {
-          std::string prefixed(metaspace_.replacement);
-          prefixed.append(spaced);
-          spaced = std::move(prefixed);
-        }
-        const std::string_view words = spaced;
-        if (!metaspace_.split) {
-          encode_word(words);
+        if (!whitespace_split_) {
+          encode_piece(segment, first);
           return;
         }
-        // Split before every replacement character (each piece starts with one, but perhaps the first).
+        // WhitespaceSplit first: the runs between whitespace, the whitespace dropped.
         std::size_t start = 0;
-        for (std::size_t at = words.find(metaspace_.replacement, 1); at != std::string_view::npos;
-             at = words.find(metaspace_.replacement, at + 1)) {
-          encode_word(words.substr(start, at - start));
-          start = at;
+        bool first_piece = first;
+        for (std::size_t i = 0, n = 0; i < segment.size(); i += n) {
+          if (!is_white_space(decode_utf8(segment, i, n, func))) continue;
+          if (i > start) {
+            encode_piece(segment.substr(start, i - start), first_piece);
+            first_piece = false;
+          }
+          start = i + n;
         }
-        encode_word(words.substr(start));
+        if (start < segment.size()) encode_piece(segment.substr(start), first_piece);
         return;
       }
       std::string prefixed;
@@ -403,6 +436,7 @@ class Tokenizer {
   /// A SentencePiece model's tokenizer, with the special tokens its directory's files ask for (see open()).
   static Tokenizer open_sentencepiece(const std::filesystem::path& model) {
     bool add_bos = true, add_eos = false;
+    int extra_ids = 0;
     const auto read_json = [](const std::filesystem::path& file) {
       try {
         const std::vector<unsigned char> bytes = io::detail::read_file(file.string(), "JSON");
@@ -414,14 +448,23 @@ class Tokenizer {
     const std::filesystem::path dir = model.parent_path();
     if (std::filesystem::exists(dir / "tokenizer_config.json")) {
       const nlohmann::json c = read_json(dir / "tokenizer_config.json");
-      if (c.is_object() && c.value("tokenizer_class", "").starts_with("T5Tokenizer")) add_bos = false, add_eos = true;
+      if (c.is_object() && c.value("tokenizer_class", "").starts_with("T5Tokenizer")) {
+        add_bos = false, add_eos = true;
+        extra_ids = 100;  // T5Tokenizer's default
+      }
       if (c.is_object() && c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) add_bos = c["add_bos_token"].get<bool>();
       if (c.is_object() && c.contains("add_eos_token") && c["add_eos_token"].is_boolean()) add_eos = c["add_eos_token"].get<bool>();
+      if (c.is_object() && c.contains("extra_ids")) {
+        if (!c["extra_ids"].is_number_unsigned() || c["extra_ids"].get<std::uint64_t>() > 100000)
+          throw format_error(polyformer::detail::cat((dir / "tokenizer_config.json").string(), ": extra_ids is ",
+                                                     c["extra_ids"].dump(), ", expected a count up to 100000"));
+        extra_ids = c["extra_ids"].get<int>();
+      }
     } else if (std::filesystem::exists(dir / "config.json")) {
       const nlohmann::json c = read_json(dir / "config.json");
-      if (c.is_object() && c.value("model_type", "") == "t5") add_bos = false, add_eos = true;
+      if (c.is_object() && c.value("model_type", "") == "t5") add_bos = false, add_eos = true, extra_ids = 100;
     }
-    return from_sentencepiece(model.string(), add_bos, add_eos);
+    return from_sentencepiece(model.string(), add_bos, add_eos, extra_ids);
   }
 
   /// Runs of ordinary ids decoded by the library; special ones as their pieces (or left out).
@@ -430,10 +473,10 @@ class Tokenizer {
     std::vector<int> run;
     for (std::size_t i = 0; i < ids.size(); ++i) {
       const int id = ids[i];
-      if (id < 0 || id >= sentencepiece_->size())
+      const AddedToken* a = added(id);
+      if (a == nullptr && (id < 0 || id >= sentencepiece_->size()))
         throw config_error(polyformer::detail::cat("Tokenizer::decode: id ", i, " is ", id, ", which is no token of ",
                                                    source_));
-      const AddedToken* a = added(id);
       if (a == nullptr) {
         run.push_back(id);
         continue;
@@ -511,7 +554,8 @@ class Tokenizer {
     return BpeModel(read_vocab(r, m["vocab"]), merges, fallback, r.source);
   }
 
-  static UnigramModel read_unigram(const Reader& r, const nlohmann::json& m) {
+  /// `score_texts`: the scores as the file spells them (json_number.hpp), read as the tokenizers library reads them.
+  static UnigramModel read_unigram(const Reader& r, const nlohmann::json& m, const std::vector<std::string>& score_texts) {
     using polyformer::detail::cat;
     if (!m.contains("vocab") || !m["vocab"].is_array()) r.fail("model.vocab", "missing or not a list of [piece, score]");
     std::vector<std::pair<std::string, double>> pieces;
@@ -520,7 +564,10 @@ class Tokenizer {
       const nlohmann::json& e = m["vocab"][i];
       if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_number())
         r.fail(cat("model.vocab[", i, "]"), e.dump() + ", expected [piece, score]");
-      pieces.emplace_back(e[0].get<std::string>(), e[1].get<double>());
+      double score = e[1].get<double>();
+      if (score_texts.size() == m["vocab"].size() && !score_texts[i].empty())
+        if (const auto serde = detail::serde_json_f64(score_texts[i])) score = *serde;
+      pieces.emplace_back(e[0].get<std::string>(), score);
     }
     int unk_id = -1;
     if (m.contains("unk_id") && !m["unk_id"].is_null()) {
@@ -549,6 +596,34 @@ class Tokenizer {
     if (!m.contains("vocab")) r.fail("model.vocab", "missing");
     return WordPieceModel(read_vocab(r, m["vocab"]), text("unk_token", "[UNK]"), text("continuing_subword_prefix", "##"),
                           max_chars, r.source);
+  }
+
+  /// A Regex pattern that is a run of one character, "c{n,}" (c literal or escaped, n >= 1), as (c, n); nothing for
+  /// a String pattern; any other Regex is refused.
+  static std::optional<std::pair<std::string, std::size_t>> read_run_pattern(const Reader& r, const std::string& at,
+                                                                             const nlohmann::json& step) {
+    if (!step.contains("pattern") || !step["pattern"].is_object() || !step["pattern"].contains("Regex")) return std::nullopt;
+    const nlohmann::json& regex = step["pattern"]["Regex"];
+    const std::string text = regex.is_string() ? regex.get<std::string>() : std::string();
+    std::size_t i = 0, length = 0;
+    if (!text.empty() && text[0] == '\\') ++i;
+    if (i < text.size()) {
+      try {
+        decode_utf8(text, i, length, "Tokenizer");
+      } catch (const format_error&) {
+        length = 0;
+      }
+    }
+    const std::string character = length ? text.substr(i, length) : std::string();
+    const bool meta = character.size() == 1 && std::string_view("\\^$.|?*+()[]{}").find(character[0]) != std::string_view::npos;
+    const std::size_t brace = i + length;
+    std::size_t count = 0, digits = brace + 1;
+    while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9' && count < 1000000)
+      count = count * 10 + std::size_t(text[digits++] - '0');
+    const bool run = !character.empty() && (i == 1) == meta && brace < text.size() && text[brace] == '{' &&
+                     digits > brace + 1 && count >= 1 && text.substr(digits) == ",}";
+    if (!run) r.unsupported(at + ".pattern", step["pattern"], "{\"String\": …} or {\"Regex\": \"c{n,}\"} (a run of one character)");
+    return std::pair{character, count};
   }
 
   /// A literal pattern: {"String": "..."} (a Regex one is refused).
@@ -590,9 +665,23 @@ class Tokenizer {
       } else if (type == "Prepend") {
         steps.emplace_back(Prepend{read_string(r, at, step, "prepend")});
       } else if (type == "Replace") {
-        steps.emplace_back(Replace{read_pattern(r, at, step), read_string(r, at, step, "content")});
+        if (const auto run = read_run_pattern(r, at, step)) {
+          steps.emplace_back(ReplaceRun{run->first, run->second, read_string(r, at, step, "content")});
+        } else {
+          steps.emplace_back(Replace{read_pattern(r, at, step), read_string(r, at, step, "content")});
+        }
+      } else if (type == "Strip") {
+        Strip strip;
+        for (const auto& [key, flag] : {std::pair<const char*, bool*>{"strip_left", &strip.left}, {"strip_right", &strip.right}}) {
+          if (!step.contains(key) || !step[key].is_boolean()) r.fail(at + "." + key, "missing or not true or false");
+          *flag = step[key].get<bool>();
+        }
+        steps.emplace_back(strip);
+      } else if (type == "Precompiled") {
+        const std::string charsmap = read_string(r, at, step, "precompiled_charsmap");
+        steps.emplace_back(Precompiled::from_base64(charsmap, r.source + ": " + at + ".precompiled_charsmap"));
       } else {
-        r.unsupported(at, step, "null, a BertNormalizer, Prepend, Replace or a Sequence of them");
+        r.unsupported(at, step, "null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them");
       }
     }
     normalizer_ = Normalizer(std::move(steps));
@@ -725,12 +814,32 @@ class Tokenizer {
       pre_tokenizer_ = PreTokenizer::none;
       return;
     }
-    if (p.is_object() && p.value("type", "") == "Metaspace") {
+    const std::string type = p.is_object() ? p.value("type", "") : "";
+    if (type == "WhitespaceSplit") {  // each run between whitespace one word
+      pre_tokenizer_ = PreTokenizer::none;
+      whitespace_split_ = true;
+      return;
+    }
+    if (type == "Metaspace") {
       pre_tokenizer_ = PreTokenizer::metaspace;
       metaspace_ = read_metaspace(r, "pre_tokenizer", p);
       return;
     }
-    if (unigram_) r.unsupported("pre_tokenizer", p, "null or a Metaspace one (the Unigram model's)");
+    // T5's and ALBERT's: Sequence [WhitespaceSplit, Metaspace].
+    const nlohmann::json* steps = type == "Sequence" && p.contains("pretokenizers") ? &p["pretokenizers"] : nullptr;
+    if (steps && steps->is_array() && steps->size() == 2 && (*steps)[0].is_object() &&
+        (*steps)[0].value("type", "") == "WhitespaceSplit" && (*steps)[1].is_object() &&
+        (*steps)[1].value("type", "") == "Metaspace") {
+      pre_tokenizer_ = PreTokenizer::metaspace;
+      whitespace_split_ = true;
+      metaspace_ = read_metaspace(r, "pre_tokenizer.pretokenizers[1]", (*steps)[1]);
+      if (metaspace_.prepend == Metaspace::Prepend::first)
+        r.unsupported("pre_tokenizer.pretokenizers[1].prepend_scheme", "first", "\"always\" or \"never\" after WhitespaceSplit");
+      return;
+    }
+    if (unigram_)
+      r.unsupported("pre_tokenizer", p, "null, a Metaspace, a WhitespaceSplit or a Sequence [WhitespaceSplit, Metaspace] (the "
+                                        "Unigram model's)");
     if (!p.is_object() || p.value("type", "") != "ByteLevel")
       r.unsupported("pre_tokenizer", p, "null, a ByteLevel or a Metaspace one (the BPE model's)");
     pre_tokenizer_ = PreTokenizer::byte_level;
@@ -802,6 +911,7 @@ class Tokenizer {
   std::vector<AddedToken> added_;
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
   bool add_prefix_space_ = false, ignore_merges_ = false;
+  bool whitespace_split_ = false;  // WhitespaceSplit before Metaspace (or alone)
 };
 
 }  // namespace polyformer::tokenizers

@@ -55,7 +55,9 @@ def safetensors_corpus():
     good = safetensors({'w': ('F32', [2], f32([1.0, 2.0]))})
     save('safetensors', 'truncated.safetensors', good[:-3])
     save('safetensors', 'huge_header.safetensors', struct.pack('<Q', 1 << 40) + good[8:])
-    save('safetensors', 'overlap.safetensors', struct.pack('<Q', 0) + b'')
+    save('safetensors', 'empty_header.safetensors', struct.pack('<Q', 0))
+    two = safetensors({'a': ('F32', [2], f32([1.0, 2.0])), 'b': ('F32', [2], f32([3.0, 4.0]))})
+    save('safetensors', 'overlap.safetensors', two.replace(b'[8, 16]', b'[4, 12]'))
 
 
 def llama2c_corpus():

@@ -120,6 +120,10 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
         R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
+  // A field of another JSON type than it takes (found by fuzz_tokenizer_json: the model's type as a list).
+  fails(R"({"model": {"type": ["H e"]}})", "tokenizer.json: a field holds the wrong kind of JSON value");
+  fails("{" + byte_level + R"(, "added_tokens": [{"id": 5, "content": "x", "special": "yes"}], )" + model + "}",
+        "a field holds the wrong kind of JSON value");
   fails("{" + byte_level + R"(, "decoder": {"type": "CTC"}, )" + model + "}", "decoder is {\"type\":\"CTC\"}");
   fails("{" + byte_level + R"(, "model": {"type": "WordLevel", "vocab": {}}})", "model.type is \"WordLevel\"");
   fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {"a": 0}}})",

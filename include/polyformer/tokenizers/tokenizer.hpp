@@ -67,6 +67,15 @@ class Tokenizer {
       throw format_error(polyformer::detail::cat(source, ": not valid JSON (", e.what(), ")"));
     }
     if (!j.is_object()) throw format_error(polyformer::detail::cat(source, ": expected a JSON object"));
+    try {
+      return from_parsed_json(j, text, source);
+    } catch (const nlohmann::json::exception& e) {  // a value of another JSON type than its field takes
+      throw format_error(polyformer::detail::cat(source, ": a field holds the wrong kind of JSON value (", e.what(), ")"));
+    }
+  }
+
+ private:
+  static Tokenizer from_parsed_json(const nlohmann::json& j, std::string_view text, const std::string& source) {
     Tokenizer t;
     t.source_ = source;
     Reader r{source};
@@ -99,6 +108,8 @@ class Tokenizer {
     t.finish();
     return t;
   }
+
+ public:
 
   /// GPT-2's older pair of files: vocab.json (token → id) and merges.txt (a "#version" line, then one "a b" merge
   /// per line), with GPT-2's pipeline (byte-level, no prefix space) and `<|endoftext|>` as a special token when

@@ -1,4 +1,4 @@
-// The tokenize CLI end to end over GPT-2's vocabulary: the hand-written edge cases of tests/tokenizers/gpt2.tar.xz
+// The tokenize CLI end to end over GPT-2's vocabulary: the hand-written edge cases of tests/tokenizers/gpt2*.tar.xz
 // (those without a line break) encoded line by line equal the Hugging Face tokenizers library's ids, and decode back
 // to their text; bad options, files and input exit with code 2 and one line.
 

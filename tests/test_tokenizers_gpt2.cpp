@@ -69,7 +69,7 @@ std::string write_tokenizer_json() {
 
 TEST_CASE("GPT-2's tokenizer equals Hugging Face tokenizers on edge cases and random text", "[tokenizers][gpt2]") {
   if (!fs::exists(fixture_dir + "/vocab.json"))
-    FAIL("no GPT-2 tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/gpt2.tar.xz unpacks at configure time)");
+    FAIL("no GPT-2 tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/gpt2*.tar.xz unpack at configure time)");
   const auto legacy = pt::Tokenizer::from_vocab_merges(fixture_dir + "/vocab.json", fixture_dir + "/merges.txt");
   CHECK(legacy.vocab_size() == 50257);
   REQUIRE(legacy.bpe() != nullptr);

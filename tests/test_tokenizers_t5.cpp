@@ -83,7 +83,7 @@ void check_texts(const pt::Tokenizer& t, Column column, const std::vector<std::s
 
 void require_fixtures() {
   if (!fs::exists(fixture_dir + "/tokenizer.json"))
-    FAIL("no T5 tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/t5.tar.xz unpacks at configure time)");
+    FAIL("no T5 tokenizer fixtures in " << fixture_dir << " (tests/tokenizers/t5*.tar.xz unpack at configure time)");
 }
 
 }  // namespace

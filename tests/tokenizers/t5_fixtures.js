@@ -2,7 +2,10 @@
 // Face tokenizers library as the oracle (npm `tokenizers`, the Rust library's Node bindings), over the model
 // t5_model.py trained. Run by hand after it; CI uses the committed archive:
 //   /usr/bin/python3 t5_model.py OUT_DIR
-//   NODE_PATH=/path/to/node_modules node t5_fixtures.js OUT_DIR && tar cJf t5.tar.xz -C OUT_DIR .
+//   NODE_PATH=/path/to/node_modules node t5_fixtures.js OUT_DIR &&
+//     tar cJf t5.tar.xz -C OUT_DIR spiece.model tokenizer.json edge.ids extra.jsonl extra.hashes fortunes.hashes &&
+//     tar cJf t5_nfkc.tar.xz -C OUT_DIR spiece_nfkc.model tokenizer_nfkc.json tokenizer_nfkc_hub.json edge_nfkc.ids \
+//       extra_nfkc.hashes fortunes_nfkc.hashes                                       (two parts, each under 512 KiB)
 // OUT_DIR already holds the files t5_model.py writes; it receives, for the identity-normalized model
 //   extra.jsonl      hand-written cases around T5's special tokens, texts.js's hand-written edge cases, then its
 //                    seeded random strings, a JSON string per line

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -70,7 +72,10 @@ std::vector<unsigned char> le32(const std::vector<float>& values) {
   return out;
 }
 
-SafetensorsFile load(const std::vector<unsigned char>& bytes) { return SafetensorsFile::from_bytes(bytes, "mem.st"); }
+SafetensorsFile load(const std::vector<unsigned char>& bytes,
+                     polyformer::io::NonFinite non_finite = polyformer::io::NonFinite::refuse) {
+  return SafetensorsFile::from_bytes(bytes, "mem.st", non_finite);
+}
 
 /// Independent oracle for binary16: (-1)^s · 2^(e-15) · 1.m, or m·2^-24 when e == 0.
 float half_oracle(std::uint16_t h) {
@@ -375,7 +380,8 @@ TEST_CASE("io/safetensors: SafetensorsFile is movable, not copyable") {
 TEST_CASE("io/safetensors: F16 converts exactly, including subnormals, inf and NaN") {
   const std::vector<std::uint16_t> words = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0xFC00, 0x7E00,
                                             0x8000, 0x03FF, 0x0400, 0x3555, 0x8001};
-  const auto file = load(make_file(R"({"h":{"dtype":"F16","shape":[3,4],"data_offsets":[0,24]}})", le16(words)));
+  const auto file = load(make_file(R"({"h":{"dtype":"F16","shape":[3,4],"data_offsets":[0,24]}})", le16(words)),
+                         polyformer::io::NonFinite::accept);
   CHECK(file.info("h").dtype == DType::F16);
   const polyformer::Matrix m = file.matrix("h", 3, 4);
   CHECK(m(0, 0) == 1.0f);
@@ -410,7 +416,8 @@ TEST_CASE("io/safetensors: half_to_float matches an independent oracle on all 65
 
 TEST_CASE("io/safetensors: BF16 converts exactly") {
   const std::vector<std::uint16_t> words = {0x3F80, 0xC000, 0x7F80, 0xFF80, 0x7FC0, 0x0001, 0x4049, 0x8000};
-  const auto file = load(make_file(R"({"b":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", le16(words)));
+  const auto file = load(make_file(R"({"b":{"dtype":"BF16","shape":[8],"data_offsets":[0,16]}})", le16(words)),
+                         polyformer::io::NonFinite::accept);
   CHECK(file.info("b").dtype == DType::BF16);
   const polyformer::Vector v = file.vector("b");
   CHECK(v(0) == 1.0f);
@@ -431,6 +438,35 @@ TEST_CASE("io/safetensors: BF16 converts exactly") {
       REQUIRE(bits(got) == bits(want));
     }
   }
+}
+
+TEST_CASE("io/safetensors: F16/BF16 tensors holding NaN or Inf are refused by name unless accepted") {
+  // Each: dtype, the words, what the message must name. The largest finite values pass.
+  const std::vector<std::tuple<std::string, std::vector<std::uint16_t>, std::string>> cases{
+      {"F16", {0x3C00, 0x7BFF, 0x7C00, 0x7E00}, "tensor 'w' (F16) holds +Inf at element 2"},
+      {"F16", {0xFBFF, 0xFC00, 0x0000, 0x0000}, "tensor 'w' (F16) holds -Inf at element 1"},
+      {"F16", {0x0000, 0x0000, 0x0000, 0xFE01}, "tensor 'w' (F16) holds NaN at element 3"},
+      {"BF16", {0x7F7F, 0x7FC0, 0x3F80, 0x3F80}, "tensor 'w' (BF16) holds NaN at element 1"},
+      {"BF16", {0xFF80, 0x0000, 0x0000, 0x0000}, "tensor 'w' (BF16) holds -Inf at element 0"},
+      {"BF16", {0xFF7F, 0x0001, 0x8000, 0x7F81}, "tensor 'w' (BF16) holds NaN at element 3"}};
+  for (const auto& [dtype, words, message] : cases) {
+    INFO(message);
+    const auto bytes = make_file(R"({"w":{"dtype":")" + dtype + R"(","shape":[2,2],"data_offsets":[0,8]}})", le16(words));
+    const auto refusing = load(bytes);
+    CHECK_THROWS_AS(refusing.tensor("w"), format_error);
+    CHECK_THROWS_WITH(refusing.tensor("w"), Catch::Contains("safetensors: mem.st: " + message));
+    CHECK_THROWS_WITH(refusing.matrix("w"), Contains(message));
+    CHECK_THROWS_WITH(refusing.matrix("w", 2, 2), Contains(message));
+    const auto accepting = load(bytes, polyformer::io::NonFinite::accept);
+    const FloatTensor t = accepting.tensor("w");
+    CHECK(std::count_if(t.data.begin(), t.data.end(), [](float v) { return !std::isfinite(v); }) >= 1);
+  }
+  // Finite extremes of both formats are not refused.
+  const auto finite = load(make_file(R"({"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},)"
+                                     R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})",
+                                     le16({0x7BFF, 0xFBFF, 0x7F7F, 0xFF7F})));
+  CHECK(finite.vector("a")(0) == 65504.0f);
+  CHECK(finite.vector("b")(1) == -std::ldexp(255.0f, 120));  // the largest finite bf16, negated
 }
 
 TEST_CASE("io/safetensors: mixed dtypes at unaligned offsets") {

@@ -171,8 +171,10 @@ TEST_CASE("io/tokenizer: tok512.bin holds the pieces and scores stored in the fi
   CHECK(t.find(" Once") == 403);
   CHECK(t.find("not a piece") == -1);
   CHECK(t.find("") == -1);
-  CHECK_THROWS_AS(t.piece(512), std::out_of_range);
-  CHECK_THROWS_AS(t.score(-1), std::out_of_range);
+  CHECK_THROWS_AS(t.piece(512), polyformer::config_error);
+  CHECK_THROWS_WITH(t.piece(512), Catch::Contains("Tokenizer::piece: token 512, expected 0..511"));
+  CHECK_THROWS_AS(t.score(-1), polyformer::config_error);
+  CHECK_THROWS_WITH(t.score(-1), Catch::Contains("Tokenizer::score: token -1, expected 0..511"));
 }
 
 TEST_CASE("io/tokenizer: encodes the golden prompts to run.c's ids", "[io][tokenizer]") {
@@ -256,8 +258,10 @@ TEST_CASE("io/tokenizer: decoding the encoded ids gives back the exact text", "[
   CHECK(t.decode(Tokenizer::bos_id, 403) == "Once");
   CHECK(t.decode(403, 407) == " upon");
   CHECK(t.decode(Tokenizer::bos_id, 433) == "k");  // no space to drop
-  CHECK_THROWS_AS(t.decode(1, 512), std::out_of_range);
-  CHECK_THROWS_AS(t.decode(1, -1), std::out_of_range);
+  CHECK_THROWS_AS(t.decode(1, 512), polyformer::config_error);
+  CHECK_THROWS_WITH(t.decode(1, 512), Catch::Contains("Tokenizer::decode: token 512, expected 0..511"));
+  CHECK_THROWS_AS(t.decode(1, -1), polyformer::config_error);
+  CHECK_THROWS_WITH(t.decode(1, -1), Catch::Contains("Tokenizer::decode: token -1"));
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -107,12 +107,16 @@ TEST_CASE("linear/bf16: a BF16 safetensors weight loads bit for bit, never throu
   pf::BF16 layer(Matrix::Zero(2, 3));
   pf::ParameterList params;
   layer.parameters(params, "");
-  auto file = pf::io::SafetensorsFile::open(path);
+  auto file = pf::io::SafetensorsFile::open(path, pf::io::NonFinite::accept);  // the NaN on purpose
   // The file names "w": map the layer's "weight" to it.
   pf::ParameterList renamed;
   pf::Parameter p = params.items().front();
   p.name = "w";
   renamed.add(p);
+  // Opened as by default, the NaN is refused on this path too, before anything is written.
+  CHECK_THROWS_WITH(pf::load_state_dict(renamed, pf::io::SafetensorsFile::open(path)),
+                    Catch::Contains("tensor 'w' (BF16) holds NaN at element 2"));
+  CHECK(layer.packed_weight().bits(0, 0) == 0);
   pf::load_state_dict(renamed, file);
   for (Index j = 0; j < 2; ++j)
     for (Index r = 0; r < 3; ++r) CHECK(layer.packed_weight().bits(std::size_t(r), std::size_t(j)) == bits[std::size_t(j * 3 + r)]);

@@ -8,7 +8,9 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -90,4 +92,68 @@ TEST_CASE("load_hf_t5 equals transformers' T5ForConditionalGeneration: encoder, 
 TEST_CASE("load_hf_t5 refuses a directory of the other FFN, naming config.json", "[models][hf][t5][errors]") {
   CHECK_THROWS_WITH(pf::load_hf_t5<pf::GeGLUTanh>(reference_dir + "/relu_f32"),
                     Catch::Contains("config.json") && Catch::Contains("feed_forward_proj"));
+}
+
+TEST_CASE("load_hf_t5 refuses a config.json whose sizes imply more weights than the files hold, before allocating",
+          "[models][hf][t5][errors]") {
+  // Each edit claims terabytes of weights; allocated first, they would throw std::bad_alloc (or be killed).
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"\"d_ff\": 48", "\"d_ff\": 48000000000"},
+           {"\"num_layers\": 2", "\"num_layers\": 2000000000000"},
+           {"\"relative_attention_num_buckets\": 32,\n  \"relative_attention_max_distance\": 20",
+            "\"relative_attention_num_buckets\": 320000000000,\n  \"relative_attention_max_distance\": 640000000000"},
+           {"\"vocab_size\": 107", "\"vocab_size\": 107000000000"}}) {
+    INFO(to);
+    const std::string dir = pft::copy_case(reference_dir + "/relu_f32", "hf_t5", "bomb");
+    pft::edit_config(dir, from, to);
+    CHECK_THROWS_AS(pf::load_hf_t5<pf::ReLU>(dir), pf::format_error);
+    CHECK_THROWS_WITH(pf::load_hf_t5<pf::ReLU>(dir),
+                      Catch::Contains("load_hf_t5") && Catch::Contains("config.json implies") &&
+                          Catch::Contains("parameter values, the safetensors files hold"));
+    std::filesystem::remove_all(dir);
+  }
+  // The count it compares is the model's own: every parameter's values, counted from the loaded models.
+  for (const bool gated : {false, true}) {
+    INFO("gated " << gated);
+    const auto count = [](auto& model) {
+      double n = 0;
+      const pf::ParameterList params = pf::parameters_of(model);
+      for (const pf::Parameter& p : params.items()) {
+        double values = 1;
+        for (const auto s : p.shape) values *= double(s);
+        n += values;
+      }
+      return n;
+    };
+    if (gated) {
+      auto model = pf::load_hf_t5<pf::GeGLUTanh>(reference_dir + "/gated_bf16");
+      CHECK(model.config().parameter_count(true) == count(model));
+    } else {
+      auto model = pf::load_hf_t5<pf::ReLU>(reference_dir + "/relu_f32");
+      CHECK(model.config().parameter_count(false) == count(model));
+    }
+  }
+}
+
+TEST_CASE("load_hf_t5 refuses a BF16 weight holding NaN by name, and reads it when asked to",
+          "[models][hf][t5][errors]") {
+  const std::string dir = pft::copy_case(reference_dir + "/gated_bf16", "hf_t5", "nan");
+  const std::string file = dir + "/model.safetensors";
+  {  // element 5 of decoder.final_layer_norm.weight becomes a quiet NaN (bf16 0x7FC0)
+    const auto st = pf::io::SafetensorsFile::open(file);
+    const pf::io::TensorInfo& t = st.info("decoder.final_layer_norm.weight");
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    std::uint64_t header = 0;
+    f.read(reinterpret_cast<char*>(&header), 8);
+    f.seekp(std::streamoff(8 + header + t.begin + 2 * 5));
+    const char nan[2] = {'\xC0', '\x7F'};
+    f.write(nan, 2);
+  }
+  CHECK_THROWS_AS(pf::load_hf_t5<pf::GeGLUTanh>(dir), pf::format_error);
+  CHECK_THROWS_WITH(pf::load_hf_t5<pf::GeGLUTanh>(dir),
+                    Catch::Contains("model.safetensors: tensor 'decoder.final_layer_norm.weight' (BF16) holds NaN at "
+                                    "element 5"));
+  const auto model = pf::load_hf_t5<pf::GeGLUTanh>(dir, pf::io::NonFinite::accept);
+  CHECK(model.config().d_model == 30);
+  std::filesystem::remove_all(dir);
 }

@@ -127,6 +127,90 @@ def peft_corpus():
     save('peft', 'no_weights.txt', json.dumps(config).encode() + sep)
 
 
+def bf16(values):
+    return b''.join(struct.pack('<f', v)[2:] for v in values)
+
+
+def hf_directory_corpus():
+    """One tiny directory of each model the HF loaders read (names as transformers saves them), in F32 and BF16, and
+    configs claiming far more than the weights hold."""
+    sep = b'\n--SAFETENSORS--\n'
+
+    def directory(name, config, shapes, dtype='F32'):
+        tensors = {}
+        for i, (tensor, shape) in enumerate(shapes.items()):
+            n = 1
+            for e in shape:
+                n *= e
+            values = floats(n, i)
+            tensors[tensor] = (dtype, shape, f32(values) if dtype == 'F32' else bf16(values))
+        save('hf_directory', name, json.dumps(config).encode() + sep + safetensors(tensors))
+
+    d, h, v = 4, 6, 8
+    bert = {'model_type': 'bert', 'vocab_size': v, 'hidden_size': d, 'num_hidden_layers': 1, 'num_attention_heads': 2,
+            'intermediate_size': h, 'max_position_embeddings': 6, 'type_vocab_size': 2}
+    shapes = {'embeddings.word_embeddings.weight': [v, d], 'embeddings.position_embeddings.weight': [6, d],
+              'embeddings.token_type_embeddings.weight': [2, d]}
+    for norm in ('embeddings.LayerNorm.', 'encoder.layer.0.attention.output.LayerNorm.',
+                 'encoder.layer.0.output.LayerNorm.'):
+        shapes.update({norm + 'weight': [d], norm + 'bias': [d]})
+    for linear, out, inp in (('attention.self.query.', d, d), ('attention.self.key.', d, d),
+                             ('attention.self.value.', d, d), ('attention.output.dense.', d, d),
+                             ('intermediate.dense.', h, d), ('output.dense.', d, h)):
+        shapes.update({'encoder.layer.0.' + linear + 'weight': [out, inp], 'encoder.layer.0.' + linear + 'bias': [out]})
+    directory('bert_f32.txt', bert, shapes)
+    directory('bert_huge_vocab.txt', dict(bert, vocab_size=1 << 40), shapes)
+
+    gpt2 = {'model_type': 'gpt2', 'vocab_size': v, 'n_embd': d, 'n_layer': 1, 'n_head': 2, 'n_inner': h,
+            'n_positions': 6}
+    shapes = {'transformer.wte.weight': [v, d], 'transformer.wpe.weight': [6, d]}
+    for norm in ('h.0.ln_1.', 'h.0.ln_2.', 'ln_f.'):
+        shapes.update({'transformer.' + norm + 'weight': [d], 'transformer.' + norm + 'bias': [d]})
+    for conv, inp, out in (('attn.c_attn.', d, 3 * d), ('attn.c_proj.', d, d), ('mlp.c_fc.', d, h),
+                           ('mlp.c_proj.', h, d)):
+        shapes.update({'transformer.h.0.' + conv + 'weight': [inp, out], 'transformer.h.0.' + conv + 'bias': [out]})
+    directory('gpt2_bf16.txt', gpt2, shapes, 'BF16')
+    directory('gpt2_huge_layers.txt', dict(gpt2, n_layer=1 << 40), shapes)
+
+    llama = {'model_type': 'llama', 'vocab_size': v, 'hidden_size': d, 'intermediate_size': h, 'num_hidden_layers': 1,
+             'num_attention_heads': 2, 'num_key_value_heads': 1, 'max_position_embeddings': 6,
+             'tie_word_embeddings': False}
+    shapes = {'model.embed_tokens.weight': [v, d], 'model.norm.weight': [d], 'lm_head.weight': [v, d]}
+    p = 'model.layers.0.'
+    shapes.update({p + 'self_attn.q_proj.weight': [d, d], p + 'self_attn.k_proj.weight': [2, d],
+                   p + 'self_attn.v_proj.weight': [2, d], p + 'self_attn.o_proj.weight': [d, d],
+                   p + 'mlp.gate_proj.weight': [h, d], p + 'mlp.up_proj.weight': [h, d],
+                   p + 'mlp.down_proj.weight': [d, h], p + 'input_layernorm.weight': [d],
+                   p + 'post_attention_layernorm.weight': [d]})
+    directory('llama_f32.txt', llama, shapes)
+    directory('llama_huge_positions.txt', dict(llama, max_position_embeddings=1 << 40), shapes)
+
+    for gated in (False, True):
+        t5 = {'model_type': 't5', 'vocab_size': v, 'd_model': d, 'd_kv': 2, 'num_heads': 2, 'd_ff': h, 'num_layers': 1,
+              'num_decoder_layers': 1, 'relative_attention_num_buckets': 4, 'relative_attention_max_distance': 8,
+              'feed_forward_proj': 'gated-gelu' if gated else 'relu', 'tie_word_embeddings': not gated}
+        shapes = {'shared.weight': [v, d], 'encoder.final_layer_norm.weight': [d],
+                  'decoder.final_layer_norm.weight': [d]}
+        if gated:
+            shapes['lm_head.weight'] = [v, d]
+        wi = {'wi_0.': [h, d], 'wi_1.': [h, d]} if gated else {'wi.': [h, d]}
+        for stack, blocks in (('encoder', ('layer.0.SelfAttention.', 'layer.1.')),
+                              ('decoder', ('layer.0.SelfAttention.', 'layer.1.EncDecAttention.', 'layer.2.'))):
+            b = stack + '.block.0.'
+            for i, part in enumerate(blocks):
+                if part.endswith('Attention.'):
+                    shapes.update({b + part + x + '.weight': [4, d] for x in 'qkv'})
+                    shapes[b + part + 'o.weight'] = [d, 4]
+                else:
+                    shapes.update({b + part + 'DenseReluDense.' + k + 'weight': s for k, s in wi.items()})
+                    shapes[b + part + 'DenseReluDense.wo.weight'] = [d, h]
+                shapes[b + 'layer.%d.layer_norm.weight' % i] = [d]
+            shapes[b + 'layer.0.SelfAttention.relative_attention_bias.weight'] = [4, 2]
+        name = 't5_gated_bf16.txt' if gated else 't5_relu_f32.txt'
+        directory(name, t5, shapes, 'BF16' if gated else 'F32')
+    directory('t5_huge_ffn.txt', dict(t5, d_ff=1 << 36), shapes, 'BF16')
+
+
 def attention_corpus():
     for i, s in enumerate(['full', 'full:bf16_products', 'sliding:128', 'blockwise:128', 'lsh:4:64', 'linformer:256',
                            'performer:256', 'linear', 'sliding:0', 'lsh:4', 'unknown:1']):
@@ -197,6 +281,7 @@ def main():
     llama2c_corpus()
     tokenizer_bin_corpus()
     peft_corpus()
+    hf_directory_corpus()
     attention_corpus()
     tokenizer_corpus(small_charsmap())
 

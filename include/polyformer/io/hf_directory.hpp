@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -28,8 +29,9 @@ class HfDirectory {
   /// Opens `directory`: parses config.json, opens model.safetensors or every shard of
   /// model.safetensors.index.json, and checks that each indexed tensor is in its shard. Throws format_error
   /// naming the file for a missing or malformed file, a shard the index names that is absent, a tensor missing
-  /// from the shard the index puts it in, and a directory with only pytorch_model.bin.
-  static HfDirectory open(const std::string& directory) {
+  /// from the shard the index puts it in, and a directory with only pytorch_model.bin. `non_finite`: what reading
+  /// an F16/BF16 tensor holding NaN or Inf does (SafetensorsFile::open).
+  static HfDirectory open(const std::string& directory, NonFinite non_finite = NonFinite::refuse) {
     namespace fs = std::filesystem;
     using polyformer::detail::cat;
     HfDirectory dir;
@@ -44,10 +46,10 @@ class HfDirectory {
 
     const std::string single = directory + "/model.safetensors", index = directory + "/model.safetensors.index.json";
     if (fs::exists(single)) {
-      dir.shards_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(single)));
+      dir.shards_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(single, non_finite)));
       for (const std::string& name : dir.shards_.back()->names()) dir.where_[name] = 0;
     } else if (fs::exists(index)) {
-      dir.open_shards(index);
+      dir.open_shards(index, non_finite);
     } else if (fs::exists(directory + "/pytorch_model.bin") || fs::exists(directory + "/pytorch_model.bin.index.json")) {
       throw format_error(cat("HfDirectory::open: ", directory, " holds pytorch_model.bin (a Python pickle, which "
                              "polyformer does not read), expected model.safetensors: convert it, e.g. in Python "
@@ -93,6 +95,31 @@ class HfDirectory {
     const unsigned char* p = file.raw_bytes(name).data();
     if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) != 0) return nullptr;
     return reinterpret_cast<const float*>(p);
+  }
+
+  /// How many values all its tensors hold together (each bounded by its file's real size, so by the disk).
+  double stored_values() const {
+    double n = 0;
+    for (const auto& [name, shard] : where_) {
+      double values = 1;
+      for (const std::int64_t s : shards_[shard]->info(name).shape) values *= double(s);
+      n += values;
+    }
+    return n;
+  }
+  /// Throws format_error naming `func`, config.json and both counts when config.json's sizes imply more parameter
+  /// values (`implied`) than the files hold. A loader calls it before allocating its model, so that a config.json
+  /// claiming terabytes of weights is refused, not allocated.
+  void require_stored_values(const char* func, double implied) const {
+    const double stored = stored_values();
+    if (implied <= stored) return;
+    const auto count = [](double v) {
+      char text[64];
+      std::snprintf(text, sizeof text, "%.0f", v);
+      return std::string(text);
+    };
+    throw format_error(polyformer::detail::cat(func, ": ", path_, "/config.json implies ", count(implied),
+                                               " parameter values, the safetensors files hold ", count(stored)));
   }
 
   // ---- config.json fields, each refused by name when it has the wrong type ----
@@ -179,7 +206,7 @@ class HfDirectory {
     }
   }
 
-  void open_shards(const std::string& index_path) {
+  void open_shards(const std::string& index_path, NonFinite non_finite) {
     using polyformer::detail::cat;
     const std::string pre = detail::file_prefix("safetensors index", index_path);
     const nlohmann::json index = parse_json_file(index_path);
@@ -198,7 +225,7 @@ class HfDirectory {
         const std::string shard_path = path_ + "/" + file;
         if (!std::filesystem::exists(shard_path))
           throw format_error(cat(pre, "names shard '", file, "', which is not in ", path_));
-        shards_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(shard_path)));
+        shards_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(shard_path, non_finite)));
       }
       if (!shards_[pos->second]->contains(it.key()))
         throw format_error(cat(pre, "puts '", it.key(), "' in ", file, ", which does not hold it"));

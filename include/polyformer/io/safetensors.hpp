@@ -45,6 +45,11 @@ namespace polyformer::io {
 /// (token ids, masks), read exactly by SafetensorsFile::integers and refused where floats are read.
 enum class DType { F32, F16, BF16, I32, I64 };
 
+/// What reading an F16 or BF16 tensor does with NaN and ±Inf among its values, which in a checkpoint mean a broken
+/// export or an overflowed conversion: refuse (format_error naming the file, the tensor and the first such element)
+/// or pass them on as floats.
+enum class NonFinite { refuse, accept };
+
 /// The safetensors spelling of a dtype: "F32", "F16", "BF16", "I32", "I64".
 inline std::string_view dtype_name(DType t) noexcept {
   switch (t) {
@@ -171,12 +176,16 @@ inline std::string json_type(const nlohmann::json& j) { return j.type_name(); }
 class SafetensorsFile {
  public:
   /// Maps `path` read-only (reads it into memory if mapping is impossible) and validates it.
-  /// Throws format_error naming the path on I/O failure or any malformation.
-  static SafetensorsFile open(const std::string& path) { return SafetensorsFile(detail::map_file(path, "safetensors"), path); }
+  /// Throws format_error naming the path on I/O failure or any malformation. `non_finite`: what reading an F16 or
+  /// BF16 tensor holding NaN or Inf does (F32 values are passed on as stored).
+  static SafetensorsFile open(const std::string& path, NonFinite non_finite = NonFinite::refuse) {
+    return SafetensorsFile(detail::map_file(path, "safetensors"), path, non_finite);
+  }
 
   /// Validates bytes already in memory; `label` stands in for the path in messages and path().
-  static SafetensorsFile from_bytes(std::vector<unsigned char> bytes, std::string label) {
-    return SafetensorsFile(detail::ByteBuffer(std::move(bytes)), std::move(label));
+  static SafetensorsFile from_bytes(std::vector<unsigned char> bytes, std::string label,
+                                    NonFinite non_finite = NonFinite::refuse) {
+    return SafetensorsFile(detail::ByteBuffer(std::move(bytes)), std::move(label), non_finite);
   }
 
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -210,6 +219,11 @@ class SafetensorsFile {
     if (it == tensors_.end()) throw missing_error(detail::cat(detail::prefix(path_), "no tensor named '", name, "'"));
     return it->second;
   }
+
+  /// Throws format_error naming the tensor and the first such element when an F16/BF16 tensor holds NaN or Inf and
+  /// the file was opened with NonFinite::refuse (the default). Every float read checks this; a caller of raw_bytes()
+  /// that keeps the values as stored calls it itself.
+  void check_finite(const std::string& name) const { check_finite(info(name)); }
 
   /// The stored bytes of a tensor (little-endian, dtype as in info()); valid while this object lives.
   std::span<const unsigned char> raw_bytes(const std::string& name) const {
@@ -290,13 +304,15 @@ class SafetensorsFile {
   }
 
  private:
-  SafetensorsFile(detail::ByteBuffer bytes, std::string path) : bytes_(std::move(bytes)), path_(std::move(path)) {
+  SafetensorsFile(detail::ByteBuffer bytes, std::string path, NonFinite non_finite)
+      : bytes_(std::move(bytes)), path_(std::move(path)), non_finite_(non_finite) {
     parse();
   }
 
   const unsigned char* data_start() const noexcept { return bytes_.data() + header_end_; }
 
-  /// Converts numel() elements of a validated floating-point tensor into `out`; format_error for an integer one.
+  /// Converts numel() elements of a validated floating-point tensor into `out`; format_error for an integer one, and
+  /// for an F16/BF16 one holding NaN or Inf unless the file was opened with NonFinite::accept.
   void read_into(const TensorInfo& t, float* out) const {
     if (is_integer(t.dtype))
       fail(detail::cat("tensor '", t.name, "' is ", dtype_name(t.dtype), ", expected a floating-point tensor (F32, F16, BF16)"));
@@ -312,9 +328,11 @@ class SafetensorsFile {
         }
         break;
       case DType::F16:
+        check_finite(t);
         for (std::size_t i = 0; i < n; ++i) out[i] = detail::half_to_float(detail::load_le16(src + 2 * i));
         break;
       case DType::BF16:
+        check_finite(t);
         for (std::size_t i = 0; i < n; ++i) out[i] = detail::bfloat16_to_float(detail::load_le16(src + 2 * i));
         break;
       case DType::I32:
@@ -324,6 +342,20 @@ class SafetensorsFile {
   }
 
   [[noreturn]] void fail(const std::string& what) const { throw format_error(detail::prefix(path_) + what); }
+
+  void check_finite(const TensorInfo& t) const {
+    if (non_finite_ == NonFinite::accept || (t.dtype != DType::F16 && t.dtype != DType::BF16)) return;
+    const std::uint16_t exponent = t.dtype == DType::F16 ? 0x7C00 : 0x7F80;  // all exponent bits set: Inf or NaN
+    const unsigned char* src = data_start() + t.begin;
+    for (std::size_t i = 0, n = static_cast<std::size_t>(t.numel()); i < n; ++i) {
+      const std::uint16_t bits = detail::load_le16(src + 2 * i);
+      if ((bits & exponent) != exponent) continue;
+      const bool nan = (bits & (t.dtype == DType::F16 ? 0x03FF : 0x007F)) != 0;
+      const char* what = nan ? "NaN" : (bits & 0x8000) != 0 ? "-Inf" : "+Inf";
+      fail(detail::cat("tensor '", t.name, "' (", dtype_name(t.dtype), ") holds ", what, " at element ", i,
+                       ", expected finite values (NonFinite::accept reads it as it is)"));
+    }
+  }
 
   /// Validates the whole file; fills tensors_, order_, metadata_ and header_end_.
   void parse() {
@@ -476,6 +508,7 @@ class SafetensorsFile {
   detail::ByteBuffer bytes_;
   std::string path_;
   std::size_t header_end_ = 0;  // 8 + header length: where the data section starts
+  NonFinite non_finite_ = NonFinite::refuse;
   std::map<std::string, TensorInfo> tensors_;
   std::vector<std::string> order_;  // names by (begin, end, name)
   std::map<std::string, std::string> metadata_;

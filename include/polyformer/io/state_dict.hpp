@@ -92,6 +92,8 @@ LoadReport load_parameters(const char* func, const ParameterList& params, const 
 /// the returned report.
 inline LoadReport load_state_dict(const ParameterList& params, const io::SafetensorsFile& file, bool strict = true) {
   const std::string func = "load_state_dict: " + file.path();
+  for (const Parameter& p : params.items())  // NaN/Inf refused before anything is written
+    if (file.contains(p.name)) file.check_finite(p.name);
   return detail::load_parameters(
       func.c_str(), params, file.names(),
       [&](const std::string& n) { return file.info(n).shape; },

@@ -10,6 +10,7 @@
 /// is not in the vocabulary), then repeatedly merge the adjacent pair whose concatenation is in the
 /// vocabulary with the highest score (the leftmost on ties) until no pair merges.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -60,8 +61,10 @@ class Tokenizer {
     if (t.max_token_length_ < 1)
       throw format_error(detail::cat("tokenizer: ", label, ": max_token_length is ", t.max_token_length_,
                                      " at offset 0, expected >= 1"));
-    t.pieces_.resize(static_cast<std::size_t>(vocab_size));
-    t.scores_.resize(static_cast<std::size_t>(vocab_size));
+    // Sized as records are read, never by vocab_size alone: a record takes at least 8 bytes, so the file bounds it.
+    const std::size_t fits = std::min(std::size_t(vocab_size), (bytes.size() - at) / 8);
+    t.pieces_.reserve(fits);
+    t.scores_.reserve(fits);
     for (int id = 0; id < vocab_size; ++id) {
       need(8, "score and length", id);
       float score;
@@ -73,8 +76,8 @@ class Tokenizer {
         throw format_error(detail::cat("tokenizer: ", label, ": length of token ", id, " is ", len, " at offset ",
                                        len_at, ", expected >= 0"));
       need(static_cast<std::size_t>(len), "text", id);
-      t.scores_[std::size_t(id)] = score;
-      t.pieces_[std::size_t(id)].assign(reinterpret_cast<const char*>(bytes.data() + at), std::size_t(len));
+      t.scores_.push_back(score);
+      t.pieces_.emplace_back(reinterpret_cast<const char*>(bytes.data() + at), std::size_t(len));
       at += std::size_t(len);
     }
     if (at != bytes.size())
@@ -88,8 +91,9 @@ class Tokenizer {
 
   int vocab_size() const noexcept { return static_cast<int>(pieces_.size()); }
   int max_token_length() const noexcept { return max_token_length_; }
-  const std::string& piece(int id) const { return pieces_.at(static_cast<std::size_t>(id)); }
-  float score(int id) const { return scores_.at(static_cast<std::size_t>(id)); }
+  /// A token's text and score; config_error naming the function for an id outside the vocabulary.
+  const std::string& piece(int id) const { return pieces_[checked(id, "Tokenizer::piece")]; }
+  float score(int id) const { return scores_[checked(id, "Tokenizer::score")]; }
 
   /// The id of an exact piece, or -1.
   int find(std::string_view piece) const {
@@ -140,9 +144,9 @@ class Tokenizer {
   }
 
   /// The text of `token` following `prev`: a piece after BOS loses one leading space, and a byte token
-  /// <0xXX> is that raw byte. Throws std::out_of_range for an id outside the vocabulary.
+  /// <0xXX> is that raw byte. Throws config_error naming the token for an id outside the vocabulary.
   std::string_view decode(int prev, int token) const {
-    std::string_view piece = pieces_.at(static_cast<std::size_t>(token));
+    std::string_view piece = pieces_[checked(token, "Tokenizer::decode")];
     if (prev == bos_id && !piece.empty() && piece.front() == ' ') piece.remove_prefix(1);
     if (const int byte = byte_value(piece); byte >= 0) return std::string_view(&byte_chars()[std::size_t(byte)], 1);
     return piece;
@@ -162,6 +166,12 @@ class Tokenizer {
   }
 
  private:
+  std::size_t checked(int id, const char* func) const {
+    if (id < 0 || id >= vocab_size())
+      throw config_error(detail::cat(func, ": token ", id, ", expected 0..", vocab_size() - 1, " (the vocabulary)"));
+    return static_cast<std::size_t>(id);
+  }
+
   /// Appends the id of `piece`, or its bytes as byte tokens (<0xXX> is id byte + 3) when it is not a piece. Throws
   /// config_error when the vocabulary is too small to hold that byte's token.
   void push_piece(std::vector<int>& tokens, std::string_view piece) const {

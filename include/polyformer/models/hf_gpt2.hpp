@@ -48,12 +48,14 @@ inline io::LlamaConfig hf_gpt2_config(const io::HfDirectory& dir) {
 /// tensor must be present with the shape config.json implies (format_error naming the file, the tensor, expected
 /// and found shapes); the old causal-mask buffers "h.<i>.attn.bias" / "attn.masked_bias" and a tied
 /// "lm_head.weight" are skipped, anything else refused. `max_positions` (0: n_positions) caps the positions a
-/// sequence may reach, and so the size of its KV state.
+/// sequence may reach, and so the size of its KV state. `non_finite`: what an F16/BF16 weight holding NaN or Inf
+/// does (refused by default: format_error naming the file and the tensor).
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix, Vector>
-Gpt2<Attn, Lin> load_hf_gpt2(const std::string& directory, const Attn& attention = Attn{}, Index max_positions = 0) {
+Gpt2<Attn, Lin> load_hf_gpt2(const std::string& directory, const Attn& attention = Attn{}, Index max_positions = 0,
+                             io::NonFinite non_finite = io::NonFinite::refuse) {
   using polyformer::detail::cat;
-  const io::HfDirectory dir = io::HfDirectory::open(directory);
+  const io::HfDirectory dir = io::HfDirectory::open(directory, non_finite);
   io::LlamaConfig c = hf_gpt2_config(dir);
   const Index n_positions = c.seq_len;
   if (max_positions < 0 || max_positions > n_positions)

@@ -70,12 +70,14 @@ inline void interleave_rotary_rows(const std::vector<float>& in, std::vector<flo
 /// directory may hold nothing else but rotary `inv_freq` buffers and a tied `lm_head.weight`.
 /// `max_positions` (0: config.json's max_position_embeddings) caps the positions a sequence may reach: a
 /// sequence's state holds that many keys and values per layer (Llama 3's 131072 would be gigabytes per
-/// sequence), so a program that generates a few thousand tokens says so here.
+/// sequence), so a program that generates a few thousand tokens says so here. `non_finite`: what an F16/BF16
+/// weight holding NaN or Inf does (refused by default: format_error naming the file and the tensor).
 template <LinearPolicy Lin = Dense, IncrementalAttention Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attention = Attn{}, Index max_positions = 0) {
+Llama<Attn, Lin> load_hf_llama(const std::string& directory, const Attn& attention = Attn{}, Index max_positions = 0,
+                               io::NonFinite non_finite = io::NonFinite::refuse) {
   using polyformer::detail::cat;
-  const io::HfDirectory dir = io::HfDirectory::open(directory);
+  const io::HfDirectory dir = io::HfDirectory::open(directory, non_finite);
   io::LlamaConfig c = hf_llama_config(dir);
   if (max_positions < 0 || max_positions > c.seq_len)
     throw config_error(cat("load_hf_llama: max_positions is ", max_positions, ", expected 0 (config.json's) or 1..",

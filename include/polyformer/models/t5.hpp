@@ -46,6 +46,17 @@ struct T5Config {
   bool tied = true;              ///< tie_word_embeddings
   int decoder_start_token_id = 0;
 
+  /// The number of values the weights hold (in floating point: a hostile config.json's sizes may overflow an
+  /// integer), `gated` for a gated FFN. A loader compares it with what the files hold before allocating anything.
+  double parameter_count(bool gated) const {
+    const double d = double(d_model), inner = double(n_heads) * double(d_kv), ff = double(d_ff);
+    const double attention = 4.0 * d * inner, ffn = (gated ? 3.0 : 2.0) * d * ff;
+    const double encoder = double(n_layers) * (attention + ffn + 2.0 * d) + d;
+    const double decoder = double(n_decoder_layers) * (2.0 * attention + ffn + 3.0 * d) + d;
+    const double tables = 2.0 * double(num_buckets) * double(n_heads);
+    return double(vocab_size) * d * (tied ? 1.0 : 2.0) + encoder + decoder + tables;
+  }
+
   /// Throws config_error naming `func` and the field unless every size is usable.
   void validate(const char* func) const {
     const auto positive = [&](const char* name, Index v) {

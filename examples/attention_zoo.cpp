@@ -649,16 +649,10 @@ void run_file(const Options& o) {
 
 int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
-  try {
+  return cli::guarded_main("attention_zoo", [&] {
     const Options o = parse(argc, argv);
     if (o.inputs.empty()) run_table(o);
     else run_file(o);
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "attention_zoo: %s\n%s", e.what(), usage().c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "attention_zoo: %s\n", e.what());
-    return 2;
-  }
+  });
 }

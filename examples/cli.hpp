@@ -1,6 +1,6 @@
 #pragma once
-// What the example programs share on their command lines: the usage error (exit code 2 with the usage text),
-// strict number parsing (the whole argument must be the number), flag values and the guarded main.
+// What the example programs share on their command lines: the usage error (exit code 2 and one line naming the
+// problem), strict number parsing (the whole argument must be the number), flag values and the guarded main.
 
 #include <charconv>
 #include <cstdio>
@@ -11,7 +11,7 @@
 
 namespace cli {
 
-/// A bad command line: the program prints the message and its usage, and exits with code 2.
+/// A bad command line: the program prints the message on one line, with a pointer to --help, and exits with code 2.
 struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -33,14 +33,14 @@ inline std::string value_after(int argc, char** argv, int& i) {
   return argv[++i];
 }
 
-/// A program's main around `body` (returning its exit code): a usage error prints the message and the usage, any
-/// other exception its message, each on stderr after the program's name, and both exit with code 2.
+/// A program's main around `body` (returning its exit code): a usage error or any other exception prints one line
+/// on stderr — the program's name and the message (a usage error adds where the usage is) — and exits with code 2.
 template <typename Body>
-int guarded_main(const char* program, const char* usage, Body&& body) {
+int guarded_main(const char* program, Body&& body) {
   try {
     return body();
   } catch (const usage_error& e) {
-    std::fprintf(stderr, "%s: %s\n%s", program, e.what(), usage);
+    std::fprintf(stderr, "%s: %s (%s --help prints the usage)\n", program, e.what(), program);
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", program, e.what());

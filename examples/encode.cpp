@@ -135,8 +135,9 @@ void run(const Options& o) {
     throw std::runtime_error(o.model + " has no masked-LM head (cls.predictions): --fill-mask needs BertForMaskedLM");
   if (o.pool == "pooler" && !o.fill_mask && !model.has_pooler())
     throw std::runtime_error(o.model + " has no pooler (pooler.dense): use --pool cls or mean");
-  const int mask_id = tokenizer.token_to_id("[MASK]");
-  if (o.fill_mask && mask_id < 0) throw std::runtime_error("the tokenizer has no [MASK] token");
+  // BERT's mask token, or RoBERTa's.
+  const int mask_id = tokenizer.token_to_id("[MASK]") >= 0 ? tokenizer.token_to_id("[MASK]") : tokenizer.token_to_id("<mask>");
+  if (o.fill_mask && mask_id < 0) throw std::runtime_error("the tokenizer has no [MASK] (or <mask>) token");
 
   std::vector<std::string> texts = o.texts;
   if (texts.empty())
@@ -148,9 +149,9 @@ void run(const Options& o) {
     std::size_t longest = 1;
     for (std::size_t i = 0; i < count; ++i) {
       encoded[i] = tokenizer.encode(texts[first + i]);
-      if (static_cast<pf::Index>(encoded[i].size()) > c.max_positions)
+      if (static_cast<pf::Index>(encoded[i].size()) > c.max_sequence())
         throw std::runtime_error("text " + std::to_string(first + i + 1) + " is " + std::to_string(encoded[i].size()) +
-                                 " tokens, more than the model's " + std::to_string(c.max_positions) +
+                                 " tokens, more than the model's " + std::to_string(c.max_sequence()) +
                                  " positions");
       if (o.fill_mask && std::find(encoded[i].begin(), encoded[i].end(), mask_id) == encoded[i].end())
         throw std::runtime_error("text " + std::to_string(first + i + 1) + " has no [MASK]");
@@ -178,7 +179,7 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return cli::guarded_main("encode", usage, [&] {
+  return cli::guarded_main("encode", [&] {
     run(parse(argc, argv));
     return 0;
   });

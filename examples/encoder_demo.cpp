@@ -9,31 +9,36 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "polyformer/polyformer.hpp"
 
 namespace pf = polyformer;
 
-int main(int argc, char** argv) {
-  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
+namespace {
+
+constexpr const char* usage = "usage: encoder_demo [--n TOKENS] [--layers L] [--threads T] [--causal]\n";
+
+int run(int argc, char** argv) {
   pf::Index n = 128, layers = 2;
   int threads = 1;
   bool causal = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (a == "--n" && has_value) n = std::atol(argv[++i]);
-    else if (a == "--layers" && has_value) layers = std::atol(argv[++i]);
-    else if (a == "--threads" && has_value) threads = std::atoi(argv[++i]);
-    else if (a == "--causal") causal = true;
-    else {
-      std::fprintf(stderr, "usage: encoder_demo [--n TOKENS] [--layers L] [--threads T] [--causal]\n");
-      return 2;
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
     }
+    if (a == "--n") n = cli::parse_number<pf::Index>(a, cli::value_after(argc, argv, i));
+    else if (a == "--layers") layers = cli::parse_number<pf::Index>(a, cli::value_after(argc, argv, i));
+    else if (a == "--threads") threads = cli::parse_number<int>(a, cli::value_after(argc, argv, i));
+    else if (a == "--causal") causal = true;
+    else throw cli::usage_error("unknown option '" + a + "'");
   }
-  if (n < 1 || layers < 1 || threads < 1) {
-    std::fprintf(stderr, "encoder_demo: --n, --layers and --threads must be >= 1\n");
-    return 2;
-  }
+  // Bounds that keep the activations and weights within reach of a workstation: (n, 3072) floats, 9.4 MB a layer.
+  if (n < 1 || n > 65536) throw cli::usage_error("--n is " + std::to_string(n) + ", expected 1..65536");
+  if (layers < 1 || layers > 96) throw cli::usage_error("--layers is " + std::to_string(layers) + ", expected 1..96");
+  if (threads < 1 || threads > 1024)
+    throw cli::usage_error("--threads is " + std::to_string(threads) + ", expected 1..1024");
 
   // The policies: exact tiled attention, dense projections, LayerNorm after each residual, ReLU FFN.
   using Layer = pf::EncoderLayer<pf::FullAttention, pf::Dense, pf::LayerNorm, pf::ReLU, pf::NormPlacement::post>;
@@ -66,4 +71,11 @@ int main(int argc, char** argv) {
   std::printf("y[0][0..3] = %.5f %.5f %.5f %.5f, all finite: %s\n", y(0, 0), y(0, 1), y(0, 2), y(0, 3),
               y.allFinite() ? "yes" : "no");
   return y.allFinite() ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
+  return cli::guarded_main("encoder_demo", [&] { return run(argc, argv); });
 }

@@ -251,9 +251,8 @@ std::vector<std::string> read_prompts(const std::string& path) {
 
 /// --prompts: every line's text, printed in the file's order once generated.
 template <typename Model>
-void run_batch(const Model& model, const pf::io::Tokenizer& tokenizer, const Options& o,
-               const pf::SamplerOptions& sampling, const pf::Context& ctx) {
-  const std::vector<std::string> prompts = read_prompts(o.prompts);
+void run_batch(const Model& model, const pf::io::Tokenizer& tokenizer, const std::vector<std::string>& prompts,
+               const Options& o, const pf::SamplerOptions& sampling, const pf::Context& ctx) {
   std::vector<std::string> texts(prompts.size());
   const auto start = std::chrono::steady_clock::now();
   const auto stats = pf::generate_batch(
@@ -280,12 +279,13 @@ void run(const Options& o, const Attention& attention) {
   if constexpr (pf::MergeableLinear<Linear>) {
     if (o.merge_lora) pf::merge_lora_adapters(model);
   }
-  report_loaded(model);
   const auto tokenizer = pf::io::Tokenizer::read(o.tokenizer, static_cast<int>(model.config().vocab_size));
+  const std::vector<std::string> prompts = o.prompts.empty() ? std::vector<std::string>() : read_prompts(o.prompts);
+  report_loaded(model);  // once nothing of the command line can be refused any more
   const pf::SamplerOptions sampling = sampler_options(o);
   const pf::Context ctx{static_cast<int>(o.threads)};
-  if (!o.prompts.empty()) {
-    run_batch(model, tokenizer, o, sampling, ctx);
+  if (!prompts.empty()) {
+    run_batch(model, tokenizer, prompts, o, sampling, ctx);
     return;
   }
   pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
@@ -413,8 +413,13 @@ void run_hf(const Options& o, const Attention& attention) {
 
 int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
-  try {
+  return cli::guarded_main("generate", [&] {
     const Options o = parse(argc, argv);
+    try {  // refused before anything is loaded
+      sampler_options(o).validate("generate");
+    } catch (const pf::config_error& e) {
+      throw usage_error(e.what());
+    }
     // One model type for every policy that decodes incrementally, chosen at run time: run() is instantiated
     // once per linear policy, not once per (linear, attention) pair.
     const auto attention = [&] {
@@ -430,11 +435,5 @@ int main(int argc, char** argv) {
       else run<Linear>(o, attention);
     });
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "generate: %s\n%s", e.what(), usage.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "generate: %s\n", e.what());
-    return 2;
-  }
+  });
 }

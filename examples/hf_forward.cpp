@@ -42,7 +42,7 @@ using cli::usage_error;
 
 constexpr const char* usage =
     "usage: hf_forward --model DIR --inputs I.safetensors --out O.safetensors [--threads T]\n"
-    "  DIR: a Hugging Face BERT, GPT-2, Llama or T5 directory (config.json and safetensors weights)\n"
+    "  DIR: a Hugging Face BERT, RoBERTa, GPT-2, Llama or T5 directory (config.json and safetensors weights)\n"
     "  I: input_ids (batch, n) and optionally attention_mask, token_type_ids; for T5 decoder_input_ids (batch, m)\n"
     "     and optionally decoder_attention_mask; ids as F32, I32 or I64\n";
 
@@ -223,7 +223,7 @@ void run(const Options& o) {
   if (type != "t5" && !in.decoder_ids.empty())
     throw std::runtime_error(o.inputs + ": decoder_input_ids given to a " + type + " model (only T5 has a decoder)");
   std::vector<std::pair<std::string, pf::io::FloatTensor>> out;
-  if (type == "bert") {
+  if (type == "bert" || type == "roberta") {
     run_bert(o, in, out);
   } else if (type == "gpt2") {
     run_causal(pf::load_hf_gpt2(o.model), o, in, out);
@@ -236,7 +236,7 @@ void run(const Options& o) {
     else run_t5<pf::ReLU>(o, in, out);
   } else {
     throw std::runtime_error(o.model + "/config.json: model_type is \"" + type +
-                             "\", expected \"bert\", \"gpt2\", \"llama\" or \"t5\" (the models hf_forward runs)");
+                             "\", expected \"bert\", \"roberta\", \"gpt2\", \"llama\" or \"t5\" (the models hf_forward runs)");
   }
 
   pf::io::write_safetensors(o.out, out);
@@ -245,7 +245,7 @@ void run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return cli::guarded_main("hf_forward", usage, [&] {
+  return cli::guarded_main("hf_forward", [&] {
     run(parse(argc, argv));
     return 0;
   });

@@ -80,7 +80,7 @@ std::vector<int> parse_ids(const std::string& line, std::size_t number) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cli::guarded_main("tokenize", [&] {
     const Options o = parse(argc, argv);
     const pt::Tokenizer tokenizer = pt::Tokenizer::open(o.tokenizer);
     std::string line;
@@ -96,11 +96,5 @@ int main(int argc, char** argv) {
     std::cout.flush();
     if (!std::cout) throw std::runtime_error("cannot write the output");
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "tokenize: %s\n%s", e.what(), usage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "tokenize: %s\n", e.what());
-    return 2;
-  }
+  });
 }

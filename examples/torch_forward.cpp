@@ -289,7 +289,7 @@ void run(const Options& o, const pf::io::SafetensorsFile& w, const pf::io::Safet
 
 int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
-  try {
+  return cli::guarded_main("torch_forward", [&] {
     Options o = parse(argc, argv);
     const auto weights = pf::io::SafetensorsFile::open(o.weights);
     const auto inputs = pf::io::SafetensorsFile::open(o.inputs);
@@ -300,11 +300,5 @@ int main(int argc, char** argv) {
     else if (*o.norm_first) run<pf::ReLU, pf::NormPlacement::pre>(o, weights, inputs);
     else run<pf::ReLU, pf::NormPlacement::post>(o, weights, inputs);
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "torch_forward: %s\n%s", e.what(), usage);
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "torch_forward: %s\n", e.what());
-    return 2;
-  }
+  });
 }

@@ -663,14 +663,8 @@ int leave_cluster(int code) {
 
 int main(int argc, char** argv) {
   pf::kernels::use_single_threaded_backends();  // polyformer threads its own products
-  try {
+  return leave_cluster(cli::guarded_main("train", [&] {
     join_cluster(argc, argv);
-    return leave_cluster(run(parse(argc, argv)));
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "train: %s\n%s", e.what(), usage.c_str());
-    return leave_cluster(2);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return leave_cluster(2);
-  }
+    return run(parse(argc, argv));
+  }));
 }

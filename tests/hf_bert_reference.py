@@ -15,7 +15,12 @@ weights as transformers writes them, and DIR/<case>.reference.safetensors with "
   pretraining_f16_gamma: BertForPreTraining (pooler, MLM and next-sentence heads), F16, LayerNorm tensors named
     gamma/beta, the bias stored as cls.predictions.decoder.bias, a position_ids buffer, n = 20; with `texts`, also a
     vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then "w5", "w6", … named by their ids) and the outputs of TEXTS as
-    BertTokenizer would encode them ([CLS], each word's id, [SEP]; padded), prefixed "text_" (for examples/encode).
+    BertTokenizer would encode them ([CLS], each word's id, [SEP]; padded), prefixed "text_" (for examples/encode);
+  roberta_mlm_f32: RobertaForMaskedLM ("roberta." prefix, head under lm_head., the decoder's tied copy stored too),
+    one token type; positions from the ids as modeling_roberta.py's create_position_ids_from_input_ids counts them
+    (pad_token_id + the count of non-pad ids so far; a pad id, padding or not, at pad_token_id), padding with the pad
+    id, one attended pad id inside a sequence, and the longest sequence the positions allow (n = 30 of 32);
+  roberta_model_bf16: RobertaModel (no prefix, pooler), BF16, pad_token_id 0.
 usage: hf_bert_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -48,7 +53,12 @@ def forward(cfg, w, ids, mask, types):
     d, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
     hd, n = d // heads, ids.shape[0]
     e = "embeddings."
-    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][:n] \
+    if cfg.get("model_type") == "roberta":
+        not_pad = (ids != cfg["pad_token_id"]).long()
+        positions = torch.cumsum(not_pad, 0) * not_pad + cfg["pad_token_id"]
+    else:
+        positions = torch.arange(n)
+    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][positions] \
         + w[e + "token_type_embeddings.weight"][types]
     x = layer_norm(x, w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], eps)
     padding = torch.where(mask == 0, -math.inf, 0.0).to(torch.float64)  # transformers: (1 - mask) * finfo.min
@@ -107,17 +117,25 @@ def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_nor
         w["cls.predictions.bias"] = rnd(vocab, scale=0.1)
     stored = {k: v.to(TORCH_TYPES[dtype]).to(torch.float64) for k, v in w.items()}  # what the files hold
 
-    # The files: the encoder (and pooler) under `base`, the heads under cls., in transformers' spellings.
+    # The files: the encoder (and pooler) under `base`, the heads under cls. (RoBERTa: lm_head.), in transformers'
+    # spellings.
+    roberta = cfg.get("model_type") == "roberta"
+    roberta_head = {"cls.predictions.transform.dense.": "lm_head.dense.",
+                    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.", "cls.predictions.": "lm_head."}
     files = {}
     for k, v in w.items():
         key = k if k.startswith("cls.") else base + k
+        if roberta and key.startswith("cls."):
+            old = next(prefix for prefix in roberta_head if key.startswith(prefix))
+            key = roberta_head[old] + key[len(old):]
         if old_norm_names and "LayerNorm." in key:
             key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
         if bias_on_decoder and key == "cls.predictions.bias":
             key = "cls.predictions.decoder.bias"
         files[key] = v
     if store_decoder_weight:
-        files["cls.predictions.decoder.weight"] = w["embeddings.word_embeddings.weight"]
+        files["lm_head.decoder.weight" if roberta else "cls.predictions.decoder.weight"] = \
+            w["embeddings.word_embeddings.weight"]
     if nsp:
         files["cls.seq_relationship.weight"], files["cls.seq_relationship.bias"] = rnd(2, d), rnd(2)
     if position_ids:
@@ -125,9 +143,10 @@ def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_nor
 
     directory = os.path.join(out_dir, name)
     os.makedirs(directory, exist_ok=True)
-    architecture = "BertForPreTraining" if nsp else "BertForMaskedLM" if mlm else "BertModel"
+    family = "Roberta" if roberta else "Bert"
+    architecture = family + ("ForPreTraining" if nsp else "ForMaskedLM" if mlm else "Model")
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(dict(cfg, architectures=[architecture], model_type="bert"), f, indent=2)
+        json.dump(dict(cfg, architectures=[architecture], model_type="roberta" if roberta else "bert"), f, indent=2)
     save_hf_weights(directory, files, dtype, shards)
 
     batch = len(lengths)
@@ -135,6 +154,10 @@ def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_nor
     mask = torch.zeros(batch, n, dtype=torch.long)
     for b, length in enumerate(lengths):
         mask[b, :length] = 1
+        if roberta:  # padded with the pad id; the first sequence also holds one (attended) inside it
+            ids[b, length:] = cfg["pad_token_id"]
+            if b == 0:
+                ids[b, length // 2] = cfg["pad_token_id"]
     types = torch.randint(0, cfg["type_vocab_size"], (batch, n), generator=g)
     outs = [forward(cfg, stored, ids[b], mask[b], types[b]) for b in range(batch)]
     ref = {"ids": ids, "attention_mask": mask, "token_type_ids": types,
@@ -182,6 +205,17 @@ def main():
               "F16", 1, "bert.", pooler=True, mlm=True, nsp=True, old_norm_names=True, bias_on_decoder=True,
               store_decoder_weight=False, position_ids=True, seed=13, lengths=[20], n=20,
               texts=["w10 w11 [MASK] w12", "w20 [MASK] w21 w22 [MASK] w23 w24 w99 w100"])
+    roberta = dict(base, model_type="roberta", layer_norm_eps=1e-5, type_vocab_size=1, pad_token_id=1,
+                   max_position_embeddings=32)
+    make_case(args.out_dir, "roberta_mlm_f32",
+              dict(roberta, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4),
+              "F32", 1, "roberta.", pooler=False, mlm=True, nsp=False, old_norm_names=False, bias_on_decoder=False,
+              store_decoder_weight=True, position_ids=False, seed=14, lengths=[30, 17, 2], n=30)
+    make_case(args.out_dir, "roberta_model_bf16",
+              dict(roberta, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
+                   pad_token_id=0, max_position_embeddings=40),
+              "BF16", 1, "", pooler=True, mlm=False, nsp=False, old_norm_names=False, bias_on_decoder=False,
+              store_decoder_weight=False, position_ids=True, seed=15, lengths=[12, 25], n=25)
 
 
 if __name__ == "__main__":

@@ -83,18 +83,22 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
 
 }  // namespace
 
-TEST_CASE("examples/hf_forward: BERT's outputs equal the reference's", "[examples][hf][bert]") {
+TEST_CASE("examples/hf_forward: BERT's and RoBERTa's outputs equal the reference's", "[examples][hf][bert]") {
   const std::string dir = std::string(POLYFORMER_HF_BERT_REFERENCE_DIR);
-  const auto ref = io::SafetensorsFile::open(dir + "/model_f32.reference.safetensors");
+  const std::string model = GENERATE(std::string("model_f32"), std::string("roberta_mlm_f32"));
+  INFO(model);
+  const auto ref = io::SafetensorsFile::open(dir + "/" + model + ".reference.safetensors");
   const std::string inputs = write_inputs("bert", {{"input_ids", as("I64", ref.tensor("ids"))},
                                                    {"attention_mask", as("I32", ref.tensor("attention_mask"))},
                                                    {"token_type_ids", as("F32", ref.tensor("token_type_ids"))}});
   const std::string out = pft::process_temp_path("hf_forward", "bert_out.safetensors");
   std::string err;
-  REQUIRE(run("--model " + dir + "/model_f32 --inputs " + inputs + " --out " + out + " --threads 2", &err) == 0);
+  REQUIRE(run("--model " + dir + "/" + model + " --inputs " + inputs + " --out " + out + " --threads 2", &err) == 0);
   const auto got = io::SafetensorsFile::open(out);
-  CHECK(got.names() == std::vector<std::string>{"last_hidden_state", "pooler_output"});
-  for (const char* name : {"last_hidden_state", "pooler_output"}) {
+  const std::vector<std::string> outputs = model == "model_f32" ? std::vector<std::string>{"last_hidden_state", "pooler_output"}
+                                                                : std::vector<std::string>{"last_hidden_state", "logits"};
+  CHECK(got.names() == outputs);
+  for (const std::string& name : outputs) {
     INFO(name);
     CHECK(got.info(name).shape == ref.info(name).shape);
     CHECK(relative_error(got.tensor(name).data, ref.tensor(name).data) < 1e-4);
@@ -197,7 +201,7 @@ TEST_CASE("examples/hf_forward: bad input exits with code 2 and says why", "[exa
   std::filesystem::copy_file(write_inputs("empty", {}), other + "/model.safetensors",
                              std::filesystem::copy_options::overwrite_existing);
   fails(other, write_inputs("mt5", {{"input_ids", ids}}),
-        "model_type is \"mt5\", expected \"bert\", \"gpt2\", \"llama\" or \"t5\"");
+        "model_type is \"mt5\", expected \"bert\", \"roberta\", \"gpt2\", \"llama\" or \"t5\"");
   std::string err;
   CHECK(run("--model " + bert, &err) == 2);
   CHECK_THAT(err, Catch::Contains("--model, --inputs and --out are required"));

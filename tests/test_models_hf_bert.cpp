@@ -70,7 +70,8 @@ std::string copy_case(const std::string& name, const std::string& tag) {
 
 }  // namespace
 
-TEST_CASE("load_hf_bert equals transformers' BertModel, BertForMaskedLM and BertForPreTraining", "[models][hf][bert]") {
+TEST_CASE("load_hf_bert equals transformers' BertModel, BertForMaskedLM, BertForPreTraining, RobertaModel and "
+          "RobertaForMaskedLM", "[models][hf][bert]") {
   if (!fs::exists(reference_dir + "/model_f32.reference.safetensors"))
     FAIL("no Hugging Face BERT references in " << reference_dir
                                                << " (tests/hf_bert_reference.py runs at configure time with "
@@ -78,6 +79,31 @@ TEST_CASE("load_hf_bert equals transformers' BertModel, BertForMaskedLM and Bert
   check_case("model_f32");
   check_case("masked_lm_bf16_sharded");
   check_case("pretraining_f16_gamma");
+  check_case("roberta_mlm_f32");
+  check_case("roberta_model_bf16");
+}
+
+TEST_CASE("RoBERTa's positions count from pad_token_id over the non-pad ids, to max_position_embeddings",
+          "[models][hf][bert]") {
+  const auto model = pf::load_hf_bert(case_dir("roberta_mlm_f32"));
+  CHECK(model.config().padding_idx == 1);
+  CHECK(model.config().max_sequence() == 30);  // 32 positions: 0 unused, 1 the pad's, 2..31 the tokens'
+  CHECK_THROWS_WITH(model.forward({std::vector<int>(31, 5), 1, {}, {}}),
+                    Catch::Contains("sequences of 31 tokens, expected at most 30 (max_position_embeddings 32 less "
+                                    "padding_idx + 1)"));
+  // A pad id takes the pad's position and does not count, so moving it among attended ids changes no other
+  // token's position, and (attention being blind to order) no other token's output. Counted as BERT counts, the ids
+  // after it would move one position.
+  const std::vector<int> ids{0, 7, 1, 9, 2}, moved{0, 7, 9, 2, 1};
+  const auto a = model.forward({ids, 1, {}, {}}), b = model.forward({moved, 1, {}, {}});
+  CHECK(pft::max_abs_diff(a.last_hidden_state.row(3), b.last_hidden_state.row(2)) < 1e-5);  // id 9
+  CHECK(pft::max_abs_diff(a.last_hidden_state.row(4), b.last_hidden_state.row(3)) < 1e-5);  // id 2
+  CHECK(pft::max_abs_diff(a.last_hidden_state.row(2), b.last_hidden_state.row(4)) < 1e-5);  // the pad id
+  // A pad_token_id whose position the table lacks is refused by name.
+  const std::string d = copy_case("roberta_mlm_f32", "pad31");
+  pft::edit_config(d, "\"pad_token_id\": 1", "\"pad_token_id\": 31");
+  CHECK_THROWS_WITH(pf::load_hf_bert(d), Catch::Contains("config.json") &&
+                                             Catch::Contains("pad_token_id (RoBERTa's padding_idx) is 31"));
 }
 
 TEST_CASE("BERT over LoRA<Dense> without adapters equals Dense", "[models][hf][bert]") {
@@ -104,7 +130,7 @@ TEST_CASE("Bert::forward refuses inputs that do not fit, naming the argument", "
   fails({ids, 1, std::vector<int>{1, 2, 1, 1}, {}}, "attention_mask[1] is 2, expected 0 or 1");
   fails({ids, 2, std::vector<int>{1, 1, 0, 0}, {}}, "attention_mask of sequence 1 is all 0");
   fails({ids, 1, ones, std::vector<int>{0, 1, 2, 0}}, "token_type_ids[2] is 2, expected 0..1");
-  fails({std::vector<int>(97, 1), 1, {}, {}}, "sequences of 97 tokens, expected at most max_position_embeddings 96");
+  fails({std::vector<int>(97, 1), 1, {}, {}}, "sequences of 97 tokens, expected at most 96 (max_position_embeddings 96)");
   const auto mlm = pf::load_hf_bert(case_dir("masked_lm_bf16_sharded"));
   std::remove_cvref_t<decltype(mlm)>::Workspace ws;
   Matrix hidden(2, 36), pooled(1, 36);
@@ -117,7 +143,7 @@ TEST_CASE("load_hf_bert refuses a wrong directory, naming the file", "[models][h
     CHECK_THROWS_WITH(pf::load_hf_bert(dir), Catch::Contains(message));
   };
   const std::pair<std::string, std::string> edits[] = {
-      {"\"model_type\": \"bert\"", "\"model_type\": \"roberta\""},
+      {"\"model_type\": \"bert\"", "\"model_type\": \"distilbert\""},
       {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"relu\""},
       {"\"position_embedding_type\": \"absolute\"", "\"position_embedding_type\": \"relative_key\""},
       {"\"hidden_size\": 32", "\"hidden_size\": 48"},
@@ -128,7 +154,7 @@ TEST_CASE("load_hf_bert refuses a wrong directory, naming the file", "[models][h
       {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"is_decoder\": true"},
   };
   const std::string messages[] = {
-      "model_type is \"roberta\", expected \"bert\"",
+      "model_type is \"distilbert\", expected \"bert\" or \"roberta\"",
       "hidden_act is \"relu\", expected \"gelu\"",
       "position_embedding_type is \"relative_key\", expected \"absolute\"",
       "'embeddings.word_embeddings.weight' has shape (101, 32), expected (101, 48) from config.json",

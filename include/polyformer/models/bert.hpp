@@ -3,8 +3,10 @@
 /// BertForMaskedLM: word + learned position + token-type embeddings and LayerNorm → post-norm encoder layers
 /// with GELU (erf) FFNs, attending under a padding mask → last hidden state; optionally the pooler (tanh of a
 /// dense layer over each sequence's first token) and the masked-LM head (dense, GELU, LayerNorm, then the word
-/// embeddings themselves as the decoder, plus a bias).
+/// embeddings themselves as the decoder, plus a bias). RoBERTa is the same model with positions counted from
+/// its padding id (BertConfig::padding_idx).
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <span>
@@ -39,6 +41,12 @@ struct BertConfig {
   Index max_positions = 0;      ///< max_position_embeddings
   Index type_vocab_size = 2;    ///< type_vocab_size
   float norm_eps = 1e-12f;      ///< layer_norm_eps
+  /// RoBERTa's pad_token_id: positions count from padding_idx + 1 over a sequence's non-pad ids, and a pad id sits
+  /// at position padding_idx (transformers' create_position_ids_from_input_ids). -1: BERT's positions 0, 1, ….
+  Index padding_idx = -1;
+
+  /// The longest sequence the position embeddings cover.
+  Index max_sequence() const noexcept { return padding_idx < 0 ? max_positions : max_positions - padding_idx - 1; }
 
   /// Throws config_error naming `func` and the field unless every size is usable.
   void validate(const char* func) const {
@@ -56,6 +64,9 @@ struct BertConfig {
       throw config_error(detail::cat(func, ": hidden_size ", dim, " is not a multiple of num_attention_heads ", n_heads));
     if (!(norm_eps > 0.0f) || !std::isfinite(norm_eps))
       throw config_error(detail::cat(func, ": layer_norm_eps is ", norm_eps, ", expected > 0"));
+    if (padding_idx < -1 || (padding_idx >= 0 && (padding_idx >= vocab_size || padding_idx + 1 >= max_positions)))
+      throw config_error(detail::cat(func, ": pad_token_id (RoBERTa's padding_idx) is ", padding_idx,
+                                     ", expected -1 (BERT's positions) or 0..", std::min(vocab_size, max_positions - 1) - 1));
   }
 };
 
@@ -179,7 +190,7 @@ class Bert {
 
   /// The last hidden state (batch·seq, d) of `in` into `hidden`. Throws config_error naming the argument for
   /// ids outside the vocabulary or the token types, masks of the wrong size or with values other than 0 and 1,
-  /// a sequence longer than max_positions, or a sequence whose mask is all 0 (it would attend to nothing).
+  /// a sequence longer than max_sequence(), or a sequence whose mask is all 0 (it would attend to nothing).
   void forward(const BertInputs& in, MatrixView hidden, Workspace& ws, const Context& ctx) const {
     const char* func = "Bert::forward";
     ctx.validate(func);
@@ -187,9 +198,10 @@ class Bert {
     if (in.batch < 1 || rows == 0 || rows % in.batch != 0)
       throw config_error(detail::cat(func, ": ", rows, " input ids for batch ", in.batch, ", expected a positive multiple"));
     const Index seq = rows / in.batch;
-    if (seq > config_.max_positions)
-      throw config_error(detail::cat(func, ": sequences of ", seq, " tokens, expected at most max_position_embeddings ",
-                                     config_.max_positions));
+    if (seq > config_.max_sequence())
+      throw config_error(detail::cat(func, ": sequences of ", seq, " tokens, expected at most ", config_.max_sequence(),
+                                     " (max_position_embeddings ", config_.max_positions,
+                                     config_.padding_idx >= 0 ? " less padding_idx + 1)" : ")"));
     check_ids(func, "input_ids", in.input_ids, config_.vocab_size);
     if (!in.token_type_ids.empty()) {
       check_size(func, "token_type_ids", in.token_type_ids, rows);
@@ -217,10 +229,16 @@ class Bert {
       if (any_padded) mask.key_padding = ConstMatrixRef(ws.padding);
     }
     ensure_shape(ws.x, rows, d);
+    Index counted = 0;  // RoBERTa: the sequence's non-pad ids so far
     for (Index r = 0; r < rows; ++r) {
+      const int id = in.input_ids[std::size_t(r)];
       const int type = in.token_type_ids.empty() ? 0 : in.token_type_ids[std::size_t(r)];
-      ws.x.row(r) = embeddings_.word.row(in.input_ids[std::size_t(r)]) + embeddings_.position.row(r % seq) +
-                    embeddings_.token_type.row(type);
+      Index position = r % seq;
+      if (config_.padding_idx >= 0) {
+        if (position == 0) counted = 0;
+        position = id == config_.padding_idx ? config_.padding_idx : config_.padding_idx + ++counted;
+      }
+      ws.x.row(r) = embeddings_.word.row(id) + embeddings_.position.row(position) + embeddings_.token_type.row(type);
     }
     embeddings_.norm.forward(cview(ws.x), view(ws.x));
     encoder_.forward(cview(ws.x), in.batch, mask, hidden, ws.encoder, ctx);

@@ -77,14 +77,8 @@ TEST_CASE("API stress: 10,000 random calls, invalid ones throwing their document
   const pf::LayerNorm layer_norm(in, 1e-5f);
   const pf::RMSNorm rms_norm(in, 1e-6f);
   // A causal LM: one sequence gets every call, its twin only the valid ones.
-  pf::io::LlamaConfig c;
-  c.dim = 32;
-  c.hidden_dim = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 64;
-  c.seq_len = 40;
+  const pf::io::LlamaConfig c{
+      .dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = 64, .seq_len = 40};
   auto model = pf::make_llama(c);
   pft::randomize_parameters(model, 3, 0.2f);
   auto sequence = model.new_sequence(), sequence_twin = model.new_sequence();

@@ -92,14 +92,8 @@ TEST_CASE("concurrency: 1, 2, 8 and 32 user threads sharing one model decode byt
 TEST_CASE("concurrency: 1, 2 and 4 worker threads give the same greedy text, and bit-identical logits run to run",
           "[concurrency][determinism]") {
   // Wide enough that every product is split between the workers (dim 256, FFN 768, vocabulary 1000).
-  pf::io::LlamaConfig c;
-  c.dim = 256;
-  c.hidden_dim = 768;
-  c.n_layers = 3;
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.vocab_size = 1000;
-  c.seq_len = 96;
+  const pf::io::LlamaConfig c{
+      .dim = 256, .hidden_dim = 768, .n_layers = 3, .n_heads = 8, .n_kv_heads = 4, .vocab_size = 1000, .seq_len = 96};
   auto model = pf::make_llama(c);
   pft::randomize_parameters(model, 7, 0.08f);
   std::vector<int> prompt;

@@ -27,6 +27,7 @@
 #include "polyformer/models/hf_llama.hpp"
 #include "polyformer/models/hf_t5.hpp"
 #include "polyformer/tokenizers/precompiled.hpp"
+#include "polyformer/tokenizers/tokenizer.hpp"
 
 namespace {
 
@@ -150,6 +151,10 @@ int main(int argc, char** argv) {
         R"({"weight_map":{"model.embed_tokens.weight":"model-00001.safetensors"}})");
   write(hf / "index" / "model-00001.safetensors", safetensors("{}", 0, 8 * TiB));
 
+  const fs::path json = root / "tokenizer_json";
+  write(json / "sparse.json", R"({"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", )"
+                              R"("vocab": {"a": 0, "b": 2000000000}, "merges": []}})");
+
   // A SentencePiece charsmap whose trie claims 4 GiB.
   Bytes charsmap;
   put_u32(charsmap, 0xFFFFFFFCu);
@@ -174,6 +179,7 @@ int main(int argc, char** argv) {
       {"HF T5", "4096 layers of 2^16 × 2^20", [&] { (void)pf::load_hf_t5((hf / "t5").string()); }},
       {"HF T5", "2^40 relative-position buckets", [&] { (void)pf::load_hf_t5((hf / "t5_buckets").string()); }},
       {"HF directory", "a shard whose header claims 8 TiB", [&] { (void)pf::io::HfDirectory::open((hf / "index").string()); }},
+      {"tokenizer.json", "a token with id 2·10⁹ among two", [&] { (void)pf::tokenizers::Tokenizer::open((json / "sparse.json").string()); }},
       {"precompiled charsmap", "a trie of 4 GiB", [&] { (void)pf::tokenizers::Precompiled(charsmap, "charsmap"); }},
   };
 

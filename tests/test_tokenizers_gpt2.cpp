@@ -132,6 +132,13 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a b"]}})",
         "merge 0 ('a' 'b') names 'b', which is not in the vocabulary");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is given to both");
+  // Ids that would size the table past what the file holds (found by fuzz_tokenizer_json: a 64 GB allocation).
+  fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 2222222222222223}, "merges": []}})",
+        "the id of 'b' is 2222222222222223, expected 0..2147483647");
+  fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 2000000000}, "merges": []}})",
+        "token 'b' has id 2000000000, expected below 1028 (2 tokens: twice as many, plus 1024)");
+  std::ofstream(dir + "/tokenizer.json") << "{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 1027}, "merges": []}})";
+  CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("b") == std::vector<int>{1027});  // gaps are fine
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a"]}})",
         "model.merges[0] is 'a', expected two tokens and one space");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": [], "byte_fallback": 1}})",

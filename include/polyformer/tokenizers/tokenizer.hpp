@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -520,6 +521,8 @@ class Tokenizer {
     out.reserve(vocab.size());
     for (const auto& [token, id] : vocab.items()) {
       if (!id.is_number_integer()) r.fail("the id of '" + token + "'", id.dump() + ", expected an integer");
+      if (id.is_number_unsigned() && id.get<std::uint64_t>() > std::uint64_t(INT32_MAX))
+        r.fail("the id of '" + token + "'", id.dump() + ", expected 0.." + std::to_string(INT32_MAX));
       out.emplace_back(token, id.get<int>());
     }
     return out;

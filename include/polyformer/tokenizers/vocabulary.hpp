@@ -15,12 +15,18 @@ class Vocabulary {
  public:
   Vocabulary() = default;
   /// `entries`: token → id, any order; a token listed twice keeps its last id (as vocab.txt's later lines win).
-  /// Throws format_error naming `source` for a negative id or an id given to two tokens.
+  /// Throws format_error naming `source` for a negative id, an id given to two tokens, or an id past twice the
+  /// number of entries plus 1024: the ids may leave gaps, but the table they index is sized by the largest, so the
+  /// file's own length bounds it (a few tokens claiming id 2·10⁹ would otherwise allocate 64 GB).
   Vocabulary(const std::vector<std::pair<std::string, int>>& entries, const std::string& source) {
     using polyformer::detail::cat;
     int max_id = -1;
+    const std::size_t bound = 2 * entries.size() + 1024;
     for (const auto& [token, id] : entries) {
       if (id < 0) throw format_error(cat(source, ": token '", token, "' has id ", id, ", expected >= 0"));
+      if (std::size_t(id) >= bound)
+        throw format_error(cat(source, ": token '", token, "' has id ", id, ", expected below ", bound, " (",
+                               entries.size(), " tokens: twice as many, plus 1024)"));
       max_id = std::max(max_id, id);
     }
     tokens_.assign(std::size_t(max_id + 1), std::string());

@@ -3,6 +3,7 @@
 // they are encoded as BertTokenizer does ([CLS] … [SEP]) and run through the model in padded batches.
 //   encode --model bert-dir --text "A sentence." --pool mean --normalize
 //       → {"text":"A sentence.","embedding":[0.0123,…]}
+//   encode --model bert-dir --text "Who wrote it?" --pair "Ann wrote it." --pool cls   (a sentence pair)
 //   encode --model bert-dir --text "Paris is the [MASK] of France." --fill-mask --top-k 3
 //       → {"text":"…","masks":[{"position":5,"fillers":[{"id":3007,"token":"capital","score":0.97},…]}]}
 // One JSON object per text and line on stdout. Bad options, files and input exit with code 2 and one line on stderr.
@@ -28,9 +29,11 @@ namespace pf = polyformer;
 using cli::usage_error;
 
 const char* const usage =
-    "usage: encode --model BERT_DIR [--tokenizer FILE_OR_DIR] [--text TEXT]... [--pool cls|mean|pooler] [--normalize]\n"
-    "              [--fill-mask [--top-k K]] [--batch N] [--threads T]\n"
+    "usage: encode --model BERT_DIR [--tokenizer FILE_OR_DIR] [--text TEXT [--pair TEXT]]... [--pool cls|mean|pooler]\n"
+    "              [--normalize] [--fill-mask [--top-k K]] [--batch N] [--threads T]\n"
     "  texts: each --text, else each line of stdin; [CLS] and [SEP] are added as the tokenizer says\n"
+    "  --pair: a second text for the --text before it, joined as the tokenizer joins pairs ([CLS] A [SEP] B [SEP]),\n"
+    "    its tokens of type 1 (BERT's token_type_ids)\n"
     "  embeddings (default): --pool mean (over the text's tokens, the default), cls (the [CLS] token's final\n"
     "    state) or pooler (BERT's tanh pooler, when the model has one); --normalize scales each to length 1\n"
     "  --fill-mask: for each [MASK], the K (5) likeliest tokens of the masked-LM head with their probabilities\n";
@@ -38,6 +41,7 @@ const char* const usage =
 struct Options {
   std::string model, tokenizer, pool = "mean";
   std::vector<std::string> texts;
+  std::vector<std::string> pairs;  // the second text of each --text, empty when it has none
   bool normalize = false, fill_mask = false;
   long long top_k = 5, batch = 16, threads = 1;
 };
@@ -49,7 +53,12 @@ Options parse(int argc, char** argv) {
     const auto value = [&] { return cli::value_after(argc, argv, i); };
     if (a == "--model") o.model = value();
     else if (a == "--tokenizer") o.tokenizer = value();
-    else if (a == "--text") o.texts.push_back(value());
+    else if (a == "--text") o.texts.push_back(value()), o.pairs.emplace_back();
+    else if (a == "--pair") {
+      if (o.texts.empty() || !o.pairs.back().empty()) throw usage_error("--pair must follow a --text of its own");
+      o.pairs.back() = value();
+      if (o.pairs.back().empty()) throw usage_error("--pair is empty, expected a second text");
+    }
     else if (a == "--pool") o.pool = value();
     else if (a == "--normalize") o.normalize = true;
     else if (a == "--fill-mask") o.fill_mask = true;
@@ -76,9 +85,10 @@ Options parse(int argc, char** argv) {
 template <typename Model>
 nlohmann::json result_of(const Options& o, const pf::tokenizers::Tokenizer& tokenizer, const Model& model,
                          const typename Model::Output& out, const std::vector<int>& ids, pf::Index row0, pf::Index b,
-                         const std::string& text, int mask_id) {
+                         const std::string& text, const std::string& pair, int mask_id) {
   const pf::Index n = static_cast<pf::Index>(ids.size()), d = model.config().dim;
   nlohmann::json j = {{"text", text}};
+  if (!pair.empty()) j["pair"] = pair;
   if (o.fill_mask) {
     nlohmann::json masks = nlohmann::json::array();
     const pf::Index vocab = out.logits.cols();
@@ -139,16 +149,24 @@ void run(const Options& o) {
   const int mask_id = tokenizer.token_to_id("[MASK]") >= 0 ? tokenizer.token_to_id("[MASK]") : tokenizer.token_to_id("<mask>");
   if (o.fill_mask && mask_id < 0) throw std::runtime_error("the tokenizer has no [MASK] (or <mask>) token");
 
-  std::vector<std::string> texts = o.texts;
+  std::vector<std::string> texts = o.texts, pairs = o.pairs;
   if (texts.empty())
-    for (std::string line; std::getline(std::cin, line);) texts.push_back(line);
+    for (std::string line; std::getline(std::cin, line);) texts.push_back(line), pairs.emplace_back();
   const pf::Context ctx{static_cast<int>(o.threads)};
   for (std::size_t first = 0; first < texts.size(); first += std::size_t(o.batch)) {
     const std::size_t count = std::min(texts.size() - first, std::size_t(o.batch));
-    std::vector<std::vector<int>> encoded(count);
+    std::vector<std::vector<int>> encoded(count), types(count);
     std::size_t longest = 1;
     for (std::size_t i = 0; i < count; ++i) {
-      encoded[i] = tokenizer.encode(texts[first + i]);
+      pf::tokenizers::Encoding e = pairs[first + i].empty() ? tokenizer.encode_with_type_ids(texts[first + i])
+                                                            : tokenizer.encode_pair(texts[first + i], pairs[first + i]);
+      encoded[i] = std::move(e.ids);
+      types[i] = std::move(e.type_ids);
+      for (const int type : types[i])
+        if (type >= c.type_vocab_size)
+          throw std::runtime_error("text " + std::to_string(first + i + 1) + " has a token of type " +
+                                   std::to_string(type) + ", the model " + std::to_string(c.type_vocab_size) +
+                                   " token types");
       if (static_cast<pf::Index>(encoded[i].size()) > c.max_sequence())
         throw std::runtime_error("text " + std::to_string(first + i + 1) + " is " + std::to_string(encoded[i].size()) +
                                  " tokens, more than the model's " + std::to_string(c.max_sequence()) +
@@ -157,20 +175,22 @@ void run(const Options& o) {
         throw std::runtime_error("text " + std::to_string(first + i + 1) + " has no [MASK]");
       longest = std::max(longest, encoded[i].size());
     }
-    std::vector<int> ids(count * longest, 0), mask(count * longest, 0);
+    std::vector<int> ids(count * longest, 0), mask(count * longest, 0), type_ids(count * longest, 0);
     for (std::size_t i = 0; i < count; ++i)
       for (std::size_t t = 0; t < encoded[i].size(); ++t) {
         ids[i * longest + t] = encoded[i][t];
         mask[i * longest + t] = 1;
+        type_ids[i * longest + t] = types[i][t];
       }
     pf::BertInputs inputs;
     inputs.input_ids = ids;
     inputs.batch = static_cast<pf::Index>(count);
     inputs.attention_mask = mask;
+    inputs.token_type_ids = type_ids;
     const auto out = model.forward(inputs, ctx);
     for (std::size_t i = 0; i < count; ++i) {
       const nlohmann::json j = result_of(o, tokenizer, model, out, encoded[i], pf::Index(i * longest), pf::Index(i),
-                                         texts[first + i], mask_id);
+                                         texts[first + i], pairs[first + i], mask_id);
       std::fputs((j.dump() + "\n").c_str(), stdout);
     }
   }

@@ -2,11 +2,13 @@
 // one JSON array; with --decode, reads JSON arrays of ids and prints each one's text on a line.
 //   echo "Hello world" | tokenize --tokenizer gpt2-dir            → [15496,995]
 //   echo "[15496,995]" | tokenize --tokenizer gpt2-dir --decode   → Hello world
+//   echo '["Who?", "Ann."]' | tokenize --tokenizer bert-dir --pairs  → {"ids":[2,…,3,…,3],"type_ids":[0,…,0,1,…,1]}
 // Bad options, files and input exit with code 2 and one line on stderr.
 
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -20,16 +22,19 @@ namespace pt = polyformer::tokenizers;
 using cli::usage_error;
 
 const char* const usage =
-    "usage: tokenize --tokenizer FILE_OR_DIR [--no-special] [--decode [--skip-special]]\n"
+    "usage: tokenize --tokenizer FILE_OR_DIR [--no-special] [--type-ids | --pairs] [--decode [--skip-special]]\n"
     "  FILE_OR_DIR  a tokenizer.json, a vocab.txt (BERT), a vocab.json (GPT-2, merges.txt beside it), or a\n"
     "               directory holding one of them (searched in that order)\n"
     "  encoding: one line of text in, one JSON array of ids out; --no-special leaves out the special tokens the\n"
     "            tokenizer's post-processor adds\n"
+    "  --type-ids: prints {\"ids\": […], \"type_ids\": […]} instead (the type id of each id)\n"
+    "  --pairs: each line is a JSON array of two texts, encoded as a pair (BERT: [CLS] A [SEP] B [SEP]); prints ids\n"
+    "           and type ids as --type-ids does\n"
     "  --decode: one JSON array of ids in, one line of text out; --skip-special drops special tokens\n";
 
 struct Options {
   std::string tokenizer;
-  bool special = true, decode = false, skip_special = false;
+  bool special = true, decode = false, skip_special = false, type_ids = false, pairs = false;
 };
 
 Options parse(int argc, char** argv) {
@@ -41,6 +46,10 @@ Options parse(int argc, char** argv) {
       o.tokenizer = argv[++i];
     } else if (a == "--no-special") {
       o.special = false;
+    } else if (a == "--type-ids") {
+      o.type_ids = true;
+    } else if (a == "--pairs") {
+      o.pairs = true;
     } else if (a == "--decode") {
       o.decode = true;
     } else if (a == "--skip-special") {
@@ -55,6 +64,8 @@ Options parse(int argc, char** argv) {
   if (o.tokenizer.empty()) throw usage_error("--tokenizer is required");
   if (o.skip_special && !o.decode) throw usage_error("--skip-special needs --decode");
   if (!o.special && o.decode) throw usage_error("--no-special is for encoding, not --decode");
+  if ((o.type_ids || o.pairs) && o.decode) throw usage_error("--type-ids and --pairs are for encoding, not --decode");
+  if (o.type_ids && o.pairs) throw usage_error("--pairs prints type ids already: give one of --type-ids and --pairs");
   return o;
 }
 
@@ -77,6 +88,19 @@ std::vector<int> parse_ids(const std::string& line, std::size_t number) {
   return ids;
 }
 
+/// A line of the input as a pair of texts: a JSON array of two strings.
+std::pair<std::string, std::string> parse_pair(const std::string& line) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception&) {
+    throw std::runtime_error("not valid JSON, expected an array of two texts such as [\"Who?\", \"Ann.\"]");
+  }
+  if (!j.is_array() || j.size() != 2 || !j[0].is_string() || !j[1].is_string())
+    throw std::runtime_error("expected an array of two texts, found " + (j.dump().size() > 60 ? j.dump().substr(0, 57) + "..." : j.dump()));
+  return {j[0].get<std::string>(), j[1].get<std::string>()};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -87,8 +111,20 @@ int main(int argc, char** argv) {
     for (std::size_t number = 1; std::getline(std::cin, line); ++number) {
       const std::vector<int> ids = o.decode ? parse_ids(line, number) : std::vector<int>();
       try {
-        if (o.decode) std::cout << tokenizer.decode(ids, o.skip_special) << '\n';
-        else std::cout << nlohmann::json(tokenizer.encode(line, o.special)).dump() << '\n';
+        if (o.decode) {
+          std::cout << tokenizer.decode(ids, o.skip_special) << '\n';
+        } else if (o.pairs || o.type_ids) {
+          pt::Encoding e;
+          if (o.pairs) {
+            const auto [a, b] = parse_pair(line);
+            e = tokenizer.encode_pair(a, b, o.special);
+          } else {
+            e = tokenizer.encode_with_type_ids(line, o.special);
+          }
+          std::cout << nlohmann::json{{"ids", e.ids}, {"type_ids", e.type_ids}}.dump() << '\n';
+        } else {
+          std::cout << nlohmann::json(tokenizer.encode(line, o.special)).dump() << '\n';
+        }
       } catch (const std::exception& e) {
         throw std::runtime_error("line " + std::to_string(number) + ": " + e.what());
       }

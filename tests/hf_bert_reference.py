@@ -15,7 +15,8 @@ weights as transformers writes them, and DIR/<case>.reference.safetensors with "
   pretraining_f16_gamma: BertForPreTraining (pooler, MLM and next-sentence heads), F16, LayerNorm tensors named
     gamma/beta, the bias stored as cls.predictions.decoder.bias, a position_ids buffer, n = 20; with `texts`, also a
     vocab.txt ([PAD] [UNK] [CLS] [SEP] [MASK], then "w5", "w6", … named by their ids) and the outputs of TEXTS as
-    BertTokenizer would encode them ([CLS], each word's id, [SEP]; padded), prefixed "text_" (for examples/encode);
+    BertTokenizer would encode them ([CLS], each word's id, [SEP]; padded), prefixed "text_", and of one text pair
+    ([CLS] A [SEP] B [SEP] with type ids 0, then 1 after the first [SEP]), prefixed "pair_" (for examples/encode);
   roberta_mlm_f32: RobertaForMaskedLM ("roberta." prefix, head under lm_head., the decoder's tied copy stored too),
     one token type; positions from the ids as modeling_roberta.py's create_position_ids_from_input_ids counts them
     (pad_token_id + the count of non-pad ids so far; a pad id, padding or not, at pad_token_id), padding with the pad
@@ -85,7 +86,7 @@ def forward(cfg, w, ids, mask, types):
 
 
 def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_norm_names, bias_on_decoder,
-              store_decoder_weight, position_ids, seed, lengths, n, texts=()):
+              store_decoder_weight, position_ids, seed, lengths, n, texts=(), pair=None):
     g = torch.Generator().manual_seed(seed)
     d, inner, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     rnd = lambda *shape, scale=0.2: torch.randn(*shape, generator=g) * scale
@@ -181,6 +182,13 @@ def make_case(out_dir, name, cfg, dtype, shards, base, pooler, mlm, nsp, old_nor
                     "text_last_hidden_state": torch.stack([o[0] for o in outs]),
                     "text_pooler_output": torch.stack([o[1] for o in outs]),
                     "text_logits": torch.stack([o[2] for o in outs])})
+    if pair:  # BertTokenizer's pair: [CLS] A [SEP] B [SEP], type ids 0 through the first [SEP], 1 after it
+        first, second = ([tokens.index(word) for word in text.split()] for text in pair)
+        pair_ids = torch.tensor([2] + first + [3] + second + [3])
+        pair_types = torch.tensor([0] * (len(first) + 2) + [1] * (len(second) + 1))
+        o = forward(cfg, stored, pair_ids, torch.ones_like(pair_ids), pair_types)
+        ref.update({"pair_ids": pair_ids, "pair_token_type_ids": pair_types, "pair_last_hidden_state": o[0],
+                    "pair_pooler_output": o[1]})
     save_safetensors(os.path.join(out_dir, name + ".reference.safetensors"), ref)
 
 
@@ -204,7 +212,8 @@ def main():
               dict(base, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2),
               "F16", 1, "bert.", pooler=True, mlm=True, nsp=True, old_norm_names=True, bias_on_decoder=True,
               store_decoder_weight=False, position_ids=True, seed=13, lengths=[20], n=20,
-              texts=["w10 w11 [MASK] w12", "w20 [MASK] w21 w22 [MASK] w23 w24 w99 w100"])
+              texts=["w10 w11 [MASK] w12", "w20 [MASK] w21 w22 [MASK] w23 w24 w99 w100"],
+              pair=["w10 w11 w12", "w30 w31 w32 w33"])
     roberta = dict(base, model_type="roberta", layer_norm_eps=1e-5, type_vocab_size=1, pad_token_id=1,
                    max_position_embeddings=32)
     make_case(args.out_dir, "roberta_mlm_f32",

@@ -1,7 +1,8 @@
 // The encode program end to end, against tests/hf_bert_reference.py: its pretraining_f16_gamma case (a BERT with a
 // pooler and a masked-LM head) carries a vocab.txt and the float64 outputs of two texts as BertTokenizer encodes them
 // (the text_* tensors). Embeddings pooled by [CLS], by mean (normalized) and by the pooler, and the fillers of each
-// [MASK], must match those outputs; bad input exits with code 2.
+// [MASK], must match those outputs, as must a text pair's ([CLS] A [SEP] B [SEP], type ids 0 then 1); bad input
+// exits with code 2.
 
 #include <catch2/catch.hpp>
 
@@ -111,6 +112,33 @@ TEST_CASE("examples/encode: embeddings equal the reference's pooled states", "[e
   std::ofstream(input) << texts[0] << "\n" << texts[1] << "\n";
   REQUIRE(run("--model " + model_dir + " --batch 1 < " + input, &with_stdin) == 0);
   CHECK(results(with_stdin) == results(with_args));
+}
+
+TEST_CASE("examples/encode: --pair joins two texts as BertTokenizer does, the second of token type 1",
+          "[examples][hf][bert]") {
+  const auto f = polyformer::io::SafetensorsFile::open(reference_dir + "/pretraining_f16_gamma.reference.safetensors");
+  const polyformer::io::FloatTensor hidden = f.tensor("pair_last_hidden_state"), pooled = f.tensor("pair_pooler_output");
+  const std::size_t d = hidden.shape.at(1);
+  const std::string args = "--model " + model_dir + " --text 'w10 w11 w12' --pair 'w30 w31 w32 w33' --text 'w10 w11 w12'";
+  for (const std::string pool : {"cls", "pooler"}) {
+    INFO("--pool " << pool);
+    std::string out, err;
+    REQUIRE(run(args + " --pool " + pool, &out, &err) == 0);
+    const std::vector<nlohmann::json> r = results(out);
+    REQUIRE(r.size() == 2);
+    CHECK(r[0]["pair"] == "w30 w31 w32 w33");
+    CHECK_FALSE(r[1].contains("pair"));
+    const std::vector<double> want(pool == "cls" ? hidden.data.begin() : pooled.data.begin(),
+                                   (pool == "cls" ? hidden.data.begin() : pooled.data.begin()) + std::ptrdiff_t(d));
+    CHECK(relative_error(r[0]["embedding"].get<std::vector<double>>(), want) < 1e-4);
+    // The text alone is another input: its embedding differs.
+    CHECK(relative_error(r[1]["embedding"].get<std::vector<double>>(), want) > 1e-2);
+  }
+  std::string err;
+  CHECK(run("--model " + model_dir + " --pair 'w30'", nullptr, &err) == 2);
+  CHECK(err.find("--pair must follow a --text of its own") != std::string::npos);
+  CHECK(run("--model " + model_dir + " --text a --pair b --pair c", nullptr, &err) == 2);
+  CHECK(err.find("--pair must follow a --text of its own") != std::string::npos);
 }
 
 TEST_CASE("examples/encode: --fill-mask gives the reference's likeliest tokens with their probabilities",

@@ -1,10 +1,12 @@
 // The tokenize CLI end to end over GPT-2's vocabulary: the hand-written edge cases of tests/tokenizers/gpt2*.tar.xz
 // (those without a line break) encoded line by line equal the Hugging Face tokenizers library's ids, and decode back
-// to their text; bad options, files and input exit with code 2 and one line.
+// to their text; a BERT vocabulary's ids and type ids of single texts and pairs equal the library's (pairs.json); bad
+// options, files and input exit with code 2 and one line.
 
 #include <catch2/catch.hpp>
 
 #include <fstream>
+#include <utility>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,6 +64,38 @@ TEST_CASE("examples/tokenize: GPT-2 ids equal the tokenizers library's, and deco
   CHECK(out == "Hithere\n\n");
 }
 
+TEST_CASE("examples/tokenize: --pairs and --type-ids print the tokenizers library's ids and type ids",
+          "[examples][tokenizers]") {
+  // tests/tokenizers/pairs.json: the library's BERT template, which vocab.txt read as BertTokenizer follows.
+  std::ifstream in(POLYFORMER_TOKENIZER_PAIRS);
+  const nlohmann::json f = nlohmann::json::parse(in);
+  const nlohmann::json& c = f["cases"][0];
+  REQUIRE(c["name"] == "bert_template");
+  const std::string bert = POLYFORMER_BERT_TOKENIZER_DIR;
+  for (const bool pairs : {true, false}) {
+    std::string input, with, without;
+    for (std::size_t i = 0; i < f["inputs"].size(); ++i) {
+      const nlohmann::json& row = f["inputs"][i];
+      if (row[1].is_null() == pairs) continue;
+      const std::string a = f["texts"][row[0].get<std::size_t>()].get<std::string>();
+      const std::string b = pairs ? f["texts"][row[1].get<std::size_t>()].get<std::string>() : std::string();
+      if (!pairs && a.find_first_of("\n\r") != std::string::npos) continue;  // a line of input cannot hold a line break
+      input += (pairs ? nlohmann::json::array({a, b}).dump() : a) + "\n";
+      for (const auto& [key, out] : {std::pair{"with", &with}, std::pair{"without", &without}})
+        *out += nlohmann::json{{"ids", c["rows"][i][key]["ids"]}, {"type_ids", c["rows"][i][key]["type_ids"]}}.dump() + "\n";
+    }
+    const std::string mode = pairs ? " --pairs" : " --type-ids";
+    const std::string file = write_input(pairs ? "pairs.txt" : "singles.txt", input);
+    std::string out, err;
+    INFO(mode);
+    REQUIRE(run("--tokenizer " + bert + mode + " < " + file, &out, &err) == 0);
+    CHECK(err.empty());
+    CHECK(out == with);
+    REQUIRE(run("--tokenizer " + bert + mode + " --no-special < " + file, &out, &err) == 0);
+    CHECK(out == without);
+  }
+}
+
 TEST_CASE("examples/tokenize: bad input exits with code 2 and one line", "[examples][tokenizers][errors]") {
   const std::string dir = " --tokenizer " + fixture_dir;
   const std::string good = write_input("good.txt", "hello\n");
@@ -76,6 +110,10 @@ TEST_CASE("examples/tokenize: bad input exits with code 2 and one line", "[examp
       {dir + " --decode < " + write_input("object.txt", "{\"a\": 1}\n"), "line 1: expected an array of ids, found object"},
       {dir + " --decode < " + write_input("float.txt", "[1.5]\n"), "line 1: the id 1.5 is not an integer"},
       {dir + " --decode < " + write_input("range.txt", "[1]\n[99999]\n"), "line 2: Tokenizer::decode: id 0 is 99999"},
+      {dir + " --pairs < " + write_input("pair1.txt", "[\"a\", \"b\"]\n[\"a\"]\n"), "line 2: expected an array of two texts, found [\"a\"]"},
+      {dir + " --pairs < " + good, "line 1: not valid JSON, expected an array of two texts"},
+      {dir + " --pairs --type-ids < " + good, "give one of --type-ids and --pairs"},
+      {dir + " --type-ids --decode < " + good, "--type-ids and --pairs are for encoding, not --decode"},
   };
   for (const auto& [args, message] : cases) {
     INFO(args);

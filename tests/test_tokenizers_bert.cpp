@@ -138,7 +138,7 @@ TEST_CASE("BERT's tokenizer parts refuse what they cannot run", "[tokenizers][be
                     R"({"Sequence": {"id": "A"}}]}, )" + model + "}",
         "the special token '[X]', which post_processor.special_tokens does not list");
   fails("{" + pre + R"(, "post_processor": {"type": "TemplateProcessing", "single": []}, )" + model + "}",
-        "post_processor.single is without the sequence $A");
+        "post_processor.single is a template holding A 0 and B 0 times");
   fails("{" + pre + R"(, "added_tokens": [{"id": 0, "content": "[UNK]", "normalized": true}], "normalizer": )"
                     R"({"type": "BertNormalizer"}, )" + model + "}",
         "added_tokens[0].normalized is true, expected false with a normalizer");

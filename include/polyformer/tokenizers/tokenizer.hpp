@@ -10,8 +10,9 @@
 /// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
 /// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
 /// Metaspace, WhitespaceSplit or both) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
-/// the WordPiece decoder), with added and special tokens and the special tokens a single sequence gets
-/// (TemplateProcessing, BertProcessing, RobertaProcessing). Anything else in a tokenizer.json (another
+/// the WordPiece decoder), with added and special tokens and the special tokens and type ids a text or a pair of
+/// texts gets (TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and one
+/// of them: tokenizers/post_processor.hpp). Anything else in a tokenizer.json (another
 /// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
 /// spaces or match single words) is refused by name when the file is read, never run differently.
 
@@ -37,6 +38,7 @@
 #include "polyformer/tokenizers/decoder.hpp"
 #include "polyformer/tokenizers/json_number.hpp"
 #include "polyformer/tokenizers/normalizer.hpp"
+#include "polyformer/tokenizers/post_processor.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 #include "polyformer/tokenizers/unigram.hpp"
@@ -177,8 +179,7 @@ class Tokenizer {
       if (const int sid = t.wordpiece_->id_of(special); sid >= 0) t.added_.push_back({sid, special, true});
     const int cls = t.wordpiece_->id_of("[CLS]"), sep = t.wordpiece_->id_of("[SEP]");
     if (cls < 0 || sep < 0) throw format_error(cat(path, ": the vocabulary lacks [CLS] or [SEP]"));
-    t.prefix_ids_ = {cls};
-    t.suffix_ids_ = {sep};
+    t.post_ = PostProcessor::bert(cls, sep);
     t.finish();
     return t;
   }
@@ -188,7 +189,10 @@ class Tokenizer {
   /// sequence gets <s> before it with `add_bos` and </s> after it with `add_eos`.
   /// `extra_ids`: T5Tokenizer's sentinels <extra_id_0> … <extra_id_{n-1}>, special tokens after the model's pieces
   /// in reverse order (<extra_id_0> is the last id), as transformers numbers them.
-  static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos, int extra_ids = 0) {
+  /// `pair_type_id`: the type id of a pair's second text and its special tokens (1 as LlamaTokenizer; T5Tokenizer's
+  /// are all 0).
+  static Tokenizer from_sentencepiece(const std::string& path, bool add_bos, bool add_eos, int extra_ids = 0,
+                                      int pair_type_id = 1) {
     using polyformer::detail::cat;
     Tokenizer t;
     t.source_ = path;
@@ -204,14 +208,18 @@ class Tokenizer {
         throw format_error(cat(path, ": the model already has the piece ", content, " (extra_ids would add it again)"));
       t.added_.push_back({sp.size() + extra_ids - 1 - i, content, true});
     }
+    std::vector<int> before, after;
     if (add_bos) {
       if (sp.bos_id() < 0) throw format_error(cat(path, ": the model has no <s> to put before a sequence"));
-      t.prefix_ids_ = {sp.bos_id()};
+      before = {sp.bos_id()};
     }
     if (add_eos) {
       if (sp.eos_id() < 0) throw format_error(cat(path, ": the model has no </s> to put after a sequence"));
-      t.suffix_ids_ = {sp.eos_id()};
+      after = {sp.eos_id()};
     }
+    if (pair_type_id < 0)
+      throw config_error(cat("Tokenizer::from_sentencepiece: pair_type_id is ", pair_type_id, ", expected 0 or more"));
+    t.post_ = PostProcessor(std::move(before), std::move(after), pair_type_id);
     return t;
   }
 
@@ -255,9 +263,29 @@ class Tokenizer {
   /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise), with the special tokens the
   /// post-processor puts around a sequence unless `add_special_tokens` is false.
   std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const {
+    return post_.apply(encode_text(text), nullptr, add_special_tokens).ids;
+  }
+
+  /// The same with the type id of every id (what the post-processor's template for one text gives it).
+  Encoding encode_with_type_ids(std::string_view text, bool add_special_tokens = true) const {
+    return post_.apply(encode_text(text), nullptr, add_special_tokens);
+  }
+
+  /// A pair of texts as the post-processor's pair template joins them (BERT: [CLS] a [SEP] b [SEP], type ids 0 up to
+  /// the first [SEP], 1 after it). Throws config_error when the tokenizer has no pair template.
+  Encoding encode_pair(std::string_view a, std::string_view b, bool add_special_tokens = true) const {
+    const std::vector<int> second = encode_text(b);
+    return post_.apply(encode_text(a), &second, add_special_tokens);
+  }
+
+  /// The post-processor's templates.
+  const PostProcessor& post_processor() const noexcept { return post_; }
+
+ private:
+  /// The ids of one text, before the post-processor.
+  std::vector<int> encode_text(std::string_view text) const {
     const char* func = "Tokenizer::encode";
     std::vector<int> ids, symbols;
-    if (add_special_tokens) ids = prefix_ids_;
     std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     if (sentencepiece_) validate_utf8(text, func);
@@ -382,9 +410,10 @@ class Tokenizer {
       at = best_at + best_length;
     }
     encode_segment(text.substr(at), at == 0);
-    if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
     return ids;
   }
+
+ public:
 
   /// The text of `ids`; special added tokens are left out with `skip_special_tokens`. Throws config_error naming
   /// the position of an id that is no token.
@@ -448,7 +477,7 @@ class Tokenizer {
   /// A SentencePiece model's tokenizer, with the special tokens its directory's files ask for (see open()).
   static Tokenizer open_sentencepiece(const std::filesystem::path& model) {
     bool add_bos = true, add_eos = false;
-    int extra_ids = 0;
+    int extra_ids = 0, pair_type_id = 1;
     const auto read_json = [](const std::filesystem::path& file) {
       try {
         const std::vector<unsigned char> bytes = io::detail::read_file(file.string(), "JSON");
@@ -461,7 +490,7 @@ class Tokenizer {
     if (std::filesystem::exists(dir / "tokenizer_config.json")) {
       const nlohmann::json c = read_json(dir / "tokenizer_config.json");
       if (c.is_object() && c.value("tokenizer_class", "").starts_with("T5Tokenizer")) {
-        add_bos = false, add_eos = true;
+        add_bos = false, add_eos = true, pair_type_id = 0;
         extra_ids = 100;  // T5Tokenizer's default
       }
       if (c.is_object() && c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) add_bos = c["add_bos_token"].get<bool>();
@@ -474,9 +503,10 @@ class Tokenizer {
       }
     } else if (std::filesystem::exists(dir / "config.json")) {
       const nlohmann::json c = read_json(dir / "config.json");
-      if (c.is_object() && c.value("model_type", "") == "t5") add_bos = false, add_eos = true, extra_ids = 100;
+      if (c.is_object() && c.value("model_type", "") == "t5")
+        add_bos = false, add_eos = true, extra_ids = 100, pair_type_id = 0;
     }
-    return from_sentencepiece(model.string(), add_bos, add_eos, extra_ids);
+    return from_sentencepiece(model.string(), add_bos, add_eos, extra_ids, pair_type_id);
   }
 
   /// Runs of ordinary ids decoded by the library; special ones as their pieces (or left out).
@@ -701,48 +731,94 @@ class Tokenizer {
     normalizer_ = Normalizer(std::move(steps));
   }
 
+  /// null, ByteLevel (it only moves offsets), BertProcessing, RobertaProcessing, TemplateProcessing, or a Sequence
+  /// of ByteLevel ones and at most one of the others.
   void read_post_processor(const Reader& r, const nlohmann::json& p) {
     using polyformer::detail::cat;
     if (p.is_null()) return;
     const std::string type = p.is_object() ? p.value("type", "") : "";
-    const auto pair_id = [&](const char* key) {  // ["[CLS]", 101]
-      if (!p.contains(key) || !p[key].is_array() || p[key].size() != 2 || !p[key][1].is_number_integer())
-        r.fail(cat("post_processor.", key), "not a [token, id] pair");
-      return p[key][1].get<int>();
-    };
-    if (type == "ByteLevel") return;  // it only moves offsets
-    if (type == "BertProcessing" || type == "RobertaProcessing") {
-      prefix_ids_ = {pair_id("cls")};
-      suffix_ids_ = {pair_id("sep")};
+    if (type != "Sequence") {
+      post_ = read_one_post_processor(r, p, "post_processor");
       return;
     }
-    if (type != "TemplateProcessing")
-      r.unsupported("post_processor", p, "null, a ByteLevel, BertProcessing, RobertaProcessing or TemplateProcessing one");
-    // single: special tokens, one {"Sequence": {"id": "A"}}, special tokens; each special token's ids from special_tokens
-    if (!p.contains("single") || !p["single"].is_array()) r.fail("post_processor.single", "missing or not a list");
-    bool seen_sequence = false;
-    for (std::size_t i = 0; i < p["single"].size(); ++i) {
-      const nlohmann::json& piece = p["single"][i];
-      const std::string at = cat("post_processor.single[", i, "]");
-      if (piece.contains("Sequence")) {
-        if (seen_sequence || piece["Sequence"].value("id", "") != "A") r.fail(at, "a second sequence, expected only A");
-        seen_sequence = true;
-      } else if (piece.contains("SpecialToken") && piece["SpecialToken"].contains("id") &&
-                 piece["SpecialToken"]["id"].is_string()) {
-        const std::string name = piece["SpecialToken"]["id"].get<std::string>();
-        const nlohmann::json* special = p.contains("special_tokens") && p["special_tokens"].contains(name)
-                                            ? &p["special_tokens"][name] : nullptr;
-        if (special == nullptr || !special->contains("ids") || !(*special)["ids"].is_array())
-          r.fail(at, "the special token '" + name + "', which post_processor.special_tokens does not list with its ids");
-        for (const nlohmann::json& id : (*special)["ids"]) {
-          if (!id.is_number_integer()) r.fail(at, "a special token with an id that is not an integer");
-          (seen_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int>());
-        }
-      } else {
-        r.fail(at, piece.dump() + ", expected {\"Sequence\": …} or {\"SpecialToken\": …}");
-      }
+    if (!p.contains("processors") || !p["processors"].is_array()) r.fail("post_processor.processors", "missing or not a list");
+    bool seen = false;
+    for (std::size_t i = 0; i < p["processors"].size(); ++i) {
+      const nlohmann::json& step = p["processors"][i];
+      const std::string at = cat("post_processor.processors[", i, "]");
+      if (step.is_object() && step.value("type", "") == "ByteLevel") continue;
+      if (seen) r.unsupported(at, step, "ByteLevel ones and at most one other post-processor");
+      post_ = read_one_post_processor(r, step, at);
+      seen = true;
     }
-    if (!seen_sequence) r.fail("post_processor.single", "without the sequence $A");
+  }
+
+  static PostProcessor read_one_post_processor(const Reader& r, const nlohmann::json& p, const std::string& at) {
+    using polyformer::detail::cat;
+    const std::string type = p.is_object() ? p.value("type", "") : "";
+    const auto pair_id = [&](const char* key) {  // ["[CLS]", 101]
+      if (!p.contains(key) || !p[key].is_array() || p[key].size() != 2 || !p[key][1].is_number_integer())
+        r.fail(cat(at, ".", key), "not a [token, id] pair");
+      return p[key][1].get<int>();
+    };
+    if (type == "ByteLevel") return {};
+    if (type == "BertProcessing") return PostProcessor::bert(pair_id("cls"), pair_id("sep"));
+    if (type == "RobertaProcessing") return PostProcessor::roberta(pair_id("cls"), pair_id("sep"));
+    if (type != "TemplateProcessing")
+      r.unsupported(at, p, "null, a ByteLevel, BertProcessing, RobertaProcessing or TemplateProcessing one, or a "
+                           "Sequence of them");
+    // {"Sequence": {"id": "A", "type_id": 0}} or {"SpecialToken": {"id": "[SEP]", "type_id": 1}}, the special
+    // token's ids from special_tokens
+    const auto read_template = [&](const char* key) {
+      PostProcessor::Template t;
+      if (!p[key].is_array()) r.fail(cat(at, ".", key), "not a list");
+      for (std::size_t i = 0; i < p[key].size(); ++i) {
+        const nlohmann::json& piece = p[key][i];
+        const std::string where = cat(at, ".", key, "[", i, "]");
+        const bool sequence = piece.is_object() && piece.contains("Sequence");
+        if (!sequence && !(piece.is_object() && piece.contains("SpecialToken")))
+          r.fail(where, piece.dump() + ", expected {\"Sequence\": …} or {\"SpecialToken\": …}");
+        const nlohmann::json& body = piece[sequence ? "Sequence" : "SpecialToken"];
+        if (!body.is_object() || !body.contains("id") || !body["id"].is_string()) r.fail(where, "without a string id");
+        int type_id = 0;
+        if (body.contains("type_id")) {
+          if (!body["type_id"].is_number_unsigned() || body["type_id"].get<std::uint64_t>() > 0x7fffffff)
+            r.fail(where, "a type_id that is not an integer 0..2147483647");
+          type_id = body["type_id"].get<int>();
+        }
+        const std::string name = body["id"].get<std::string>();
+        if (sequence) {
+          if (name != "A" && name != "B") r.fail(where, "the sequence '" + name + "', expected A or B");
+          t.push_back({name == "A" ? PostProcessor::Piece::Kind::a : PostProcessor::Piece::Kind::b, type_id, {}});
+          continue;
+        }
+        const nlohmann::json* special = p.contains("special_tokens") && p["special_tokens"].is_object() &&
+                                                p["special_tokens"].contains(name)
+                                            ? &p["special_tokens"][name] : nullptr;
+        if (special == nullptr || !special->is_object() || !special->contains("ids") || !(*special)["ids"].is_array())
+          r.fail(where, "the special token '" + name + "', which " + at + ".special_tokens does not list with its ids");
+        PostProcessor::Piece token{PostProcessor::Piece::Kind::special, type_id, {}};
+        for (const nlohmann::json& id : (*special)["ids"]) {
+          if (!id.is_number_unsigned() || id.get<std::uint64_t>() > 0x7fffffff)
+            r.fail(where, "a special token with an id that is not an integer 0..2147483647");
+          token.ids.push_back(id.get<int>());
+        }
+        t.push_back(std::move(token));
+      }
+      const auto count = [&](PostProcessor::Piece::Kind kind) {
+        return std::count_if(t.begin(), t.end(), [&](const PostProcessor::Piece& x) { return x.kind == kind; });
+      };
+      const bool pair = std::string_view(key) == "pair";
+      const auto a = count(PostProcessor::Piece::Kind::a), b = count(PostProcessor::Piece::Kind::b);
+      if (a != 1 || b != (pair ? 1 : 0))
+        r.fail(cat(at, ".", key), cat("a template holding A ", a, " and B ", b, " times, expected A once and ",
+                                      pair ? "B once" : "no B"));
+      return t;
+    };
+    if (!p.contains("single") || p["single"].is_null()) r.fail(at + ".single", "missing");
+    PostProcessor::Template single = read_template("single");
+    PostProcessor::Template pair = p.contains("pair") && !p["pair"].is_null() ? read_template("pair") : PostProcessor::Template{};
+    return PostProcessor(std::move(single), std::move(pair));
   }
 
   void read_decoder(const Reader& r, const nlohmann::json& d) {
@@ -921,7 +997,7 @@ class Tokenizer {
   PreTokenizer pre_tokenizer_ = PreTokenizer::byte_level;
   Metaspace metaspace_;
   Decoder decoder_;
-  std::vector<int> prefix_ids_, suffix_ids_;  // the post-processor's special tokens around a single sequence
+  PostProcessor post_;  // the special tokens and type ids of a text and of a pair
   std::vector<AddedToken> added_;
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
   bool add_prefix_space_ = false, ignore_merges_ = false;

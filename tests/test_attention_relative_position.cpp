@@ -2,7 +2,8 @@
 // _relative_position_bucket (its values for relative positions −300..300 under four settings, computed once with
 // PyTorch 1.13 from that function and written here as runs), the forward against a float64 oracle written here
 // (per-head bias from the table, no scaling, padding and causal masks), decoding position by position against the
-// whole sequence, the unbiased form as plain unscaled attention, and bad shapes.
+// whole sequence, the unbiased form as plain unscaled attention, the heads on a sliding window (against the oracle
+// restricted to the window), and bad shapes.
 
 #include <catch2/catch.hpp>
 
@@ -11,7 +12,12 @@
 #include <utility>
 #include <vector>
 
+#include "polyformer/attention/blockwise.hpp"
+#include "polyformer/attention/kernelized.hpp"
+#include "polyformer/attention/linformer.hpp"
+#include "polyformer/attention/lsh.hpp"
 #include "polyformer/attention/relative_position.hpp"
+#include "polyformer/attention/sliding_window.hpp"
 #include "support.hpp"
 
 namespace pf = polyformer;
@@ -20,9 +26,11 @@ using pf::Matrix;
 
 namespace {
 
-/// softmax over visible keys of q·kᵀ + bias(h, i, j), times v, in double; query i at position i + offset.
+/// softmax over visible keys of q·kᵀ + bias(h, i, j), times v, in double; query i at position i + offset; with a
+/// window w ≥ 0 only keys j with |j − (i + offset)| ≤ w are visible.
 Matrix oracle(const Matrix& q, const Matrix& k, const Matrix& v, Index heads, Index dh, const Matrix* table,
-              const pf::RelativePositionBuckets& buckets, bool causal, Index offset, const std::vector<float>& padding) {
+              const pf::RelativePositionBuckets& buckets, bool causal, Index offset, const std::vector<float>& padding,
+              Index window = -1) {
   const Index n_q = q.rows(), n_k = k.rows();
   Matrix out = Matrix::Zero(n_q, heads * dh);
   for (Index h = 0; h < heads; ++h)
@@ -31,6 +39,7 @@ Matrix oracle(const Matrix& q, const Matrix& k, const Matrix& v, Index heads, In
       double top = -INFINITY;
       for (Index j = 0; j < n_k; ++j) {
         if ((causal && j > i + offset) || (!padding.empty() && padding[std::size_t(j)] != 0)) continue;
+        if (window >= 0 && std::abs(j - (i + offset)) > window) continue;
         double s = 0;
         for (Index c = 0; c < dh; ++c) s += double(q(i, h * dh + c)) * double(k(j, h * dh + c));
         if (table) s += (*table)(buckets.bucket(j - (i + offset)), h);
@@ -130,6 +139,48 @@ TEST_CASE("Relative position attention equals a float64 oracle, and decodes as i
   plain.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), pf::AttentionMask{}, pf::view(out), pf::Context{1});
   const Matrix want = oracle(q, k, v, heads, dh, nullptr, {}, false, 0, {});
   CHECK(pft::max_abs_diff(out, want) < 1e-5f * want.cwiseAbs().maxCoeff());
+}
+
+TEST_CASE("Relative position attention runs its heads on another policy: a sliding window with T5's bias",
+          "[attention][t5]") {
+  const Index heads = 2, dh = 8, n = 41, window = 5;
+  const auto table = std::make_shared<const Matrix>(pft::random_matrix(32, heads, 7, 2.0f));
+  const Matrix q = pft::random_matrix(n, heads * dh, 11), k = pft::random_matrix(n, heads * dh, 12),
+               v = pft::random_matrix(n, heads * dh, 13);
+  const pf::AttentionShape shape{heads, heads, dh, 0.125f};
+  for (const bool decoder : {false, true}) {
+    INFO((decoder ? "decoder (causal)" : "encoder (both directions)"));
+    const pf::RelativePositionBuckets buckets{32, 20, !decoder};
+    const pf::RelativePositionAttention<pf::SlidingWindow> attention(table, buckets, pf::SlidingWindow(window));
+    std::vector<float> padding;
+    pf::AttentionMask mask;
+    mask.causal = decoder;
+    if (!decoder) {  // keys 30..33 padded, inside other queries' windows
+      padding.assign(std::size_t(n), 0.0f);
+      for (Index j = 30; j < 34; ++j) padding[std::size_t(j)] = 1.0f;
+      mask.key_padding = padding.data();
+    }
+    Matrix out(n, heads * dh);
+    attention.forward(shape, pf::cview(q), pf::cview(k), pf::cview(v), mask, pf::view(out), pf::Context{2});
+    const Matrix want = oracle(q, k, v, heads, dh, table.get(), buckets, decoder, 0, padding, window);
+    CHECK(pft::max_abs_diff(out, want) < 1e-5f * want.cwiseAbs().maxCoeff());
+    // Not what full attention with the bias gives: the window is honoured.
+    const Matrix everything = oracle(q, k, v, heads, dh, table.get(), buckets, decoder, 0, padding);
+    CHECK(pft::max_abs_diff(out, everything) > 1e-2f * everything.cwiseAbs().maxCoeff());
+    if (!decoder) continue;
+    auto state = attention.make_state(n, heads, dh);
+    Matrix step(n, heads * dh);
+    for (Index p = 0; p < n; ++p) {
+      Matrix row(1, heads * dh);
+      attention.forward_cached(shape, pf::block(pf::cview(q), p, 0, 1, heads * dh), pf::block(pf::cview(k), p, 0, 1, heads * dh),
+                               pf::block(pf::cview(v), p, 0, 1, heads * dh), state, pf::view(row), pf::Context{1});
+      step.row(p) = row.row(0);
+    }
+    CHECK(pft::max_abs_diff(step, want) < 1e-5f * want.cwiseAbs().maxCoeff());
+  }
+  static_assert(pf::AdditiveBiasAttention<pf::SlidingWindow> && pf::AdditiveBiasAttention<pf::Blockwise> &&
+                pf::AdditiveBiasAttention<pf::LSHAttention> && !pf::AdditiveBiasAttention<pf::Linformer> &&
+                !pf::AdditiveBiasAttention<pf::LinearAttention> && !pf::AdditiveBiasAttention<pf::Performer>);
 }
 
 TEST_CASE("Relative position attention refuses shapes that do not fit", "[attention][t5][errors]") {

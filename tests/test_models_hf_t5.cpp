@@ -3,7 +3,8 @@
 // the original T5 (ReLU, tied lm_head scaled by d_model^-½) in F32 over two padded sequences, and v1.1/FLAN-T5's
 // gated-gelu with an untied lm_head and heads·d_kv ≠ d_model in BF16. The encoder's output, the teacher-forced
 // logits and decoder output, greedy decoding over the decoder's cache (cross-attention keys and values projected
-// once) against the reference's full recomputation, and beam search against its transformers-style search.
+// once) against the reference's full recomputation, and beam search against its transformers-style search; the same
+// through other attention (a sliding window wider than the sequences) and linear (LoRA<Dense>) policies.
 
 #include <catch2/catch.hpp>
 
@@ -17,6 +18,8 @@
 #include "hf_testing.hpp"
 #include "polyformer/generate/seq2seq_generation.hpp"
 #include "polyformer/io/safetensors.hpp"
+#include "polyformer/attention/sliding_window.hpp"
+#include "polyformer/linear/lora.hpp"
 #include "polyformer/models/hf_t5.hpp"
 
 namespace pf = polyformer;
@@ -32,11 +35,15 @@ std::vector<int> ints(const std::vector<float>& v, std::size_t from = 0, std::si
   return std::vector<int>(v.begin() + std::ptrdiff_t(from), v.begin() + std::ptrdiff_t(end));
 }
 
+/// The case `name` through T5<Model's activation, linear and attention policies>, its attention set as `attention`;
+/// outputs within `tolerance` (relative), and with `search` greedy and beam tokens equal to the reference's.
 template <typename Model>
-void check_case(const std::string& name) {
+void check_case(const std::string& name, const typename Model::attention_type& attention = {}, double tolerance = 1e-4,
+                bool search = true) {
   INFO(name);
   const auto ref = pf::io::SafetensorsFile::open(reference_dir + "/" + name + ".reference.safetensors");
-  const auto model = pf::load_hf_t5<typename Model::activation_type>(reference_dir + "/" + name);
+  const Model model = pf::load_hf_t5<typename Model::activation_type, typename Model::linear_type,
+                                     typename Model::attention_type>(reference_dir + "/" + name, attention);
   const pf::io::FloatTensor ids = ref.tensor("input_ids"), mask = ref.tensor("attention_mask"),
                             dec = ref.tensor("decoder_input_ids"), memory = ref.tensor("encoder_last_hidden_state"),
                             logits = ref.tensor("logits"), decoder_hidden = ref.tensor("last_hidden_state");
@@ -49,15 +56,16 @@ void check_case(const std::string& name) {
     const std::vector<int> padding = ints(mask.data, std::size_t(b * n), std::size_t(n));
     memories.push_back(model.encode(tokens, padding, ctx));
     const Matrix want_memory = Eigen::Map<const Matrix>(memory.data.data() + b * n * d, n, d);
-    CHECK(pft::relative_error(memories.back(), want_memory) < 1e-4);
+    CHECK(pft::relative_error(memories.back(), want_memory) < tolerance);
     Matrix hidden;
     const Matrix got =
         model.forward(memories.back(), padding, ints(dec.data, std::size_t(b * m), std::size_t(m)), ctx, &hidden);
     const Matrix want = Eigen::Map<const Matrix>(logits.data.data() + b * m * vocab, m, vocab);
-    CHECK(pft::relative_error(got, want) < 1e-4);
+    CHECK(pft::relative_error(got, want) < tolerance);
     const Matrix want_hidden = Eigen::Map<const Matrix>(decoder_hidden.data.data() + b * m * d, m, d);
-    CHECK(pft::relative_error(hidden, want_hidden) < 1e-4);
+    CHECK(pft::relative_error(hidden, want_hidden) < tolerance);
   }
+  if (!search) return;
   // Greedy from the start token over the cache, for the first sequence.
   const std::vector<int> padding0 = ints(mask.data, 0, std::size_t(n));
   const std::vector<int> want_greedy = ints(ref.tensor("greedy").data);
@@ -87,6 +95,25 @@ TEST_CASE("load_hf_t5 equals transformers' T5ForConditionalGeneration: encoder, 
     FAIL("no Hugging Face T5 references in " << reference_dir << " (tests/hf_t5_reference.py runs at configure time)");
   check_case<pf::T5<pf::ReLU>>("relu_f32");
   check_case<pf::T5<pf::GeGLUTanh>>("gated_bf16");
+}
+
+TEST_CASE("load_hf_t5 runs on other attention and linear policies", "[models][hf][t5]") {
+  // A window past the longest sequence (37) and a block as long: each sees every key, so T5's outputs stay the
+  // reference's; greedy and beams too.
+  check_case<pf::T5<pf::ReLU, pf::Dense, pf::SlidingWindow>>("relu_f32", pf::SlidingWindow(40));
+  check_case<pf::T5<pf::GeGLUTanh, pf::Dense, pf::SlidingWindow>>("gated_bf16", pf::SlidingWindow(40));
+  // Another linear policy: LoRA<Dense> without an adapter is the Dense product.
+  check_case<pf::T5<pf::ReLU, pf::LoRA<pf::Dense>>>("relu_f32");
+  // A window shorter than the sequence changes the encoder's output (the policy is the one running).
+  const auto ref = pf::io::SafetensorsFile::open(reference_dir + "/relu_f32.reference.safetensors");
+  const pf::io::FloatTensor ids = ref.tensor("input_ids"), memory = ref.tensor("encoder_last_hidden_state");
+  const Index n = ids.shape[1], d = memory.shape[2];
+  const auto narrow = pf::load_hf_t5<pf::ReLU, pf::Dense, pf::SlidingWindow>(reference_dir + "/relu_f32", pf::SlidingWindow(4));
+  const Matrix got = narrow.encode(ints(ids.data, 0, std::size_t(n)), {}, pf::Context{1});
+  const Matrix full = pf::load_hf_t5(reference_dir + "/relu_f32").encode(ints(ids.data, 0, std::size_t(n)), {}, pf::Context{1});
+  CHECK(got.rows() == n);
+  CHECK(got.cols() == d);
+  CHECK(pft::relative_error(got, full) > 1e-2);
 }
 
 TEST_CASE("load_hf_t5 refuses a directory of the other FFN, naming config.json", "[models][hf][t5][errors]") {
@@ -153,7 +180,7 @@ TEST_CASE("load_hf_t5 refuses a BF16 weight holding NaN by name, and reads it wh
   CHECK_THROWS_WITH(pf::load_hf_t5<pf::GeGLUTanh>(dir),
                     Catch::Contains("model.safetensors: tensor 'decoder.final_layer_norm.weight' (BF16) holds NaN at "
                                     "element 5"));
-  const auto model = pf::load_hf_t5<pf::GeGLUTanh>(dir, pf::io::NonFinite::accept);
+  const auto model = pf::load_hf_t5<pf::GeGLUTanh>(dir, {}, pf::io::NonFinite::accept);
   CHECK(model.config().d_model == 30);
   std::filesystem::remove_all(dir);
 }

@@ -21,6 +21,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fuzz::expect_errors([&] { (void)pf::load_hf_gpt2(path); });
   fuzz::expect_errors([&] { (void)pf::load_hf_llama(path); });
   fuzz::expect_errors([&] { (void)pf::load_hf_t5<pf::ReLU>(path); });
-  fuzz::expect_errors([&] { (void)pf::load_hf_t5<pf::GeGLUTanh>(path, pf::io::NonFinite::accept); });
+  fuzz::expect_errors([&] { (void)pf::load_hf_t5<pf::GeGLUTanh>(path, {}, pf::io::NonFinite::accept); });
   return 0;
 }

@@ -60,6 +60,7 @@ class Blockwise : public PerCallWorkspace<Blockwise> {
   };
 
   static constexpr bool supports_causal = true;
+  static constexpr bool supports_additive_bias = true;  ///< mask.additive is added to the scores
   static constexpr const char* name = "blockwise";
 
   // The spelling (attention/spelling.hpp): "blockwise:B", B the block length.

@@ -35,6 +35,7 @@ class DynamicAttention<List, PolicyList<Ps...>>
   using PerCallWorkspace<DynamicAttention>::forward;
   using PerCallWorkspace<DynamicAttention>::forward_cached;
   static constexpr bool supports_causal = (Ps::supports_causal && ...);
+  static constexpr bool supports_additive_bias = (AdditiveBiasAttention<Ps> && ...);
   static constexpr const char* name = "dynamic";
 
   /// Each policy's scratch; only the held policy's grows.

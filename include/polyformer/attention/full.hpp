@@ -67,6 +67,7 @@ class FullAttention : public PerCallWorkspace<FullAttention> {
   };
 
   static constexpr bool supports_causal = true;
+  static constexpr bool supports_additive_bias = true;  ///< mask.additive is added to the scores
   static constexpr const char* name = "full";
 
   /// Tile sizes: rows of queries and of keys per tile.

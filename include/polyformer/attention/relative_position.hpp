@@ -2,8 +2,9 @@
 /// \file T5's attention (Raffel et al. 2020, §2.1): softmax(q·kᵀ + b)·v per head, without the 1/√d scaling, where b
 /// is a learned scalar per head and relative-position bucket: keys near the query get a bucket each, farther ones
 /// share buckets whose width grows logarithmically up to max_distance. Encoders bucket both directions, decoders only
-/// the past. Without a table it is T5's cross-attention: unscaled and unbiased. Each head runs FullAttention with
-/// its own additive bias; decoding keeps the keys and values in a state of its own.
+/// the past. Without a table it is T5's cross-attention: unscaled and unbiased. Each head runs an inner attention
+/// policy (FullAttention by default; any AdditiveBiasAttention, as SlidingWindow or Blockwise) with its own additive
+/// bias; decoding keeps the keys and values in a state of its own.
 
 #include <algorithm>
 #include <cmath>
@@ -53,15 +54,24 @@ struct RelativePositionBuckets {
   }
 };
 
-/// Attention with T5's relative position bias and no score scaling (the shape's scale is not used).
-class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttention> {
+/// Attention with T5's relative position bias and no score scaling (the shape's scale is not used), each head through
+/// `Inner`: a policy that adds an additive mask to its scores (the others are refused here, at compile time).
+template <AttentionPolicy Inner = FullAttention>
+class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttention<Inner>> {
+  static_assert(AdditiveBiasAttention<Inner>,
+                "RelativePositionAttention: the inner policy does not add an additive bias to its scores "
+                "(supports_additive_bias): T5's relative position bias cannot run on it");
+  static_assert(Inner::supports_causal, "RelativePositionAttention: the inner policy does not support causal masking");
+
  public:
   using PerCallWorkspace<RelativePositionAttention>::forward;
   using PerCallWorkspace<RelativePositionAttention>::forward_cached;
+  using inner_type = Inner;
   static constexpr bool supports_causal = true;
+  static constexpr bool supports_additive_bias = true;
 
   struct Workspace {
-    FullAttention::Workspace full;
+    typename Inner::Workspace inner;
     Matrix bias;                  // (n_q, n_k): one head's bias, plus the caller's additive mask
     std::vector<Index> buckets;   // the bucket of each relative position of the call
   };
@@ -83,9 +93,10 @@ class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttent
 
   /// Unbiased: T5's cross-attention.
   RelativePositionAttention() = default;
+  explicit RelativePositionAttention(Inner inner) : inner_(std::move(inner)) {}
   /// Biased by `table` (num_buckets, n_heads), shared with the other layers of a stack (T5 keeps it in the first).
-  RelativePositionAttention(std::shared_ptr<const Matrix> table, RelativePositionBuckets buckets)
-      : table_(std::move(table)), buckets_(buckets) {
+  RelativePositionAttention(std::shared_ptr<const Matrix> table, RelativePositionBuckets buckets, Inner inner = Inner{})
+      : table_(std::move(table)), buckets_(buckets), inner_(std::move(inner)) {
     buckets_.validate("RelativePositionAttention");
     if (table_ && table_->rows() != buckets_.num_buckets)
       throw shape_error(detail::cat("RelativePositionAttention: the table has ", table_->rows(), " rows, expected ",
@@ -94,6 +105,7 @@ class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttent
 
   const std::shared_ptr<const Matrix>& table() const noexcept { return table_; }
   const RelativePositionBuckets& buckets() const noexcept { return buckets_; }
+  const Inner& inner() const noexcept { return inner_; }
 
   /// out (n_q, heads·d) from q (n_q, heads·d), k and v (n_k, kv_heads·d). Query i sits at position
   /// i + mask.causal_offset, key j at j.
@@ -126,8 +138,8 @@ class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttent
         }
       }
       const Index g = s.kv_head(h);
-      full_.forward(one, block(q, 0, h * dh, n_q, dh), block(k, 0, g * dh, n_k, dh), block(v, 0, g * dh, n_k, dh),
-                    head_mask, block(out, 0, h * dh, n_q, dh), ws.full, ctx);
+      inner_.forward(one, block(q, 0, h * dh, n_q, dh), block(k, 0, g * dh, n_k, dh), block(v, 0, g * dh, n_k, dh),
+                     head_mask, block(out, 0, h * dh, n_q, dh), ws.inner, ctx);
     }
   }
 
@@ -165,9 +177,9 @@ class RelativePositionAttention : public PerCallWorkspace<RelativePositionAttent
  private:
   std::shared_ptr<const Matrix> table_;  // (num_buckets, n_heads), or none
   RelativePositionBuckets buckets_{};
-  FullAttention full_{};
+  Inner inner_{};
 };
 
-static_assert(IncrementalAttention<RelativePositionAttention>);
+static_assert(IncrementalAttention<RelativePositionAttention<>>);
 
 }  // namespace polyformer

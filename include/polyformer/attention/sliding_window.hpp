@@ -74,6 +74,7 @@ class SlidingWindow : public PerCallWorkspace<SlidingWindow> {
   };
 
   static constexpr bool supports_causal = true;
+  static constexpr bool supports_additive_bias = true;  ///< mask.additive is added to the scores
   static constexpr const char* name = "sliding";
 
   // The spelling (attention/spelling.hpp): "sliding:W", W the window.

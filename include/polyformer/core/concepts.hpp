@@ -120,6 +120,15 @@ concept AttentionPolicy = std::default_initializable<P> && std::default_initiali
   p.forward(shape, q, k, v, mask, out, ws, ctx);
 };
 
+/// An attention policy that adds a mask's additive bias (AttentionMask::additive) to its scores before the softmax,
+/// as T5's relative position bias needs (RelativePositionAttention<P>). A policy says so with
+/// `static constexpr bool supports_additive_bias = true`; Linformer's projected keys and the kernelized policies,
+/// which never form the scores, cannot.
+template <typename P>
+concept AdditiveBiasAttention = AttentionPolicy<P> && requires {
+  requires P::supports_additive_bias;
+};
+
 /// An attention policy that trains: forward_train keeps in its Saved what backward needs, and
 /// backward(shape, q, k, v, mask, out, dout, saved, dq, dk, dv, ws, ctx) writes the gradients of q, k and v from
 /// those of the output (dout), given the same inputs and forward's output `out`.

@@ -43,12 +43,14 @@ inline T5Config hf_t5_config(const io::HfDirectory& dir, bool& gated) {
 }
 
 /// Reads the T5ForConditionalGeneration in `directory` with FFN activation `Act` (ReLU for feed_forward_proj
-/// "relu", GeGLUTanh for "gated-gelu": format_error naming config.json for the other) over linear policy `Lin`.
+/// "relu", GeGLUTanh for "gated-gelu": format_error naming config.json for the other) over linear policy `Lin` and
+/// attention policy `attention` (T5's relative position bias added to its scores: make_t5).
 /// Every tensor must be present with the shape config.json implies; nothing else may be there. `non_finite`: what an
 /// F16/BF16 weight holding NaN or Inf does (refused by default: format_error naming the file and the tensor).
-template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense>
+template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense, AttentionPolicy Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-T5<Act, Lin> load_hf_t5(const std::string& directory, io::NonFinite non_finite = io::NonFinite::refuse) {
+T5<Act, Lin, Attn> load_hf_t5(const std::string& directory, const Attn& attention = Attn{},
+                              io::NonFinite non_finite = io::NonFinite::refuse) {
   const io::HfDirectory dir = io::HfDirectory::open(directory, non_finite);
   bool gated = false;
   const T5Config c = hf_t5_config(dir, gated);
@@ -56,7 +58,7 @@ T5<Act, Lin> load_hf_t5(const std::string& directory, io::NonFinite non_finite =
     dir.wrong("feed_forward_proj", gated ? "gated-gelu" : "relu",
               std::string(Act::gated ? "\"gated-gelu\"" : "\"relu\"") + " for load_hf_t5<" + Act::name + ">");
   dir.require_stored_values("load_hf_t5", c.parameter_count(gated));  // before make_t5 allocates them
-  auto model = make_t5<Act, Lin>(c);
+  auto model = make_t5<Act, Lin, Attn>(c, attention);
   io::HfTensorMap t(dir, "load_hf_t5");
   const ParameterList params = parameters_of(model);  // named: the loop refers into it
   for (const Parameter& p : params.items()) t.take(p.name, p.name, p.shape);

@@ -92,13 +92,20 @@ inline BlockNames t5_block_names(bool decoder, bool gated) {
   return n;
 }
 
-/// T5 over FFN activation `Act` (ReLU: T5; GeGLUTanh: v1.1 and FLAN-T5) and linear policy `Lin`.
-template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense>
+/// T5 over FFN activation `Act` (ReLU: T5; GeGLUTanh: v1.1 and FLAN-T5), linear policy `Lin` and attention policy
+/// `Attn`, which runs every head with T5's relative position bias added to its scores: a policy that takes an additive
+/// bias (AdditiveBiasAttention: FullAttention, SlidingWindow, Blockwise, LSHAttention); the others fail to compile.
+template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense, AttentionPolicy Attn = FullAttention>
 class T5 {
+  static_assert(AdditiveBiasAttention<Attn>,
+                "T5: the attention policy does not add an additive bias to its scores (supports_additive_bias): "
+                "T5's relative position bias cannot run on it");
+
  public:
   using activation_type = Act;
   using linear_type = Lin;
-  using Attention = RelativePositionAttention;
+  using attention_type = Attn;
+  using Attention = RelativePositionAttention<Attn>;
   using EncoderLayerType = EncoderLayer<Attention, Lin, RMSNorm, Act, NormPlacement::pre>;
   using DecoderLayerType = DecoderLayer<Attention, Lin, RMSNorm, Act, NormPlacement::pre, NoRotary, Attention>;
   using EncoderStack = LayerStack<EncoderLayerType>;
@@ -210,7 +217,7 @@ class T5 {
                     auto table = std::make_shared<const Matrix>(Eigen::Map<const Matrix>(in, buckets, heads));
                     for (auto& layer : *all) {
                       Attention& a = layer.self_attn().attention();
-                      a = Attention(table, a.buckets());
+                      a = Attention(table, a.buckets(), a.inner());
                     }
                   }});
       };
@@ -262,21 +269,21 @@ class T5 {
 };
 
 /// A T5 of the sizes in `config` with zero weights (unit norm gains, zero bias tables), to be filled by name through
-/// parameters() and load_state_dict.
-template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense>
+/// parameters() and load_state_dict; every attention runs on `attention` (its settings; T5's bias is added to it).
+template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense, AttentionPolicy Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
-T5<Act, Lin> make_t5(const T5Config& c) {
-  using Model = T5<Act, Lin>;
+T5<Act, Lin, Attn> make_t5(const T5Config& c, const Attn& attention_policy = Attn{}) {
+  using Model = T5<Act, Lin, Attn>;
+  using Policy = typename Model::Attention;
   c.validate("make_t5");
   const Index d = c.d_model, inner = c.n_heads * c.d_kv, ff = c.d_ff;
   const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };
   const auto table = std::make_shared<const Matrix>(Matrix::Zero(c.num_buckets, c.n_heads));
   const HeadConfig heads{c.n_heads, c.n_heads, c.d_kv};
   const auto attention = [&](bool relative, bool bidirectional) {
-    const RelativePositionAttention policy =
-        relative ? RelativePositionAttention(table, {c.num_buckets, c.max_distance, bidirectional}) : RelativePositionAttention();
-    return MultiHeadAttention<RelativePositionAttention, Lin>(zero(inner, d), zero(inner, d), zero(inner, d),
-                                                               zero(d, inner), heads, policy);
+    const Policy policy = relative ? Policy(table, {c.num_buckets, c.max_distance, bidirectional}, attention_policy)
+                                   : Policy(attention_policy);
+    return MultiHeadAttention<Policy, Lin>(zero(inner, d), zero(inner, d), zero(inner, d), zero(d, inner), heads, policy);
   };
   const auto ffn = [&] {
     using FFN = FeedForward<Lin, Act>;

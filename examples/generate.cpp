@@ -321,6 +321,13 @@ pf::BeamSearchOptions beam_options(const Options& o, pf::Index max_new_tokens, s
   return beam;
 }
 
+/// Beam search checks what greedy and sampled generation check: every token of the tokenizer has a logit.
+void require_tokens_fit(const pf::tokenizers::Tokenizer& tokenizer, pf::Index model_vocab) {
+  if (static_cast<pf::Index>(tokenizer.vocab_size()) > model_vocab)
+    throw std::runtime_error("beam_search: the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                             " tokens, the model's logits " + std::to_string(model_vocab));
+}
+
 /// A T5 directory's text: the prompt through the encoder once, then the decoder's tokens (greedy, sampled or by
 /// beam search), only those printed.
 template <typename Linear, typename Act>
@@ -329,6 +336,7 @@ void run_t5(const Options& o, const pf::tokenizers::Tokenizer& tokenizer, const 
   auto model = pf::load_hf_t5<Act, Linear>(o.model);
   report_loaded(model);
   if (o.beams > 1) {
+    require_tokens_fit(tokenizer, model.config().vocab_size);
     const std::vector<int> ids = tokenizer.encode(o.prompt);
     if (ids.empty()) throw std::runtime_error("the prompt encodes to no token: give a prompt");
     const pf::BeamSearchOptions beam = beam_options(o, generation.max_new_tokens, generation.eos_token_ids);
@@ -363,6 +371,7 @@ void run_hf(const Options& o, const Attention& attention) {
   const auto generate = [&](auto& model) {
     report_loaded(model);
     if (o.beams > 1) {
+      require_tokens_fit(tokenizer, model.config().vocab_size);
       std::vector<int> ids = tokenizer.encode(o.prompt);
       if (ids.empty() && generation.bos_token_id >= 0) ids.push_back(generation.bos_token_id);
       if (ids.empty()) throw std::runtime_error("the prompt encodes to no token and the model names no bos_token_id");

@@ -206,6 +206,7 @@ TEST_CASE("examples/generate: bad Hugging Face directories and options exit with
   pft::edit_config(dir, "\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
   fs::copy_file(stories_dir + "/tokenizer.json", dir + "/tokenizer.json", fs::copy_options::overwrite_existing);
   fails("--model " + dir + " --prompt hi", "the tokenizer has 512 tokens, the model's logits 103");
+  fails("--model " + dir + " --prompt hi --beams 2", "beam_search: the tokenizer has 512 tokens, the model's logits 103");
   // The other way round loads (a model's vocabulary may be padded), and a token beyond the tokenizer is an error.
   const std::string llama = pft::copy_case(stories_dir, "generate_hf", "llama_small_tokenizer");
   write_byte_tokenizer(llama);

@@ -179,7 +179,7 @@ TEST_CASE("Relative position attention runs its heads on another policy: a slidi
     CHECK(pft::max_abs_diff(step, want) < 1e-5f * want.cwiseAbs().maxCoeff());
   }
   static_assert(pf::AdditiveBiasAttention<pf::SlidingWindow> && pf::AdditiveBiasAttention<pf::Blockwise> &&
-                pf::AdditiveBiasAttention<pf::LSHAttention> && !pf::AdditiveBiasAttention<pf::Linformer> &&
+                !pf::AdditiveBiasAttention<pf::LSHAttention> && !pf::AdditiveBiasAttention<pf::Linformer> &&
                 !pf::AdditiveBiasAttention<pf::LinearAttention> && !pf::AdditiveBiasAttention<pf::Performer>);
 }
 

@@ -114,6 +114,19 @@ TEST_CASE("load_hf_t5 runs on other attention and linear policies", "[models][hf
   CHECK(got.rows() == n);
   CHECK(got.cols() == d);
   CHECK(pft::relative_error(got, full) > 1e-2);
+  // Its decoder, position by position over the cache, equals its teacher-forced forward: the self-attention's window
+  // follows the position, the cross-attention reads the whole encoder output at every step.
+  const pf::io::FloatTensor dec = ref.tensor("decoder_input_ids");
+  const std::vector<int> targets = ints(dec.data, 0, std::size_t(dec.shape[1]));
+  const Matrix forced = narrow.forward(got, {}, targets, pf::Context{1});
+  auto state = narrow.start(got, {}, Index(targets.size()), pf::Context{1});
+  Matrix stepped(forced.rows(), forced.cols());
+  for (std::size_t t = 0; t < targets.size(); ++t) {
+    const auto l = narrow.decode(state, std::span<const int>(&targets[t], 1), pf::Context{1});
+    stepped.row(Index(t)) = Eigen::Map<const Eigen::RowVectorXf>(l.data(), Index(l.size()));
+  }
+  CHECK(targets.size() > 4);
+  CHECK(pft::relative_error(stepped, forced) < 1e-5);
 }
 
 TEST_CASE("load_hf_t5 refuses a directory of the other FFN, naming config.json", "[models][hf][t5][errors]") {

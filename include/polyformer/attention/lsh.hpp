@@ -93,7 +93,6 @@ class LSHAttention : public PerCallWorkspace<LSHAttention> {
   };
 
   static constexpr bool supports_causal = true;
-  static constexpr bool supports_additive_bias = true;  ///< mask.additive is added to the scores
   static constexpr const char* name = "lsh";
 
   // The spelling (attention/spelling.hpp): "lsh:HASHES:CHUNK", the rounds of hashing and the chunk length.

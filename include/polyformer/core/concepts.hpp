@@ -123,7 +123,7 @@ concept AttentionPolicy = std::default_initializable<P> && std::default_initiali
 /// An attention policy that adds a mask's additive bias (AttentionMask::additive) to its scores before the softmax,
 /// as T5's relative position bias needs (RelativePositionAttention<P>). A policy says so with
 /// `static constexpr bool supports_additive_bias = true`; Linformer's projected keys and the kernelized policies,
-/// which never form the scores, cannot.
+/// which never form the scores, cannot, nor can LSH attention, whose keys are its own queries (shared-QK).
 template <typename P>
 concept AdditiveBiasAttention = AttentionPolicy<P> && requires {
   requires P::supports_additive_bias;

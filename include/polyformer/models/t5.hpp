@@ -93,8 +93,9 @@ inline BlockNames t5_block_names(bool decoder, bool gated) {
 }
 
 /// T5 over FFN activation `Act` (ReLU: T5; GeGLUTanh: v1.1 and FLAN-T5), linear policy `Lin` and attention policy
-/// `Attn`, which runs every head with T5's relative position bias added to its scores: a policy that takes an additive
-/// bias (AdditiveBiasAttention: FullAttention, SlidingWindow, Blockwise, LSHAttention); the others fail to compile.
+/// `Attn`, which runs every head of the self-attention with T5's relative position bias added to its scores: a policy
+/// that takes an additive bias (AdditiveBiasAttention: FullAttention, SlidingWindow, Blockwise); the others fail to
+/// compile. The decoder's cross-attention stays full: every decoder position reads the whole encoder output.
 template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense, AttentionPolicy Attn = FullAttention>
 class T5 {
   static_assert(AdditiveBiasAttention<Attn>,
@@ -106,8 +107,9 @@ class T5 {
   using linear_type = Lin;
   using attention_type = Attn;
   using Attention = RelativePositionAttention<Attn>;
+  using CrossAttention = RelativePositionAttention<FullAttention>;  // unbiased, over the whole encoder output
   using EncoderLayerType = EncoderLayer<Attention, Lin, RMSNorm, Act, NormPlacement::pre>;
-  using DecoderLayerType = DecoderLayer<Attention, Lin, RMSNorm, Act, NormPlacement::pre, NoRotary, Attention>;
+  using DecoderLayerType = DecoderLayer<Attention, Lin, RMSNorm, Act, NormPlacement::pre, NoRotary, CrossAttention>;
   using EncoderStack = LayerStack<EncoderLayerType>;
   using DecoderStack = LayerStack<DecoderLayerType>;
 
@@ -269,7 +271,8 @@ class T5 {
 };
 
 /// A T5 of the sizes in `config` with zero weights (unit norm gains, zero bias tables), to be filled by name through
-/// parameters() and load_state_dict; every attention runs on `attention` (its settings; T5's bias is added to it).
+/// parameters() and load_state_dict; every self-attention runs on `attention_policy` (its settings; T5's bias is
+/// added to its scores), the cross-attention on FullAttention.
 template <ActivationPolicy Act = ReLU, LinearPolicy Lin = Dense, AttentionPolicy Attn = FullAttention>
   requires std::constructible_from<Lin, Matrix>
 T5<Act, Lin, Attn> make_t5(const T5Config& c, const Attn& attention_policy = Attn{}) {
@@ -280,10 +283,13 @@ T5<Act, Lin, Attn> make_t5(const T5Config& c, const Attn& attention_policy = Att
   const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };
   const auto table = std::make_shared<const Matrix>(Matrix::Zero(c.num_buckets, c.n_heads));
   const HeadConfig heads{c.n_heads, c.n_heads, c.d_kv};
-  const auto attention = [&](bool relative, bool bidirectional) {
-    const Policy policy = relative ? Policy(table, {c.num_buckets, c.max_distance, bidirectional}, attention_policy)
-                                   : Policy(attention_policy);
+  const auto attention = [&](bool bidirectional) {
+    const Policy policy(table, {c.num_buckets, c.max_distance, bidirectional}, attention_policy);
     return MultiHeadAttention<Policy, Lin>(zero(inner, d), zero(inner, d), zero(inner, d), zero(d, inner), heads, policy);
+  };
+  const auto cross_attention = [&] {
+    using Cross = typename Model::CrossAttention;
+    return MultiHeadAttention<Cross, Lin>(zero(inner, d), zero(inner, d), zero(inner, d), zero(d, inner), heads, Cross());
   };
   const auto ffn = [&] {
     using FFN = FeedForward<Lin, Act>;
@@ -292,10 +298,10 @@ T5<Act, Lin, Attn> make_t5(const T5Config& c, const Attn& attention_policy = Att
   };
   const auto norm = [&] { return RMSNorm(d, c.norm_eps); };
   std::vector<typename Model::EncoderLayerType> encoder;
-  for (Index l = 0; l < c.n_layers; ++l) encoder.emplace_back(attention(true, true), ffn(), norm(), norm());
+  for (Index l = 0; l < c.n_layers; ++l) encoder.emplace_back(attention(true), ffn(), norm(), norm());
   std::vector<typename Model::DecoderLayerType> decoder;
   for (Index l = 0; l < c.n_decoder_layers; ++l)
-    decoder.emplace_back(attention(true, false), attention(false, false), ffn(), norm(), norm(), norm());
+    decoder.emplace_back(attention(false), cross_attention(), ffn(), norm(), norm(), norm());
   std::optional<Lin> lm_head;
   if (!c.tied) lm_head.emplace(zero(c.vocab_size, d));
   return Model(c, Matrix::Zero(c.vocab_size, d), typename Model::EncoderStack(std::move(encoder), norm()),

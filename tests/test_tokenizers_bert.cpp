@@ -32,29 +32,17 @@ const std::string fixture_dir = POLYFORMER_BERT_TOKENIZER_DIR;
 
 /// The tokenizer.json of one normalizer setting, written as the fixture script wrote the one the oracle read.
 std::string write_tokenizer_json(bool lowercase, const nlohmann::json& strip_accents, const std::string& tag) {
-  const std::vector<std::string> tokens = pft::lines_of(fixture_dir + "/vocab.txt");
-  nlohmann::json vocab = nlohmann::json::object();
-  for (std::size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
-  nlohmann::json added = nlohmann::json::array();
-  for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
-    added.push_back({{"id", vocab[s]}, {"content", s}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                     {"normalized", false}, {"special", true}});
+  nlohmann::json j = pft::bert_tokenizer_json(lowercase, strip_accents);
   const auto special = [](const char* name, int type) { return nlohmann::json{{"SpecialToken", {{"id", name}, {"type_id", type}}}}; };
   const auto sequence = [](const char* name, int type) { return nlohmann::json{{"Sequence", {{"id", name}, {"type_id", type}}}}; };
-  const nlohmann::json j = {
-      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
-      {"normalizer", {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true},
-                      {"strip_accents", strip_accents}, {"lowercase", lowercase}}},
-      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0)}},
-        {"pair", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0), sequence("B", 1), special("[SEP]", 1)}},
-        {"special_tokens", {{"[CLS]", {{"id", "[CLS]"}, {"ids", {vocab["[CLS]"]}}, {"tokens", {"[CLS]"}}}},
-                            {"[SEP]", {{"id", "[SEP]"}, {"ids", {vocab["[SEP]"]}}, {"tokens", {"[SEP]"}}}}}}}},
-      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
-      {"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
-                 {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
+  const int cls = j["model"]["vocab"]["[CLS]"].get<int>(), sep = j["model"]["vocab"]["[SEP]"].get<int>();
+  j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0)}},
+      {"pair", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0), sequence("B", 1), special("[SEP]", 1)}},
+      {"special_tokens", {{"[CLS]", {{"id", "[CLS]"}, {"ids", {cls}}, {"tokens", {"[CLS]"}}}},
+                          {"[SEP]", {{"id", "[SEP]"}, {"ids", {sep}}, {"tokens", {"[SEP]"}}}}}}};
   const std::string path = pft::process_temp_path("bert_tokenizer", tag + ".json");
   std::ofstream(path) << j.dump();
   return path;
@@ -130,7 +118,8 @@ TEST_CASE("BERT's tokenizer parts refuse what they cannot run", "[tokenizers][be
   const std::string pre = R"("pre_tokenizer": {"type": "BertPreTokenizer"})";
   std::ofstream(dir + "/tokenizer.json") << "{" + pre + ", " + model + "}";  // the control case: fine
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab a c") == std::vector<int>{1, 2, 1, 0});
-  fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "expected a BertPreTokenizer");
+  fails(R"({"pre_tokenizer": {"type": "CharDelimiterSplit", "delimiter": "x"}, )" + model + "}",
+        "expected a BertPreTokenizer, Whitespace, WhitespaceSplit, Punctuation, Digits or a Sequence of them");
   fails("{" + pre + R"(, "normalizer": {"type": "Lowercase"}, )" + model + "}", "normalizer is {\"type\":\"Lowercase\"}");
   fails("{" + pre + R"(, "normalizer": {"type": "BertNormalizer", "lowercase": "yes"}, )" + model + "}",
         "normalizer.lowercase is \"yes\", expected true or false");

@@ -119,7 +119,8 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab ab") == std::vector<int>{2, 2});
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
         R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them (polyformer does not run it))");
-  fails(R"({"pre_tokenizer": {"type": "Whitespace"}, )" + model + "}", "pre_tokenizer is {\"type\":\"Whitespace\"}");
+  fails(R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "x"}}, )" + model + "}",
+        "pre_tokenizer is {\"pattern\":{\"Regex\":\"x\"},\"type\":\"Split\"}, expected null, a ByteLevel, a Metaspace, or");
   // A field of another JSON type than it takes (found by fuzz_tokenizer_json: the model's type as a list).
   fails(R"({"model": {"type": ["H e"]}})", "tokenizer.json: a field holds the wrong kind of JSON value");
   fails("{" + byte_level + R"(, "added_tokens": [{"id": 5, "content": "x", "special": "yes"}], )" + model + "}",
@@ -128,7 +129,8 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + R"(, "model": {"type": "WordLevel", "vocab": {}}})", "model.type is \"WordLevel\"");
   fails("{" + byte_level + R"(, "model": {"type": "WordPiece", "vocab": {"a": 0}}})",
         "the unknown token '[UNK]' is not in the vocabulary");
-  fails(R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, )" + model + "}", "expected null, a ByteLevel or a Metaspace one (the BPE model's)");
+  fails(R"({"pre_tokenizer": {"type": "UnicodeScripts"}, )" + model + "}",
+        "Digits, BertPreTokenizer or a Sequence of them (the BPE model's)");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0}, "merges": ["a b"]}})",
         "merge 0 ('a' 'b') names 'b', which is not in the vocabulary");
   fails("{" + byte_level + R"(, "model": {"vocab": {"a": 0, "b": 0}, "merges": []}})", "id 0 is given to both");

@@ -9,7 +9,6 @@
 #include <catch2/catch.hpp>
 
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,14 +22,6 @@ namespace pt = polyformer::tokenizers;
 
 namespace {
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
-}
-
 nlohmann::json special_token(int id, const std::string& content) {
   return {{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
           {"normalized", false}, {"special", true}};
@@ -39,22 +30,13 @@ nlohmann::json special_token(int id, const std::string& content) {
 /// The base tokenizer.json of each fixture, built as pair_fixtures.js builds it.
 nlohmann::json base_json(const std::string& name) {
   if (name == "bert") {
-    const std::vector<std::string> tokens = pft::lines_of(std::string(POLYFORMER_BERT_TOKENIZER_DIR) + "/vocab.txt");
-    nlohmann::json vocab = nlohmann::json::object();
-    for (std::size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
-    nlohmann::json added = nlohmann::json::array();
-    for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) added.push_back(special_token(vocab[s], s));
-    return {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
-            {"normalizer", {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true},
-                            {"strip_accents", nullptr}, {"lowercase", true}}},
-            {"pre_tokenizer", {{"type", "BertPreTokenizer"}}}, {"post_processor", nullptr},
-            {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
-            {"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
-                       {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
+    nlohmann::json j = pft::bert_tokenizer_json();
+    j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+    return j;
   }
   if (name == "gpt2") {
     const std::string dir = POLYFORMER_GPT2_TOKENIZER_DIR;
-    const nlohmann::json vocab = read_json(dir + "/vocab.json");
+    const nlohmann::json vocab = pft::read_json(dir + "/vocab.json");
     nlohmann::json merges = nlohmann::json::array();
     const std::vector<std::string> lines = pft::lines_of(dir + "/merges.txt");
     for (std::size_t i = 0; i < lines.size(); ++i)
@@ -68,13 +50,13 @@ nlohmann::json base_json(const std::string& name) {
                        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
                        {"merges", merges}}}};
   }
-  if (name == "llama") return read_json(std::string(POLYFORMER_LLAMA_TOKENIZER_DIR) + "/tokenizer.json");
+  if (name == "llama") return pft::read_json(std::string(POLYFORMER_LLAMA_TOKENIZER_DIR) + "/tokenizer.json");
   REQUIRE(name == "t5");
-  return read_json(std::string(POLYFORMER_T5_TOKENIZER_DIR) + "/tokenizer.json");
+  return pft::read_json(std::string(POLYFORMER_T5_TOKENIZER_DIR) + "/tokenizer.json");
 }
 
 const nlohmann::json& fixture() {
-  static const nlohmann::json j = read_json(POLYFORMER_TOKENIZER_PAIRS);
+  static const nlohmann::json j = pft::read_json(POLYFORMER_TOKENIZER_PAIRS);
   return j;
 }
 

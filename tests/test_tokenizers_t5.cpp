@@ -187,7 +187,9 @@ TEST_CASE("Unigram byte fallback, fused unknowns and refusals, worked out by han
   fails(R"({"type": "Unigram", "vocab": [["a", 0.0], ["a", -1.0]]})", "the piece 'a' is listed twice (ids 0 and 1)");
   fails(R"({"type": "Unigram", "vocab": [["a"]]})", "model.vocab[0] is [\"a\"], expected [piece, score]");
   std::ofstream(dir + "/tokenizer.json") << R"({"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "Unigram", "vocab": [["a", 0.0]]}})";
-  CHECK_THROWS_WITH(pt::Tokenizer::open(dir + "/tokenizer.json"), Catch::Contains("expected null, a Metaspace, a WhitespaceSplit or a Sequence [WhitespaceSplit, Metaspace] (the Unigram model"));
+  CHECK_THROWS_WITH(pt::Tokenizer::open(dir + "/tokenizer.json"), Catch::Contains("expected null, a Metaspace, a Sequence [WhitespaceSplit, Metaspace], or Whitespace, "
+                                   "WhitespaceSplit, Punctuation, Digits, BertPreTokenizer or a Sequence of them (the "
+                                   "Unigram model"));
 }
 
 TEST_CASE("Unigram scores are read as the tokenizers library reads them (serde_json), ties and all",

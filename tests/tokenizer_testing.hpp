@@ -102,4 +102,28 @@ inline std::vector<std::string> fortunes() {
   return records;
 }
 
+/// A JSON file.
+inline nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(read_text(path)); }
+
+#ifdef POLYFORMER_BERT_TOKENIZER_DIR
+/// The BERT fixture's vocab.txt as a tokenizer.json (BertNormalizer with `lowercase` and `strip_accents`, WordPiece,
+/// its five special tokens, no pre-tokenizer or post-processor), as the fixture scripts build it for the oracle.
+inline nlohmann::json bert_tokenizer_json(bool lowercase = true, const nlohmann::json& strip_accents = nullptr) {
+  const std::vector<std::string> tokens = lines_of(std::string(POLYFORMER_BERT_TOKENIZER_DIR) + "/vocab.txt");
+  nlohmann::json vocab = nlohmann::json::object();
+  for (std::size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
+    added.push_back({{"id", vocab[s]}, {"content", s}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}});
+  return {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+          {"normalizer", {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true},
+                          {"strip_accents", strip_accents}, {"lowercase", lowercase}}},
+          {"pre_tokenizer", nullptr}, {"post_processor", nullptr},
+          {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+          {"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
+                     {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
+}
+#endif
+
 }  // namespace pft

@@ -248,7 +248,17 @@ def tokenizer_corpus(charsmap):
                  {'type': 'Fuse'}, {'type': 'Strip', 'content': ' ', 'start': 1, 'stop': 0}]},
              'model': {'type': 'BPE', 'byte_fallback': True, 'fuse_unk': True, 'unk_token': '<unk>',
                        'vocab': {'<unk>': 0, '<0x41>': 1, '\u2581': 2, 'a': 3, '\u2581a': 4}, 'merges': ['\u2581 a']}}
-    for name, j in [('bpe', bpe), ('wordpiece', wordpiece), ('unigram_precompiled', unigram), ('llama', llama)]:
+    # WordPiece after splitting pre-tokenizers, with a pair template whose type ids run past 1
+    splits = dict(wordpiece, pre_tokenizer={'type': 'Sequence', 'pretokenizers': [
+        {'type': 'Whitespace'}, {'type': 'Punctuation', 'behavior': 'Isolated'}, {'type': 'Digits', 'individual_digits': True}]},
+        post_processor={'type': 'TemplateProcessing',
+                        'single': [{'SpecialToken': {'id': '[CLS]', 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}}],
+                        'pair': [{'Sequence': {'id': 'B', 'type_id': 3}}, {'SpecialToken': {'id': '[SEP]', 'type_id': 2}},
+                                 {'Sequence': {'id': 'A', 'type_id': 0}}],
+                        'special_tokens': {'[CLS]': {'id': '[CLS]', 'ids': [1], 'tokens': ['[CLS]']},
+                                           '[SEP]': {'id': '[SEP]', 'ids': [2], 'tokens': ['[SEP]']}}})
+    for name, j in [('bpe', bpe), ('wordpiece', wordpiece), ('unigram_precompiled', unigram), ('llama', llama),
+                    ('wordpiece_splits_pair', splits)]:
         save('tokenizer_json', name + '.txt', json.dumps(j, ensure_ascii=False) + sep + text)
     for i, s in enumerate(['', 'the thé  ', 'a\u2581b', '\xff', 'e\u0301\u0301', '\U0001F468\u200d\U0001F469', '\r\n\t ',
                            'ｶﾞ①ﬁ']):

@@ -10,9 +10,11 @@
 /// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
 /// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
 /// Metaspace, WhitespaceSplit or both) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
-/// the WordPiece decoder), with added and special tokens and the special tokens and type ids a text or a pair of
-/// texts gets (TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and one
-/// of them: tokenizers/post_processor.hpp). Anything else in a tokenizer.json (another
+/// the WordPiece decoder); the models that are not byte-level also after the splitting pre-tokenizers Whitespace,
+/// WhitespaceSplit, Punctuation, Digits and BertPreTokenizer, alone or in a Sequence (pre_tokenizer.hpp). With added
+/// and special tokens, and the special tokens and type ids a text or a pair of texts gets (TemplateProcessing,
+/// BertProcessing, RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and one of them: post_processor.hpp).
+/// Anything else in a tokenizer.json (another
 /// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
 /// spaces or match single words) is refused by name when the file is read, never run differently.
 
@@ -39,6 +41,7 @@
 #include "polyformer/tokenizers/json_number.hpp"
 #include "polyformer/tokenizers/normalizer.hpp"
 #include "polyformer/tokenizers/post_processor.hpp"
+#include "polyformer/tokenizers/pre_tokenizer.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 #include "polyformer/tokenizers/unigram.hpp"
@@ -286,6 +289,7 @@ class Tokenizer {
   std::vector<int> encode_text(std::string_view text) const {
     const char* func = "Tokenizer::encode";
     std::vector<int> ids, symbols;
+    std::vector<std::string_view> words, split_scratch;  // PreTokenizer::splits
     std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     if (sentencepiece_) validate_utf8(text, func);
@@ -333,6 +337,15 @@ class Tokenizer {
       }
       if (pre_tokenizer_ == PreTokenizer::bert) {
         for (const std::string_view word : bert_pre_tokenize(segment, func)) wordpiece_->encode_word(word, ids);
+        return;
+      }
+      if (pre_tokenizer_ == PreTokenizer::splits) {
+        words.assign(1, segment);
+        for (const SplitStep& step : splits_) split_words(step, words, split_scratch, func);
+        for (const std::string_view word : words) {
+          if (wordpiece_) wordpiece_->encode_word(word, ids);
+          else encode_word(word);
+        }
         return;
       }
       // A piece of the segment: one word (no pre-tokenizer), or the words Metaspace makes of it.
@@ -464,7 +477,7 @@ class Tokenizer {
 
  private:
   // none: each segment is one word
-  enum class PreTokenizer { byte_level, bert, metaspace, none };
+  enum class PreTokenizer { byte_level, bert, metaspace, none, splits };
   /// The Metaspace pre-tokenizer: spaces become `replacement`, which may be put before the segment (always, or
   /// only before one that starts the text) and may split it into words, each starting with it.
   struct Metaspace {
@@ -757,8 +770,9 @@ class Tokenizer {
     using polyformer::detail::cat;
     const std::string type = p.is_object() ? p.value("type", "") : "";
     const auto pair_id = [&](const char* key) {  // ["[CLS]", 101]
-      if (!p.contains(key) || !p[key].is_array() || p[key].size() != 2 || !p[key][1].is_number_integer())
-        r.fail(cat(at, ".", key), "not a [token, id] pair");
+      if (!p.contains(key) || !p[key].is_array() || p[key].size() != 2 || !p[key][1].is_number_unsigned() ||
+          p[key][1].get<std::uint64_t>() > 0x7fffffff)
+        r.fail(cat(at, ".", key), "not a [token, id] pair with an id 0..2147483647");
       return p[key][1].get<int>();
     };
     if (type == "ByteLevel") return {};
@@ -893,11 +907,52 @@ class Tokenizer {
     return m;
   }
 
+  /// Whitespace, WhitespaceSplit, Punctuation (Isolated), Digits, BertPreTokenizer, or a Sequence of them
+  /// (pre_tokenizer.hpp) into splits_; false, reading nothing, when `p` is none of these.
+  bool read_splits(const Reader& r, const nlohmann::json& p) {
+    using polyformer::detail::cat;
+    const auto kind_of = [](const nlohmann::json& step) -> std::optional<SplitStep::Kind> {
+      const std::string type = step.is_object() ? step.value("type", "") : "";
+      if (type == "Whitespace") return SplitStep::Kind::whitespace;
+      if (type == "WhitespaceSplit") return SplitStep::Kind::whitespace_split;
+      if (type == "Punctuation") return SplitStep::Kind::punctuation;
+      if (type == "Digits") return SplitStep::Kind::digits;
+      if (type == "BertPreTokenizer") return SplitStep::Kind::bert;
+      return std::nullopt;
+    };
+    const bool sequence = p.is_object() && p.value("type", "") == "Sequence";
+    const nlohmann::json* steps = sequence && p.contains("pretokenizers") ? &p["pretokenizers"] : nullptr;
+    if (sequence && (steps == nullptr || !steps->is_array() || steps->empty())) return false;
+    const std::size_t count = sequence ? steps->size() : 1;
+    for (std::size_t i = 0; i < count; ++i)
+      if (!kind_of(sequence ? (*steps)[i] : p)) return false;
+    splits_.clear();
+    for (std::size_t i = 0; i < count; ++i) {
+      const nlohmann::json& step = sequence ? (*steps)[i] : p;
+      const std::string at = sequence ? cat("pre_tokenizer.pretokenizers[", i, "]") : std::string("pre_tokenizer");
+      SplitStep s{*kind_of(step)};
+      if (s.kind == SplitStep::Kind::punctuation && step.contains("behavior") &&
+          !(step["behavior"].is_string() && step["behavior"].get<std::string>() == "Isolated"))
+        r.unsupported(at + ".behavior", step["behavior"], "\"Isolated\"");
+      if (s.kind == SplitStep::Kind::digits && step.contains("individual_digits")) {
+        if (!step["individual_digits"].is_boolean()) r.fail(at + ".individual_digits", "not true or false");
+        s.individual_digits = step["individual_digits"].get<bool>();
+      }
+      splits_.push_back(s);
+    }
+    pre_tokenizer_ = PreTokenizer::splits;
+    return true;
+  }
+
   void read_pre_tokenizer(const Reader& r, const nlohmann::json& p) {
     if (wordpiece_) {
-      if (!p.is_object() || p.value("type", "") != "BertPreTokenizer")
-        r.unsupported("pre_tokenizer", p, "a BertPreTokenizer (the WordPiece model's)");
-      pre_tokenizer_ = PreTokenizer::bert;
+      if (p.is_object() && p.value("type", "") == "BertPreTokenizer") {
+        pre_tokenizer_ = PreTokenizer::bert;
+        return;
+      }
+      if (!read_splits(r, p))
+        r.unsupported("pre_tokenizer", p, "a BertPreTokenizer, Whitespace, WhitespaceSplit, Punctuation, Digits or a "
+                                          "Sequence of them (the WordPiece model's)");
       return;
     }
     if (p.is_null()) {  // each segment one word, split into characters (SentencePiece-style)
@@ -927,11 +982,14 @@ class Tokenizer {
         r.unsupported("pre_tokenizer.pretokenizers[1].prepend_scheme", "first", "\"always\" or \"never\" after WhitespaceSplit");
       return;
     }
+    if (read_splits(r, p)) return;  // the model's words are what the splitters leave (characters for BPE)
     if (unigram_)
-      r.unsupported("pre_tokenizer", p, "null, a Metaspace, a WhitespaceSplit or a Sequence [WhitespaceSplit, Metaspace] (the "
+      r.unsupported("pre_tokenizer", p, "null, a Metaspace, a Sequence [WhitespaceSplit, Metaspace], or Whitespace, "
+                                        "WhitespaceSplit, Punctuation, Digits, BertPreTokenizer or a Sequence of them (the "
                                         "Unigram model's)");
     if (!p.is_object() || p.value("type", "") != "ByteLevel")
-      r.unsupported("pre_tokenizer", p, "null, a ByteLevel or a Metaspace one (the BPE model's)");
+      r.unsupported("pre_tokenizer", p, "null, a ByteLevel, a Metaspace, or Whitespace, WhitespaceSplit, Punctuation, "
+                                        "Digits, BertPreTokenizer or a Sequence of them (the BPE model's)");
     pre_tokenizer_ = PreTokenizer::byte_level;
     if (p.contains("use_regex") && !(p["use_regex"].is_boolean() && p["use_regex"].get<bool>()))
       r.unsupported("pre_tokenizer.use_regex", p["use_regex"], "true");
@@ -1002,6 +1060,7 @@ class Tokenizer {
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
   bool add_prefix_space_ = false, ignore_merges_ = false;
   bool whitespace_split_ = false;  // WhitespaceSplit before Metaspace (or alone)
+  std::vector<SplitStep> splits_;  // PreTokenizer::splits: the splitters, in order
 };
 
 }  // namespace polyformer::tokenizers

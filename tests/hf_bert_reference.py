@@ -21,7 +21,9 @@ weights as transformers writes them, and DIR/<case>.reference.safetensors with "
     one token type; positions from the ids as modeling_roberta.py's create_position_ids_from_input_ids counts them
     (pad_token_id + the count of non-pad ids so far; a pad id, padding or not, at pad_token_id), padding with the pad
     id, one attended pad id inside a sequence, and the longest sequence the positions allow (n = 30 of 32);
-  roberta_model_bf16: RobertaModel (no prefix, pooler), BF16, pad_token_id 0.
+  roberta_model_bf16: RobertaModel (no prefix, pooler), BF16, pad_token_id 0;
+  long_f32: BertModel over n = 300 with sequences of 300, 131 and 1 tokens, past the edges of the attention's
+    tiles (128 queries by 256 keys).
 usage: hf_bert_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -225,6 +227,11 @@ def main():
                    pad_token_id=0, max_position_embeddings=40),
               "BF16", 1, "", pooler=True, mlm=False, nsp=False, old_norm_names=False, bias_on_decoder=False,
               store_decoder_weight=False, position_ids=True, seed=15, lengths=[12, 25], n=25)
+    make_case(args.out_dir, "long_f32",
+              dict(base, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=320),
+              "F32", 1, "", pooler=True, mlm=False, nsp=False, old_norm_names=False, bias_on_decoder=False,
+              store_decoder_weight=False, position_ids=False, seed=16, lengths=[300, 131, 1], n=300)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ runs it (beam_search_reference.py), its EOS one of the greedy tokens so that hyp
   lm_head_f32: GPT2LMHeadModel ("transformer." prefix), 4 heads of 8, the tied lm_head.weight stored too;
   model_bf16_sharded: GPT2Model names (no prefix, as the original "gpt2" upload) with the old attn.bias /
     attn.masked_bias buffers, BF16 over two shards, 3 heads of 12;
-  untied_f16: an untied lm_head, n_inner given, "gelu_pytorch_tanh", F16, 5 heads of 7 (an odd head size).
+  untied_f16: an untied lm_head, n_inner given, "gelu_pytorch_tanh", F16, 5 heads of 7 (an odd head size);
+  long_f32: n = 300, past the edges of the attention's tiles (128 queries by 256 keys).
 usage: hf_gpt2_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -137,6 +138,8 @@ def main():
               dict(base, n_embd=35, n_layer=2, n_head=5, n_inner=50, activation_function="gelu_pytorch_tanh",
                    tie_word_embeddings=False, layer_norm_epsilon=1e-6),
               "F16", 1, "transformer.", store_lm_head=False, mask_buffers=False, seed=23, batch=1, n=20, steps=20)
+    make_case(args.out_dir, "long_f32", dict(base, n_embd=32, n_layer=2, n_head=4, n_positions=320),
+              "F32", 1, "transformer.", store_lm_head=False, mask_buffers=False, seed=24, batch=2, n=300, steps=8)
 
 
 if __name__ == "__main__":

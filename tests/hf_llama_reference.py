@@ -9,7 +9,8 @@ config.json and the weights as transformers writes them, and DIR/<case>.referenc
 (batch, n) as floats and "logits" (batch, n, vocab).
   tied_f32: 4 heads over 2 kv heads (head_dim 8), tied embeddings, rope_theta 500000, model.safetensors;
   untied_bf16_sharded: 6 heads (head_dim 6), untied lm_head, BF16 weights over two shards and an index;
-  f16_inv_freq: F16 weights, an old checkpoint's rotary inv_freq buffers (ignored, as transformers does).
+  f16_inv_freq: F16 weights, an old checkpoint's rotary inv_freq buffers (ignored, as transformers does);
+  long_f32: n = 300, past the edges of the attention's tiles (128 queries by 256 keys).
 usage: hf_llama_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -118,6 +119,10 @@ def main():
                    num_key_value_heads=1, rope_theta=10000.0, tie_word_embeddings=False),
               "F16", 1, {f"model.layers.{l}.self_attn.rotary_emb.inv_freq": inv_freq for l in range(2)},
               seed=3, batch=1, n=20)
+    make_case(args.out_dir, "long_f32",
+              dict(base, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=True, max_position_embeddings=320),
+              "F32", 1, {}, seed=4, batch=2, n=300)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ Each case is DIR/<case>/ (config.json, model.safetensors) and DIR/<case>.referen
 (steps): greedy decoding from the decoder start token (0) for the first
 sequence, recomputed in full each step; "beam_<i>" with "beam_<i>_settings" as in hf_gpt2_reference.py.
   relu_f32: the original T5 (ReLU, tied, 4 heads of 8, d_model 32), two padded sequences;
-  gated_bf16: v1.1 / FLAN-T5 (gated-gelu, untied lm_head, 3 heads of 12 so inner 36 ≠ d_model 30), BF16.
+  gated_bf16: v1.1 / FLAN-T5 (gated-gelu, untied lm_head, 3 heads of 12 so inner 36 ≠ d_model 30), BF16;
+  long_f16_sharded: gated-gelu and tied, F16 over two shards and an index, encoder sequences of 300 and 131 tokens
+    and 260 decoder positions: past the edges of the attention's tiles (128 queries by 256 keys).
 usage: hf_t5_reference.py --out-dir DIR"""
 import argparse
 import json
@@ -111,7 +113,7 @@ def decode(cfg, w, memory, mask, ids, hidden=False):
     return y @ w["lm_head.weight"].T
 
 
-def make_case(out_dir, name, cfg, dtype, seed, lengths, n, m, steps):
+def make_case(out_dir, name, cfg, dtype, seed, lengths, n, m, steps, shards=1):
     g = torch.Generator().manual_seed(seed)
     d, inner, ff, vocab = cfg["d_model"], cfg["num_heads"] * cfg["d_kv"], cfg["d_ff"], cfg["vocab_size"]
     rnd = lambda *shape, scale=0.3: torch.randn(*shape, generator=g) * scale
@@ -153,7 +155,7 @@ def make_case(out_dir, name, cfg, dtype, seed, lengths, n, m, steps):
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(dict(cfg, architectures=["T5ForConditionalGeneration"], model_type="t5",
                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), f, indent=2)
-    save_hf_weights(directory, files, dtype)
+    save_hf_weights(directory, files, dtype, shards)
 
     batch = len(lengths)
     ids = torch.randint(2, vocab, (batch, n), generator=g)
@@ -197,6 +199,10 @@ def main():
               dict(base, d_model=30, d_kv=12, num_heads=3, d_ff=40, num_layers=3, num_decoder_layers=2,
                    feed_forward_proj="gated-gelu", tie_word_embeddings=False),
               "BF16", 32, lengths=[30], n=30, m=17, steps=16)
+    make_case(args.out_dir, "long_f16_sharded",
+              dict(base, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=2,
+                   feed_forward_proj="gated-gelu", tie_word_embeddings=True),
+              "F16", 33, lengths=[300, 131], n=300, m=260, steps=6, shards=2)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ TEST_CASE("load_hf_bert equals transformers' BertModel, BertForMaskedLM, BertFor
   check_case("pretraining_f16_gamma");
   check_case("roberta_mlm_f32");
   check_case("roberta_model_bf16");
+  check_case("long_f32");  // 300 positions: past the attention's tiles
 }
 
 TEST_CASE("RoBERTa's positions count from pad_token_id over the non-pad ids, to max_position_embeddings",

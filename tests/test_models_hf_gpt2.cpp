@@ -106,6 +106,7 @@ TEST_CASE("load_hf_gpt2 equals transformers' GPT2LMHeadModel forward and greedy 
   check_case("lm_head_f32");
   check_case("model_bf16_sharded");
   check_case("untied_f16");
+  check_case("long_f32");  // 300 positions: past the attention's tiles
 }
 
 TEST_CASE("GPT-2 decodes several sequences in one pass, and over LoRA<Dense> as over Dense", "[models][hf][gpt2]") {

@@ -76,6 +76,7 @@ TEST_CASE("load_hf_llama equals transformers' LlamaForCausalLM forward", "[model
   check_case("tied_f32", 1e-4);
   check_case("untied_bf16_sharded", 1e-4);
   check_case("f16_inv_freq", 1e-4);
+  check_case("long_f32", 1e-4);  // 300 positions: past the attention's tiles
 }
 
 TEST_CASE("load_hf_llama caps the positions a sequence may reach", "[models][hf][llama]") {

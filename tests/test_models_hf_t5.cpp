@@ -95,6 +95,7 @@ TEST_CASE("load_hf_t5 equals transformers' T5ForConditionalGeneration: encoder, 
     FAIL("no Hugging Face T5 references in " << reference_dir << " (tests/hf_t5_reference.py runs at configure time)");
   check_case<pf::T5<pf::ReLU>>("relu_f32");
   check_case<pf::T5<pf::GeGLUTanh>>("gated_bf16");
+  check_case<pf::T5<pf::GeGLUTanh>>("long_f16_sharded");  // 300 and 260 positions: past the attention's tiles
 }
 
 TEST_CASE("load_hf_t5 runs on other attention and linear policies", "[models][hf][t5]") {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <string>
@@ -196,5 +197,15 @@ TEST_CASE("examples/encode: bad input exits with code 2 and says why", "[example
   std::string long_text;
   for (int i = 0; i < 100; ++i) long_text += "w10 ";
   fails("--model " + model_dir + " --text '" + long_text + "'", "text 1 is 102 tokens, more than the model's 96 positions");
+  // A tokenizer with more tokens than the model's embeddings (101).
+  const std::string big = pft::process_temp_path("encode", "big_vocab");
+  std::filesystem::create_directories(big);
+  {
+    std::ofstream v(big + "/vocab.txt");
+    v << "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n";
+    for (int i = 5; i < 150; ++i) v << 'w' << i << '\n';
+  }
+  fails("--model " + model_dir + " --tokenizer " + big + " --text hi", "the tokenizer has 150 tokens, the model 101");
+  std::filesystem::remove_all(big);
 }
 #endif

@@ -5,9 +5,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -15,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hf_testing.hpp"
 #include "polyformer/io/safetensors.hpp"
 #include "support.hpp"
 
@@ -205,5 +208,46 @@ TEST_CASE("examples/hf_forward: bad input exits with code 2 and says why", "[exa
   std::string err;
   CHECK(run("--model " + bert, &err) == 2);
   CHECK_THAT(err, Catch::Contains("--model, --inputs and --out are required"));
+}
+
+TEST_CASE("examples/hf_forward: a directory it cannot read exits with code 2 and names the file",
+          "[examples][hf][errors]") {
+  namespace fs = std::filesystem;
+  const std::string bert_dir = POLYFORMER_HF_BERT_REFERENCE_DIR, t5_dir = POLYFORMER_HF_T5_REFERENCE_DIR;
+  const std::string out = pft::process_temp_path("hf_forward", "dir_out.safetensors");
+  const InputTensor ids{"I64", {1, 4}, {5, 6, 7, 8}};
+  const std::string encoder_inputs = write_inputs("dir_encoder", {{"input_ids", ids}});
+  const std::string t5_inputs = write_inputs("dir_t5", {{"input_ids", ids}, {"decoder_input_ids", ids}});
+  const auto fails = [&](const std::string& model, const std::string& inputs, const std::string& message) {
+    INFO(message);
+    std::string err;
+    CHECK(run("--model " + model + " --inputs " + inputs + " --out " + out, &err) == 2);
+    CHECK_THAT(err, Catch::Contains(message));
+    CHECK(std::count(err.begin(), err.end(), '\n') == 1);  // one line
+  };
+  // A pickled checkpoint: refused with the way to convert it.
+  const std::string pickle = pft::copy_case(bert_dir + "/model_f32", "hf_forward", "pickle");
+  fs::rename(pickle + "/model.safetensors", pickle + "/pytorch_model.bin");
+  fails(pickle, encoder_inputs, "holds pytorch_model.bin (a Python pickle, which polyformer does not read), expected "
+                                "model.safetensors: convert it");
+  // An index naming a shard that is not there, for BERT and for T5.
+  const std::string bert_shard = pft::copy_case(bert_dir + "/masked_lm_bf16_sharded", "hf_forward", "bert_shard");
+  fs::remove(bert_shard + "/model-00002-of-00002.safetensors");
+  fails(bert_shard, encoder_inputs, "names shard 'model-00002-of-00002.safetensors', which is not in " + bert_shard);
+  const std::string t5_shard = pft::copy_case(t5_dir + "/long_f16_sharded", "hf_forward", "t5_shard");
+  fs::remove(t5_shard + "/model-00001-of-00002.safetensors");
+  fails(t5_shard, t5_inputs, "names shard 'model-00001-of-00002.safetensors', which is not in " + t5_shard);
+  // Shapes that do not fit config.json.
+  const std::string shapes = pft::copy_case(bert_dir + "/model_f32", "hf_forward", "shapes");
+  pft::edit_config(shapes, "\"intermediate_size\": 72", "\"intermediate_size\": 64");
+  fails(shapes, encoder_inputs,
+        "model.safetensors: 'encoder.layer.0.intermediate.dense.weight' has shape (72, 32), expected (64, 32) from "
+        "config.json");
+  const std::string t5_shapes = pft::copy_case(t5_dir + "/relu_f32", "hf_forward", "t5_shapes");
+  pft::edit_config(t5_shapes, "\"d_ff\": 48", "\"d_ff\": 40");
+  fails(t5_shapes, t5_inputs,
+        "model.safetensors: 'encoder.block.0.layer.1.DenseReluDense.wi.weight' has shape (48, 32), expected (40, 32) "
+        "from config.json");
+  for (const std::string& d : {pickle, bert_shard, t5_shard, shapes, t5_shapes}) fs::remove_all(d);
 }
 #endif

@@ -198,3 +198,60 @@ TEST_CASE("load_hf_t5 refuses a BF16 weight holding NaN by name, and reads it wh
   CHECK(model.config().d_model == 30);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("load_hf_t5 refuses a wrong directory, naming the file", "[models][hf][t5][errors]") {
+  const auto fails = [](const std::string& dir, const std::string& message) {
+    INFO(dir);
+    CHECK_THROWS_AS(pf::load_hf_t5<pf::ReLU>(dir), pf::format_error);
+    CHECK_THROWS_WITH(pf::load_hf_t5<pf::ReLU>(dir), Catch::Contains(message));
+  };
+  const std::pair<std::string, std::string> edits[] = {
+      {"\"model_type\": \"t5\"", "\"model_type\": \"mt5\""},
+      {"\"feed_forward_proj\": \"relu\"", "\"feed_forward_proj\": \"gated-silu\""},
+      {"\"d_model\": 32", "\"d_model\": 24"},
+      {"\"d_kv\": 8", "\"d_kv\": 4"},
+      {"\"num_layers\": 2", "\"num_layers\": 1"},
+      {"\"num_decoder_layers\": 2", "\"num_decoder_layers\": 1"},
+      {"\"relative_attention_num_buckets\": 32", "\"relative_attention_num_buckets\": 16"},
+      {"\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false"},
+  };
+  const std::string messages[] = {
+      "config.json: model_type is \"mt5\", expected \"t5\"",
+      "config.json: feed_forward_proj is \"gated-silu\", expected \"relu\" or \"gated-gelu\"",
+      "'shared.weight' has shape (107, 32), expected (107, 24) from config.json",
+      "'encoder.block.0.layer.0.SelfAttention.q.weight' has shape (32, 32), expected (16, 32) from config.json",
+      "holds 'encoder.block.1.",
+      "holds 'decoder.block.1.",
+      "'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight' has shape (32, 4), expected (16, 4)",
+      "has no tensor 'lm_head.weight'",
+  };
+  for (std::size_t i = 0; i < std::size(edits); ++i) {
+    const std::string d = pft::copy_case(reference_dir + "/relu_f32", "hf_t5", "edit" + std::to_string(i));
+    pft::edit_config(d, edits[i].first, edits[i].second);
+    fails(d, messages[i]);
+    std::filesystem::remove_all(d);
+  }
+  {  // a tensor stored with another shape than config.json's, and one missing from the file
+    const std::string d = pft::copy_case(reference_dir + "/relu_f32", "hf_t5", "tensors");
+    const auto rewrite = [&](const std::string& changed, bool drop) {
+      std::vector<std::pair<std::string, pf::io::FloatTensor>> tensors;
+      {
+        const auto file = pf::io::SafetensorsFile::open(d + "/model.safetensors");
+        for (const std::string& n : file.names()) {
+          pf::io::FloatTensor t = file.tensor(n);
+          if (n == changed) {
+            if (drop) continue;
+            t.shape = {t.shape[1], t.shape[0]};  // the transpose's shape: an (in, out) layout
+          }
+          tensors.emplace_back(n, std::move(t));
+        }
+      }
+      pf::io::write_safetensors(d + "/model.safetensors", tensors);
+    };
+    rewrite("decoder.block.1.layer.2.DenseReluDense.wi.weight", false);
+    fails(d, "'decoder.block.1.layer.2.DenseReluDense.wi.weight' has shape (32, 48), expected (48, 32)");
+    rewrite("decoder.block.1.layer.2.DenseReluDense.wi.weight", true);
+    fails(d, "has no tensor 'decoder.block.1.layer.2.DenseReluDense.wi.weight'");
+    std::filesystem::remove_all(d);
+  }
+}

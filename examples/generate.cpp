@@ -19,7 +19,9 @@
 // hypotheses are finished) and prints the best text once found.
 // A T5 directory's prompt (with the </s> its tokenizer adds) runs through the encoder once; the decoder starts from
 // decoder_start_token_id with the cross-attention keys and values projected once, and only its text is printed
-// (as transformers' decode of generate's output); --attention and --lora do not apply.
+// (as transformers' decode of generate's output); --lora does not apply, and --attention takes the policies that
+// add T5's relative position bias to their scores (full, sliding:W, blockwise:B) for the decoder's and encoder's
+// self-attention (the cross-attention stays full).
 // --attention swaps every layer's attention policy for A, the spelling of any policy of polyformer's registry
 // that decodes incrementally (--help lists them; full by default; sliding:W keeps only a window of W keys per
 // layer, linear and performer:M a recurrent state) — the model was trained with full attention, so the others
@@ -333,7 +335,15 @@ void require_tokens_fit(const pf::tokenizers::Tokenizer& tokenizer, pf::Index mo
 template <typename Linear, typename Act>
 void run_t5(const Options& o, const pf::tokenizers::Tokenizer& tokenizer, const pf::TextGenerationOptions& generation,
             const pf::SamplerOptions& sampling, const pf::Context& ctx) {
-  auto model = pf::load_hf_t5<Act, Linear>(o.model);
+  const auto attention = [&] {
+    try {
+      return pf::DynamicAdditiveBiasAttention::parse(o.attention);
+    } catch (const pf::config_error&) {
+      throw usage_error("--attention " + o.attention + ": T5 adds its relative position bias to the scores, which " +
+                        pf::attention_usage<pf::AdditiveBiasPolicies<>, true>(", ") + " do");
+    }
+  }();
+  auto model = pf::load_hf_t5<Act, Linear, pf::DynamicAdditiveBiasAttention>(o.model, attention);
   report_loaded(model);
   if (o.beams > 1) {
     require_tokens_fit(tokenizer, model.config().vocab_size);
@@ -406,8 +416,6 @@ void run_hf(const Options& o, const Attention& attention) {
     generate(model);
   } else if (type == "t5") {
     if (!o.loras.empty()) throw usage_error("--lora applies to Llama models only (" + o.model + " is T5)");
-    if (o.attention != "full")
-      throw usage_error("--attention " + o.attention + ": T5 attends with its relative position bias (full only)");
     bool gated = false;
     pf::hf_t5_config(dir, gated);
     if (gated) run_t5<Linear, pf::GeGLUTanh>(o, tokenizer, generation, sampling, ctx);

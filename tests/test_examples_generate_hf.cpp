@@ -152,6 +152,18 @@ TEST_CASE("examples/generate: a T5 directory prints the reference's greedy and b
     REQUIRE(run(args + " --temperature 0 --max-new-tokens " + std::to_string(greedy.size()), &out, &err) == 0);
     CHECK(out == text_of(std::vector<int>(greedy.begin(), greedy.begin() + std::ptrdiff_t(stop))) + "\n");
     CHECK(err.find("encoder: " + std::to_string(prompt.size()) + " tokens") != std::string::npos);
+    // --attention: a window or a block past every position (the prompt's 30 or 37 and the text's) sees every key,
+    // so the text is the reference's; a window of 2 keys changes it (the policy runs, encoder and decoder).
+    const std::string full_text = out;
+    for (const std::string attention : {"sliding:64", "blockwise:64"}) {
+      INFO(attention);
+      REQUIRE(run(args + " --temperature 0 --max-new-tokens " + std::to_string(greedy.size()) + " --attention " +
+                      attention, &out, &err) == 0);
+      CHECK(out == full_text);
+    }
+    REQUIRE(run(args + " --temperature 0 --max-new-tokens " + std::to_string(greedy.size()) + " --attention sliding:2",
+                &out, &err) == 0);
+    CHECK(out != full_text);
     for (const int i : {0, 1}) {
       const std::vector<float> s = ref.tensor("beam_" + std::to_string(i) + "_settings").data;
       std::vector<int> want = ints(ref.tensor("beam_" + std::to_string(i)).data);
@@ -170,8 +182,9 @@ TEST_CASE("examples/generate: a T5 directory prints the reference's greedy and b
   const std::string dir = pft::copy_case(reference_dir + "/relu_f32", "generate_hf", "t5_bad");
   write_byte_tokenizer(dir, 107);
   std::string out, err;
-  CHECK(run("--model " + dir + " --prompt hi --attention sliding:4", &out, &err) == 2);
-  CHECK_THAT(err, Catch::Contains("T5 attends with its relative position bias"));
+  CHECK(run("--model " + dir + " --prompt hi --attention linear", &out, &err) == 2);
+  CHECK_THAT(err, Catch::Contains("--attention linear: T5 adds its relative position bias to the scores, which full, "
+                                  "sliding:W, blockwise:B do"));
   CHECK(run("--model " + dir + " --prompt hi --lora x", &out, &err) == 2);
   CHECK_THAT(err, Catch::Contains("--lora applies to Llama models only"));
   CHECK(run("--model " + dir + " --prompt ''", &out, &err) == 2);

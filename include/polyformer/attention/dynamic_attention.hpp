@@ -150,6 +150,9 @@ class DynamicAttention<List, PolicyList<Ps...>>
 
 /// The incremental policies of the registry, chosen at run time (generate's --attention).
 using DynamicIncrementalAttention = DynamicAttention<AttentionPolicies>;
+/// Those of them that take an additive bias, chosen at run time (generate's --attention for T5).
+using DynamicAdditiveBiasAttention = DynamicAttention<AdditiveBiasPolicies<AttentionPolicies>>;
+static_assert(AdditiveBiasAttention<DynamicAdditiveBiasAttention>);
 
 static_assert(IncrementalAttention<DynamicIncrementalAttention> && TrainableAttention<DynamicIncrementalAttention>);
 

@@ -58,6 +58,12 @@ struct eligible_policies<PolicyList<Ps...>, true>
     : concat_policies<PolicyList<>, std::conditional_t<IncrementalAttention<Ps>, PolicyList<Ps>, PolicyList<>>...> {};
 
 template <typename List>
+struct additive_bias_policies;
+template <typename... Ps>
+struct additive_bias_policies<PolicyList<Ps...>>
+    : concat_policies<PolicyList<>, std::conditional_t<AdditiveBiasAttention<Ps>, PolicyList<Ps>, PolicyList<>>...> {};
+
+template <typename List>
 inline constexpr bool all_spelled = false;
 template <typename... Ps>
 inline constexpr bool all_spelled<PolicyList<Ps...>> = (SpelledAttention<Ps> && ...);
@@ -67,6 +73,11 @@ inline constexpr bool all_spelled<PolicyList<Ps...>> = (SpelledAttention<Ps> && 
 /// The policies of List, or with `incremental_only` those of them modelling IncrementalAttention.
 template <typename List = AttentionPolicies, bool incremental_only = false>
 using EligiblePolicies = typename detail::eligible_policies<List, incremental_only>::type;
+
+/// The policies of List that add an additive bias to their scores (AdditiveBiasAttention): those T5's relative
+/// position bias can run on.
+template <typename List = AttentionPolicies>
+using AdditiveBiasPolicies = typename detail::additive_bias_policies<List>::type;
 
 /// A parsed policy: one of the (eligible) policies of List.
 template <typename List = AttentionPolicies, bool incremental_only = false>

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "polyformer/attention/kernelized.hpp"
 #include "polyformer/attention/linformer.hpp"
 #include "polyformer/attention/lsh.hpp"
+#include "polyformer/attention/registry.hpp"
 #include "polyformer/attention/relative_position.hpp"
 #include "polyformer/attention/sliding_window.hpp"
 #include "support.hpp"
@@ -181,6 +183,8 @@ TEST_CASE("Relative position attention runs its heads on another policy: a slidi
   static_assert(pf::AdditiveBiasAttention<pf::SlidingWindow> && pf::AdditiveBiasAttention<pf::Blockwise> &&
                 !pf::AdditiveBiasAttention<pf::LSHAttention> && !pf::AdditiveBiasAttention<pf::Linformer> &&
                 !pf::AdditiveBiasAttention<pf::LinearAttention> && !pf::AdditiveBiasAttention<pf::Performer>);
+  // The registry's list of them (generate --attention for T5).
+  static_assert(std::is_same_v<pf::AdditiveBiasPolicies<>, pf::PolicyList<pf::FullAttention, pf::SlidingWindow, pf::Blockwise>>);
 }
 
 TEST_CASE("Relative position attention refuses shapes that do not fit", "[attention][t5][errors]") {

@@ -120,7 +120,7 @@ TEST_CASE("The tokenizer refuses what it cannot run, naming the file and the fie
   fails("{" + byte_level + R"(, "normalizer": {"type": "NFC"}, )" + model + "}",
         R"(normalizer is {"type":"NFC"}, expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them (polyformer does not run it))");
   fails(R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "x"}}, )" + model + "}",
-        "pre_tokenizer is {\"pattern\":{\"Regex\":\"x\"},\"type\":\"Split\"}, expected null, a ByteLevel, a Metaspace, or");
+        "pre_tokenizer is {\"pattern\":{\"Regex\":\"x\"},\"type\":\"Split\"}, expected null, a ByteLevel, a Sequence [Split, ByteLevel], a Metaspace, or");
   // A field of another JSON type than it takes (found by fuzz_tokenizer_json: the model's type as a list).
   fails(R"({"model": {"type": ["H e"]}})", "tokenizer.json: a field holds the wrong kind of JSON value");
   fails("{" + byte_level + R"(, "added_tokens": [{"id": 5, "content": "x", "special": "yes"}], )" + model + "}",

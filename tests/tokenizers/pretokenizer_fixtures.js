@@ -1,8 +1,10 @@
 // Writes tests/tokenizers/pretokenizers.json, the oracle of tests/test_tokenizers_pre_tokenizers.cpp: the Hugging
 // Face tokenizers library's ids (npm `tokenizers`, the Rust library's Node bindings) under its splitting
 // pre-tokenizers — Whitespace, WhitespaceSplit, Punctuation, Digits (runs and single digits), BertPreTokenizer and
-// Sequences of them — put in front of the WordPiece (BERT), SentencePiece-style BPE (Llama) and Unigram (T5) fixtures
-// the build unpacks into build/tests/tokenizers-<name>:
+// Sequences of them — put in front of the WordPiece (BERT), SentencePiece-style BPE (Llama) and Unigram (T5) fixtures,
+// and of Split by the regular expressions of GPT-2, cl100k_base (Llama 3) and Qwen2 before ByteLevel (with and
+// without its own regular expression and prefix space) in front of GPT-2's byte-level BPE, the fixtures the build
+// unpacks into build/tests/tokenizers-<name>:
 //   NODE_PATH=/path/to/node_modules node pretokenizer_fixtures.js build/tests tests/tokenizers/pretokenizers.json
 // Per case: the base, the pre-tokenizer, the ids of texts.js's hand-written edge cases in full, and for its 3,000
 // random strings and for the fortune records the hash (texts.js's) of each chunk of 100 and 500 texts, a chunk being
@@ -33,8 +35,22 @@ function bertBase() {  // as pair_fixtures.js and the tests build it from vocab.
              vocab },
   };
 }
+function gpt2Base() {  // as tests/test_tokenizers_pre_tokenizers.cpp builds it from vocab.json and merges.txt
+  const vocab = JSON.parse(read('gpt2', 'vocab.json'));
+  const merges = read('gpt2', 'merges.txt').split('\n').filter((l) => l !== '' && !l.startsWith('#version'));
+  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  return {
+    version: '1.0', truncation: null, padding: null,
+    added_tokens: [{ id: 50256, content: '<|endoftext|>', single_word: false, lstrip: false, rstrip: false,
+                     normalized: false, special: true }],
+    normalizer: null, pre_tokenizer: byteLevel, post_processor: null, decoder: byteLevel,
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
+             fuse_unk: false, byte_fallback: false, vocab, merges },
+  };
+}
 const bases = {
   bert: bertBase(),
+  gpt2: gpt2Base(),
   llama: JSON.parse(read('llama', 'tokenizer.json')),
   t5: JSON.parse(read('t5', 'tokenizer.json')),
 };
@@ -43,6 +59,16 @@ const whitespace = { type: 'Whitespace' }, whitespaceSplit = { type: 'Whitespace
 const punctuation = { type: 'Punctuation', behavior: 'Isolated' }, bert = { type: 'BertPreTokenizer' };
 const digits = (individual) => ({ type: 'Digits', individual_digits: individual });
 const sequence = (...steps) => ({ type: 'Sequence', pretokenizers: steps });
+// Split by the regular expressions of byte-level models (split_pattern.hpp), before ByteLevel.
+const patterns = {
+  gpt2: String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`,
+  cl100k: String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|` +
+          String.raw`\s*[\r\n]+|\s+(?!\S)|\s+`,
+  qwen2: String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|` +
+         String.raw`\s*[\r\n]+|\s+(?!\S)|\s+`,
+};
+const split = (pattern) => ({ type: 'Split', pattern: { Regex: patterns[pattern] }, behavior: 'Isolated', invert: false });
+const byteLevel = (prefix, regex) => ({ type: 'ByteLevel', add_prefix_space: prefix, trim_offsets: true, use_regex: regex });
 const cases = [
   ['bert_whitespace', 'bert', whitespace],
   ['bert_split_punctuation_digit', 'bert', sequence(whitespaceSplit, punctuation, digits(true))],
@@ -52,6 +78,11 @@ const cases = [
   ['llama_punctuation_digit', 'llama', sequence(punctuation, digits(true))],
   ['t5_whitespace', 't5', whitespace],
   ['t5_split_punctuation_digits', 't5', sequence(whitespaceSplit, punctuation, digits(false))],
+  ['gpt2_split_cl100k', 'gpt2', sequence(split('cl100k'), byteLevel(false, false))],  // Llama 3's
+  ['gpt2_split_qwen2', 'gpt2', sequence(split('qwen2'), byteLevel(false, false))],
+  ['gpt2_split_cl100k_prefix_regex', 'gpt2', sequence(split('cl100k'), byteLevel(true, true))],
+  ['gpt2_split_gpt2', 'gpt2', sequence(split('gpt2'), byteLevel(false, false))],
+  ['gpt2_byte_level_whole', 'gpt2', byteLevel(false, false)],
 ];
 
 function chunkHashes(rows, size) {

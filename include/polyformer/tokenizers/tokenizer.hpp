@@ -5,7 +5,7 @@
 /// `vocab.json` + `merges.txt`.
 ///
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
-/// ByteLevel decoder), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
+/// ByteLevel decoder; Llama 3 and Qwen2: a Split by their regular expression before ByteLevel, split_pattern.hpp), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
 /// pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
 /// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
 /// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
@@ -43,6 +43,7 @@
 #include "polyformer/tokenizers/post_processor.hpp"
 #include "polyformer/tokenizers/pre_tokenizer.hpp"
 #include "polyformer/tokenizers/sentencepiece.hpp"
+#include "polyformer/tokenizers/split_pattern.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
 #include "polyformer/tokenizers/unigram.hpp"
 
@@ -322,6 +323,47 @@ class Tokenizer {
       }
       encode_word(words.substr(start));
     };
+    // One piece's bytes through the byte-level BPE model.
+    const auto encode_bytes = [&](std::string_view piece) {
+      if (ignore_merges_) {
+        spelled.clear();
+        for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
+        if (const int id = bpe_->id_of(spelled); id >= 0) {
+          ids.push_back(id);
+          return;
+        }
+      }
+      symbols.clear();
+      bool every_byte = true;
+      for (const char b : piece) {
+        const int id = byte_ids_[static_cast<unsigned char>(b)];
+        every_byte = every_byte && id >= 0;
+        symbols.push_back(id);
+      }
+      if (!every_byte) {  // a byte's character the vocabulary lacks: the model's fallback (or nothing) for it
+        spelled.clear();
+        for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
+        bpe_->encode_word(spelled, ids, symbols);
+        return;
+      }
+      bpe_->merge(symbols);
+      ids.insert(ids.end(), symbols.begin(), symbols.end());
+    };
+    // The ByteLevel pre-tokenizer over one piece (valid UTF-8): a space put before it unless it starts with one
+    // (add_prefix_space), then GPT-2's pattern (use_regex) or the piece whole.
+    std::string prefixed;
+    const auto byte_level = [&](std::string_view piece) {
+      if (add_prefix_space_ && !piece.empty() && piece.front() != ' ') {
+        prefixed.assign(1, ' ');
+        prefixed.append(piece);
+        piece = prefixed;
+      }
+      if (!byte_regex_) {
+        encode_bytes(piece);
+        return;
+      }
+      for (const std::string_view p : gpt2_split(piece, func)) encode_bytes(p);
+    };
     // `first`: the segment starts the text (Metaspace's prepend_scheme "first").
     const auto encode_segment = [&](std::string_view segment, bool first) {
       if (segment.empty()) return;
@@ -373,36 +415,13 @@ class Tokenizer {
         if (start < segment.size()) encode_piece(segment.substr(start), first_piece);
         return;
       }
-      std::string prefixed;
-      if (add_prefix_space_ && !segment.empty() && segment.front() != ' ') {
-        prefixed.assign(1, ' ');
-        prefixed.append(segment);
-        segment = prefixed;
-      }
-      for (const std::string_view piece : gpt2_split(segment, func)) {
-        if (ignore_merges_) {
-          spelled.clear();
-          for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
-          if (const int id = bpe_->id_of(spelled); id >= 0) {
-            ids.push_back(id);
-            continue;
-          }
-        }
-        symbols.clear();
-        bool every_byte = true;
-        for (const char b : piece) {
-          const int id = byte_ids_[static_cast<unsigned char>(b)];
-          every_byte = every_byte && id >= 0;
-          symbols.push_back(id);
-        }
-        if (!every_byte) {  // a byte's character the vocabulary lacks: the model's fallback (or nothing) for it
-          spelled.clear();
-          for (const char b : piece) spelled += alphabet.spelling(static_cast<unsigned char>(b));
-          bpe_->encode_word(spelled, ids, symbols);
-          continue;
-        }
-        bpe_->merge(symbols);
-        ids.insert(ids.end(), symbols.begin(), symbols.end());
+      // Byte-level BPE: a Split by a known pattern first (split_pattern_), then ByteLevel on each of its pieces —
+      // a space before one that lacks it (add_prefix_space), GPT-2's pattern (byte_regex_) or the piece whole.
+      if (split_pattern_) {
+        for (const std::string_view piece : split_by_pattern(segment, *split_pattern_, func)) byte_level(piece);
+      } else {
+        if (!byte_regex_) validate_utf8(segment, func);
+        byte_level(segment);
       }
     };
     std::size_t at = 0;
@@ -987,16 +1006,44 @@ class Tokenizer {
       r.unsupported("pre_tokenizer", p, "null, a Metaspace, a Sequence [WhitespaceSplit, Metaspace], or Whitespace, "
                                         "WhitespaceSplit, Punctuation, Digits, BertPreTokenizer or a Sequence of them (the "
                                         "Unigram model's)");
-    if (!p.is_object() || p.value("type", "") != "ByteLevel")
-      r.unsupported("pre_tokenizer", p, "null, a ByteLevel, a Metaspace, or Whitespace, WhitespaceSplit, Punctuation, "
-                                        "Digits, BertPreTokenizer or a Sequence of them (the BPE model's)");
-    pre_tokenizer_ = PreTokenizer::byte_level;
-    if (p.contains("use_regex") && !(p["use_regex"].is_boolean() && p["use_regex"].get<bool>()))
-      r.unsupported("pre_tokenizer.use_regex", p["use_regex"], "true");
-    if (p.contains("add_prefix_space")) {
-      if (!p["add_prefix_space"].is_boolean()) r.fail("pre_tokenizer.add_prefix_space", "not true or false");
-      add_prefix_space_ = p["add_prefix_space"].get<bool>();
+    // Llama 3's and Qwen2's: Sequence [Split by a pattern, ByteLevel].
+    if (steps && steps->is_array() && steps->size() == 2 && (*steps)[0].is_object() &&
+        (*steps)[0].value("type", "") == "Split" && (*steps)[1].is_object() &&
+        (*steps)[1].value("type", "") == "ByteLevel") {
+      read_split(r, "pre_tokenizer.pretokenizers[0]", (*steps)[0]);
+      read_byte_level(r, "pre_tokenizer.pretokenizers[1]", (*steps)[1]);
+      return;
     }
+    if (!p.is_object() || p.value("type", "") != "ByteLevel")
+      r.unsupported("pre_tokenizer", p, "null, a ByteLevel, a Sequence [Split, ByteLevel], a Metaspace, or "
+                                        "Whitespace, WhitespaceSplit, Punctuation, Digits, BertPreTokenizer or a "
+                                        "Sequence of them (the BPE model's)");
+    read_byte_level(r, "pre_tokenizer", p);
+  }
+
+  /// A ByteLevel pre-tokenizer (the one at `at`): its add_prefix_space and use_regex.
+  void read_byte_level(const Reader& r, const std::string& at, const nlohmann::json& p) {
+    pre_tokenizer_ = PreTokenizer::byte_level;
+    for (const char* key : {"add_prefix_space", "use_regex"})
+      if (p.contains(key) && !p[key].is_boolean()) r.fail(at + "." + key, "not true or false");
+    add_prefix_space_ = p.value("add_prefix_space", add_prefix_space_);
+    byte_regex_ = p.value("use_regex", true);
+  }
+
+  /// A Split pre-tokenizer (the one at `at`) by a regular expression split_pattern.hpp matches, its matches
+  /// isolated.
+  void read_split(const Reader& r, const std::string& at, const nlohmann::json& p) {
+    const nlohmann::json* regex = p.contains("pattern") && p["pattern"].is_object() && p["pattern"].contains("Regex")
+                                      ? &p["pattern"]["Regex"]
+                                      : nullptr;
+    if (regex == nullptr || !regex->is_string() || !split_pattern_of(regex->get<std::string>()))
+      r.unsupported(at + ".pattern", p.value("pattern", nlohmann::json()),
+                    "the regular expression of GPT-2, of cl100k_base (Llama 3) or of Qwen2");
+    split_pattern_ = split_pattern_of(regex->get<std::string>());
+    if (p.value("behavior", nlohmann::json()) != "Isolated")
+      r.unsupported(at + ".behavior", p.value("behavior", nlohmann::json()), "\"Isolated\"");
+    if (p.value("invert", nlohmann::json(false)) != false)
+      r.unsupported(at + ".invert", p["invert"], "false");
   }
 
   void read_added_tokens(const Reader& r, const nlohmann::json& list) {
@@ -1059,6 +1106,8 @@ class Tokenizer {
   std::vector<AddedToken> added_;
   std::array<int, 256> byte_ids_{};  // each byte's single-character token, or -1
   bool add_prefix_space_ = false, ignore_merges_ = false;
+  bool byte_regex_ = true;                   // ByteLevel's use_regex: GPT-2's pattern over each piece
+  std::optional<SplitPattern> split_pattern_;  // a Split before ByteLevel
   bool whitespace_split_ = false;  // WhitespaceSplit before Metaspace (or alone)
   std::vector<SplitStep> splits_;  // PreTokenizer::splits: the splitters, in order
 };

@@ -228,3 +228,31 @@ TEST_CASE("SentencePiece-style tokenizer.json settings it cannot run are refused
   CHECK_THROWS_WITH(open(R"({"pre_tokenizer": null, )" + model + "}").encode("a\xC3("),
                     Catch::Contains("Tokenizer::encode: the text is not valid UTF-8 at byte 1 (0xC3)"));
 }
+
+TEST_CASE("BPE's ignore_merges takes a word the vocabulary holds whole, on every path", "[tokenizers][bpe]") {
+  // Expected ids: npm tokenizers 0.23.2 on the same tokenizer.json. "abc" is in the vocabulary, but the only merge
+  // ("b c") makes a + bc of it.
+  const auto tokenizer = [](const nlohmann::json& pre, const nlohmann::json& vocab, const nlohmann::json& merges,
+                            bool ignore) {
+    const nlohmann::json j = {{"version", "1.0"}, {"pre_tokenizer", pre},
+                              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", ignore}}}};
+    return pt::Tokenizer::from_json(j.dump(), "ignore_merges.json");
+  };
+  using Ids = std::vector<std::vector<int>>;
+  const auto ids = [](const pt::Tokenizer& t) {
+    Ids out;
+    for (const char* text : {"abc", "abc abc", "ab", "bc", "ab c"}) out.push_back(t.encode(text, false));
+    return out;
+  };
+  const nlohmann::json chars = {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5}, {" ", 6}, {"ab c", 7}};
+  const nlohmann::json whitespace = {{"type", "Whitespace"}};
+  CHECK(ids(tokenizer(nullptr, chars, {"b c"}, false)) == Ids{{0, 4}, {0, 4, 6, 0, 4}, {0, 1}, {4}, {0, 1, 6, 2}});
+  CHECK(ids(tokenizer(nullptr, chars, {"b c"}, true)) == Ids{{5}, {0, 4, 6, 0, 4}, {3}, {4}, {7}});
+  CHECK(ids(tokenizer(whitespace, chars, {"b c"}, false)) == Ids{{0, 4}, {0, 4, 0, 4}, {0, 1}, {4}, {0, 1, 2}});
+  CHECK(ids(tokenizer(whitespace, chars, {"b c"}, true)) == Ids{{5}, {5, 5}, {3}, {4}, {3, 2}});
+  const nlohmann::json bytes = {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5},
+                                {"\u0120", 6}, {"\u0120abc", 7}, {"\u0120a", 8}};
+  const nlohmann::json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  CHECK(ids(tokenizer(byte_level, bytes, {"b c", "\u0120 a"}, false)) == Ids{{0, 4}, {0, 4, 8, 4}, {0, 1}, {4}, {0, 1, 6, 2}});
+  CHECK(ids(tokenizer(byte_level, bytes, {"b c", "\u0120 a"}, true)) == Ids{{5}, {5, 7}, {3}, {4}, {3, 6, 2}});
+}

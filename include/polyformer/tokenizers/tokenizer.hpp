@@ -294,10 +294,21 @@ class Tokenizer {
     std::string spelled, normalized;
     const ByteAlphabet& alphabet = ByteAlphabet::instance();
     if (sentencepiece_) validate_utf8(text, func);
-    // A word of a character-level model (SentencePiece-style BPE, Unigram).
+    // A word of a character-level model (SentencePiece-style BPE, Unigram); BPE's ignore_merges takes a word the
+    // vocabulary holds whole as its one token.
     const auto encode_word = [&](std::string_view word) {
-      if (unigram_) unigram_->encode_word(word, ids, func);
-      else bpe_->encode_word(word, ids, symbols);
+      if (unigram_) {
+        unigram_->encode_word(word, ids, func);
+        return;
+      }
+      if (ignore_merges_) {
+        spelled.assign(word);
+        if (const int id = bpe_->id_of(spelled); id >= 0) {
+          ids.push_back(id);
+          return;
+        }
+      }
+      bpe_->encode_word(word, ids, symbols);
     };
     // The words of Metaspace over `segment` (`first`: it starts the text, for prepend_scheme "first").
     const auto encode_metaspace = [&](std::string_view segment, bool first) {

@@ -85,6 +85,22 @@ class PostProcessor {
     return e;
   }
 
+  /// The ids alone the single template makes of `a` (apply's without type ids): `a` itself, not copied, when the
+  /// template adds no id.
+  std::vector<int> apply_ids(std::vector<int> a, bool add_special_tokens) const {
+    std::size_t added = 0;
+    for (const Piece& p : single_) added += p.kind == Piece::Kind::special && add_special_tokens ? p.ids.size() : 0;
+    if (added == 0) return a;  // the template is A and special tokens, and these add nothing
+    std::vector<int> ids;
+    ids.reserve(a.size() + added);
+    for (const Piece& p : single_) {
+      if (p.kind == Piece::Kind::special && !add_special_tokens) continue;
+      const std::vector<int>& piece = p.kind == Piece::Kind::a ? a : p.ids;
+      ids.insert(ids.end(), piece.begin(), piece.end());
+    }
+    return ids;
+  }
+
  private:
   static Piece special(std::vector<int> ids, int type_id) { return {Piece::Kind::special, type_id, std::move(ids)}; }
 

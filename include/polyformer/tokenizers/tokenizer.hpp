@@ -267,7 +267,7 @@ class Tokenizer {
   /// The ids of `text` (UTF-8; format_error naming the byte offset otherwise), with the special tokens the
   /// post-processor puts around a sequence unless `add_special_tokens` is false.
   std::vector<int> encode(std::string_view text, bool add_special_tokens = true) const {
-    return post_.apply(encode_text(text), nullptr, add_special_tokens).ids;
+    return post_.apply_ids(encode_text(text), add_special_tokens);
   }
 
   /// The same with the type id of every id (what the post-processor's template for one text gives it).

@@ -210,8 +210,8 @@ TEST_CASE("SentencePiece-style tokenizer.json settings it cannot run are refused
   CHECK(ok.encode("ab xyb") == std::vector<int>{4, 3, 4, 0, 2});
   fails(R"({"normalizer": {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": "▁"}, )" + model + "}",
         R"(normalizer.pattern is {"Regex":"\\s+"}, expected {"String": …})");
-  fails(R"({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}]}, )" + model + "}",
-        R"(normalizer.normalizers[0] is {"type":"NFKC"})");
+  fails(R"({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Nmt"}]}, )" + model + "}",
+        R"(normalizer.normalizers[1] is {"type":"Nmt"})");
   fails(R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "ab"}, )" + model + "}",
         "pre_tokenizer.replacement is 'ab', expected one character");
   fails(R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "sometimes"}, )" + model + "}",

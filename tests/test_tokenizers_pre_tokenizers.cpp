@@ -1,11 +1,11 @@
 // The splitting pre-tokenizers (tokenizers/pre_tokenizer.hpp: Whitespace, WhitespaceSplit, Punctuation, Digits,
 // BertPreTokenizer and Sequences of them) in front of the WordPiece, SentencePiece-style BPE and Unigram fixtures, and
 // Split by the regular expressions of GPT-2, cl100k_base (Llama 3) and Qwen2 (tokenizers/split_pattern.hpp) before
-// ByteLevel in front of GPT-2's byte-level BPE, against the Hugging Face tokenizers library:
-// tests/tokenizers/pretokenizer_fixtures.js wrote tests/tokenizers/pretokenizers.json with npm tokenizers 0.23.2's
-// ids of the 41 hand-written edge cases in full, and of the 3,000 random strings over every Unicode plane and the
-// 15,221 fortune records as hashes of chunks of 100 and 500 texts, for 13 pre-tokenizers. Also the splitting itself
-// on texts worked by hand, and what is refused.
+// ByteLevel in front of GPT-2's byte-level BPE, and the normalizers NFD, NFKD, NFC, NFKC, Lowercase and StripAccents
+// in front of all four models, against the Hugging Face tokenizers library: tests/tokenizers/pretokenizer_fixtures.js
+// wrote tests/tokenizers/pretokenizers.json with npm tokenizers 0.23.2's ids of the 41 hand-written edge cases in
+// full, and of the 3,000 random strings over every Unicode plane and the 15,221 fortune records as hashes of chunks of
+// 100 and 500 texts, for 19 pipelines. Also the splitting itself on texts worked by hand, and what is refused.
 
 #include <catch2/catch.hpp>
 
@@ -49,6 +49,7 @@ pt::Tokenizer tokenizer_of_case(const nlohmann::json& c) {
                      : base == "llama" ? pft::read_json(std::string(POLYFORMER_LLAMA_TOKENIZER_DIR) + "/tokenizer.json")
                                        : pft::read_json(std::string(POLYFORMER_T5_TOKENIZER_DIR) + "/tokenizer.json");
   j["pre_tokenizer"] = c["pre_tokenizer"];
+  if (c.contains("normalizer")) j["normalizer"] = c["normalizer"];
   j["post_processor"] = nullptr;
   return pt::Tokenizer::from_json(j.dump(), c["name"].get<std::string>());
 }
@@ -99,12 +100,12 @@ TEST_CASE("splitting pre-tokenizers cut texts as the tokenizers library does", "
   CHECK_THROWS_AS(pt::cl100k_split("caf\xE9", 3), polyformer::format_error);
 }
 
-TEST_CASE("WordPiece, BPE and Unigram after splitting pre-tokenizers equal the tokenizers library's ids",
+TEST_CASE("WordPiece, BPE and Unigram after splitting pre-tokenizers and normalizers equal the tokenizers library's ids",
           "[tokenizers][pre_tokenizers]") {
   const nlohmann::json f = pft::read_json(POLYFORMER_TOKENIZER_PRE_TOKENIZERS);
   const std::vector<std::string> texts = pft::fixture_texts(POLYFORMER_BERT_TOKENIZER_DIR);  // edge cases, then random
   const std::vector<std::string> records = pft::fortunes();
-  REQUIRE(f["cases"].size() == 13);
+  REQUIRE(f["cases"].size() == 19);
   const std::size_t edge = f["cases"][0]["edge"].size();
   REQUIRE(texts.size() == edge + 3000);
   const std::vector<std::string> random(texts.begin() + std::ptrdiff_t(edge), texts.end());

@@ -243,7 +243,8 @@ TEST_CASE("Precompiled charsmaps, Strip and runs of spaces: malformed and unsupp
   fails(R"({"type": "Replace", "pattern": {"Regex": "a{0,}"}, "content": " "})", "a run of one character");
   fails(R"({"type": "Replace", "pattern": {"Regex": ".{2,}"}, "content": " "})", "a run of one character");
   fails(R"({"type": "Strip", "strip_left": 1, "strip_right": true})", "normalizer.strip_left");
-  fails(R"({"type": "NFKC"})", "expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence");
+  fails(R"({"type": "ByteLevel"})", "expected null, a BertNormalizer, Prepend, Replace, Strip, Precompiled, NFD, NFKD, "
+                                    "NFC, NFKC, Lowercase, StripAccents or a Sequence");
   // A run of 2+ spaces becomes "_", a single one stays (and is no piece: <unk>); Strip both sides.
   const auto runs = open(R"({"type": "Sequence", "normalizers": [{"type": "Strip", "strip_left": true, "strip_right":
                             true}, {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": "_"}]})");

@@ -257,8 +257,17 @@ def tokenizer_corpus(charsmap):
                                  {'Sequence': {'id': 'A', 'type_id': 0}}],
                         'special_tokens': {'[CLS]': {'id': '[CLS]', 'ids': [1], 'tokens': ['[CLS]']},
                                            '[SEP]': {'id': '[SEP]', 'ids': [2], 'tokens': ['[SEP]']}}})
+    # Byte-level BPE after Llama 3's Split and the Unicode normalizers, ignore_merges set
+    cl100k = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+    split_normalized = dict(bpe, normalizer={'type': 'Sequence', 'normalizers': [
+        {'type': 'NFKC'}, {'type': 'Lowercase'}, {'type': 'NFD'}, {'type': 'StripAccents'}, {'type': 'NFC'}]},
+        pre_tokenizer={'type': 'Sequence', 'pretokenizers': [
+            {'type': 'Split', 'pattern': {'Regex': cl100k}, 'behavior': 'Isolated', 'invert': False},
+            dict(level, use_regex=False)]},
+        model=dict(bpe['model'], ignore_merges=True))
     for name, j in [('bpe', bpe), ('wordpiece', wordpiece), ('unigram_precompiled', unigram), ('llama', llama),
-                    ('wordpiece_splits_pair', splits)]:
+                    ('wordpiece_splits_pair', splits), ('bpe_split_normalized', split_normalized)]:
         save('tokenizer_json', name + '.txt', json.dumps(j, ensure_ascii=False) + sep + text)
     for i, s in enumerate(['', 'the thé  ', 'a\u2581b', '\xff', 'e\u0301\u0301', '\U0001F468\u200d\U0001F469', '\r\n\t ',
                            'ｶﾞ①ﬁ']):

@@ -4,7 +4,8 @@
 // Sequences of them — put in front of the WordPiece (BERT), SentencePiece-style BPE (Llama) and Unigram (T5) fixtures,
 // and of Split by the regular expressions of GPT-2, cl100k_base (Llama 3) and Qwen2 before ByteLevel (with and
 // without its own regular expression and prefix space) in front of GPT-2's byte-level BPE, the fixtures the build
-// unpacks into build/tests/tokenizers-<name>:
+// unpacks into build/tests/tokenizers-<name>; and the normalizers NFD, NFKD, NFC, NFKC, Lowercase and StripAccents
+// in front of them:
 //   NODE_PATH=/path/to/node_modules node pretokenizer_fixtures.js build/tests tests/tokenizers/pretokenizers.json
 // Per case: the base, the pre-tokenizer, the ids of texts.js's hand-written edge cases in full, and for its 3,000
 // random strings and for the fortune records the hash (texts.js's) of each chunk of 100 and 500 texts, a chunk being
@@ -59,6 +60,9 @@ const whitespace = { type: 'Whitespace' }, whitespaceSplit = { type: 'Whitespace
 const punctuation = { type: 'Punctuation', behavior: 'Isolated' }, bert = { type: 'BertPreTokenizer' };
 const digits = (individual) => ({ type: 'Digits', individual_digits: individual });
 const sequence = (...steps) => ({ type: 'Sequence', pretokenizers: steps });
+const nf = (type) => ({ type });
+const normalizers = (...steps) => ({ type: 'Sequence', normalizers: steps });
+const llamaNormalizers = bases.llama.normalizer.normalizers;  // Prepend ▁, Replace ' ' with ▁
 // Split by the regular expressions of byte-level models (split_pattern.hpp), before ByteLevel.
 const patterns = {
   gpt2: String.raw`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`,
@@ -83,6 +87,13 @@ const cases = [
   ['gpt2_split_cl100k_prefix_regex', 'gpt2', sequence(split('cl100k'), byteLevel(true, true))],
   ['gpt2_split_gpt2', 'gpt2', sequence(split('gpt2'), byteLevel(false, false))],
   ['gpt2_byte_level_whole', 'gpt2', byteLevel(false, false)],
+  // Normalizers (normalizer.hpp) in front of the base's own pre-tokenizer (undefined) or another.
+  ['bert_nfd_strip_lowercase', 'bert', bert, normalizers(nf('NFD'), { type: 'StripAccents' }, { type: 'Lowercase' })],
+  ['bert_nfkc_whitespace', 'bert', whitespace, nf('NFKC')],
+  ['llama_nfkc', 'llama', undefined, normalizers(nf('NFKC'), ...llamaNormalizers)],
+  ['llama_nfd_lowercase', 'llama', undefined, normalizers(nf('NFD'), { type: 'Lowercase' }, ...llamaNormalizers)],
+  ['t5_nfkd_strip_accents', 't5', undefined, normalizers(nf('NFKD'), { type: 'StripAccents' })],
+  ['gpt2_nfc_split_cl100k', 'gpt2', sequence(split('cl100k'), byteLevel(false, false)), nf('NFC')],
 ];
 
 function chunkHashes(rows, size) {
@@ -95,9 +106,10 @@ async function main() {
   const records = fortunes();
   const random = extra.slice(edge.length);
   const out = { cases: [] };
-  for (const [name, base, pre] of cases) {
+  for (const [name, base, pre, normalizer] of cases) {
     const json = JSON.parse(JSON.stringify(bases[base]));
-    json.pre_tokenizer = pre;
+    if (pre !== undefined) json.pre_tokenizer = pre;
+    if (normalizer !== undefined) json.normalizer = normalizer;
     json.post_processor = null;
     const tokenizer = Tokenizer.fromString(JSON.stringify(json));
     const ids = async (texts) => {
@@ -105,7 +117,7 @@ async function main() {
       for (const t of texts) rows.push((await tokenizer.encode(t, null, { addSpecialTokens: false })).getIds().join(' '));
       return rows;
     };
-    out.cases.push({ name, base, pre_tokenizer: pre, edge: await ids(edge),
+    out.cases.push({ name, base, pre_tokenizer: json.pre_tokenizer, normalizer, edge: await ids(edge),
                      random: chunkHashes(await ids(random), 100), fortunes: chunkHashes(await ids(records), 500) });
     console.error(name);
   }

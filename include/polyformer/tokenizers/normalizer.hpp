@@ -2,8 +2,9 @@
 /// \file A tokenizer's normalizer: the steps of tokenizer.json's `normalizer` (one, or a Sequence of them), each
 /// rewriting the text of a segment before it is split into words. BertNormalizer (tokenizers/bert.hpp), Prepend,
 /// Replace with a literal pattern (SentencePiece's spaces as U+2581, the legacy Llama pipeline) or a run of one
-/// character (transformers' SentencePiece conversions: " {2,}"), Strip of whitespace, and SentencePiece's
-/// Precompiled character map (tokenizers/precompiled.hpp: T5's, ALBERT's).
+/// character (transformers' SentencePiece conversions: " {2,}"), Strip of whitespace, SentencePiece's Precompiled
+/// character map (tokenizers/precompiled.hpp: T5's, ALBERT's), the Unicode normalization forms NFD, NFKD, NFC and
+/// NFKC and StripAccents (tokenizers/unicode_normalization.hpp), and Lowercase.
 
 #include <string>
 #include <string_view>
@@ -14,6 +15,7 @@
 #include "polyformer/tokenizers/bert.hpp"
 #include "polyformer/tokenizers/precompiled.hpp"
 #include "polyformer/tokenizers/unicode.hpp"
+#include "polyformer/tokenizers/unicode_normalization.hpp"
 
 namespace polyformer::tokenizers {
 
@@ -40,6 +42,19 @@ struct Strip {
   bool left = false, right = true;
 };
 
+/// One of the Unicode normalization forms (UAX #15).
+struct UnicodeForm {
+  enum class Kind { nfd, nfkd, nfc, nfkc };
+  Kind kind = Kind::nfc;
+};
+
+/// Every character's full lowercase mapping (Rust's char::to_lowercase: İ becomes i and U+0307), one character at a
+/// time: Σ stays σ at the end of a word. The mappings are BertNormalizer's (bert_tables.hpp), which lowercases so.
+struct Lowercase {};
+
+/// Removes the combining marks (General_Category M), decomposing nothing: after NFD it strips accents.
+struct StripAccents {};
+
 /// Whether `c` has Unicode's White_Space property (Rust's char::is_whitespace, which the tokenizers library uses).
 inline bool is_white_space(char32_t c) noexcept {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
@@ -61,7 +76,8 @@ inline std::string replace_all(std::string_view text, std::string_view pattern, 
 
 class Normalizer {
  public:
-  using Step = std::variant<BertNormalizer, Prepend, Replace, ReplaceRun, Strip, Precompiled>;
+  using Step = std::variant<BertNormalizer, Prepend, Replace, ReplaceRun, Strip, Precompiled, UnicodeForm, Lowercase,
+                            StripAccents>;
 
   Normalizer() = default;
   explicit Normalizer(std::vector<Step> steps) : steps_(std::move(steps)) {}
@@ -87,6 +103,14 @@ class Normalizer {
         out = replace_runs(out, *run);
       } else if (const auto* strip = std::get_if<Strip>(&step)) {
         out = strip_white_space(out, *strip);
+      } else if (const auto* form = std::get_if<UnicodeForm>(&step)) {
+        using K = UnicodeForm::Kind;
+        out = form->kind == K::nfd ? nfd(out, func) : form->kind == K::nfkd ? nfkd(out, func)
+              : form->kind == K::nfc ? nfc(out, func) : nfkc(out, func);
+      } else if (std::holds_alternative<Lowercase>(step)) {
+        out = lowercase(out, func);
+      } else if (std::holds_alternative<StripAccents>(step)) {
+        out = strip_accents(out, func);
       } else {
         out = std::get<Precompiled>(step).normalize(out, func);
       }
@@ -95,6 +119,23 @@ class Normalizer {
   }
 
  private:
+  static std::string lowercase(std::string_view text, const char* func) {
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0, n = 0; i < text.size(); i += n) {
+      const auto byte = static_cast<unsigned char>(text[i]);
+      if (byte < 0x80) {  // ASCII without the search
+        out += static_cast<char>(byte >= 'A' && byte <= 'Z' ? byte + ('a' - 'A') : byte);
+        n = 1;
+        continue;
+      }
+      const char32_t c = decode_utf8(text, i, n, func);
+      if (const char* lower = detail::bert_mapping(detail::bert_lowercase, c)) out += lower;
+      else out.append(text.substr(i, n));
+    }
+    return out;
+  }
+
   static std::string replace_runs(std::string_view text, const ReplaceRun& r) {
     std::string out;
     out.reserve(text.size());

@@ -767,8 +767,16 @@ class Tokenizer {
       } else if (type == "Precompiled") {
         const std::string charsmap = read_string(r, at, step, "precompiled_charsmap");
         steps.emplace_back(Precompiled::from_base64(charsmap, r.source + ": " + at + ".precompiled_charsmap"));
+      } else if (type == "NFD" || type == "NFKD" || type == "NFC" || type == "NFKC") {
+        using K = UnicodeForm::Kind;
+        steps.emplace_back(UnicodeForm{type == "NFD" ? K::nfd : type == "NFKD" ? K::nfkd : type == "NFC" ? K::nfc : K::nfkc});
+      } else if (type == "Lowercase") {
+        steps.emplace_back(Lowercase{});
+      } else if (type == "StripAccents") {
+        steps.emplace_back(StripAccents{});
       } else {
-        r.unsupported(at, step, "null, a BertNormalizer, Prepend, Replace, Strip, Precompiled or a Sequence of them");
+        r.unsupported(at, step, "null, a BertNormalizer, Prepend, Replace, Strip, Precompiled, NFD, NFKD, NFC, NFKC, "
+                                "Lowercase, StripAccents or a Sequence of them");
       }
     }
     normalizer_ = Normalizer(std::move(steps));

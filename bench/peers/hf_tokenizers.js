@@ -3,7 +3,8 @@
 // 20 lines, encoded in one batch on one thread (RAYON_NUM_THREADS=1), the best of 5 runs as MB of UTF-8 per second.
 // NAME is gpt2 (its tokenizer.json built from vocab.json + merges.txt as tests/tokenizers/gpt2_fixtures.js builds
 // it), bert (uncased, from vocab.txt as tests/tokenizers/bert_fixtures.js builds it), llama or t5 (their
-// tokenizer.json), or t5_nfkc (tokenizers-t5/tokenizer_nfkc_hub.json: T5's Precompiled NFKC layout).
+// tokenizer.json), t5_nfkc (tokenizers-t5/tokenizer_nfkc_hub.json: T5's Precompiled NFKC layout), gpt2_cl100k or
+// bert_nfd (below).
 //   RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false NODE_PATH=/path/to/node_modules \
 //     node bench/peers/hf_tokenizers.js build/tests NAME
 'use strict';
@@ -12,7 +13,8 @@ const path = require('path');
 const { Tokenizer } = require('tokenizers');
 
 const name = process.argv[3] || 'gpt2';
-const dir = path.join(process.argv[2], 'tokenizers-' + (name === 't5_nfkc' ? 't5' : name));
+const base = { t5_nfkc: 't5', gpt2_cl100k: 'gpt2', bert_nfd: 'bert' }[name] || name;
+const dir = path.join(process.argv[2], 'tokenizers-' + base);
 
 function gpt2Json() {
   const vocab = JSON.parse(fs.readFileSync(path.join(dir, 'vocab.json'), 'utf8'));
@@ -47,8 +49,25 @@ function bertJson() {
   };
 }
 
+// Llama 3's pre-tokenizer over GPT-2's vocabulary, and BERT's vocabulary behind the normalizers NFD, StripAccents and
+// Lowercase (bench_tokenizer's gpt2_cl100k and bert_nfd).
+const cl100k = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|` +
+               String.raw`\s*[\r\n]+|\s+(?!\S)|\s+`;
+function variant() {
+  if (name === 'gpt2_cl100k') {
+    const j = gpt2Json();
+    j.pre_tokenizer = { type: 'Sequence', pretokenizers: [
+      { type: 'Split', pattern: { Regex: cl100k }, behavior: 'Isolated', invert: false },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false }] };
+    return j;
+  }
+  const j = bertJson();
+  j.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFD' }, { type: 'StripAccents' }, { type: 'Lowercase' }] };
+  return j;
+}
 const json = name === 'gpt2' ? JSON.stringify(gpt2Json()) : name === 'bert' ? JSON.stringify(bertJson())
-                             : fs.readFileSync(path.join(dir, name === 't5_nfkc' ? 'tokenizer_nfkc_hub.json' : 'tokenizer.json'), 'utf8');
+           : name === 'gpt2_cl100k' || name === 'bert_nfd' ? JSON.stringify(variant())
+           : fs.readFileSync(path.join(dir, name === 't5_nfkc' ? 'tokenizer_nfkc_hub.json' : 'tokenizer.json'), 'utf8');
 const tokenizer = Tokenizer.fromString(json);
 
 const fortunes = '/usr/share/games/fortunes';

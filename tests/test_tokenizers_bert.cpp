@@ -120,7 +120,7 @@ TEST_CASE("BERT's tokenizer parts refuse what they cannot run", "[tokenizers][be
   CHECK(pt::Tokenizer::open(dir + "/tokenizer.json").encode("ab a c") == std::vector<int>{1, 2, 1, 0});
   fails(R"({"pre_tokenizer": {"type": "CharDelimiterSplit", "delimiter": "x"}, )" + model + "}",
         "expected a BertPreTokenizer, Whitespace, WhitespaceSplit, Punctuation, Digits or a Sequence of them");
-  fails("{" + pre + R"(, "normalizer": {"type": "Lowercase"}, )" + model + "}", "normalizer is {\"type\":\"Lowercase\"}");
+  fails("{" + pre + R"(, "normalizer": {"type": "Nmt"}, )" + model + "}", "normalizer is {\"type\":\"Nmt\"}");
   fails("{" + pre + R"(, "normalizer": {"type": "BertNormalizer", "lowercase": "yes"}, )" + model + "}",
         "normalizer.lowercase is \"yes\", expected true or false");
   fails("{" + pre + R"(, "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "[X]"}}, )"

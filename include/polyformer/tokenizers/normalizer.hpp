@@ -49,7 +49,7 @@ struct UnicodeForm {
 };
 
 /// Every character's full lowercase mapping (Rust's char::to_lowercase: İ becomes i and U+0307), one character at a
-/// time: Σ stays σ at the end of a word. The mappings are BertNormalizer's (bert_tables.hpp), which lowercases so.
+/// time, so Σ becomes σ at the end of a word too (never ς). The mappings are BertNormalizer's (bert_tables.hpp).
 struct Lowercase {};
 
 /// Removes the combining marks (General_Category M), decomposing nothing: after NFD it strips accents.

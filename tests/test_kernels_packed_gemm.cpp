@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <tuple>
@@ -149,4 +150,36 @@ TEST_CASE("kernels/gemm: the unpacked entry point on each of its paths equals fl
                   polyformer::view(c), alpha, beta, threads);
           CHECK((c.cast<double>() - expect).cwiseAbs().maxCoeff() < 2e-5 * std::sqrt(double(kk)) * std::abs(alpha) + 1e-5);
         }
+}
+
+TEST_CASE("kernels/packed_gemm: weights of 2 MiB or more sit on 2 MiB boundaries, and multiply as any other",
+          "[kernels][gemm]") {
+  k::WeightAllocator<float> allocator;
+  float* small = allocator.allocate(1000);
+  CHECK(reinterpret_cast<std::uintptr_t>(small) % 64 == 0);
+  allocator.deallocate(small, 1000);
+  const std::size_t n_large = (std::size_t(3) << 20) / sizeof(float);  // 3 MiB
+  float* large = allocator.allocate(n_large);
+  CHECK(reinterpret_cast<std::uintptr_t>(large) % (std::size_t(2) << 20) == 0);
+  large[0] = 1.0f;
+  large[n_large - 1] = 2.0f;
+  CHECK(large[0] + large[n_large - 1] == 3.0f);
+  allocator.deallocate(large, n_large);
+  // W (n 1100, k 520): 2.2 MB packed, one row of A against float64.
+  const std::size_t n = 1100, kk = 520;
+  const auto w = random_vec(n * kk, -1.0f, 1.0f, 7), a = random_vec(kk, -1.0f, 1.0f, 8);
+  for (k::Isa isa : runnable_isas()) {
+    INFO("kernels " << k::isa_name(isa));
+    const auto b = k::PackedMatrix::pack_transposed(w.data(), n, kk, kk, isa);
+    REQUIRE(b.size() * sizeof(float) >= (std::size_t(2) << 20));
+    std::vector<float> c(n);
+    k::packed_gemm(1, a.data(), kk, b, 0, b.panels(), nullptr, false, c.data(), n, k::PackedBlocking{});
+    double worst = 0.0;
+    for (std::size_t j = 0; j < n; ++j) {
+      double exact = 0.0;
+      for (std::size_t p = 0; p < kk; ++p) exact += double(a[p]) * double(w[j * kk + p]);
+      worst = std::max(worst, std::abs(double(c[j]) - exact));
+    }
+    CHECK(worst < 1e-4);
+  }
 }

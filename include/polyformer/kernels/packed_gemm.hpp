@@ -23,6 +23,7 @@
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/detail/vector_ops.hpp"
 #include "polyformer/kernels/simd.hpp"
+#include "polyformer/kernels/weight_allocator.hpp"
 
 namespace polyformer::kernels {
 
@@ -162,7 +163,7 @@ class PackedMatrix {
   Isa isa_ = Isa::portable;
   PackedTile tile_ = portable_packed_tile;
   std::size_t k_ = 0, n_ = 0;
-  std::vector<float, Eigen::aligned_allocator<float>> data_;  // full panels, then the last one
+  std::vector<float, WeightAllocator<float>> data_;  // full panels, then the last one
 };
 
 /// Plain triple loop over the packed layout, the reference for packed_gemm.

@@ -45,19 +45,19 @@ def safetensors(tensors, metadata=None):
 
 
 def safetensors_corpus():
-    save('safetensors', 'f32.safetensors', safetensors({'w': ('F32', [2, 3], f32(floats(6, 1)))}, {'format': 'pt'}))
+    save('safetensors', 'f32.bin', safetensors({'w': ('F32', [2, 3], f32(floats(6, 1)))}, {'format': 'pt'}))
     half = struct.pack('<4e', 1.0, -2.5, 65504.0, 0.0)
     bf16 = b''.join(struct.pack('<f', v)[2:] for v in (1.0, -2.0, 3.5, 0.25))
-    save('safetensors', 'f16_bf16.safetensors', safetensors({'a': ('F16', [4], half), 'b': ('BF16', [2, 2], bf16)}))
-    save('safetensors', 'ids.safetensors', safetensors({'i64': ('I64', [3], struct.pack('<3q', 1, 2, 3)),
+    save('safetensors', 'f16_bf16.bin', safetensors({'a': ('F16', [4], half), 'b': ('BF16', [2, 2], bf16)}))
+    save('safetensors', 'ids.bin', safetensors({'i64': ('I64', [3], struct.pack('<3q', 1, 2, 3)),
                                                         'i32': ('I32', [1, 2], struct.pack('<2i', 7, 8))}))
-    save('safetensors', 'scalar_empty.safetensors', safetensors({'s': ('F32', [], f32([1.0])), 'e': ('F32', [0, 4], b'')}))
+    save('safetensors', 'scalar_empty.bin', safetensors({'s': ('F32', [], f32([1.0])), 'e': ('F32', [0, 4], b'')}))
     good = safetensors({'w': ('F32', [2], f32([1.0, 2.0]))})
-    save('safetensors', 'truncated.safetensors', good[:-3])
-    save('safetensors', 'huge_header.safetensors', struct.pack('<Q', 1 << 40) + good[8:])
-    save('safetensors', 'empty_header.safetensors', struct.pack('<Q', 0))
+    save('safetensors', 'truncated.bin', good[:-3])
+    save('safetensors', 'huge_header.bin', struct.pack('<Q', 1 << 40) + good[8:])
+    save('safetensors', 'empty_header.bin', struct.pack('<Q', 0))
     two = safetensors({'a': ('F32', [2], f32([1.0, 2.0])), 'b': ('F32', [2], f32([3.0, 4.0]))})
-    save('safetensors', 'overlap.safetensors', two.replace(b'[8, 16]', b'[4, 12]'))
+    save('safetensors', 'overlap.bin', two.replace(b'[8, 16]', b'[4, 12]'))
 
 
 def llama2c_corpus():

@@ -5,18 +5,18 @@
 /// `vocab.json` + `merges.txt`.
 ///
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
-/// ByteLevel decoder; Llama 3 and Qwen2: a Split by their regular expression before ByteLevel, split_pattern.hpp), SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace
-/// pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
+/// ByteLevel decoder; Llama 3 and Qwen2: a Split by their regular expression before ByteLevel, split_pattern.hpp),
+/// SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
 /// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
 /// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
 /// Metaspace, WhitespaceSplit or both) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
 /// the WordPiece decoder); the models that are not byte-level also after the splitting pre-tokenizers Whitespace,
 /// WhitespaceSplit, Punctuation, Digits and BertPreTokenizer, alone or in a Sequence (pre_tokenizer.hpp). With added
 /// and special tokens, and the special tokens and type ids a text or a pair of texts gets (TemplateProcessing,
-/// BertProcessing, RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and one of them: post_processor.hpp).
-/// Anything else in a tokenizer.json (another
-/// normalizer, pre-tokenizer, model, post-processor or decoder; truncation or padding; added tokens that strip
-/// spaces or match single words) is refused by name when the file is read, never run differently.
+/// BertProcessing, RobertaProcessing, ByteLevel, or a Sequence of ByteLevel and one of them: post_processor.hpp),
+/// and the normalizers of normalizer.hpp. Anything else in a tokenizer.json (another normalizer, pre-tokenizer,
+/// model, post-processor or decoder; truncation or padding; added tokens that strip spaces or match single words)
+/// is refused by name when the file is read, never run differently.
 
 #include <algorithm>
 #include <array>

@@ -6,8 +6,9 @@
 ///
 /// What it runs today: byte-level BPE (GPT-2, RoBERTa and their kin: the ByteLevel pre-tokenizer, a BPE model, the
 /// ByteLevel decoder; Llama 3 and Qwen2: a Split by their regular expression before ByteLevel, split_pattern.hpp),
-/// SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace pre-tokenizer, a BPE model over characters with byte fallback and an unknown token, the decoders Replace,
-/// ByteFallback, Fuse and Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
+/// SentencePiece-style BPE (Llama, Mistral: the normalizers Prepend and Replace or the Metaspace pre-tokenizer, a
+/// BPE model over characters with byte fallback and an unknown token, the decoders Replace, ByteFallback, Fuse and
+/// Strip or Metaspace), Unigram (SentencePiece's other model, as T5's: Viterbi over the
 /// pieces' scores, after SentencePiece's Precompiled normalizer, Strip and Replace of a run of spaces, with
 /// Metaspace, WhitespaceSplit or both) and WordPiece (BERT: BertNormalizer, BertPreTokenizer, WordPiece,
 /// the WordPiece decoder); the models that are not byte-level also after the splitting pre-tokenizers Whitespace,

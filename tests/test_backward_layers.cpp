@@ -188,6 +188,8 @@ TEST_CASE("backward: activations on every kernel path", "[backward][kernels]") {
   check_plain(oracle::Act::gelu_erf, dx, x, dy);
   for (const pf::kernels::Isa isa : pf::kernels::testing::runnable_isas("activation backward")) {
     INFO("isa " << pf::kernels::isa_name(isa));
+    pf::kernels::gelu_erf_backward(x.data(), dy.data(), dx.data(), x.size(), isa);
+    check_plain(oracle::Act::gelu_erf, dx, x, dy);
     pf::kernels::gelu_tanh_backward(x.data(), dy.data(), dx.data(), x.size(), isa);
     check_plain(oracle::Act::gelu_tanh, dx, x, dy);
     pf::kernels::silu_backward(x.data(), dy.data(), dx.data(), x.size(), isa);

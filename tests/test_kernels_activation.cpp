@@ -1,4 +1,5 @@
 #include "polyformer/kernels/activation.hpp"
+#include "polyformer/kernels/activation_backward.hpp"
 
 #include <catch2/catch.hpp>
 #include <algorithm>
@@ -67,14 +68,37 @@ TEST_CASE("kernels/relu: exact at every tail length", "[kernels][activation]") {
 }
 
 TEST_CASE("kernels/gelu_erf: within 1e-6 of double at every tail length", "[kernels][activation]") {
-  // Absolute bound 1e-6 over [-8, 8] (≈ 1 ulp at |y| = 8; xsimd's erfc is ≈ 2e-7 relative, measured
-  // max ≈ 4e-7 absolute). The erfc(-x/√2) form also bounds the relative error for negative x, where
-  // 1 + erf(x/√2) would cancel: erfc(z) = e^(-z²)·R(z), and z² = x²/2 rounds, so e^(-z²) errs by
-  // ≈ z²·2u = x²·u relative; with a few more roundings the relative bound is (x² + 16)·2u.
-  check_unary(
-      k::gelu_erf<>, k::gelu_erf_scalar, -8.0f, 8.0f,
+  // Absolute bound 1e-6 over [-8, 8] (≈ 1 ulp at |y| = 8). The relative bound is the scalar twin's: it computes
+  // erfc(z) = e^(-z²)·R(z) from a rounded z = x/√2, so e^(-z²) errs by ≈ z²·2u = x²·u relative; with a few more
+  // roundings, (x² + 16)·2u. The vector kernels keep x²/2 exact (next test), well inside it.
+  check_unary_each_isa(
+      k::gelu_erf, k::gelu_erf_scalar, "gelu_erf", -8.0f, 8.0f,
       [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); },
       [](double x, double r) { return std::min(1e-6, (x * x + 16.0) * 2.0 * kt::u * std::fabs(r) + 1e-30); });
+}
+
+TEST_CASE("kernels/gelu_erf: within 1e-6 relative of double down the negative tail, and its backward",
+          "[kernels][activation]") {
+  // Down to x = -13, where y ≈ -1.3e-37 is still a normal float: a kernel that rounded x²/2 before e^(-x²/2) would
+  // err by up to x²/2·2^-24 ≈ 5e-6 here. The backward Φ(x) + x·φ(x) crosses 0 near x = -0.75, where its two terms
+  // (≈ ±0.2) cancel: its bound is 2e-6 relative to max(|dx|, 0.1).
+  constexpr std::size_t n = 20001;
+  std::vector<float> x(n), dy(n, 1.0f), y(n), dx(n);
+  for (std::size_t i = 0; i < n; ++i) x[i] = -13.0f + 21.0f * static_cast<float>(i) / float(n - 1);  // [-13, 8]
+  for (k::Isa isa : kt::runnable_isas("gelu_erf tail")) {
+    CAPTURE(k::isa_name(isa));
+    k::gelu_erf(x.data(), y.data(), n, isa);
+    k::gelu_erf_backward(x.data(), dy.data(), dx.data(), n, isa);
+    double worst = 0.0, worst_grad = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = x[i], phi = 0.5 * std::erfc(-v / std::sqrt(2.0));
+      const double r = v * phi, g = phi + v * std::exp(-0.5 * v * v) / std::sqrt(2.0 * std::numbers::pi);
+      if (r != 0.0) worst = std::max(worst, std::fabs(y[i] - r) / std::fabs(r));
+      worst_grad = std::max(worst_grad, std::fabs(dx[i] - g) / std::max(std::fabs(g), 0.1));
+    }
+    CHECK(worst < 1e-6);
+    CHECK(worst_grad < 2e-6);
+  }
 }
 
 TEST_CASE("kernels/gelu_tanh: matches the tanh formula in double at every tail length", "[kernels][activation]") {
@@ -140,7 +164,7 @@ TEST_CASE("kernels/activations: saturation far from 0", "[kernels][activation]")
   for (k::Isa isa : kt::runnable_isas("activations"))
   for (std::size_t i = 0; i < n; ++i) {
     std::vector<float> a(n), b(n), c(n);
-    k::gelu_erf(in.data(), a.data(), n);
+    k::gelu_erf(in.data(), a.data(), n, isa);
     k::gelu_tanh(in.data(), b.data(), n, isa);
     k::silu(in.data(), c.data(), n, isa);
     CAPTURE(k::isa_name(isa), in[i]);

@@ -11,42 +11,24 @@
 ///   for negative x where 1 + erf(z) would lose the small result.
 /// - 0.5·(1 + tanh(u)) = σ(2u) = 1 / (1 + e^(-2u)), so tanh-GELU is x / (1 + e^(-2u)), which saturates
 ///   cleanly (e^(-2u) → +inf gives -0, → 0 gives x) with a single exp.
-/// All but GELU-erf are chosen at run time (detail/vector_kernels.hpp) and take an `isa` (default: this process's,
-/// kernels::isa()); GELU-erf is the build's own, as it rests on xsimd's erfc.
+/// - GELU-erf's erfc is our own (detail/vector_kernel_body.hpp, two_phi): e^(−x²/2) times a fitted factor, with
+///   x²/2 carried as a rounded value plus its error, so the tail x → −∞ stays accurate relative to its size.
+/// All are chosen at run time (detail/vector_kernels.hpp) and take an `isa` (default: this process's,
+/// kernels::isa()).
 
 #include <cmath>
 #include <cstddef>
-#include <xsimd/xsimd.hpp>
 
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/detail/vector_kernels.hpp"
-#include "polyformer/kernels/simd.hpp"
 
 namespace polyformer::kernels {
 
 namespace detail {
 
-inline constexpr float sqrt1_2 = 0.70710678118654752440f;   // 1/√2
 inline constexpr float sqrt2_pi = 0.79788456080286535588f;  // √(2/π)
 inline constexpr float gelu_tanh_c = 0.044715f;
 static_assert(gelu_tanh_m2c1 == -2.0f * sqrt2_pi && gelu_tanh_m2c3 == -2.0f * sqrt2_pi * gelu_tanh_c);
-
-/// Applies `f` (batch → batch) to x (n) → y (n), with a masked tail; x may equal y.
-template <class Arch, class F>
-inline void map(const float* x, float* y, std::size_t n, F f) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) f(B::load_unaligned(x + i)).store_unaligned(y + i);
-  if (i < n) store_partial<Arch>(f(load_partial<Arch>(x + i, n - i, 0.0f)), y + i, n - i);
-}
-
-/// 0.5·x·erfc(-x/√2) lane-wise; xsimd's erfc (Boost.SIMD rational fits) is ≈ 2e-7 relative.
-template <class Arch>
-inline batch_f<Arch> gelu_erf_batch(batch_f<Arch> x) noexcept {
-  using B = batch_f<Arch>;
-  return B(0.5f) * x * xsimd::erfc(x * B(-sqrt1_2));
-}
 
 }  // namespace detail
 
@@ -62,13 +44,13 @@ inline void relu(const float* x, float* y, std::size_t n, Isa isa = kernels::isa
 
 /// y = 0.5·x·(1 + erf(x/√2)) (scalar twin, float std::erfc).
 inline void gelu_erf_scalar(const float* x, float* y, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * std::erfc(-x[i] * detail::sqrt1_2);
+  for (std::size_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * std::erfc(-x[i] * detail::gelu_sqrt1_2);
 }
 
-/// y = 0.5·x·(1 + erf(x/√2)), the exact GELU; ≈ 4e-7 abs / 1.2e-6 rel against double; x may equal y.
-template <class Arch = xsimd::default_arch>
-inline void gelu_erf(const float* x, float* y, std::size_t n) noexcept {
-  detail::map<Arch>(x, y, n, [](batch_f<Arch> v) { return detail::gelu_erf_batch<Arch>(v); });
+/// y = 0.5·x·(1 + erf(x/√2)), the exact GELU, within 1e-6 relative of double (tests/test_kernels_activation.cpp);
+/// x may equal y.
+inline void gelu_erf(const float* x, float* y, std::size_t n, Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) { decltype(k)::template map<decltype(k)::gelu_erf>(x, y, n); });
 }
 
 /// y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (scalar twin, via the σ(2u) form and std::exp).

@@ -3,16 +3,14 @@
 /// dy (n) of its output; dx may equal dy. Derivatives (own): relu′ = [x > 0] (0 at the kink, as torch);
 /// GELU-erf′ = Φ(x) + x·φ(x); tanh-GELU′ = s + x·s·(1 − s)·2u′ with s = σ(2u) (activation.hpp's rewrite);
 /// silu′ = σ(x)·(1 + x·(1 − σ(x))); SwiGLU: dgate = dy·up·silu′(gate), dup = dy·silu(gate).
-/// tanh-GELU, SiLU and SwiGLU are chosen at run time (detail/vector_kernels.hpp); GELU-erf is the build's own, as its
-/// forward; ReLU's is a plain loop the compiler vectorizes.
+/// GELU-erf, tanh-GELU, SiLU and SwiGLU are chosen at run time (detail/vector_kernels.hpp); ReLU's is a plain loop
+/// the compiler vectorizes.
 
 #include <cstddef>
-#include <xsimd/xsimd.hpp>
 
 #include "polyformer/kernels/activation.hpp"
 #include "polyformer/kernels/cpu.hpp"
 #include "polyformer/kernels/detail/vector_kernels.hpp"
-#include "polyformer/kernels/simd.hpp"
 
 namespace polyformer::kernels {
 
@@ -22,19 +20,11 @@ inline void relu_backward(const float* x, const float* dy, float* dx, std::size_
 }
 
 /// dx = (Φ(x) + x·φ(x))·dy, Φ(x) = 0.5·erfc(−x/√2), φ(x) = e^(−x²/2)/√(2π); dx may equal dy.
-template <class Arch = xsimd::default_arch>
-inline void gelu_erf_backward(const float* x, const float* dy, float* dx, std::size_t n) noexcept {
-  using B = batch_f<Arch>;
-  constexpr std::size_t L = B::size;
-  constexpr float inv_sqrt_2pi = 0.39894228040143267794f;
-  const auto grad = [](B v) {
-    return B(0.5f) * xsimd::erfc(v * B(-detail::sqrt1_2)) + v * B(inv_sqrt_2pi) * xsimd::exp(B(-0.5f) * v * v);
-  };
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) (grad(B::load_unaligned(x + i)) * B::load_unaligned(dy + i)).store_unaligned(dx + i);
-  if (i < n)
-    store_partial<Arch>(grad(load_partial<Arch>(x + i, n - i, 0.0f)) * load_partial<Arch>(dy + i, n - i, 0.0f), dx + i,
-                        n - i);
+inline void gelu_erf_backward(const float* x, const float* dy, float* dx, std::size_t n,
+                              Isa isa = kernels::isa()) noexcept {
+  detail::with_vector_kernels(isa, [&](auto k) {
+    decltype(k)::template map_grad<decltype(k)::gelu_erf_grad>(x, dy, dx, n);
+  });
 }
 
 /// dx = tanh-GELU′(x)·dy; dx may equal dy.

@@ -5,7 +5,7 @@
 // and undefines the three macros at its end.
 
 /// The element-wise kernels of one instruction set: exp, the sweeps of a softmax row, sums, the row norms, the
-/// level-1 kernels (dot, axpy, scale, add), the activations but GELU-erf, C = A·Bᵀ by dot products (gemm_nt), and
+/// level-1 kernels (dot, axpy, scale, add), the activations, C = A·Bᵀ by dot products (gemm_nt), and
 /// decoding attention over transposed keys and values.
 struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   using V = POLYFORMER_VECTOR_OPS;
@@ -14,17 +14,25 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
 
   /// e^x lane-wise by the algorithm of exp.hpp's file comment (Cephes expf with the shifter rounding and the
   /// two-step 2^k); -inf → 0, large x → +inf, NaN → NaN.
-  POLYFORMER_VECTOR_TARGET static Acc exp(Acc x) noexcept {
+  POLYFORMER_VECTOR_TARGET static Acc exp(Acc x) noexcept { return exp_sum<false>(x, x); }
+
+  /// e^(hi + lo) without rounding hi + lo: lo joins after hi's reduction by k·ln2 (which is exact in its first step),
+  /// so a large hi keeps its precision. |lo| up to a few units; hi clamped as exp's x, lo unclamped.
+  POLYFORMER_VECTOR_TARGET static Acc exp(Acc hi, Acc lo) noexcept { return exp_sum<true>(hi, lo); }
+
+  template <bool with_lo>
+  POLYFORMER_VECTOR_TARGET static Acc exp_sum(Acc x, Acc lo) noexcept {
     // Clamp with the constant first: x86 min/max return their second operand when either is NaN, so a NaN x
     // passes through the clamp and propagates to the result without a separate select.
     const Acc xc = V::max(V::broadcast_a(exp_lo), V::min(V::broadcast_a(exp_hi), x));
     // k = round(x / ln2): the shifter makes the addition round; its low mantissa bits then hold k.
-    const Acc t = V::fma(xc, V::broadcast_a(exp_log2e), V::broadcast_a(exp_shifter));
+    const Acc t = V::fma(with_lo ? V::add(xc, lo) : xc, V::broadcast_a(exp_log2e), V::broadcast_a(exp_shifter));
     const Acc kf = V::sub(t, V::broadcast_a(exp_shifter));
     const Int k = V::isub(V::bits(t), V::iset(std::bit_cast<std::int32_t>(exp_shifter)));
     // r = x − k·ln2 in two steps (Cody–Waite): k·C1 is exact, so only the tiny k·C2 term rounds.
     Acc r = V::fnma(kf, V::broadcast_a(exp_c1), xc);
     r = V::fnma(kf, V::broadcast_a(exp_c2), r);
+    if constexpr (with_lo) r = V::add(r, lo);
     // P(r) by Estrin's scheme: a dependency chain of 3 FMAs instead of Horner's 5.
     const Acc r2 = V::mul(r, r);
     const Acc a = V::fma(V::broadcast_a(exp_p0), r, V::broadcast_a(exp_p1));
@@ -300,6 +308,50 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   POLYFORMER_VECTOR_TARGET static Acc silu_grad(Acc x) noexcept {
     const Acc s = sigmoid(x), one = V::broadcast_a(1.0f);
     return V::mul(s, V::fma(x, V::sub(one, s), one));
+  }
+
+  /// erfc(−x/√2) = 2·Φ(x) for x clamped to ±gelu_erf_clamp, and e^(−x²/2) in `gauss` when asked. x is split as
+  /// xh + xl with xh on a grid of 2^−7 (12 bits at most, as |x| <= 20), so x²/2 = xh²/2 + xl·(xh + xl/2) with the
+  /// first part exact and the second below 0.08: e^(−x²/2) is as exact as e^(−xh²/2) even where it is tiny (a
+  /// rounded x²/2 near 100 would cost 1e-5 relative), with or without an FMA. For z = |x|/√2,
+  /// erfc(z) = t·e^(−x²/2)·e^(P(t)) with t = 2/(2 + z) (erfc_p); x > 0 takes 2 − erfc(z), which never cancels.
+  template <bool with_gauss>
+  POLYFORMER_VECTOR_TARGET static Acc two_phi(Acc xc, Acc& gauss) noexcept {
+    const Acc zero = V::zero(), half = V::broadcast_a(0.5f), two = V::broadcast_a(2.0f);
+    const Acc grid = V::broadcast_a(gelu_erf_grid);
+    const Acc xh = V::sub(V::add(xc, grid), grid), xl = V::sub(xc, xh);
+    const Acc h_hi = V::mul(V::mul(half, xh), xh), h_lo = V::mul(xl, V::fma(half, xl, xh));
+    const Acc z = V::mul(V::max(xc, V::sub(zero, xc)), V::broadcast_a(gelu_sqrt1_2));
+    const Acc t = V::div(two, V::add(two, z));
+    // P(t) by Estrin's scheme (erfc_p[9 − k] is the coefficient of t^k): a chain of 4 FMAs instead of 9.
+    Acc c[10];
+#pragma GCC unroll 10
+    for (int k = 0; k < 10; ++k) c[k] = V::broadcast_a(erfc_p[9 - k]);
+    const Acc t2 = V::mul(t, t), t4 = V::mul(t2, t2), t8 = V::mul(t4, t4);
+    const Acc q0 = V::fma(c[1], t, c[0]), q1 = V::fma(c[3], t, c[2]), q2 = V::fma(c[5], t, c[4]);
+    const Acc q3 = V::fma(c[7], t, c[6]), q4 = V::fma(c[9], t, c[8]);
+    const Acc p = V::fma(q4, t8, V::fma(V::fma(q3, t2, q2), t4, V::fma(q1, t2, q0)));
+    if constexpr (with_gauss) gauss = exp(V::sub(zero, h_hi), V::sub(zero, h_lo));
+    const Acc erfc_z = V::mul(t, exp(V::sub(zero, h_hi), V::sub(p, h_lo)));
+    return V::select_negative(V::sub(zero, xc), V::sub(two, erfc_z), erfc_z);
+  }
+
+  /// x clamped to ±gelu_erf_clamp; NaN passes through (the constant is the first operand of min and max).
+  POLYFORMER_VECTOR_TARGET static Acc gelu_erf_input(Acc x) noexcept {
+    return V::max(V::broadcast_a(-gelu_erf_clamp), V::min(V::broadcast_a(gelu_erf_clamp), x));
+  }
+
+  /// Exact GELU, 0.5·x·erfc(−x/√2) (activation.hpp's rewrite).
+  POLYFORMER_VECTOR_TARGET static Acc gelu_erf(Acc x) noexcept {
+    Acc gauss = V::zero();
+    return V::mul(V::mul(V::broadcast_a(0.5f), x), two_phi<false>(gelu_erf_input(x), gauss));
+  }
+
+  /// d GELU-erf / dx = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π).
+  POLYFORMER_VECTOR_TARGET static Acc gelu_erf_grad(Acc x) noexcept {
+    Acc gauss = V::zero();
+    const Acc phi2 = two_phi<true>(gelu_erf_input(x), gauss);
+    return V::fma(x, V::mul(gauss, V::broadcast_a(inv_sqrt_2pi)), V::mul(V::broadcast_a(0.5f), phi2));
   }
 
   /// d tanh-GELU / dx = s + x·s·(1 − s)·2u′ with s = σ(2u), 2u′ = −(m2c1 + 3·m2c3·x²) (gelu_tanh's −2u).

@@ -2,7 +2,7 @@
 /// \file The element-wise kernels chosen at run time: the body detail/vector_kernel_body.hpp compiled for the
 /// build's own target (xsimd), AVX2 + FMA and AVX-512, and `with_vector_kernels`, which runs a callable with the
 /// set of a kernel family. exp.hpp, reduce.hpp, norm.hpp, dot.hpp, activation.hpp, gemm_nt.hpp, softmax.hpp and
-/// cached_attention.hpp expose them; the constants of exp and of tanh-GELU live here.
+/// cached_attention.hpp expose them; the constants of exp and of the GELUs live here.
 
 #include <bit>
 #include <cmath>
@@ -33,6 +33,17 @@ inline constexpr float exp_shifter = 12582912.0f;  // 1.5 * 2^23: adding it roun
 // tanh-GELU's −2u = x·(−2√(2/π) − 2√(2/π)·0.044715·x²).
 inline constexpr float gelu_tanh_m2c1 = -2.0f * 0.79788456080286535588f;
 inline constexpr float gelu_tanh_m2c3 = -2.0f * 0.79788456080286535588f * 0.044715f;
+// erfc(z) = t·e^(−z²)·e^(P(t)) for z >= 0, t = 2/(2 + z): P is our least-squares fit of degree 9 in t over
+// [0.15, 1] (z up to 11.3, past which erfc underflows) to ln(erfc(z)·e^(z²)/t), 5.5e-8 off in double (the form of
+// Numerical Recipes' erfcc, §6.2; tests/test_kernels_activation.cpp measures the float kernel against double).
+inline constexpr float erfc_p[10] = {1.541917324e-01f, -7.310593128e-01f, 1.274361610e+00f, -8.518794179e-01f,
+                                     4.750860855e-02f, -6.602827460e-02f, 5.724634975e-02f, 3.819639087e-01f,
+                                     9.991688132e-01f, -1.265473843e+00f};
+// GELU-erf's inputs are clamped to ±20 before Φ(x): Φ is 0 or 1 in float well before, and x² stays finite.
+inline constexpr float gelu_erf_clamp = 20.0f;
+inline constexpr float gelu_erf_grid = 98304.0f;  // 1.5·2^16: x + it − it rounds x (|x| <= 20) to a multiple of 2^−7
+inline constexpr float inv_sqrt_2pi = 0.39894228040143267794f;  // 1/√(2π)
+inline constexpr float gelu_sqrt1_2 = 0.70710678118654752440f;  // 1/√2
 
 #define POLYFORMER_VECTOR_KERNELS PortableVectorKernels
 #define POLYFORMER_VECTOR_TARGET

@@ -13,6 +13,7 @@
 ///   store_partial(p, v, n)                  the first n (1..lanes) lanes of v; never writes past p[n − 1]
 ///   ivec, bits(v), from_bits(i)             int32 lanes, and the float bits reinterpreted either way
 ///   iset(x), iadd, isub, shift_right<S>(i) (arithmetic), shift_left<S>(i)
+///   select_negative(s, a, b)                a where s < 0, b elsewhere (−0 and NaN lanes of s take b)
 
 #include <cstddef>
 #include <cstdint>
@@ -61,6 +62,7 @@ struct PortableVectorOps {
   static ivec isub(ivec a, ivec b) noexcept { return a - b; }
   template <int S> static ivec shift_right(ivec i) noexcept { return i >> S; }
   template <int S> static ivec shift_left(ivec i) noexcept { return i << S; }
+  static acc select_negative(acc s, acc a, acc b) noexcept { return xsimd::select(s < acc(0.0f), a, b); }
 };
 
 #if POLYFORMER_RUNTIME_DISPATCH
@@ -111,6 +113,9 @@ struct Avx2VectorOps {
   POLYFORMER_TARGET_AVX2 static ivec isub(ivec a, ivec b) noexcept { return _mm256_sub_epi32(a, b); }
   template <int S> POLYFORMER_TARGET_AVX2 static ivec shift_right(ivec i) noexcept { return _mm256_srai_epi32(i, S); }
   template <int S> POLYFORMER_TARGET_AVX2 static ivec shift_left(ivec i) noexcept { return _mm256_slli_epi32(i, S); }
+  POLYFORMER_TARGET_AVX2 static acc select_negative(acc s, acc a, acc b) noexcept {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_LT_OQ));
+  }
 };
 
 /// AVX-512 F/BW/DQ/VL (run only where cpu().avx512).
@@ -150,6 +155,9 @@ struct Avx512VectorOps {
   POLYFORMER_TARGET_AVX512 static ivec isub(ivec a, ivec b) noexcept { return _mm512_sub_epi32(a, b); }
   template <int S> POLYFORMER_TARGET_AVX512 static ivec shift_right(ivec i) noexcept { return _mm512_srai_epi32(i, S); }
   template <int S> POLYFORMER_TARGET_AVX512 static ivec shift_left(ivec i) noexcept { return _mm512_slli_epi32(i, S); }
+  POLYFORMER_TARGET_AVX512 static acc select_negative(acc s, acc a, acc b) noexcept {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
+  }
 };
 #endif
 

@@ -8,7 +8,8 @@
 //   element, arrays 8× the L3) run in the same benchmark on the same threads (triad_GB/s, pct_of_triad);
 //   BM_llama110m_prefill runs a prompt of n tokens as one batch: GFLOP/s, against the packed GEMM of the
 //   FFN's shape (512×768→2048) measured in the same benchmark (pct_of_gemm). BM_llama110m_decode_int8 decodes
-//   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token).
+//   the same model with every linear layer Int8 (quantized once: a quarter of the weight bytes per token), and
+//   BM_llama110m_decode_bf16 with every linear layer BF16 (half the bytes; the embedding row stays fp32).
 //   BM_llama110m_decode_batch decodes B sequences per batched forward; BM_llama110m_decode_users runs one or two
 //   user threads on the shared model, one worker each.
 // - GPT-2 small (124M: dim 768, 12 layers, 12 heads, inner 3072, vocab 50257, 1024 positions, tied lm_head; random
@@ -138,7 +139,8 @@ const pf::io::LlamaWeights& weights_110m() {
   return weights;
 }
 
-/// The model over linear policy Lin (Dense: fp32 packed; Int8: quantized once), built once per process (≈ 2 s).
+/// The model over linear policy Lin (Dense: fp32 packed; Int8: quantized once; BF16: rounded once), built once per
+/// process (≈ 2 s).
 template <typename Lin = pf::Dense>
 pf::Llama<pf::FullAttention, Lin>& model_110m() {
   static pf::Llama<pf::FullAttention, Lin> model = pf::make_llama<Lin>(weights_110m());
@@ -147,6 +149,7 @@ pf::Llama<pf::FullAttention, Lin>& model_110m() {
 
 /// Bytes one product streams from a layer's stored weight.
 double stored_bytes(const pf::Dense& d) { return static_cast<double>(d.packed_weight().size()) * 4.0; }
+double stored_bytes(const pf::BF16& b) { return static_cast<double>(b.packed_weight().bytes()); }
 double stored_bytes(const pf::Int8& q) {
   const auto& w = q.quantized_weight();
   return static_cast<double>(w.size()) + 8.0 * static_cast<double>(w.cols());  // int8 panels, scales, column sums
@@ -462,6 +465,8 @@ BENCHMARK(BM_gpt2_small_decode)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime
 BENCHMARK(BM_llama110m_decode<pf::Dense>)->Name("BM_llama110m_decode")->ArgName("threads")->Arg(1)->Arg(2)
     ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_decode<pf::Int8>)->Name("BM_llama110m_decode_int8")->ArgName("threads")->Arg(1)->Arg(2)
+    ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_llama110m_decode<pf::BF16>)->Name("BM_llama110m_decode_bf16")->ArgName("threads")->Arg(1)->Arg(2)
     ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
 BENCHMARK(BM_llama110m_prefill)->ArgNames({"n", "threads"})->Args({16, 1})->Args({512, 1})->Args({16, 2})
     ->Args({512, 2})->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);

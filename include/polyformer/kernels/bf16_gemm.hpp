@@ -159,7 +159,7 @@ class Bf16Matrix {
   }
 
   std::size_t k_ = 0, n_ = 0;
-  std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>> data_;
+  std::vector<std::uint16_t, WeightAllocator<std::uint16_t>> data_;  // on huge pages from 2 MiB (weight_allocator.hpp)
 };
 
 namespace detail {

@@ -176,7 +176,7 @@ class QuantizedMatrix {
 
  private:
   std::size_t n_ = 0, k_ = 0;
-  std::vector<std::int8_t, Eigen::aligned_allocator<std::int8_t>> data_;  // panels, each panel_bytes()
+  std::vector<std::int8_t, WeightAllocator<std::int8_t>> data_;  // panels, each panel_bytes(); huge pages from 2 MiB
   std::vector<float> scales_;                                             // (panels · 16)
   std::vector<std::int32_t> column_sums_;                                 // (panels · 16)
 };

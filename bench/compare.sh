@@ -13,7 +13,8 @@
 # ONNX Runtime peer of the encoder layer and of attention, skipped when unset), LLAMA_CPP (a llama.cpp source tree
 # built by hand in a scratch folder, with build/bin/llama-bench and build/bin/llama-convert-llama2c-to-ggml: the peer
 # of the "llama" area on the same random 110M model, written by bench/make_llama2c_model.py and converted to F32 GGUF
-# once into BUILD_DIR/bench-models; skipped when unset), LLAMA2C_DIR (a llama2.c checkout in a scratch folder: the
+# once into BUILD_DIR/bench-models; with build/bin/llama-quantize too, also to BF16 for BM_llama110m_decode_bf16's
+# peer; skipped when unset), LLAMA2C_DIR (a llama2.c checkout in a scratch folder: the
 # peer of the "train" area, bench/peers/torch_train_llama2c.py importing its model.py on /usr/bin/python3's PyTorch;
 # skipped when unset), SHARED (the shared/ folder, default ../shared from the repo).
 # Every peer is measured in this run, on this machine; a peer that is absent is skipped, never filled in from
@@ -113,7 +114,8 @@ PY
 
 # run_llamacpp THREADS — llama.cpp's llama-bench on the 110M model (prefill of 16 tokens, 128 decoded tokens, REPS
 # repetitions) as Google Benchmark JSON in $RESULTS/llamacpp.t<THREADS>.json: llamacpp_prefill (n:16) and
-# llamacpp_decode, tok/s as llama-bench reports them.
+# llamacpp_decode, tok/s as llama-bench reports them; where llama-quantize is built, the same on the model converted
+# to BF16 (every matrix bf16, as BM_llama110m_decode_bf16's linear layers and classifier): llamacpp_*_bf16.
 run_llamacpp() {
   local t=$1 bin=${LLAMA_CPP:-}/build/bin
   if [[ -z ${LLAMA_CPP:-} || ! -x $bin/llama-bench || ! -x $bin/llama-convert-llama2c-to-ggml ]]; then
@@ -128,19 +130,29 @@ run_llamacpp() {
         --llama2c-model "$models/rand110M.bin" --llama2c-output-model "$models/rand110M.gguf" >>"$LOG" 2>&1 ||
       { echo "  (could not make the 110M GGUF)" | tee -a "$LOG"; return 0; }
   fi
-  echo "  llama-bench -m $models/rand110M.gguf -p 16 -n 128 -t $t -r $REPS" | tee -a "$LOG"
-  "$bin/llama-bench" -m "$models/rand110M.gguf" -p 16 -n 128 -t "$t" -r "$REPS" -o json \
-    >"$RESULTS/llamacpp.t$t.raw" 2>>"$LOG" || { echo "  (llama-bench exited with $?)" | tee -a "$LOG"; return 0; }
-  "$PYTHON" - "$RESULTS/llamacpp.t$t.raw" "$RESULTS/llamacpp.t$t.json" <<'PY'
+  if [[ -x $bin/llama-quantize && ! -f $models/rand110M-bf16.gguf ]]; then
+    "$bin/llama-quantize" "$models/rand110M.gguf" "$models/rand110M-bf16.gguf" BF16 >>"$LOG" 2>&1 ||
+      echo "  (could not convert the 110M GGUF to BF16)" | tee -a "$LOG"
+  fi
+  local model suffix
+  for model in rand110M rand110M-bf16; do
+    [[ -f $models/$model.gguf ]] || continue
+    suffix=${model#rand110M}
+    echo "  llama-bench -m $models/$model.gguf -p 16 -n 128 -t $t -r $REPS" | tee -a "$LOG"
+    "$bin/llama-bench" -m "$models/$model.gguf" -p 16 -n 128 -t "$t" -r "$REPS" -o json \
+      >"$RESULTS/llamacpp$suffix.t$t.raw" 2>>"$LOG" || { echo "  (llama-bench exited with $?)" | tee -a "$LOG"; continue; }
+    "$PYTHON" - "$RESULTS/llamacpp$suffix.t$t.raw" "$RESULTS/llamacpp$suffix.t$t.json" "${suffix//-/_}" <<'PY'
 import json, sys
 benchmarks = []
 for r in json.load(open(sys.argv[1])):
-    t = r["n_threads"]
-    name = f"BM_llamacpp_prefill/n:{r['n_prompt']}/threads:{t}" if r["n_gen"] == 0 else f"BM_llamacpp_decode/threads:{t}"
+    t, s = r["n_threads"], sys.argv[3]
+    name = (f"BM_llamacpp_prefill{s}/n:{r['n_prompt']}/threads:{t}" if r["n_gen"] == 0
+            else f"BM_llamacpp_decode{s}/threads:{t}")
     benchmarks.append({"name": name, "run_name": name, "run_type": "aggregate", "aggregate_name": "median",
                        "ms": r["avg_ns"] / 1e6, "tok/s": r["avg_ts"]})
 json.dump({"benchmarks": benchmarks}, open(sys.argv[2], "w"), indent=1)
 PY
+  done
 }
 
 # run_llama2c_train THREADS — llama2.c's model.py on PyTorch (bench/peers/torch_train_llama2c.py, a process per
@@ -338,7 +350,8 @@ if llama:
               f"{fmt(c.get('GFLOP/s'), '.1f')} | {fmt(c.get('pct_of_gemm'), '.0f')} |")
 
 pairs = [("llama110m_decode", "threads:{t}", "llamacpp_decode", "threads:{t}"),
-         ("llama110m_prefill", "n:16/threads:{t}", "llamacpp_prefill", "n:16/threads:{t}")]
+         ("llama110m_prefill", "n:16/threads:{t}", "llamacpp_prefill", "n:16/threads:{t}"),
+         ("llama110m_decode_bf16", "threads:{t}", "llamacpp_decode_bf16", "threads:{t}")]
 rows = []
 for t in (1, 2):
     for ours_f, ours_a, peer_f, peer_a in pairs:
@@ -347,9 +360,9 @@ for t in (1, 2):
             rows.append((ours_f, t, ours["tok/s"], peer["tok/s"]))
 if rows:
     print()
-    print("| 110M model, same shape and bytes (F32; llama.cpp reads an untied copy of the classifier, polyformer the "
-          "tied embedding) | threads | polyformer tok/s | llama.cpp tok/s | polyformer ÷ llama.cpp (decode target ≥ 1.1, "
-          "prefill ≥ 1) |")
+    print("| 110M model, same shape and bytes (F32, or every matrix BF16 for _bf16; llama.cpp reads an untied copy of "
+          "the classifier, polyformer the tied embedding in F32 and a classifier of its own in BF16) | threads | "
+          "polyformer tok/s | llama.cpp tok/s | polyformer ÷ llama.cpp (decode target ≥ 1.1, prefill ≥ 1) |")
     print("|---|---|---|---|---|")
     for fam, t, ours, peer in rows:
         print(f"| {fam} | {t} | {ours:.1f} | {peer:.1f} | {ours / peer:.2f} |")

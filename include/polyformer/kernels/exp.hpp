@@ -11,7 +11,8 @@
 /// rounds, then read the integer from the low mantissa bits), as ARM optimized-routines
 /// `math/expf.c` does; and 2^k is applied in two halves 2^(k>>1)·2^(k-(k>>1)), as SLEEF's
 /// `ldexp2kf` does, so k = 128 (x just below the overflow threshold) and k < -126 (subnormal results)
-/// need no special case: overflow and gradual underflow fall out of IEEE multiplication.
+/// need no special case: overflow and gradual underflow fall out of IEEE multiplication. On AVX-512 the two halves are
+/// one vscalefps, which rounds the same single time (e^r·2^(k>>1) is exact): the same bits, eight instructions fewer.
 /// Measured accuracy, all 2.24e9 floats in [-87, 88] against double exp: max 1.028 ulp with FMA
 /// (AVX2+FMA build, 88 inputs above 1 ulp), max 1.004 ulp without FMA (SSE2 build).
 

@@ -40,12 +40,22 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
     const Acc c = V::fma(V::broadcast_a(exp_p4), r, V::broadcast_a(exp_p5));
     const Acc p = V::fma(V::fma(a, r2, b), r2, c);
     const Acc er = V::add(V::fma(p, r2, r), V::broadcast_a(1.0f));
-    // 2^k = 2^k1 · 2^k2 with k1 = k >> 1: both halves stay normal for k in [−150, 128].
-    const Int k1 = V::template shift_right<1>(k);
-    const Int k2 = V::isub(k, k1);
-    const Acc s1 = V::from_bits(V::template shift_left<23>(V::iadd(k1, V::iset(127))));
-    const Acc s2 = V::from_bits(V::template shift_left<23>(V::iadd(k2, V::iset(127))));
-    return V::mul(V::mul(er, s1), s2);
+    return scale_pow2(er, kf, k);
+  }
+
+  /// x·2^k for x in [0.5, 2) and k (kf: as float) in [−154, 128], rounded once: by vscalefps where the set has it,
+  /// else as x·2^k1·2^k2 with k1 = k >> 1 (both halves normal, x·2^k1 exact).
+  template <class Ops = V>
+  POLYFORMER_VECTOR_TARGET static Acc scale_pow2(Acc x, Acc kf, Int k) noexcept {
+    if constexpr (Ops::has_scalef) {
+      return Ops::scalef(x, kf);
+    } else {
+      const Int k1 = Ops::template shift_right<1>(k);
+      const Int k2 = Ops::isub(k, k1);
+      const Acc s1 = Ops::from_bits(Ops::template shift_left<23>(Ops::iadd(k1, Ops::iset(127))));
+      const Acc s2 = Ops::from_bits(Ops::template shift_left<23>(Ops::iadd(k2, Ops::iset(127))));
+      return Ops::mul(Ops::mul(x, s1), s2);
+    }
   }
 
   /// max over x[0, n); −inf for n = 0.

@@ -14,6 +14,7 @@
 ///   ivec, bits(v), from_bits(i)             int32 lanes, and the float bits reinterpreted either way
 ///   iset(x), iadd, isub, shift_right<S>(i) (arithmetic), shift_left<S>(i)
 ///   select_negative(s, a, b)                a where s < 0, b elsewhere (−0 and NaN lanes of s take b)
+///   has_scalef, scalef(x, kf)               where true: x·2^kf for integral kf in one instruction, one rounding
 
 #include <cstddef>
 #include <cstdint>
@@ -63,6 +64,7 @@ struct PortableVectorOps {
   template <int S> static ivec shift_right(ivec i) noexcept { return i >> S; }
   template <int S> static ivec shift_left(ivec i) noexcept { return i << S; }
   static acc select_negative(acc s, acc a, acc b) noexcept { return xsimd::select(s < acc(0.0f), a, b); }
+  static constexpr bool has_scalef = false;
 };
 
 #if POLYFORMER_RUNTIME_DISPATCH
@@ -116,6 +118,7 @@ struct Avx2VectorOps {
   POLYFORMER_TARGET_AVX2 static acc select_negative(acc s, acc a, acc b) noexcept {
     return _mm256_blendv_ps(b, a, _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_LT_OQ));
   }
+  static constexpr bool has_scalef = false;
 };
 
 /// AVX-512 F/BW/DQ/VL (run only where cpu().avx512).
@@ -158,6 +161,8 @@ struct Avx512VectorOps {
   POLYFORMER_TARGET_AVX512 static acc select_negative(acc s, acc a, acc b) noexcept {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
   }
+  static constexpr bool has_scalef = true;
+  POLYFORMER_TARGET_AVX512 static acc scalef(acc x, acc kf) noexcept { return _mm512_scalef_ps(x, kf); }
 };
 #endif
 

@@ -12,7 +12,7 @@
 /// - 0.5·(1 + tanh(u)) = σ(2u) = 1 / (1 + e^(-2u)), so tanh-GELU is x / (1 + e^(-2u)), which saturates
 ///   cleanly (e^(-2u) → +inf gives -0, → 0 gives x) with a single exp.
 /// - GELU-erf's erfc is our own (detail/vector_kernel_body.hpp, two_phi): e^(−x²/2) times a fitted factor, with
-///   x²/2 carried as a rounded value plus its error, so the tail x → −∞ stays accurate relative to its size.
+///   x²/2 carried as an exact part and a small remainder, so the tail x → −∞ stays accurate relative to its size.
 /// All are chosen at run time (detail/vector_kernels.hpp) and take an `isa` (default: this process's,
 /// kernels::isa()).
 

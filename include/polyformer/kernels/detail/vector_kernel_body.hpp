@@ -12,8 +12,8 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   using Acc = typename V::acc;
   using Int = typename V::ivec;
 
-  /// e^x lane-wise by the algorithm of exp.hpp's file comment (Cephes expf with the shifter rounding and the
-  /// two-step 2^k); -inf → 0, large x → +inf, NaN → NaN.
+  /// e^x lane-wise by the algorithm of exp.hpp's file comment (Cephes expf with the shifter rounding, and 2^k in
+  /// two steps or one vscalefps); -inf → 0, large x → +inf, NaN → NaN.
   POLYFORMER_VECTOR_TARGET static Acc exp(Acc x) noexcept { return exp_sum<false>(x, x); }
 
   /// e^(hi + lo) without rounding hi + lo: lo joins after hi's reduction by k·ln2 (which is exact in its first step),

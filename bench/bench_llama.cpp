@@ -60,6 +60,9 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 // ---- stories260K ----
 
+/// greedy generation of 256 positions from stories260K; Team: decoding steps by a LlamaTeamDecoder of `threads`
+/// (what the generate program runs for it on 2 threads or more), else Llama::forward over `threads`.
+template <bool Team>
 void BM_stories260k_generate(benchmark::State& state) {
   const std::string dir = std::string(POLYFORMER_SHARED_DIR) + "/models/";
   std::unique_ptr<pf::Llama<>> model;
@@ -78,11 +81,19 @@ void BM_stories260k_generate(benchmark::State& state) {
   std::size_t bytes = 0;
   const auto sink = [&](std::string_view piece) { bytes += piece.size(); };
   pf::Sampler sampler(512, greedy);
-  pf::generate(*model, *tokenizer, "", steps, sampler, sink, ctx);  // warm-up
+  const auto run = [&] {
+    if constexpr (Team) {
+      pf::LlamaTeamSequence<pf::FullAttention, pf::Dense> sequence(*model, ctx.threads);
+      return pf::generate(sequence, *tokenizer, "", steps, sampler, sink, ctx);
+    } else {
+      return pf::generate(*model, *tokenizer, "", steps, sampler, sink, ctx);
+    }
+  };
+  run();  // warm-up
   double decode_seconds = 0, decoded = 0, positions = 0;
   const bench::LoopClock clock;
   for (auto _ : state) {
-    const auto stats = pf::generate(*model, *tokenizer, "", steps, sampler, sink, ctx);
+    const auto stats = run();
     decode_seconds += stats.decode_seconds;
     decoded += static_cast<double>(stats.decoded_tokens);
     positions += static_cast<double>(stats.prefill_tokens + stats.decoded_tokens);
@@ -459,7 +470,10 @@ void BM_llama_train(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_stories260k_generate)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_stories260k_generate<false>)->Name("BM_stories260k_generate")->ArgName("threads")->Arg(1)->Arg(2)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_stories260k_generate<true>)->Name("BM_stories260k_generate_team")->ArgName("threads")->Arg(2)
+    ->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_stream_triad)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1)->UseRealTime();
 BENCHMARK(BM_gpt2_small_decode)->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_llama110m_decode<pf::Dense>)->Name("BM_llama110m_decode")->ArgName("threads")->Arg(1)->Arg(2)

@@ -61,6 +61,7 @@
 #include "polyformer/models/hf_llama.hpp"
 #include "polyformer/models/hf_t5.hpp"
 #include "polyformer/models/llama_lora.hpp"
+#include "polyformer/models/llama_team_decoder.hpp"
 
 #include "../bench/resident_memory.hpp"
 #include "cli.hpp"
@@ -291,6 +292,14 @@ void run(const Options& o, const Attention& attention) {
     return;
   }
   pf::Sampler sampler(static_cast<int>(model.config().vocab_size), sampling);
+  using Team = pf::LlamaTeamDecoder<Attention, pf::LoRA<Linear>>;
+  if (Team::worthwhile(model, ctx.threads)) {  // a small model: its threads decode each token as one team
+    pf::LlamaTeamSequence<Attention, pf::LoRA<Linear>> sequence(model, ctx.threads);
+    const auto stats =
+        pf::generate(sequence, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler, print_piece, ctx);
+    report_speed(stats, "prefill", "decode (a team of threads)");
+    return;
+  }
   const auto stats =
       pf::generate(model, tokenizer, o.prompt, static_cast<pf::Index>(o.steps), sampler, print_piece, ctx);
   report_speed(stats, "prefill", "decode");

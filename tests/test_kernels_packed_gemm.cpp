@@ -53,6 +53,66 @@ TEST_CASE("kernels/packed_gemm: packing stores Wᵀ panel by panel, zero-padded"
   }
 }
 
+TEST_CASE("kernels/packed_gemm: zeros is every stored float 0 and takes a repack in place", "[kernels][gemm]") {
+  for (k::Isa isa : runnable_isas()) {
+  INFO("kernels " << k::isa_name(isa));
+  const std::size_t NR = k::packed_tile(isa).panel_width();
+  const std::size_t n = 2 * NR + 3, kk = 7;  // the last panel: 3 columns in one vector
+  auto p = k::PackedMatrix::zeros(kk, n, isa);
+  REQUIRE(p.isa() == isa);
+  REQUIRE(p.rows() == kk);
+  REQUIRE(p.cols() == n);
+  REQUIRE(p.size() == (2 * NR + p.vector_width()) * kk);
+  for (std::size_t i = 0; i < p.panels(); ++i)
+    for (std::size_t f = 0; f < kk * p.panel_cols(i); ++f) REQUIRE(p.panel(i)[f] == 0.0f);
+  const float* storage = p.panel(0);
+  const auto w = random_vec(n * kk, -1.0f, 1.0f, 2);
+  p.repack_transposed(w.data(), n, kk, kk, isa);
+  REQUIRE(p.panel(0) == storage);  // the same buffer: no second allocation once the weights arrive
+  for (std::size_t r = 0; r < kk; ++r)
+    for (std::size_t j = 0; j < n; ++j) REQUIRE(p.at(r, j) == w[j * kk + r]);
+  }
+}
+
+TEST_CASE("kernels/packed_gemm: gathered columns multiply as the columns they came from", "[kernels][gemm]") {
+  for (k::Isa isa : runnable_isas()) {
+  INFO("kernels " << k::isa_name(isa));
+  const std::size_t NR = k::packed_tile(isa).panel_width();
+  const std::size_t kk = 9, na = 2 * NR + 5, nb = NR + 7, m = 3;
+  const auto wa = random_vec(na * kk, -1.0f, 1.0f, 3), wb = random_vec(nb * kk, -1.0f, 1.0f, 4);
+  const auto a = k::PackedMatrix::pack_transposed(wa.data(), na, kk, kk, isa);
+  const auto b = k::PackedMatrix::pack_transposed(wb.data(), nb, kk, kk, isa);
+  // Runs that start and end inside panels and cross their boundaries.
+  const std::size_t a0 = NR - 3, a1 = 2 * NR + 4, b0 = 1, b1 = nb;
+  const auto g = k::PackedMatrix::gather_columns({{&a, a0, a1}, {&b, b0, b1}});
+  const std::size_t n = (a1 - a0) + (b1 - b0);
+  REQUIRE(g.rows() == kk);
+  REQUIRE(g.cols() == n);
+  REQUIRE(g.isa() == isa);
+  for (std::size_t r = 0; r < kk; ++r) {
+    for (std::size_t j = 0; j < a1 - a0; ++j) REQUIRE(g.at(r, j) == a.at(r, a0 + j));
+    for (std::size_t j = 0; j < b1 - b0; ++j) REQUIRE(g.at(r, a1 - a0 + j) == b.at(r, b0 + j));
+  }
+  const std::size_t last = g.panels() - 1;  // the last panel's padding stays zero
+  for (std::size_t r = 0; r < kk; ++r)
+    for (std::size_t j = n - last * NR; j < g.panel_cols(last); ++j) REQUIRE(g.panel(last)[r * g.panel_cols(last) + j] == 0.0f);
+  // One product with the gathered matrix: bit for bit the columns of the two products.
+  const auto x = random_vec(m * kk, -1.0f, 1.0f, 5);
+  std::vector<float> ya(m * na), yb(m * nb), yg(m * n);
+  k::packed_gemm(m, x.data(), kk, a, 0, a.panels(), nullptr, false, ya.data(), na);
+  k::packed_gemm(m, x.data(), kk, b, 0, b.panels(), nullptr, false, yb.data(), nb);
+  k::packed_gemm(m, x.data(), kk, g, 0, g.panels(), nullptr, false, yg.data(), n);
+  for (std::size_t i = 0; i < m; ++i) {
+    for (std::size_t j = 0; j < a1 - a0; ++j) REQUIRE(yg[i * n + j] == ya[i * na + a0 + j]);
+    for (std::size_t j = 0; j < b1 - b0; ++j) REQUIRE(yg[i * n + a1 - a0 + j] == yb[i * nb + b0 + j]);
+  }
+  const auto other = k::PackedMatrix::pack_transposed(wb.data(), nb, kk - 1, kk, isa);
+  REQUIRE_THROWS_WITH(k::PackedMatrix::gather_columns({{&a, 0, 1}, {&other, 0, 1}}),
+                      Catch::Contains("PackedMatrix::gather_columns: a run of columns 0..1 is not within a matrix of 9 rows"));
+  REQUIRE_THROWS_WITH(k::PackedMatrix::gather_columns({{&a, 3, na + 1}}), Catch::Contains("columns 3.."));
+  }
+}
+
 TEST_CASE("kernels/packed_gemm: the CPU's blocking keeps a strip of A in a quarter of L1", "[kernels][gemm]") {
   const k::PackedTile tile{8, 3, 16};
   const k::PackedBlocking small = k::packed_blocking(tile, 32 * 1024, 1024 * 1024);

@@ -45,6 +45,17 @@ TEST_CASE("readme: one model with many sequences, named parameters, policy sets"
   const auto l2 = again.forward(prompt_tokens, pf::Context{1});
   CHECK(std::vector<float>(l2.begin(), l2.end()) == std::vector<float>(logits.begin(), logits.end()));
   std::filesystem::remove(path);
+
+  // A small model decoded by a team of threads: the same text as one thread's.
+  const auto tokenizer = pf::io::Tokenizer::read(pft::shared_path("models/tok512.bin"), 512);
+  std::string one, two;
+  pf::Sampler greedy(512, {.temperature = 0.0f}), greedy_too(512, {.temperature = 0.0f});
+  pf::generate(model, tokenizer, "Once upon a time", 64, greedy, [&](std::string_view p) { one += p; }, pf::Context{1});
+  const auto print = [&](std::string_view p) { two += p; };
+  auto& sampler = greedy_too;
+  pf::LlamaTeamSequence<pf::FullAttention, pf::Dense> team_sequence(model, /*team=*/2);   // fp32, full attention
+  pf::generate(team_sequence, tokenizer, "Once upon a time", 64, sampler, print, pf::Context{2});
+  CHECK(two == one);
 }
 
 TEST_CASE("readme: gradients", "[readme][backward]") {

@@ -82,6 +82,7 @@
 #include "polyformer/models/llama.hpp"
 #include "polyformer/models/llama_export.hpp"
 #include "polyformer/models/llama_lora.hpp"
+#include "polyformer/models/llama_team_decoder.hpp"
 #include "polyformer/models/torch_transformer.hpp"
 
 #include "polyformer/tokenizers/bert.hpp"

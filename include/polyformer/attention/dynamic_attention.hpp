@@ -4,6 +4,7 @@
 /// (with_attention's way). Each call dispatches once to the policy held (std::visit); the policies' own
 /// kernels do the work.
 
+#include <concepts>
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -67,6 +68,27 @@ class DynamicAttention<List, PolicyList<Ps...>>
   const char* held_name() const noexcept {
     return std::visit([](const auto& p) -> const char* { return std::remove_cvref_t<decltype(p)>::name; }, policy_);
   }
+  /// The policy held when it is a P, else nullptr.
+  template <typename P>
+  const P* held_if() const noexcept {
+    const P* found = nullptr;
+    dispatch([&](auto i) {
+      if constexpr (std::same_as<std::variant_alternative_t<decltype(i)::value, std::variant<Ps...>>, P>)
+        found = std::get_if<decltype(i)::value>(&policy_);
+    });
+    return found;
+  }
+  /// `state` as the state of a P, when the policy held is a P (and made `state`), else nullptr.
+  template <typename P>
+  typename P::State* state_if(State& state) const noexcept {
+    typename P::State* found = nullptr;
+    dispatch([&](auto i) {
+      if constexpr (std::same_as<std::variant_alternative_t<decltype(i)::value, std::variant<Ps...>>, P>)
+        found = std::get_if<decltype(i)::value>(&state.of);
+    });
+    return found;
+  }
+
   /// The held policy's spelling, e.g. "sliding:64".
   std::string spelling() const {
     return std::visit([](const auto& p) { return p.spelling(); }, policy_);

@@ -71,12 +71,40 @@ class KVCache {
     size_ += n;
   }
 
+  /// Writes kv heads [g0, g1) of position size() from k and v ((g1 − g0)·head_dim floats each, the heads side by
+  /// side) without counting the position: for a team whose members each write their own heads. commit() counts it
+  /// once every head is written. Throws when no position is left.
+  void write_heads(Index g0, Index g1, const float* k, const float* v) {
+    if (g0 < 0 || g1 < g0 || g1 > n_kv_heads_)
+      throw config_error(detail::cat("KVCache::write_heads: heads ", g0, "..", g1, ", expected within 0..", n_kv_heads_));
+    check_room(1, "KVCache::write_heads");
+    const Index p = size_;
+    for (Index g = g0; g < g1; ++g) {
+      const float* kg = k + (g - g0) * head_dim_;
+      const float* vg = v + (g - g0) * head_dim_;
+      std::copy(vg, vg + head_dim_, values_.data() + (g * capacity_ + p) * head_dim_);
+      for (Index f = 0; f < head_dim_; ++f) {
+        keys_t_(g * head_dim_ + f, p) = kg[f];
+        values_t_(g * head_dim_ + f, p) = vg[f];
+      }
+    }
+  }
+  /// Counts n positions written by write_heads. Throws when they do not fit.
+  void commit(Index n) {
+    check_room(n, "KVCache::commit");
+    size_ += n;
+  }
+
   /// Keys of kv head g, transposed: (head_dim, size()), rows further apart than size().
   ConstMatrixView keys_t(Index g) const { return block(view(keys_t_), g * head_dim_, 0, head_dim_, size_); }
   /// Values of kv head g: (size(), head_dim), rows head_dim apart.
   ConstMatrixView values(Index g) const { return block(view(values_), g * capacity_, 0, size_, head_dim_); }
   /// Values of kv head g, transposed: (head_dim, size()) as keys_t.
   ConstMatrixView values_t(Index g) const { return block(view(values_t_), g * head_dim_, 0, head_dim_, size_); }
+  /// keys_t and values_t over the first n positions, n ≤ capacity() (a position written by write_heads included
+  /// before it is committed).
+  ConstMatrixView keys_t(Index g, Index n) const { return block(view(keys_t_), g * head_dim_, 0, head_dim_, n); }
+  ConstMatrixView values_t(Index g, Index n) const { return block(view(values_t_), g * head_dim_, 0, head_dim_, n); }
 
  private:
   Index n_kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, size_ = 0;

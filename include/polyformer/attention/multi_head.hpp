@@ -121,6 +121,7 @@ class MultiHeadAttention {
   const Lin& v_proj() const noexcept { return v_proj_; }
   const Lin& o_proj() const noexcept { return o_proj_; }
   const Attn& attention() const noexcept { return attention_; }
+  const Rot& rotary() const noexcept { return rotary_; }
 
   /// The projections' (and the policy's) parameters, named by `names` under `prefix`.
   void parameters(ParameterList& list, const std::string& prefix, const AttentionNames& names = {})

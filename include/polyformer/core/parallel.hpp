@@ -19,6 +19,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include "polyformer/core/error.hpp"
 #include "polyformer/core/tensor.hpp"
 
@@ -75,6 +79,24 @@ class ThreadPool {
       for (int i = 0; i < team; ++i) body(i);
       return;
     }
+    run_concurrently(team, body);
+  }
+
+  /// As run(), but only when the `team` members are sure to run at the same time (they may wait for each other):
+  /// false, calling nothing, from inside a region (which runs serially) or for more members than a team holds.
+  template <typename Body>
+  bool run_team(int team, Body& body) {
+    if (team < 1 || team > max_team || inside_region()) return false;
+    if (team == 1) body(0);
+    else run_concurrently(team, body);
+    return true;
+  }
+
+ private:
+  static constexpr int max_team = 256;
+
+  template <typename Body>
+  void run_concurrently(int team, Body& body) {
     Region region{&call<Body>, &body};
     region.pending.store(team - 1, std::memory_order_relaxed);
     Worker* members[max_team];
@@ -85,6 +107,7 @@ class ThreadPool {
       Worker& w = *members[i];
       w.region = &region;
       w.index = i + 1;
+      w.caller_cpu = current_cpu();
       w.generation.fetch_add(1, std::memory_order_seq_cst);  // publishes region and index
       if (w.sleeping.load(std::memory_order_seq_cst)) w.generation.notify_one();
     }
@@ -103,9 +126,6 @@ class ThreadPool {
     release(members, claimed);
   }
 
- private:
-  static constexpr int max_team = 256;
-
   /// One region: what to call, and how many workers have yet to finish their part.
   struct Region {
     void (*fn)(void*, int) = nullptr;
@@ -118,6 +138,7 @@ class ThreadPool {
     std::atomic<bool> sleeping{false};
     Region* region = nullptr;  // written before the bump that the worker acquires
     int index = 0;
+    int caller_cpu = -1;  // the CPU of the thread that last handed it a region (or started it)
     bool stop = false;
     std::thread thread;
   };
@@ -142,6 +163,7 @@ class ThreadPool {
       if (idle_.empty()) {
         workers_.push_back(std::make_unique<Worker>());
         Worker* w = workers_.back().get();
+        w->caller_cpu = current_cpu();
         w->thread = std::thread([w] { work(*w); });
         idle_.push_back(w);
       }
@@ -157,6 +179,7 @@ class ThreadPool {
   }
 
   static void work(Worker& w) {
+    leave_cpu(w.caller_cpu);
     inside_region() = true;
     std::uint32_t seen = 0;
     for (;;) {
@@ -180,7 +203,37 @@ class ThreadPool {
     w.sleeping.store(true, std::memory_order_seq_cst);
     while (w.generation.load(std::memory_order_seq_cst) == seen) w.generation.wait(seen, std::memory_order_seq_cst);
     w.sleeping.store(false, std::memory_order_seq_cst);
-    return w.generation.load(std::memory_order_acquire);
+    const std::uint32_t g = w.generation.load(std::memory_order_acquire);
+    leave_cpu(w.caller_cpu);  // woken: the kernel may have put it beside the caller
+    return g;
+  }
+
+  /// The CPU the calling thread runs on, or −1 where that is not known.
+  static int current_cpu() noexcept {
+#if defined(__linux__)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+  }
+
+  /// Moves this worker off `cpu` — the CPU of the thread that handed it a region — when it runs there and may run
+  /// elsewhere, then lets it run anywhere it could before (the process's CPU mask is kept, nothing is pinned).
+  /// Some kernels place a new or woken thread on its waker's CPU (a Firecracker VM's kernel.sched_vcpu_pack
+  /// does: a new worker started beside its caller 10 times in 12): the caller and the worker then take turns on
+  /// one CPU while the other idles, which costs a region more than it gains, and a team that spins at barriers
+  /// (SpinBarrier) far more.
+  static void leave_cpu(int cpu) noexcept {
+#if defined(__linux__)
+    cpu_set_t allowed;
+    if (cpu < 0 || current_cpu() != cpu || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    cpu_set_t others = allowed;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0) return;
+    if (sched_setaffinity(0, sizeof others, &others) == 0) (void)sched_setaffinity(0, sizeof allowed, &allowed);
+#else
+    (void)cpu;
+#endif
   }
 
   std::mutex mutex_;
@@ -189,6 +242,45 @@ class ThreadPool {
 };
 
 }  // namespace detail
+
+/// A barrier for the members of one team (run_team): each arrive_and_wait() returns once all `size` members
+/// have arrived, and what each wrote before arriving is visible to all after it. Members spin while they wait —
+/// the phases it separates are microseconds long — and yield after a few microseconds (more members than free
+/// cores would otherwise spin away the time slices of those they wait for).
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int size) : size_(size) {
+    if (size < 1) throw config_error(detail::cat("SpinBarrier: size is ", size, ", expected >= 1"));
+  }
+  SpinBarrier(const SpinBarrier&) = delete;
+  SpinBarrier& operator=(const SpinBarrier&) = delete;
+
+  void arrive_and_wait() noexcept {
+    const std::uint32_t phase = phase_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);  // before the phase moves on: nobody arrives again until then
+      phase_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (unsigned spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
+      if (spins < 256) detail::spin_pause();  // ~6 µs (a pause is ~25 ns on Zen 4): more than a phase's imbalance
+      else std::this_thread::yield();         // a member without a core of its own: let it run
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<std::uint32_t> phase_{0};
+  int size_;
+};
+
+/// Calls body(member) for member in [0, team) on `team` threads that run at the same time, so that they may meet
+/// at a SpinBarrier; body(0) runs on the caller. Returns false without calling anything when that cannot be
+/// promised (from inside a parallel region, whose nested regions run serially): the caller takes another way.
+template <typename Body>
+bool run_team(int team, Body&& body) {
+  return detail::ThreadPool::instance().run_team(team, body);
+}
 
 /// Calls body(begin, end, thread_index) on `threads` contiguous chunks of [0, n), in parallel.
 /// Chunks are balanced to within one item. body must not throw.

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -62,6 +63,56 @@ class PackedMatrix {
                                       Isa for_isa = kernels::isa()) {
     PackedMatrix p;
     p.repack_transposed(w, n, k, ldw, for_isa);
+    return p;
+  }
+
+  /// B (k, n) of zeros laid out for `for_isa`: one zero-filled allocation, no packing pass (a layer built before
+  /// its weights are loaded).
+  static PackedMatrix zeros(std::size_t k, std::size_t n, Isa for_isa = kernels::isa()) {
+    PackedMatrix p;
+    p.reset("PackedMatrix::zeros", n, k, for_isa);  // a fresh buffer is value-initialized: every float 0
+    return p;
+  }
+
+  /// Columns [begin, end) of a packed matrix.
+  struct Columns {
+    const PackedMatrix* from = nullptr;
+    std::size_t begin = 0, end = 0;
+  };
+  /// The runs of columns `runs` — of packed matrices of the same rows, laid out for one kernel family — side by
+  /// side, packed anew: one product with it computes those columns of each product, each sum over the same rows in
+  /// the same order as there. Copied panel row by panel row, without unpacking. Throws config_error for runs of
+  /// different rows or families, or past their matrix's columns.
+  static PackedMatrix gather_columns(std::initializer_list<Columns> runs) {
+    const char* func = "PackedMatrix::gather_columns";
+    if (runs.size() == 0) return PackedMatrix();
+    const PackedMatrix& first = *runs.begin()->from;
+    std::size_t n = 0;
+    for (const Columns& c : runs) {
+      if (c.from == nullptr || c.from->rows() != first.rows() || c.from->isa() != first.isa() || c.begin > c.end ||
+          c.end > c.from->cols())
+        throw config_error(polyformer::detail::cat(func, ": a run of columns ", c.begin, "..", c.end,
+                                                   " is not within a matrix of ", first.rows(), " rows packed for ",
+                                                   isa_name(first.isa())));
+      n += c.end - c.begin;
+    }
+    PackedMatrix p;
+    p.reset(func, n, first.rows(), first.isa());
+    const std::size_t k = first.rows(), width = p.panel_width();
+    std::size_t j = 0;  // the next column of p
+    for (const Columns& c : runs) {
+      const PackedMatrix& b = *c.from;
+      for (std::size_t col = c.begin; col < c.end;) {  // a stretch within one panel of b and one of p
+        const std::size_t bp = col / b.panel_width(), bo = col % b.panel_width(), pp = j / width, po = j % width;
+        const std::size_t len = std::min({b.panel_width() - bo, width - po, c.end - col});
+        const float* src = b.panel(bp) + bo;
+        float* dst = p.data_.data() + pp * k * width + po;
+        const std::size_t ls = b.panel_cols(bp), ld = p.panel_cols(pp);
+        for (std::size_t r = 0; r < k; ++r) std::copy_n(src + r * ls, len, dst + r * ld);
+        col += len;
+        j += len;
+      }
+    }
     return p;
   }
 
@@ -334,13 +385,16 @@ void packed_gemm_blocked(std::size_t m, const typename K::a_type* a, std::size_t
 
 }  // namespace detail
 
+/// Below this many flops a packed product runs on the calling thread: a second thread costs more than it saves.
+inline constexpr double packed_split_min_flops = 1e6;
+
 /// The thread split every packed product uses: run(r0, r1, p0, p1) over rows [0, m) and panels [0, panels) on
 /// up to `threads` threads — by panels when there are at least two a thread (or too few rows to split), else by
-/// rows; by rows whenever `prefer_rows` (a product bound by C's traffic). Below ~1 MFLOP (`flops`) on the calling
-/// thread: a second thread costs more than it saves there.
+/// rows; by rows whenever `prefer_rows` (a product bound by C's traffic). Below packed_split_min_flops (`flops`)
+/// on the calling thread.
 template <class Run>
 void split_packed_product(std::size_t m, std::size_t panels, double flops, int threads, bool prefer_rows, Run&& run) {
-  const int t = flops < 1e6 ? 1 : effective_threads(threads);
+  const int t = flops < packed_split_min_flops ? 1 : effective_threads(threads);
   const auto tt = static_cast<std::size_t>(t);
   if (t == 1) {
     run(std::size_t{0}, m, std::size_t{0}, panels);

@@ -43,7 +43,10 @@ class RoPE {
   void reserve(Index max_positions, Index head_dim) {
     const Index half = head_dim / 2;
     std::vector<float> cos_t(static_cast<std::size_t>(max_positions * half)), sin_t(cos_t.size());
-    for (Index p = 0; p < max_positions; ++p) angles(p, head_dim, cos_t.data() + p * half, sin_t.data() + p * half);
+    std::vector<float> freq(static_cast<std::size_t>(half));
+    frequencies(head_dim, freq.data());
+    for (Index p = 0; p < max_positions; ++p)
+      angles(p, half, freq.data(), cos_t.data() + p * half, sin_t.data() + p * half);
     cos_ = std::move(cos_t);
     sin_ = std::move(sin_t);
     table_positions_ = max_positions;
@@ -64,10 +67,12 @@ class RoPE {
   void rotate(float* rows, Index n_rows, Index row_stride, Index n_heads, Index head_dim, Index first_position) const {
     const Index half = head_dim / 2;
     const bool tabled = head_dim == table_head_dim_ && first_position >= 0 && first_position + n_rows <= table_positions_;
-    std::vector<float> cos_row, sin_row;
+    std::vector<float> cos_row, sin_row, freq;
     if (!tabled) {
       cos_row.resize(static_cast<std::size_t>(half));
       sin_row.resize(static_cast<std::size_t>(half));
+      freq.resize(static_cast<std::size_t>(half));
+      frequencies(head_dim, freq.data());
     }
     for (Index r = 0; r < n_rows; ++r) {
       const float* c_t = nullptr;
@@ -76,7 +81,7 @@ class RoPE {
         c_t = cos_.data() + (first_position + r) * half;
         s_t = sin_.data() + (first_position + r) * half;
       } else {
-        angles(first_position + r, head_dim, cos_row.data(), sin_row.data());
+        angles(first_position + r, half, freq.data(), cos_row.data(), sin_row.data());
         c_t = cos_row.data();
         s_t = sin_row.data();
       }
@@ -94,12 +99,16 @@ class RoPE {
     }
   }
 
-  /// cos and sin of pos·θ^(−2i/d) for the head_dim/2 pairs of one position, in float as run.c computes them.
-  void angles(Index position, Index head_dim, float* cos_out, float* sin_out) const {
+  /// θ^(−2i/d) for the head_dim/2 pairs, in float as run.c computes them.
+  void frequencies(Index head_dim, float* freq) const {
+    for (Index i = 0; i < head_dim / 2; ++i)
+      freq[i] = 1.0f / std::pow(theta_, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+  }
+  /// cos and sin of pos·freq[i] for the `half` pairs of one position, in float as run.c computes them.
+  static void angles(Index position, Index half, const float* freq, float* cos_out, float* sin_out) {
     const float pos = static_cast<float>(position);
-    for (Index i = 0; i < head_dim / 2; ++i) {
-      const float freq = 1.0f / std::pow(theta_, static_cast<float>(2 * i) / static_cast<float>(head_dim));
-      const float angle = pos * freq;
+    for (Index i = 0; i < half; ++i) {
+      const float angle = pos * freq[i];
       cos_out[i] = std::cos(angle);
       sin_out[i] = std::sin(angle);
     }

@@ -1,6 +1,7 @@
 #pragma once
 /// \file Dense linear policy: y = x·Wᵀ + b with W stored (out, in) as in torch.nn.Linear.
 
+#include <concepts>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,7 +81,7 @@ class Dense {
     if (in_features < 1 || out_features < 1)
       throw config_error(detail::cat("Dense: features are (in ", in_features, ", out ", out_features,
                                      "), expected both >= 1"));
-    set_weight(Matrix::Zero(out_features, in_features));
+    packed_ = kernels::PackedMatrix::zeros(static_cast<std::size_t>(in_features), static_cast<std::size_t>(out_features));
   }
 
   /// Packs weight (out, in) — taken by value, so a moved-in weight is freed once packed — and keeps bias (out)
@@ -203,5 +204,27 @@ template <>
 inline constexpr bool exact_float_weights<Dense> = true;
 
 static_assert(LinearPolicy<Dense>);
+
+namespace detail {
+/// A linear policy built around another one (LoRA, adapters): constructible from its inner layer.
+template <typename Lin>
+concept WrapsLinear = requires { typename Lin::inner_type; } && std::constructible_from<Lin, typename Lin::inner_type>;
+}  // namespace detail
+
+/// A linear layer of policy Lin with zero weights (out, in) and, with `bias`, a zero bias: what a model is built
+/// with before its weights are loaded. Dense (and a wrapper over it, such as LoRA<Dense>) is made without a float
+/// weight matrix to pack; any other policy from a zero Matrix.
+template <typename Lin>
+Lin zero_linear(Index out, Index in, bool bias) {
+  if constexpr (std::same_as<Lin, Dense>) {
+    return Dense(in, out, bias);
+  } else if constexpr (detail::WrapsLinear<Lin>) {
+    return Lin(zero_linear<typename Lin::inner_type>(out, in, bias));
+  } else if (bias) {
+    return Lin(Matrix(Matrix::Zero(out, in)), Vector(Vector::Zero(out)));
+  } else {
+    return Lin(Matrix(Matrix::Zero(out, in)));
+  }
+}
 
 }  // namespace polyformer

@@ -318,7 +318,7 @@ Bert<Attn, Lin> make_bert(const BertConfig& c, bool pooler, bool mlm_head, const
   using Layer = typename Model::Layer;
   c.validate("make_bert");
   const Index d = c.dim, h = c.hidden_dim;
-  const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in)), Vector(Vector::Zero(out))); };
+  const auto zero = [](Index out, Index in) { return zero_linear<Lin>(out, in, /*bias=*/true); };
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
   for (Index l = 0; l < c.n_layers; ++l) {

@@ -70,7 +70,7 @@ Gpt2<Attn, Lin> make_gpt2(const io::LlamaConfig& c, const Attn& attention = Attn
   using Layer = typename Model::Layer;
   Gpt2Architecture::validate(c, "make_gpt2");
   const Index d = c.dim, h = c.hidden_dim;
-  const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in)), Vector(Vector::Zero(out))); };
+  const auto zero = [](Index out, Index in) { return zero_linear<Lin>(out, in, /*bias=*/true); };
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
   for (Index l = 0; l < c.n_layers; ++l) {

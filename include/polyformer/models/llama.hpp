@@ -60,7 +60,7 @@ Llama<Attn, Lin> make_llama(const io::LlamaConfig& c, const Attn& attention = At
   using Layer = typename Model::Layer;
   c.validate("make_llama");
   const Index d = c.dim, h = c.hidden_dim, q = c.n_heads * c.head_dim(), kv = c.kv_dim();
-  const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };
+  const auto zero = [](Index out, Index in) { return zero_linear<Lin>(out, in, /*bias=*/false); };
   std::vector<Layer> layers;
   layers.reserve(static_cast<std::size_t>(c.n_layers));
   for (Index l = 0; l < c.n_layers; ++l) {

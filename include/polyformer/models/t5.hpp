@@ -280,7 +280,7 @@ T5<Act, Lin, Attn> make_t5(const T5Config& c, const Attn& attention_policy = Att
   using Policy = typename Model::Attention;
   c.validate("make_t5");
   const Index d = c.d_model, inner = c.n_heads * c.d_kv, ff = c.d_ff;
-  const auto zero = [](Index out, Index in) { return Lin(Matrix(Matrix::Zero(out, in))); };
+  const auto zero = [](Index out, Index in) { return zero_linear<Lin>(out, in, /*bias=*/false); };
   const auto table = std::make_shared<const Matrix>(Matrix::Zero(c.num_buckets, c.n_heads));
   const HeadConfig heads{c.n_heads, c.n_heads, c.d_kv};
   const auto attention = [&](bool bidirectional) {

@@ -518,17 +518,49 @@ struct POLYFORMER_VECTOR_KERNELS : POLYFORMER_VECTOR_OPS {
   }
 
   /// scores (R, n) = scale · q (R, head_dim) · keys_t (head_dim, n), vectorized over the keys; mx[r] gets lane-wise
-  /// maxima of row r (the lanes past n hold −inf).
+  /// maxima of row r (the lanes past n hold −inf). Keys go C vectors at a time: each score is a chain of head_dim
+  /// dependent FMAs, and R·C chains side by side keep the FMA units busy where one vector of keys at a time waited
+  /// on each chain's latency (a small head_dim gives no other parallelism). Every score is summed over d in order,
+  /// whichever way its keys are grouped.
   template <int R>
   POLYFORMER_VECTOR_TARGET static void score_rows(std::size_t head_dim, std::size_t n, float scale, const float* q,
                                                   std::size_t ldq, const float* keys_t, std::size_t ld, float* scores,
                                                   std::size_t lds, Acc* mx) noexcept {
     constexpr std::size_t L = V::lanes;
+    constexpr int C = 4;
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     const Acc s = V::broadcast_a(scale);
 #pragma GCC unroll 2
     for (int r = 0; r < R; ++r) mx[r] = V::broadcast_a(ninf);
-    for (std::size_t j = 0; j < n; j += L) {
+    std::size_t j = 0;
+    for (; j + C * L <= n; j += C * L) {
+      Acc acc[R][C];
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+      for (std::size_t d = 0; d < head_dim; ++d) {
+        const float* k = keys_t + d * ld + j;
+        Acc kv[C];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) kv[c] = V::load(k + std::size_t(c) * L);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) {
+          const Acc qd = V::broadcast_a(q[std::size_t(r) * ldq + d]);
+#pragma GCC unroll 4
+          for (int c = 0; c < C; ++c) acc[r][c] = V::fma(qd, kv[c], acc[r][c]);
+        }
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c) {
+          const Acc v = V::mul(acc[r][c], s);
+          V::store(scores + std::size_t(r) * lds + j + std::size_t(c) * L, v);
+          mx[r] = V::max(mx[r], v);
+        }
+    }
+    for (; j < n; j += L) {
       const std::size_t width = n - j < L ? n - j : L;
       Acc acc[R];
 #pragma GCC unroll 2

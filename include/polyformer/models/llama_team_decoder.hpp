@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <exception>
 #include <span>
 #include <string>
 #include <vector>
@@ -136,47 +137,25 @@ class LlamaTeamDecoder {
     if (const std::string why = unsupported(model, team); !why.empty())
       throw config_error(detail::cat("LlamaTeamDecoder: ", why));
     const io::LlamaConfig& c = model.config();
-    const Index dh = c.head_dim(), group = c.n_heads / c.n_kv_heads;
     x_.assign(std::size_t(c.dim), 0.0f);
-    context_.assign(std::size_t(c.n_heads * dh), 0.0f);
+    context_.assign(std::size_t(c.n_heads * c.head_dim()), 0.0f);
     hidden_.assign(std::size_t(c.hidden_dim), 0.0f);
     logits_.assign(std::size_t(c.vocab_size), 0.0f);
     members_.resize(std::size_t(team));
-    for (int m = 0; m < team; ++m) {
-      Member& me = members_[std::size_t(m)];
-      me.kv0 = c.n_kv_heads * m / team;
-      me.kv1 = c.n_kv_heads * (m + 1) / team;
-      me.d0 = share(c.dim, team, m);
-      me.d1 = share(c.dim, team, m + 1);
-      me.h0 = share(c.hidden_dim, team, m);
-      me.h1 = share(c.hidden_dim, team, m + 1);
-      me.v0 = share(c.vocab_size, team, m);
-      me.v1 = share(c.vocab_size, team, m + 1);
-      const auto u = [](Index v) { return static_cast<std::size_t>(v); };
-      const std::size_t q0 = u(me.kv0 * group * dh), q1 = u(me.kv1 * group * dh), k0 = u(me.kv0 * dh),
-                        k1 = u(me.kv1 * dh), d0 = u(me.d0), d1 = u(me.d1), h0 = u(me.h0), h1 = u(me.h1);
-      using Columns = kernels::PackedMatrix::Columns;
-      for (const auto& layer : model.layers()) {
-        const auto& attn = layer.self_attn();
-        const auto& ffn = layer.ffn();
-        Weights w;
-        w.qkv = kernels::PackedMatrix::gather_columns(
-            {Columns{&packed(attn.q_proj()), q0, q1}, Columns{&packed(attn.k_proj()), k0, k1},
-             Columns{&packed(attn.v_proj()), k0, k1}});
-        w.o = kernels::PackedMatrix::gather_columns({Columns{&packed(attn.o_proj()), d0, d1}});
-        w.gate_up = kernels::PackedMatrix::gather_columns(
-            {Columns{&packed(ffn.gate()), h0, h1}, Columns{&packed(ffn.up()), h0, h1}});
-        w.down = kernels::PackedMatrix::gather_columns({Columns{&packed(ffn.down()), d0, d1}});
-        me.layers.push_back(std::move(w));
+    // Each member packs its own share, on its own thread when a team can run: the packing is split, and each
+    // share is first touched by the core that will read it.
+    std::vector<std::exception_ptr> failed(static_cast<std::size_t>(team));
+    auto build = [&](int m) {
+      try {
+        build_member(m);
+      } catch (...) {
+        failed[std::size_t(m)] = std::current_exception();
       }
-      if (model.classifier() != nullptr)
-        me.classifier = kernels::PackedMatrix::gather_columns({Columns{&packed(*model.classifier()), u(me.v0), u(me.v1)}});
-      me.normed.assign(std::size_t(c.dim), 0.0f);
-      me.qkv.assign(q1 - q0 + 2 * (k1 - k0), 0.0f);
-      me.out.assign(d1 - d0, 0.0f);
-      me.gate_up.assign(2 * (h1 - h0), 0.0f);
-      me.scores.assign(std::size_t(group * c.seq_len), 0.0f);
-    }
+    };
+    if (!run_team(team, build))
+      for (int m = 0; m < team; ++m) build(m);
+    for (const std::exception_ptr& e : failed)
+      if (e) std::rethrow_exception(e);
     caches_.resize(model.layers().size());
   }
 
@@ -236,6 +215,47 @@ class LlamaTeamDecoder {
     kernels::PackedMatrix classifier;  // untied classifier's rows (empty when tied to the embedding)
     std::vector<float> normed, qkv, out, gate_up, scores;  // (dim), (q | k | v), (d1 − d0), (gate | up), scores
   };
+
+  /// Packs member m's share of every weight and sizes its scratch.
+  void build_member(int m) {
+    const Model& model = *model_;
+    const io::LlamaConfig& c = model.config();
+    const int team = team_;
+    const Index dh = c.head_dim(), group = c.n_heads / c.n_kv_heads;
+    Member& me = members_[std::size_t(m)];
+    me.kv0 = c.n_kv_heads * m / team;
+    me.kv1 = c.n_kv_heads * (m + 1) / team;
+    me.d0 = share(c.dim, team, m);
+    me.d1 = share(c.dim, team, m + 1);
+    me.h0 = share(c.hidden_dim, team, m);
+    me.h1 = share(c.hidden_dim, team, m + 1);
+    me.v0 = share(c.vocab_size, team, m);
+    me.v1 = share(c.vocab_size, team, m + 1);
+    const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+    const std::size_t q0 = u(me.kv0 * group * dh), q1 = u(me.kv1 * group * dh), k0 = u(me.kv0 * dh),
+                      k1 = u(me.kv1 * dh), d0 = u(me.d0), d1 = u(me.d1), h0 = u(me.h0), h1 = u(me.h1);
+    using Columns = kernels::PackedMatrix::Columns;
+    for (const auto& layer : model.layers()) {
+      const auto& attn = layer.self_attn();
+      const auto& ffn = layer.ffn();
+      Weights w;
+      w.qkv = kernels::PackedMatrix::gather_columns(
+          {Columns{&packed(attn.q_proj()), q0, q1}, Columns{&packed(attn.k_proj()), k0, k1},
+           Columns{&packed(attn.v_proj()), k0, k1}});
+      w.o = kernels::PackedMatrix::gather_columns({Columns{&packed(attn.o_proj()), d0, d1}});
+      w.gate_up = kernels::PackedMatrix::gather_columns(
+          {Columns{&packed(ffn.gate()), h0, h1}, Columns{&packed(ffn.up()), h0, h1}});
+      w.down = kernels::PackedMatrix::gather_columns({Columns{&packed(ffn.down()), d0, d1}});
+      me.layers.push_back(std::move(w));
+    }
+    if (model.classifier() != nullptr)
+      me.classifier = kernels::PackedMatrix::gather_columns({Columns{&packed(*model.classifier()), u(me.v0), u(me.v1)}});
+    me.normed.assign(std::size_t(c.dim), 0.0f);
+    me.qkv.assign(q1 - q0 + 2 * (k1 - k0), 0.0f);
+    me.out.assign(d1 - d0, 0.0f);
+    me.gate_up.assign(2 * (h1 - h0), 0.0f);
+    me.scores.assign(std::size_t(group * c.seq_len), 0.0f);
+  }
 
   /// Member m's first index of n split among `team` (a multiple of 16 floats — a cache line — except at n, so two
   /// members never write the same line of a shared vector).

@@ -19,6 +19,7 @@
 #include "polyformer/layers/ffn.hpp"
 #include "polyformer/linear/lora.hpp"
 #include "polyformer/models/llama.hpp"
+#include "polyformer/models/llama_team_decoder.hpp"
 #include "support.hpp"
 
 namespace pf = polyformer;
@@ -177,4 +178,29 @@ TEST_CASE("concurrency: parallel regions from several user threads run on worker
   long long want = 0;
   for (int r = 0; r < regions; ++r) want += 999LL * 1000 / 2 + 1000LL * r;
   for (int u = 0; u < users; ++u) CHECK(sums[std::size_t(u)] == want);
+}
+
+TEST_CASE("concurrency: teams of threads decode as one thread does while user threads share the model",
+          "[concurrency][team]") {
+  const pf::Llama<> model = pf::load_llama2c(pft::shared_path("models/stories260K.bin"));
+  const auto tokenizer = pf::io::Tokenizer::read(pft::shared_path("models/tok512.bin"), 512);
+  const std::string want = text_of(model, tokenizer, "Once upon a time", 0, 1, 48);
+  constexpr int users = 2;  // each with a team of 2: more threads than this machine's cores, barriers and all
+  std::vector<std::string> got(users);
+  std::vector<std::thread> threads;
+  for (int u = 0; u < users; ++u)
+    threads.emplace_back([&, u] {
+      for (int r = 0; r < std::max(1, POLYFORMER_CONCURRENCY_REPEATS / 20); ++r) {
+        pf::LlamaTeamSequence<pf::FullAttention, pf::Dense> sequence(model, 2);
+        pf::SamplerOptions greedy;
+        greedy.temperature = 0.0f;
+        pf::Sampler sampler(512, greedy);
+        std::string text;
+        pf::generate(sequence, tokenizer, "Once upon a time", 48, sampler,
+                     [&](std::string_view piece) { text.append(piece); }, pf::Context{2});
+        got[std::size_t(u)] = text;
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int u = 0; u < users; ++u) CHECK(got[std::size_t(u)] == want);
 }

@@ -138,7 +138,7 @@ class ThreadPool {
     std::atomic<bool> sleeping{false};
     Region* region = nullptr;  // written before the bump that the worker acquires
     int index = 0;
-    int caller_cpu = -1;  // the CPU of the thread that last handed it a region (or started it)
+    int caller_cpu = -1;  // the CPU of the thread that last handed it a region
     bool stop = false;
     std::thread thread;
   };
@@ -163,8 +163,7 @@ class ThreadPool {
       if (idle_.empty()) {
         workers_.push_back(std::make_unique<Worker>());
         Worker* w = workers_.back().get();
-        w->caller_cpu = current_cpu();
-        w->thread = std::thread([w] { work(*w); });
+        w->thread = std::thread([w, cpu = current_cpu()] { work(*w, cpu); });
         idle_.push_back(w);
       }
       out[i] = idle_.back();
@@ -178,8 +177,8 @@ class ThreadPool {
     for (int i = 0; i < n; ++i) idle_.push_back(members[i]);
   }
 
-  static void work(Worker& w) {
-    leave_cpu(w.caller_cpu);
+  static void work(Worker& w, int starter_cpu) {
+    leave_cpu(starter_cpu);
     inside_region() = true;
     std::uint32_t seen = 0;
     for (;;) {

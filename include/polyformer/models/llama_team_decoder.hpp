@@ -11,7 +11,7 @@
 /// from one token to the next; the members meet at four barriers a layer.
 ///
 /// Each member computes its share with the kernels Llama::forward uses, over the same values in the same order,
-/// so the logits equal Llama::forward's bit for bit (tests/test_llama_team_decoder.cpp).
+/// so the logits equal Llama::forward's bit for bit (tests/test_models_llama_team_decoder.cpp).
 
 #include <algorithm>
 #include <concepts>

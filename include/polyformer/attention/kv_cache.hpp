@@ -54,20 +54,8 @@ class KVCache {
     check_shape(v, k.rows(), kv_dim(), "KVCache::append", "values");
     const Index n = k.rows();
     check_room(n, "KVCache::append");
-    for (Index g = 0; g < n_kv_heads_; ++g)
-      block(view(values_), g * capacity_ + size_, 0, n, head_dim_) = block(v, 0, g * head_dim_, n, head_dim_);
-    // Position by position into the transposed layouts: one strided column each (a decoding step appends one).
-    const Index kvd = kv_dim(), kt_stride = keys_t_.cols(), vt_stride = values_t_.cols();
-    for (Index i = 0; i < n; ++i) {
-      const float* kr = k.data() + i * k.outerStride();
-      const float* vr = v.data() + i * v.outerStride();
-      float* kc = keys_t_.data() + size_ + i;
-      float* vc = values_t_.data() + size_ + i;
-      for (Index f = 0; f < kvd; ++f) {
-        kc[f * kt_stride] = kr[f];
-        vc[f * vt_stride] = vr[f];
-      }
-    }
+    for (Index i = 0; i < n; ++i)  // position by position: one strided column of each transposed layout
+      write_position(size_ + i, 0, n_kv_heads_, k.data() + i * k.outerStride(), v.data() + i * v.outerStride());
     size_ += n;
   }
 
@@ -78,16 +66,7 @@ class KVCache {
     if (g0 < 0 || g1 < g0 || g1 > n_kv_heads_)
       throw config_error(detail::cat("KVCache::write_heads: heads ", g0, "..", g1, ", expected within 0..", n_kv_heads_));
     check_room(1, "KVCache::write_heads");
-    const Index p = size_;
-    for (Index g = g0; g < g1; ++g) {
-      const float* kg = k + (g - g0) * head_dim_;
-      const float* vg = v + (g - g0) * head_dim_;
-      std::copy(vg, vg + head_dim_, values_.data() + (g * capacity_ + p) * head_dim_);
-      for (Index f = 0; f < head_dim_; ++f) {
-        keys_t_(g * head_dim_ + f, p) = kg[f];
-        values_t_(g * head_dim_ + f, p) = vg[f];
-      }
-    }
+    write_position(size_, g0, g1, k, v);
   }
   /// Counts n positions written by write_heads. Throws when they do not fit.
   void commit(Index n) {
@@ -107,6 +86,19 @@ class KVCache {
   ConstMatrixView values_t(Index g, Index n) const { return block(view(values_t_), g * head_dim_, 0, head_dim_, n); }
 
  private:
+  /// Heads [g0, g1) of position p from k and v ((g1 − g0)·head_dim floats each) into all three layouts.
+  void write_position(Index p, Index g0, Index g1, const float* k, const float* v) noexcept {
+    for (Index g = g0; g < g1; ++g) {
+      const float* kg = k + (g - g0) * head_dim_;
+      const float* vg = v + (g - g0) * head_dim_;
+      std::copy(vg, vg + head_dim_, values_.data() + (g * capacity_ + p) * head_dim_);
+      for (Index f = 0; f < head_dim_; ++f) {
+        keys_t_(g * head_dim_ + f, p) = kg[f];
+        values_t_(g * head_dim_ + f, p) = vg[f];
+      }
+    }
+  }
+
   Index n_kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, size_ = 0;
   Matrix keys_t_;    // (kv_heads·head_dim, stride): row g·head_dim + i is feature i of kv head g, by position
   Matrix values_t_;  // (kv_heads·head_dim, stride), the same for values

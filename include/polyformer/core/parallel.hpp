@@ -219,7 +219,7 @@ class ThreadPool {
   /// Moves this worker off `cpu` — the CPU of the thread that handed it a region — when it runs there and may run
   /// elsewhere, then lets it run anywhere it could before (the process's CPU mask is kept, nothing is pinned).
   /// Some kernels place a new or woken thread on its waker's CPU (a Firecracker VM's kernel.sched_vcpu_pack
-  /// does: a new worker started beside its caller 10 times in 12): the caller and the worker then take turns on
+  /// does: a new worker started beside its caller in 12 runs of 12): the caller and the worker then take turns on
   /// one CPU while the other idles, which costs a region more than it gains, and a team that spins at barriers
   /// (SpinBarrier) far more.
   static void leave_cpu(int cpu) noexcept {

@@ -35,6 +35,7 @@
 #include "polyformer/kernels/gemm_nt.hpp"
 #include "polyformer/kernels/norm.hpp"
 #include "polyformer/kernels/packed_gemm.hpp"
+#include "polyformer/kernels/weight_allocator.hpp"
 #include "polyformer/linear/dense.hpp"
 #include "polyformer/linear/lora.hpp"
 #include "polyformer/models/llama.hpp"
@@ -333,7 +334,9 @@ class LlamaTeamDecoder {
   int team_;
   SpinBarrier barrier_;
   std::vector<Member> members_;
-  std::vector<float> x_, context_, hidden_, logits_;  // shared: (dim), (heads·head_dim), (hidden_dim), (vocab)
+  // Shared: (dim), (heads·head_dim), (hidden_dim), (vocab); 64-byte aligned, so members' 16-float shares of them
+  // fall on separate cache lines.
+  std::vector<float, kernels::WeightAllocator<float>> x_, context_, hidden_, logits_;
   std::vector<KVCache*> caches_;                        // the step's layers' caches
   Index position_ = 0;                                  // the step's position
   typename Model::Workspace fallback_;
